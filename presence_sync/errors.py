@@ -1,0 +1,123 @@
+"""Every error presence-sync raises on purpose, and what the caller should do.
+
+```
+PresenceSyncError
+├── ConfigError            the admin's input is wrong; print it, no traceback, exit 78
+├── AuthError              credentials rejected; stop hammering, alert loudly
+├── UpstreamError          a remote API misbehaved
+│   ├── TransientError     try again later (``retry_after`` seconds when the server said)
+│   └── PermanentError     this request will never succeed as it is; do not retry it
+└── StreamError            an event stream ended or stalled; reconnect
+```
+
+``ConfigError`` carries where the problem is (file, line, key path) so that the
+CLI can print ``config.yaml:12:5: nfon.base_url: ...``. Targets translate their
+client library's errors into ``TransientError``/``PermanentError``/``AuthError``;
+the engine knows nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "ConfigProblem",
+    "PermanentError",
+    "PresenceSyncError",
+    "StreamError",
+    "TransientError",
+    "UpstreamError",
+]
+
+EX_CONFIG = 78
+"""sysexits.h ``EX_CONFIG``; the systemd unit stops restarting on it."""
+
+
+class PresenceSyncError(Exception):
+    """Base of every error raised on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    """One thing wrong with a configuration file."""
+
+    file: str
+    line: int | None
+    column: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        key = f"{self.key}: " if self.key else ""
+        return f"{where}: {key}{self.message}"
+
+
+class ConfigError(PresenceSyncError):
+    """The configuration is invalid. ``problems`` lists every finding, each
+    with file, line and key path; ``str()`` is what the admin should read."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @classmethod
+    def single(
+        cls,
+        file: str,
+        key: str,
+        message: str,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> ConfigError:
+        return cls([ConfigProblem(file, line, column, key, message)])
+
+
+class AuthError(PresenceSyncError):
+    """A remote service rejected our credentials. Retrying at once will not
+    help; callers back off for minutes and log loudly."""
+
+
+class UpstreamError(PresenceSyncError):
+    """A remote API answered with an error or not at all."""
+
+    def __init__(self, message: str, *, status: int | None = None, request_id: str | None = None):
+        self.status = status
+        self.request_id = request_id
+        super().__init__(message)
+
+
+class TransientError(UpstreamError):
+    """Worth retrying: timeouts, connection failures, 5xx, 429.
+
+    ``retry_after`` is the server's own hint in seconds; when set, the whole
+    target pauses (a 429 speaks for every key of that API), not just this key.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status, request_id=request_id)
+
+
+class PermanentError(UpstreamError):
+    """Will not succeed by retrying (4xx other than 401/408/429): the key is
+    parked until what we want for it changes."""
+
+
+class StreamError(PresenceSyncError):
+    """An event stream ended, stalled or could not be opened; the consumer
+    reconnects with backoff."""

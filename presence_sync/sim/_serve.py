@@ -1,0 +1,150 @@
+"""Run a simulator's ASGI app on a loopback socket: in this event loop, or in a
+thread of its own so that synchronous tests and other processes can use it.
+
+Both bind the socket first (port 0 picks a free port), so the URL is known
+before the first request and no test races a server that is still starting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import uvicorn
+
+__all__ = ["Running", "bind", "serve", "serve_in_thread"]
+
+T = TypeVar("T")
+
+
+def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (0 = any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _config(app: Any, **kwargs: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+        **kwargs,
+    )
+
+
+@dataclass
+class Running:
+    """A server that is accepting connections at ``host:port``."""
+
+    host: str
+    port: int
+    loop: asyncio.AbstractEventLoop
+
+    @property
+    def origin(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the server's loop and return its result.
+        From another thread this waits for it; on the loop itself it just calls."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            return fn(*args)
+        done: Future[T] = Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn(*args))
+            except BaseException as exc:  # handed to the caller's thread
+                done.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return done.result(timeout=30)
+
+    def run_coro(self, factory: Callable[[], Awaitable[T]]) -> T:
+        """Run a coroutine on the server's loop from another thread."""
+        async def wrap() -> T:
+            return await factory()
+
+        return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result(timeout=60)
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    app: Any, host: str = "127.0.0.1", port: int = 0, **kwargs: Any
+) -> AsyncIterator[Running]:
+    """Serve ``app`` on this loop for the duration of the ``async with``."""
+    sock = bind(host, port)
+    server = uvicorn.Server(_config(app, **kwargs))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.005)
+        bound = sock.getsockname()
+        yield Running(bound[0], bound[1], asyncio.get_running_loop())
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        sock.close()
+
+
+@contextlib.contextmanager
+def serve_in_thread(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    on_start: Callable[[asyncio.AbstractEventLoop], None] | None = None,
+    **kwargs: Any,
+) -> Iterator[Running]:
+    """Serve ``app`` from a daemon thread with its own event loop.
+
+    ``on_start`` runs on that loop before the first request (simulators start
+    their background tasks there).
+    """
+    sock = bind(host, port)
+    server = uvicorn.Server(_config(app, **kwargs))
+    ready: Future[asyncio.AbstractEventLoop] = Future()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        if on_start is not None:
+            on_start(loop)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.005)
+        if task.done():
+            ready.set_exception(task.exception() or RuntimeError("server stopped"))
+            return
+        ready.set_result(loop)
+        await task
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), name="sim-server", daemon=True)
+    thread.start()
+    loop = ready.result(timeout=30)
+    bound = sock.getsockname()
+    try:
+        yield Running(bound[0], bound[1], loop)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

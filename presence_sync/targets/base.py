@@ -1,0 +1,201 @@
+"""The target contract, its metadata, and the registry that finds targets by kind.
+
+A target is one place a person's status can be shown (Teams presence, a Slack
+status, a webhook...). It owns the wire calls and the translation of its
+client's errors into ``errors.TransientError`` / ``PermanentError`` /
+``AuthError``; the engine owns ordering, retries, rate limits and the store.
+
+Built-in targets are listed in ``BUILTIN`` as ``module:Class`` strings and
+imported only when configured. Third-party packages add targets through the
+entry-point group ``presence_sync.targets``::
+
+    [project.entry-points."presence_sync.targets"]
+    pager = "acme_presence.pager:PagerTarget"
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict
+
+from presence_sync.clock import Clock
+from presence_sync.model import Applied, LineView, Person, Status
+
+__all__ = [
+    "BUILTIN",
+    "ENTRY_POINT_GROUP",
+    "Change",
+    "Memory",
+    "Target",
+    "TargetEnv",
+    "TargetFactory",
+    "TargetInfo",
+    "TargetOptions",
+    "UnknownTargetError",
+    "known_kinds",
+    "target_class",
+]
+
+ENTRY_POINT_GROUP = "presence_sync.targets"
+
+BUILTIN: Mapping[str, str] = {
+    "log": "presence_sync.targets.log:LogTarget",
+    "webhook": "presence_sync.targets.webhook:WebhookTarget",
+}
+
+
+class TargetOptions(BaseModel):
+    """Base of every target's options model (its block under ``targets:``).
+    Unknown keys are errors, like everywhere in the configuration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetInfo:
+    """What a target declares about itself, as class-level metadata.
+
+    - ``fields``: the ``Status`` fields it shows; a rule setting any other
+      field for this target is a configuration error;
+    - ``rate``/``burst``: its token bucket (requests per second, bucket size),
+      shared by every person of that target;
+    - ``concurrency``: requests in flight at once;
+    - ``restores``: it can give the person back their own status;
+    - ``refresh_before``: seconds before ``Applied.expires`` at which the
+      engine re-applies an unchanged status (Teams sessions, Slack expirations).
+    """
+
+    kind: str
+    description: str
+    fields: frozenset[str]
+    rate: float = 10.0
+    burst: int = 10
+    concurrency: int = 4
+    restores: bool = False
+    refresh_before: float = 60.0
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TargetEnv:
+    """What the composition root hands every target it builds.
+
+    ``settings`` is the root configuration (``config.Settings``): targets read
+    the shared ``microsoft:``/``slack:``/``tls:`` sections from it.
+    """
+
+    clock: Clock
+    user_agent: str
+    settings: Any = None
+    verify: str | bool = True
+
+
+class Memory(Protocol):
+    """Durable scratch space of one (target, person), backed by the store.
+
+    A target saves the person's own status here *before* it overwrites it,
+    and keeps ids of objects it created (calendar events) until it removed
+    them, so a crash at any instant leaves enough to restore.
+    """
+
+    def saved(self) -> Mapping[str, Any] | None:
+        """The person's own status as saved by this target, if any."""
+        ...
+
+    def save(self, doc: Mapping[str, Any] | None) -> None:
+        """Remember (or, with ``None``, forget) the person's own status."""
+        ...
+
+    def objects(self) -> Mapping[str, str]:
+        """Open external objects of this person: kind → external id."""
+        ...
+
+    def put_object(self, kind: str, external_id: str) -> None: ...
+
+    def drop_object(self, kind: str) -> None: ...
+
+    def cached_id(self, namespace: str, key: str, max_age: float | None = None) -> str | None:
+        """A cached lookup (e-mail → Slack user id), unless older than ``max_age`` seconds."""
+        ...
+
+    def cache_id(self, namespace: str, key: str, value: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One unit of work for a target: make ``person`` show ``desired``.
+
+    ``desired is None`` means "nothing from us": remove what we set and give
+    the person back what they had. ``view`` is the line view the desired
+    status was computed from (``None`` when the person is gone).
+    """
+
+    person: Person
+    desired: Status | None
+    applied: Applied | None
+    view: LineView | None
+    memory: Memory = field(repr=False)
+
+
+@runtime_checkable
+class Target(Protocol):
+    """A place to show status. Implementations must be idempotent: applying
+    the same change twice leaves the same result."""
+
+    info: ClassVar[TargetInfo]
+    name: str
+
+    async def apply(self, change: Change) -> Applied:
+        """Make the remote side show ``change.desired`` and return what it now shows.
+
+        Raises ``TransientError`` (retry later, ``retry_after`` pauses the whole
+        target), ``PermanentError`` (do not retry this change), ``AuthError``
+        (credentials rejected: the target pauses and alerts).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; called once at shutdown or when replaced."""
+        ...
+
+
+class TargetFactory(Protocol):
+    """A target class: metadata, an options model, and a constructor."""
+
+    info: ClassVar[TargetInfo]
+    Options: ClassVar[type[TargetOptions]]
+
+    def __call__(self, name: str, options: Any, env: TargetEnv) -> Target: ...
+
+
+class UnknownTargetError(LookupError):
+    """No built-in or installed target has this kind."""
+
+
+def known_kinds() -> list[str]:
+    """Every kind that can be configured: built-ins and installed plugins."""
+    kinds = set(BUILTIN)
+    kinds.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(kinds)
+
+
+def target_class(kind: str) -> TargetFactory:
+    """The class registered for ``kind``; built-ins win over plugins.
+
+    Raises ``UnknownTargetError`` when nothing provides ``kind``.
+    """
+    ref = BUILTIN.get(kind)
+    if ref is not None:
+        module_name, _, attr = ref.partition(":")
+        cls: TargetFactory = getattr(importlib.import_module(module_name), attr)
+        return cls
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == kind:
+            loaded: TargetFactory = ep.load()
+            return loaded
+    raise UnknownTargetError(kind)
