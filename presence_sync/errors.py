@@ -7,7 +7,8 @@ PresenceSyncError
 ├── UpstreamError          a remote API misbehaved
 │   ├── TransientError     try again later (``retry_after`` seconds when the server said)
 │   └── PermanentError     this request will never succeed as it is; do not retry it
-└── StreamError            an event stream ended or stalled; reconnect
+├── StreamError            an event stream ended or stalled; reconnect
+└── StoreError             the state database cannot be used (newer schema, damaged, full)
 ```
 
 ``ConfigError`` carries where the problem is (file, line, key path) so that the
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigProblem",
     "PermanentError",
     "PresenceSyncError",
+    "StoreError",
     "StreamError",
     "TransientError",
     "UpstreamError",
@@ -121,3 +123,8 @@ class PermanentError(UpstreamError):
 class StreamError(PresenceSyncError):
     """An event stream ended, stalled or could not be opened; the consumer
     reconnects with backoff."""
+
+
+class StoreError(PresenceSyncError):
+    """The store cannot be used as it is: the message says what the admin
+    should do (upgrade, move a damaged file aside, free disk space)."""

@@ -1,16 +1,65 @@
 """Durable memory of the reconciler: what each target shows, and what to give back.
 
-(CONTRACT DRAFT: the ``Store`` protocol below is fixed; the SQLite and memory
-implementations are being written.)
+This module owns the ``Store`` contract and its backends:
+
+- ``SqliteStore``: the daemon's store, one SQLite file in WAL mode;
+- ``MemoryStore``: the same contract in memory, for tests and ``--dry-run``;
+- ``StoreMemory``: the ``targets.base.Memory`` of one (target, person),
+  delegating to a store.
+
+What is kept, per table of the SQLite schema:
+
+- ``applied``: what each target confirmed for each person, with the person as
+  they were then (so someone removed from the configuration can still be
+  cleared), the target's memo (``Applied.data``) and the expiry;
+- ``saved``: the person's own status, saved by a target before it overwrote it;
+- ``objects``: external objects a target created and must remove (calendar
+  events), kind → external id;
+- ``ids``: cached id lookups (e-mail → Slack user id) with when they were fetched.
+
+Both backends encode values the same way (JSON documents, UTC timestamps), so
+a value the memory store accepts is one the SQLite store accepts, and both
+give back values equal to what was put in. Every write is one small
+transaction: a crash between two calls leaves a state from which the next
+start converges.
+
+Errors: ``StoreError`` (a ``PresenceSyncError``) for everything the admin must
+act on (a database from a newer presence-sync, a file that is not a database,
+a full disk, a closed store); ``ValueError`` for a programming error in what
+is written (a naive datetime, ``data`` JSON cannot carry exactly).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import logging
+import os
+import sqlite3
+import stat
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Concatenate, Final, ParamSpec, Protocol, TypeVar
 
-from presence_sync.model import Applied, Person
+from presence_sync.clock import Clock, SystemClock
+from presence_sync.errors import StoreError
+from presence_sync.model import Applied, Person, Status, frozen_map
+from presence_sync.ops.logging import kv
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "AppliedRow",
+    "MemoryStore",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "StoreMemory",
+]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +114,670 @@ class Store(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# --- encoding shared by every backend ----------------------------------------------
+
+# One encoder built once: ``json.dumps`` with keyword arguments builds a new
+# encoder per call, which is measurable on the write-through path.
+_ENCODER: Final = json.JSONEncoder(
+    ensure_ascii=False,
+    allow_nan=False,
+    separators=(",", ":"),
+    default=lambda o: dict(o) if isinstance(o, Mapping) else _not_json(o),
+)
+
+
+def _not_json(value: object) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _json_doc(doc: Mapping[str, Any], what: str) -> str:
+    """``doc`` as JSON text that decodes to a value equal to ``doc``.
+
+    Raises ``ValueError`` for anything JSON would not give back as it was
+    (tuples, non-string keys, datetimes, NaN), before anything is written.
+    """
+    if not doc:
+        return "{}"
+    try:
+        text = _ENCODER.encode(dict(doc))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is not JSON-able: {exc}") from None
+    # Tuples become lists and int keys become strings without complaint;
+    # comparing the decoded copy is what makes "equal after a restart" a promise.
+    if json.loads(text) != doc:
+        raise ValueError(
+            f"{what} does not survive JSON unchanged (use dict with str keys, "
+            "list, str, int, float, bool, None)"
+        )
+    return text
+
+
+def _time_text(value: datetime, what: str) -> str:
+    """UTC, fixed width, so that text order is time order (housekeeping
+    compares the text in SQL)."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got {value!r}")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _parse_time(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _person_json(person: Person) -> str:
+    return _ENCODER.encode(
+        {
+            "key": person.key,
+            "email": person.email,
+            "extension": person.extension,
+            "name": person.name,
+            "groups": sorted(person.groups),
+            "ids": dict(person.ids),
+            "opt_out": sorted(person.opt_out),
+        }
+    )
+
+
+def _person_from(text: str) -> Person:
+    doc = json.loads(text)
+    return Person(
+        key=doc["key"],
+        email=doc["email"],
+        extension=doc["extension"],
+        name=doc.get("name"),
+        groups=frozenset(doc.get("groups") or ()),
+        ids=frozen_map(doc.get("ids")),
+        opt_out=frozenset(doc.get("opt_out") or ()),
+    )
+
+
+_Row = tuple[str, str, str, str | None, str, str | None, str]
+"""(target, person_key, person, status, at, expires, data), as stored."""
+
+
+class _PersonCache:
+    """Encoded persons by key: the engine passes the same ``Person`` object
+    for every apply, so it is encoded once per object, not per write."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, tuple[Person, str]] = {}
+
+    def text(self, person: Person) -> str:
+        hit = self._by_key.get(person.key)
+        if hit is not None and hit[0] is person:
+            return hit[1]
+        text = _person_json(person)
+        self._by_key[person.key] = (person, text)
+        return text
+
+
+def _applied_row(target: str, person_text: str, person: Person, applied: Applied) -> _Row:
+    """Encode one applied row; raises ``ValueError`` for bad input."""
+    status = applied.status
+    what = f"applied({target!r}, {person.key!r})"
+    return (
+        target,
+        person.key,
+        person_text,
+        None if status is None else _ENCODER.encode(status.to_dict()),
+        _time_text(applied.at, f"{what}.at"),
+        None if applied.expires is None else _time_text(applied.expires, f"{what}.expires"),
+        _json_doc(applied.data, f"{what}.data"),
+    )
+
+
+def _decode_applied(row: _Row) -> AppliedRow | None:
+    """Decode one stored row; ``None`` (and a warning) for a row that no
+    longer decodes, so one damaged row does not keep the daemon from starting."""
+    target, person_key, person_text, status_text, at, expires, data = row
+    try:
+        applied = Applied(
+            status=None if status_text is None else Status.from_dict(json.loads(status_text)),
+            at=_parse_time(at),
+            expires=None if expires is None else _parse_time(expires),
+            data=frozen_map(json.loads(data)),
+        )
+        return AppliedRow(target=target, person=_person_from(person_text), applied=applied)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning(
+            "skipping an applied row that does not decode; it stays in the store",
+            extra=kv(target=target, person=person_key, error=repr(exc)),
+        )
+        return None
+
+
+def _is_fresh(fetched: datetime, now: datetime, max_age: float | None) -> bool:
+    return max_age is None or (now - fetched).total_seconds() <= max_age
+
+
+# --- SQLite ------------------------------------------------------------------------
+
+APPLICATION_ID: Final = 0x50535943
+"""``PRAGMA application_id`` of a presence-sync state database ("PSYC")."""
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        f"PRAGMA application_id = {APPLICATION_ID}",
+        """CREATE TABLE applied (
+            target      TEXT NOT NULL,
+            person_key  TEXT NOT NULL,
+            person      TEXT NOT NULL,
+            status      TEXT,
+            at          TEXT NOT NULL,
+            expires     TEXT,
+            data        TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (target, person_key)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE saved (
+            target      TEXT NOT NULL,
+            person_key  TEXT NOT NULL,
+            doc         TEXT NOT NULL,
+            saved_at    TEXT NOT NULL,
+            PRIMARY KEY (target, person_key)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE objects (
+            target      TEXT NOT NULL,
+            person_key  TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            external_id TEXT NOT NULL,
+            created_at  TEXT NOT NULL,
+            PRIMARY KEY (target, person_key, kind)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE ids (
+            namespace   TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            value       TEXT NOT NULL,
+            fetched_at  TEXT NOT NULL,
+            PRIMARY KEY (namespace, key)
+        ) WITHOUT ROWID""",
+    ),
+)
+"""Schema migrations: entry ``n`` brings ``PRAGMA user_version`` from ``n`` to
+``n + 1`` and runs in one transaction with the version bump. Released entries
+are never edited; a schema change appends one. JSON lives in TEXT columns and
+timestamps are UTC ISO-8601 text, so the same layout maps onto PostgreSQL."""
+
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+"""The schema version this presence-sync writes."""
+
+BUSY_TIMEOUT_MS: Final = 5000
+"""How long a statement waits for another process's lock (``presence-sync
+check`` reading while the daemon writes) before it fails."""
+
+_PUT_APPLIED: Final = (
+    "INSERT OR REPLACE INTO applied (target, person_key, person, status, at, expires, data)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_LOAD_APPLIED: Final = (
+    "SELECT target, person_key, person, status, at, expires, data"
+    " FROM applied ORDER BY target, person_key"
+)
+_DELETE_APPLIED: Final = "DELETE FROM applied WHERE target = ? AND person_key = ?"
+_GET_SAVED: Final = "SELECT doc FROM saved WHERE target = ? AND person_key = ?"
+_PUT_SAVED: Final = (
+    "INSERT OR REPLACE INTO saved (target, person_key, doc, saved_at) VALUES (?, ?, ?, ?)"
+)
+_DELETE_SAVED: Final = "DELETE FROM saved WHERE target = ? AND person_key = ?"
+_GET_OBJECTS: Final = "SELECT kind, external_id FROM objects WHERE target = ? AND person_key = ?"
+_PUT_OBJECT: Final = (
+    "INSERT OR REPLACE INTO objects (target, person_key, kind, external_id, created_at)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+_DELETE_OBJECT: Final = "DELETE FROM objects WHERE target = ? AND person_key = ? AND kind = ?"
+_GET_ID: Final = "SELECT value, fetched_at FROM ids WHERE namespace = ? AND key = ?"
+_PUT_ID: Final = (
+    "INSERT OR REPLACE INTO ids (namespace, key, value, fetched_at) VALUES (?, ?, ?, ?)"
+)
+_EXPIRE_IDS: Final = "DELETE FROM ids WHERE fetched_at < ?"
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(
+    method: Callable[Concatenate[SqliteStore, _P], _R],
+) -> Callable[Concatenate[SqliteStore, _P], _R]:
+    """Turn SQLite's errors (disk full, I/O error, closed connection) into a
+    ``StoreError`` that names the file."""
+
+    def guarded(self: SqliteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database {self.path}: {exc}") from exc
+
+    guarded.__name__ = method.__name__
+    guarded.__qualname__ = method.__qualname__
+    guarded.__doc__ = method.__doc__
+    return guarded
+
+
+@contextmanager
+def _private_umask() -> Iterator[None]:
+    # The umask is process-wide; it is held only while files are created, and
+    # only ever narrows what another thread creates meanwhile.
+    old = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _make_dirs(directory: Path) -> None:
+    """Create ``directory`` and missing parents as 0700; existing ones keep their mode."""
+    missing: list[Path] = []
+    walk = directory
+    while not walk.exists():
+        missing.append(walk)
+        if walk.parent == walk:
+            break
+        walk = walk.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # created meanwhile by someone else: not ours to chmod
+        os.chmod(path, 0o700)
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` as 0600, or narrow an existing one (and say so)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        return
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = os.stat(candidate)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o077:
+            continue
+        mode = f"{stat.S_IMODE(st.st_mode):04o}"
+        try:
+            os.chmod(candidate, 0o600)
+        except OSError as exc:
+            log.warning(
+                "state file is readable by others and could not be fixed",
+                extra=kv(path=str(candidate), mode=mode, error=str(exc)),
+            )
+        else:
+            log.warning(
+                "state file was readable by others; changed to 0600",
+                extra=kv(path=str(candidate), mode=mode),
+            )
+
+
+def _damaged(path: Path, detail: str) -> StoreError:
+    return StoreError(
+        f"{path} is not a SQLite database or is damaged ({detail}). Move it aside to "
+        "start with an empty state; presence-sync then re-applies every status, but "
+        "the statuses it saved to give back stay in the old file."
+    )
+
+
+def _open_failure(path: Path, exc: sqlite3.Error) -> StoreError:
+    """The admin's reading of why ``path`` could not be opened."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        return _damaged(path, str(exc))
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreError(f"state database {path} stays locked by another process: {exc}")
+    return StoreError(f"cannot open state database {path}: {exc}")
+
+
+class SqliteStore:
+    """The daemon's store: one SQLite database file.
+
+    Durability: WAL journal with ``synchronous=NORMAL``. Every write has
+    committed to the WAL file when the call returns, so it survives a crash
+    or kill of the process at any instant; a power loss or kernel crash may
+    lose the last few commits but never leaves a damaged database (the
+    reconciler converges from an older state). ``busy_timeout`` is 5 s, for
+    a second process (``presence-sync check``) reading the same file.
+
+    Files: the database and its ``-wal``/``-shm`` files are created 0600 and
+    missing parent directories 0700, whatever the umask. An existing directory
+    keeps its mode; an existing database file others can read is set to 0600
+    with a warning in the log.
+
+    Schema: ``PRAGMA user_version`` counts the ``MIGRATIONS`` applied, each in
+    one transaction. Opening raises ``StoreError``, naming the path, for a
+    database written by a newer presence-sync (upgrade, nothing is changed),
+    for a file that is not a SQLite database or is damaged, for a SQLite
+    database of another application, and when the file cannot be opened.
+    Every other SQLite failure (disk full, I/O error, use after ``close``)
+    raises ``StoreError`` too. Writing bad values raises ``ValueError`` (see
+    the module docstring) and changes nothing.
+
+    Threads: use one instance from one thread, the asyncio loop's (SQLite's
+    ``check_same_thread`` enforces it). Calls are short (tens of microseconds),
+    so they run on the loop directly; another thread or process wanting the
+    data opens its own ``SqliteStore``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, clock: Clock | None = None) -> None:
+        self.path = Path(path)
+        self._clock: Clock = clock or SystemClock()
+        self._persons = _PersonCache()
+        try:
+            with _private_umask():
+                _make_dirs(self.path.parent)
+                _private_file(self.path)
+                self._db = sqlite3.connect(
+                    self.path,
+                    isolation_level=None,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                    cached_statements=64,
+                )
+                try:
+                    self._open()
+                except BaseException:
+                    self._db.close()
+                    raise
+        except OSError as exc:
+            raise StoreError(f"cannot create state database {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise _open_failure(self.path, exc) from exc
+
+    def _open(self) -> None:
+        db = self._db
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # Reading the header first is what tells a foreign or newer file apart
+        # before this process changes anything in it.
+        version = self._check_identity()
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning(
+                "state database cannot use WAL; writes are slower",
+                extra=kv(path=str(self.path), journal_mode=mode),
+            )
+        db.execute("PRAGMA synchronous = NORMAL")
+        # Bounds the WAL file after a burst of writes.
+        db.execute("PRAGMA journal_size_limit = 4194304")
+        if version:
+            problems = [r[0] for r in db.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise _damaged(self.path, "; ".join(problems))
+        self._migrate()
+
+    def _check_identity(self) -> int:
+        db = self._db
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        app_id = int(db.execute("PRAGMA application_id").fetchone()[0])
+        if app_id not in (0, APPLICATION_ID):
+            raise StoreError(
+                f"{self.path} belongs to another application (application_id {app_id:#x}), "
+                "not presence-sync: point state.path at another file"
+            )
+        known = len(MIGRATIONS)
+        if version > known:
+            raise StoreError(
+                f"state database {self.path} has schema version {version}, written by a newer "
+                f"presence-sync; this one understands up to version {known}. "
+                "Upgrade presence-sync (the file was left unchanged)."
+            )
+        if version == 0 and db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreError(
+                f"{self.path} is a SQLite database of another application, not presence-sync: "
+                "point state.path at another file"
+            )
+        return version
+
+    def _migrate(self) -> None:
+        db = self._db
+        while True:
+            # The version is read again under the write lock: two processes
+            # opening a new file at once must not both run a migration.
+            db.execute("BEGIN IMMEDIATE")
+            step = 0
+            try:
+                version = int(db.execute("PRAGMA user_version").fetchone()[0])
+                if version >= len(MIGRATIONS):
+                    db.execute("COMMIT")
+                    return
+                step = version + 1
+                for statement in MIGRATIONS[version]:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {step}")
+                db.execute("COMMIT")
+            except BaseException as exc:
+                # SQLite may have rolled back already (disk full does).
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if step and isinstance(exc, sqlite3.Error):
+                    raise StoreError(
+                        f"state database {self.path}: migration to schema version {step} "
+                        f"failed, the file is unchanged: {exc}"
+                    ) from exc
+                raise
+            log.info(
+                "state database migrated",
+                extra=kv(path=str(self.path), schema_version=step),
+            )
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    @_guarded
+    def load_applied(self) -> list[AppliedRow]:
+        """Every remembered (target, person), ordered by target and person key.
+        A row that no longer decodes is skipped with a warning and kept."""
+        rows = (_decode_applied(row) for row in self._db.execute(_LOAD_APPLIED))
+        return [row for row in rows if row is not None]
+
+    @_guarded
+    def put_applied(self, target: str, person: Person, applied: Applied) -> None:
+        """Remember what ``target`` confirmed for ``person`` (replaces).
+        Raises ``ValueError`` for naive datetimes or ``data`` JSON cannot carry."""
+        row = _applied_row(target, self._persons.text(person), person, applied)
+        self._db.execute(_PUT_APPLIED, row)
+
+    @_guarded
+    def delete_applied(self, target: str, person_key: str) -> None:
+        """Forget (target, person); nothing happens when it is not there."""
+        self._db.execute(_DELETE_APPLIED, (target, person_key))
+
+    @_guarded
+    def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None:
+        """The person's own status as saved by ``target`` (a fresh copy), if any."""
+        row = self._db.execute(_GET_SAVED, (target, person_key)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    @_guarded
+    def put_saved(self, target: str, person_key: str, doc: Mapping[str, Any] | None) -> None:
+        """Save the person's own status (``None`` deletes it). Raises
+        ``ValueError`` when ``doc`` does not survive JSON unchanged."""
+        if doc is None:
+            self._db.execute(_DELETE_SAVED, (target, person_key))
+            return
+        text = _json_doc(doc, f"saved({target!r}, {person_key!r})")
+        now = _time_text(self._clock.now(), "clock.now()")
+        self._db.execute(_PUT_SAVED, (target, person_key, text, now))
+
+    @_guarded
+    def get_objects(self, target: str, person_key: str) -> Mapping[str, str]:
+        """Open external objects: kind → external id (a fresh dict)."""
+        return dict(self._db.execute(_GET_OBJECTS, (target, person_key)).fetchall())
+
+    @_guarded
+    def put_object(self, target: str, person_key: str, kind: str, external_id: str) -> None:
+        """Remember an external object (replaces the one of the same kind)."""
+        now = _time_text(self._clock.now(), "clock.now()")
+        self._db.execute(_PUT_OBJECT, (target, person_key, kind, external_id, now))
+
+    @_guarded
+    def delete_object(self, target: str, person_key: str, kind: str) -> None:
+        """Forget an external object; nothing happens when it is not there."""
+        self._db.execute(_DELETE_OBJECT, (target, person_key, kind))
+
+    @_guarded
+    def get_id(self, namespace: str, key: str, max_age: float | None = None) -> str | None:
+        """A cached id lookup, ``None`` when missing or older than ``max_age`` seconds."""
+        row = self._db.execute(_GET_ID, (namespace, key)).fetchone()
+        if row is None or not _is_fresh(_parse_time(row[1]), self._clock.now(), max_age):
+            return None
+        return str(row[0])
+
+    @_guarded
+    def put_id(self, namespace: str, key: str, value: str) -> None:
+        """Cache an id lookup, fetched now (replaces)."""
+        now = _time_text(self._clock.now(), "clock.now()")
+        self._db.execute(_PUT_ID, (namespace, key, value, now))
+
+    @_guarded
+    def housekeeping(self, max_id_age: float) -> int:
+        """Drop id cache entries older than ``max_id_age`` seconds; returns how many."""
+        cutoff = self._clock.now() - timedelta(seconds=max_id_age)
+        return self._db.execute(_EXPIRE_IDS, (_time_text(cutoff, "cutoff"),)).rowcount
+
+    def close(self) -> None:
+        """Close the database (idempotent); later calls raise ``StoreError``."""
+        self._db.close()
+
+
+# --- memory -------------------------------------------------------------------------
+
+
+class MemoryStore:
+    """The ``Store`` contract in memory, for tests and ``--dry-run``.
+
+    It encodes values exactly as ``SqliteStore`` does, so it raises the same
+    ``ValueError`` for values the database could not keep, and hands out
+    copies. ``clock`` ages the id cache (a ``ManualClock`` in tests). After
+    ``close`` every call raises ``StoreError``. One thread, like ``SqliteStore``.
+    """
+
+    def __init__(self, *, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
+        self._persons = _PersonCache()
+        self._applied: dict[tuple[str, str], _Row] = {}
+        self._saved: dict[tuple[str, str], str] = {}
+        self._objects: dict[tuple[str, str], dict[str, str]] = {}
+        self._ids: dict[tuple[str, str], tuple[str, datetime]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(applied={len(self._applied)})"
+
+    def _check(self) -> None:
+        if self._closed:
+            raise StoreError("memory store is closed")
+
+    def load_applied(self) -> list[AppliedRow]:
+        self._check()
+        rows = (_decode_applied(self._applied[k]) for k in sorted(self._applied))
+        return [row for row in rows if row is not None]
+
+    def put_applied(self, target: str, person: Person, applied: Applied) -> None:
+        self._check()
+        row = _applied_row(target, self._persons.text(person), person, applied)
+        self._applied[target, person.key] = row
+
+    def delete_applied(self, target: str, person_key: str) -> None:
+        self._check()
+        self._applied.pop((target, person_key), None)
+
+    def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None:
+        self._check()
+        text = self._saved.get((target, person_key))
+        return None if text is None else dict(json.loads(text))
+
+    def put_saved(self, target: str, person_key: str, doc: Mapping[str, Any] | None) -> None:
+        self._check()
+        if doc is None:
+            self._saved.pop((target, person_key), None)
+        else:
+            self._saved[target, person_key] = _json_doc(doc, f"saved({target!r}, {person_key!r})")
+
+    def get_objects(self, target: str, person_key: str) -> Mapping[str, str]:
+        self._check()
+        return dict(self._objects.get((target, person_key), {}))
+
+    def put_object(self, target: str, person_key: str, kind: str, external_id: str) -> None:
+        self._check()
+        self._objects.setdefault((target, person_key), {})[kind] = external_id
+
+    def delete_object(self, target: str, person_key: str, kind: str) -> None:
+        self._check()
+        objects = self._objects.get((target, person_key))
+        if objects is not None:
+            objects.pop(kind, None)
+            if not objects:
+                del self._objects[target, person_key]
+
+    def get_id(self, namespace: str, key: str, max_age: float | None = None) -> str | None:
+        self._check()
+        hit = self._ids.get((namespace, key))
+        if hit is None or not _is_fresh(hit[1], self._clock.now(), max_age):
+            return None
+        return hit[0]
+
+    def put_id(self, namespace: str, key: str, value: str) -> None:
+        self._check()
+        self._ids[namespace, key] = (value, _parse_time(_time_text(self._clock.now(), "now")))
+
+    def housekeeping(self, max_id_age: float) -> int:
+        self._check()
+        now = self._clock.now()
+        old = [
+            k for k, (_, fetched) in self._ids.items() if not _is_fresh(fetched, now, max_id_age)
+        ]
+        for k in old:
+            del self._ids[k]
+        return len(old)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+# --- the targets' view --------------------------------------------------------------
+
+
+class StoreMemory:
+    """The ``targets.base.Memory`` of one (target, person), backed by a store.
+
+    Id cache namespaces are prefixed with the target name (``"slack:user"``
+    for namespace ``user`` of target ``slack``), so two targets never read
+    each other's entries. Errors are the store's.
+    """
+
+    __slots__ = ("_person_key", "_store", "_target")
+
+    def __init__(self, store: Store, target: str, person_key: str) -> None:
+        self._store = store
+        self._target = target
+        self._person_key = person_key
+
+    def __repr__(self) -> str:
+        return f"StoreMemory(target={self._target!r}, person={self._person_key!r})"
+
+    def saved(self) -> Mapping[str, Any] | None:
+        return self._store.get_saved(self._target, self._person_key)
+
+    def save(self, doc: Mapping[str, Any] | None) -> None:
+        self._store.put_saved(self._target, self._person_key, doc)
+
+    def objects(self) -> Mapping[str, str]:
+        return self._store.get_objects(self._target, self._person_key)
+
+    def put_object(self, kind: str, external_id: str) -> None:
+        self._store.put_object(self._target, self._person_key, kind, external_id)
+
+    def drop_object(self, kind: str) -> None:
+        self._store.delete_object(self._target, self._person_key, kind)
+
+    def cached_id(self, namespace: str, key: str, max_age: float | None = None) -> str | None:
+        return self._store.get_id(f"{self._target}:{namespace}", key, max_age)
+
+    def cache_id(self, namespace: str, key: str, value: str) -> None:
+        self._store.put_id(f"{self._target}:{namespace}", key, value)
