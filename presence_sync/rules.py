@@ -1,0 +1,809 @@
+"""Admin rules: compiled once from YAML into a pure function of (person, line, time).
+
+This module owns the rule syntax (documented to admins in
+``config.example.yaml``), its validation, the default rules, and the hot path
+that turns a ``LineView`` into the desired ``Status`` of every enabled target.
+
+A rule is ``{name?, when?, unless?, set}``. Rules are tried in order; for each
+target the first rule that matches and names it (or ``"*"``) decides, and
+``null`` decides "nothing from us". Everything that can be decided when the
+configuration is loaded is decided then: conditions become small predicates,
+each rule knows the bit mask of the targets it can still decide, templates are
+parsed into parts, and a status without a template is one frozen ``Status``
+shared by every evaluation. Evaluation allocates the result dict and nothing
+else on the common path.
+
+Validation collects every problem before it raises one ``ConfigError``; each
+problem carries the key path of the offending value (``("rules", 2, "set",
+"slack_status", "text")``) so the config loader can name its file and line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+import string
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from presence_sync.errors import ConfigError, ConfigProblem
+from presence_sync.model import (
+    STATUS_FIELDS,
+    Direction,
+    Line,
+    LineView,
+    Person,
+    Presence,
+    Status,
+)
+from presence_sync.targets.base import TargetInfo
+
+__all__ = [
+    "DEFAULT_RULES",
+    "STANDARD_TARGETS",
+    "TEMPLATE_FIELDS",
+    "RuleSet",
+    "compile_rules",
+]
+
+KeyPath = tuple[str | int, ...]
+ProblemFactory = Callable[[Sequence[str | int], str], ConfigProblem]
+NameLookup = Callable[[str], str | None]
+Predicate = Callable[[Person, LineView, datetime], bool]
+
+STANDARD_TARGETS: Final = frozenset(
+    {
+        "teams_presence",
+        "teams_status_message",
+        "outlook_calendar",
+        "slack_status",
+        "slack_dnd",
+        "webhook",
+        "log",
+    }
+)
+"""Target kinds a rule may name even when they are not enabled (the rule is then
+unused for them); any other name must be an enabled target."""
+
+TEMPLATE_FIELDS: Final = (
+    "direction",
+    "party_name",
+    "party_number",
+    "since",
+    "line",
+    "presence",
+    "name",
+)
+
+DEFAULT_RULES: Final[list[dict[str, Any]]] = [
+    {
+        "name": "on a call",
+        "when": {"line": "in-use"},
+        "set": {
+            "teams_presence": {"availability": "Busy", "activity": "InACall"},
+            "slack_status": {"text": "On a call", "emoji": ":telephone_receiver:"},
+            "*": {
+                "availability": "Busy",
+                "activity": "InACall",
+                "text": "On a call",
+                "emoji": ":telephone_receiver:",
+            },
+        },
+    },
+    {
+        "name": "do not disturb",
+        "when": {"presence": "dnd"},
+        "set": {
+            "teams_presence": {"availability": "DoNotDisturb", "activity": "Presenting"},
+            "slack_dnd": {"dnd": True},
+        },
+    },
+]
+"""The rules used when ``rules:`` is absent or empty (DESIGN.md, "Default rules").
+Ringing, idle and every other state match nothing, so no target gets a status
+from us; no default status contains a phone number."""
+
+_RULE_KEYS = ("name", "when", "unless", "set")
+_CONDITION_KEYS = ("line", "presence", "direction", "party", "party_in", "people", "groups", "time")
+_TIME_KEYS = ("days", "from", "to", "timezone")
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_DAY_INDEX = {**{d: i for i, d in enumerate(_DAYS)}, **{d: i for i, d in enumerate(_FULL_DAYS)}}
+_HHMM = re.compile(r"(\d{1,2}):([0-5]\d)")
+_RENDER_CACHE_SIZE = 512
+_UNKNOWN = "unknown"
+
+
+# --- the compiled form ---------------------------------------------------------------
+
+
+class _Window:
+    """A weekly time window in one zone. Bounds are minutes of the day; an end
+    before the start spans midnight, and the part after midnight belongs to
+    the day the window opened (fri 22:00-06:00 covers Saturday 03:00).
+
+    Zone conversion is the costly part, so the answer is memoised per UTC
+    minute: every zone offset in use is a whole number of minutes.
+    """
+
+    __slots__ = ("_answer", "_minute", "days", "end", "start", "zone")
+
+    def __init__(self, days: frozenset[int], start: int, end: int, zone: tzinfo) -> None:
+        self.days = days
+        self.start = start
+        self.end = end
+        self.zone = zone
+        self._minute = -1
+        self._answer = False
+
+    def __call__(self, person: Person, view: LineView, now: datetime) -> bool:
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        minute = int(now.timestamp() // 60)
+        if minute != self._minute:
+            self._answer = self.contains(now)
+            self._minute = minute
+        return self._answer
+
+    def contains(self, now: datetime) -> bool:
+        local = now.astimezone(self.zone)
+        minute = local.hour * 60 + local.minute
+        day = local.weekday()
+        if self.start < self.end:
+            return day in self.days and self.start <= minute < self.end
+        if minute >= self.start:
+            return day in self.days
+        return minute < self.end and (day - 1) % 7 in self.days
+
+
+_Getter = Callable[["RuleSet", Person, LineView, tzinfo], str]
+
+
+def _direction(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
+    call = view.call
+    return call.direction.value if call is not None else Direction.UNKNOWN.value
+
+
+def _party_name(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
+    call = view.call
+    if call is None or not call.party:
+        return _UNKNOWN
+    # An external "112" is not extension 112: only ask the directory for
+    # parties that are (or may be) inside the K-Account.
+    if call.external is not True:
+        name = rules.names(call.party)
+        if name:
+            return name
+    return rules._list_names.get(_digits(call.party)) or _UNKNOWN
+
+
+def _party_number(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
+    call = view.call
+    return call.party if call is not None and call.party else _UNKNOWN
+
+
+def _since(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
+    call = view.call
+    when = call.since if call is not None and call.since is not None else view.since
+    return "" if when is None else _clock(when, zone)
+
+
+@functools.lru_cache(maxsize=1024)
+def _clock(when: datetime, zone: tzinfo) -> str:
+    # Memoised: a call's start time is rendered again at every event of the call.
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    local = when.astimezone(zone)
+    return f"{local.hour:02d}:{local.minute:02d}"
+
+
+def _line(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
+    return view.line.value
+
+
+def _presence(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
+    return view.presence.value
+
+
+def _name(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
+    return person.name or person.email.partition("@")[0]
+
+
+_GETTERS: Final[Mapping[str, _Getter]] = {
+    "direction": _direction,
+    "party_name": _party_name,
+    "party_number": _party_number,
+    "since": _since,
+    "line": _line,
+    "presence": _presence,
+    "name": _name,
+}
+assert set(_GETTERS) == set(TEMPLATE_FIELDS)
+
+# (literal text, index into the template's values or -1, format spec)
+_Part = tuple[str, int, str]
+
+
+class _Template:
+    """A status with at least one templated field. Rendered statuses are cached
+    by the values of the fields the template uses, so a thousand people on
+    calls with "On a call since {since}" share a few dozen objects."""
+
+    __slots__ = ("_cache", "fixed", "getters", "texts", "zone")
+
+    def __init__(
+        self,
+        fixed: dict[str, Any],
+        texts: dict[str, tuple[_Part, ...]],
+        getters: tuple[_Getter, ...],
+        zone: tzinfo,
+    ) -> None:
+        self.fixed = fixed
+        self.texts = texts
+        self.getters = getters
+        self.zone = zone
+        self._cache: dict[tuple[str, ...], Status] = {}
+
+    def render(self, rules: RuleSet, person: Person, view: LineView) -> Status:
+        zone = self.zone
+        values = tuple([get(rules, person, view, zone) for get in self.getters])
+        status = self._cache.get(values)
+        if status is None:
+            fields = dict(self.fixed)
+            for name, parts in self.texts.items():
+                fields[name] = "".join(
+                    [text if i < 0 else text + format(values[i], spec) for text, i, spec in parts]
+                )
+            status = Status(**fields)
+            if len(self._cache) >= _RENDER_CACHE_SIZE:
+                self._cache.clear()
+            self._cache[values] = status
+        return status
+
+
+_Output = Status | _Template | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    name: str
+    when: tuple[Predicate, ...]
+    unless: tuple[Predicate, ...]
+    mask: int
+    """Bits of the enabled targets this rule decides."""
+    outputs: tuple[tuple[int, str, _Output], ...]
+    """(target bit, target name, what it gets)."""
+
+
+class RuleSet:
+    """Compiled rules, built by ``compile_rules``: ``evaluate`` is a pure
+    function of its arguments and ``names`` (settable: the directory's
+    ``name_for_number``, used for ``{party_name}``)."""
+
+    __slots__ = ("_all", "_bits", "_list_names", "_order", "_rules", "names", "targets")
+
+    def __init__(
+        self,
+        rules: Sequence[_Rule],
+        targets: Sequence[str],
+        list_names: Mapping[str, str],
+        names: NameLookup,
+    ) -> None:
+        self._rules = tuple(rules)
+        self._order = tuple(targets)
+        self._bits = {name: 1 << i for i, name in enumerate(self._order)}
+        self._all = (1 << len(self._order)) - 1
+        self.targets: frozenset[str] = frozenset(self._order)
+        self._list_names = list_names
+        self.names: NameLookup = names
+
+    def evaluate(
+        self,
+        person: Person,
+        view: LineView,
+        now: datetime,
+        *,
+        why: dict[str, str] | None = None,
+    ) -> dict[str, Status | None]:
+        """The desired status of every enabled target (``None``: nothing from us).
+
+        The result has exactly one entry per enabled target and is a fresh dict
+        the caller may keep. Targets in ``person.opt_out`` always get ``None``.
+        ``now`` should be timezone-aware (a naive one is read as UTC). When
+        ``why`` is given it is filled with target → the name of the rule that
+        decided it (``"opt-out"`` for an opt-out), for logs. Never raises for
+        any ``LineView``.
+        """
+        result: dict[str, Status | None] = dict.fromkeys(self._order)
+        decided = 0
+        if person.opt_out:
+            bits = self._bits
+            for target in person.opt_out:
+                bit = bits.get(target, 0)
+                decided |= bit
+                if bit and why is not None:
+                    why[target] = "opt-out"
+        everything = self._all
+        for rule in self._rules:
+            if not rule.mask & ~decided:
+                continue
+            for holds in rule.when:
+                if not holds(person, view, now):
+                    break
+            else:
+                if rule.unless:
+                    for holds in rule.unless:
+                        if not holds(person, view, now):
+                            break
+                    else:
+                        continue
+                for bit, target, output in rule.outputs:
+                    if decided & bit:
+                        continue
+                    if isinstance(output, _Template):
+                        result[target] = output.render(self, person, view)
+                    else:
+                        result[target] = output
+                    if why is not None:
+                        why[target] = rule.name
+                decided |= rule.mask
+                if decided == everything:
+                    break
+        return result
+
+
+# --- the compiler ------------------------------------------------------------------------
+
+
+def compile_rules(
+    raw: list[Any] | None,
+    *,
+    targets: Mapping[str, TargetInfo],
+    lists: Mapping[str, Mapping[str, str | None]] | None = None,
+    timezone: str = "UTC",
+    problem: ProblemFactory | None = None,
+    names: NameLookup | None = None,
+) -> RuleSet:
+    """Validate ``raw`` (``settings.rules`` as parsed from YAML; ``None`` or
+    empty means ``DEFAULT_RULES``) and compile it for ``targets``, the enabled
+    target names and their metadata.
+
+    ``lists`` maps a list name to ``{number: name or None}``; ``timezone`` is
+    the default zone of time windows and ``{since}``; ``problem`` turns a key
+    path and a message into a ``ConfigProblem`` with file and line (without it
+    problems name the file ``<rules>``); ``names`` maps an internal number to
+    a display name (settable later as ``RuleSet.names``).
+
+    Raises ``ConfigError`` listing every problem found, not just the first.
+    """
+    compiler = _Compiler(targets, lists or {}, problem or _plain_problem)
+    zone = compiler.zone(timezone, ("timezone",)) or UTC
+    rules = compiler.rules(raw if raw else DEFAULT_RULES, zone)
+    if compiler.problems:
+        raise ConfigError(compiler.problems)
+    return RuleSet(rules, list(targets), compiler.list_names, names or _no_name)
+
+
+def _no_name(number: str) -> str | None:
+    return None
+
+
+def _plain_problem(path: Sequence[str | int], message: str) -> ConfigProblem:
+    return ConfigProblem("<rules>", None, None, _dotted(path), message)
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _digits(number: str) -> str:
+    if number.isascii() and number.isdigit():
+        return number
+    return "".join(c for c in number if "0" <= c <= "9")
+
+
+def _hint(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f'; did you mean "{close[0]}"?' if close else ""
+
+
+class _Compiler:
+    """Turns raw rules into ``_Rule`` values, recording every problem.
+
+    Methods that find a problem record it and return a harmless stand-in, so
+    one pass reports everything; callers that must know whether a part was
+    sound compare ``len(self.problems)`` before and after.
+    """
+
+    def __init__(
+        self,
+        targets: Mapping[str, TargetInfo],
+        lists: Mapping[str, Mapping[str, str | None]],
+        problem: ProblemFactory,
+    ) -> None:
+        self.targets = targets
+        self.order = list(targets)
+        self.bits = {name: 1 << i for i, name in enumerate(self.order)}
+        self.problem = problem
+        self.problems: list[ConfigProblem] = []
+        self.list_numbers: dict[str, frozenset[str]] = {}
+        self.list_names: dict[str, str] = {}
+        for list_name, entries in lists.items():
+            numbers = set()
+            for number, name in entries.items():
+                digits = _digits(str(number))
+                numbers.add(digits)
+                if name and digits not in self.list_names:
+                    self.list_names[digits] = name
+            self.list_numbers[list_name] = frozenset(numbers)
+        self.condition_compilers: Mapping[
+            str, Callable[[Any, KeyPath, tzinfo], Predicate | None]
+        ] = {
+            "line": self.line,
+            "presence": self.presence,
+            "direction": self.direction,
+            "party": self.party,
+            "party_in": self.party_in,
+            "people": self.people,
+            "groups": self.groups,
+            "time": self.time,
+        }
+        assert tuple(self.condition_compilers) == _CONDITION_KEYS
+
+    def fail(self, path: KeyPath, message: str) -> None:
+        self.problems.append(self.problem(path, message))
+
+    def unknown_key(self, path: KeyPath, key: Any, what: str, expected: Sequence[str]) -> None:
+        self.fail(
+            path,
+            f'unknown {what} "{key}" (expected: {", ".join(expected)})' + _hint(str(key), expected),
+        )
+
+    def zone(self, value: Any, path: KeyPath) -> tzinfo | None:
+        if not isinstance(value, str) or not value:
+            self.fail(path, "must be a time zone name such as Europe/Berlin")
+            return None
+        try:
+            return ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.fail(path, f'unknown time zone "{value}" (use an IANA name such as Europe/Berlin)')
+            return None
+
+    # -- rules --
+
+    def rules(self, raw: Any, zone: tzinfo) -> list[_Rule]:
+        if not isinstance(raw, list | tuple):
+            self.fail(("rules",), "must be a list of rules")
+            return []
+        compiled = []
+        for index, item in enumerate(raw):
+            rule = self.rule(item, ("rules", index), zone)
+            # A rule that decides no enabled target costs nothing at run time.
+            if rule is not None and rule.mask:
+                compiled.append(rule)
+        return compiled
+
+    def rule(self, raw: Any, path: KeyPath, zone: tzinfo) -> _Rule | None:
+        if not isinstance(raw, Mapping):
+            self.fail(path, "a rule must be a mapping with `when`, `unless` and `set`")
+            return None
+        for key in raw:
+            if key not in _RULE_KEYS:
+                self.unknown_key((*path, str(key)), key, "rule key", _RULE_KEYS)
+        name = raw.get("name")
+        if name is None:
+            name = f"#{path[-1] + 1}" if isinstance(path[-1], int) else "rule"
+        elif not isinstance(name, str):
+            self.fail((*path, "name"), "must be a string")
+            name = str(name)
+        when = self.conditions(raw.get("when"), (*path, "when"), zone)
+        unless = self.conditions(raw.get("unless"), (*path, "unless"), zone)
+        # {since} speaks the zone of the rule's own time window, if it has one.
+        rule_zone = next((p.zone for p in when if isinstance(p, _Window)), zone)
+        outputs = self.outputs(raw, path, rule_zone)
+        mask = 0
+        for bit, _, _ in outputs:
+            mask |= bit
+        return _Rule(name, when, unless, mask, tuple(outputs))
+
+    # -- conditions --
+
+    def conditions(self, raw: Any, path: KeyPath, zone: tzinfo) -> tuple[Predicate, ...]:
+        if raw is None:
+            return ()
+        if not isinstance(raw, Mapping):
+            self.fail(path, f"must be a mapping of conditions ({', '.join(_CONDITION_KEYS)})")
+            return ()
+        predicates: list[Predicate] = []
+        for key, value in raw.items():
+            where = (*path, str(key))
+            compile_one = self.condition_compilers.get(key)
+            if compile_one is None:
+                self.unknown_key(where, key, "condition", _CONDITION_KEYS)
+                continue
+            predicate = compile_one(value, where, zone)
+            if predicate is not None:
+                predicates.append(predicate)
+        return tuple(predicates)
+
+    def items(self, value: Any, path: KeyPath, what: str) -> list[tuple[KeyPath, Any]]:
+        """The values of a one-or-list condition, each with its own key path."""
+        if isinstance(value, list | tuple):
+            if not value:
+                self.fail(path, f"must name at least one {what}")
+            return [((*path, i), item) for i, item in enumerate(value)]
+        return [(path, value)]
+
+    def choices(self, value: Any, path: KeyPath, allowed: Sequence[str], what: str) -> set[str]:
+        found: set[str] = set()
+        for where, item in self.items(value, path, what):
+            if isinstance(item, str) and item in allowed:
+                found.add(item)
+            else:
+                self.unknown_key(where, item, what, allowed)
+        return found
+
+    def line(self, value: Any, path: KeyPath, zone: tzinfo) -> Predicate:
+        states = frozenset(Line(v) for v in self.choices(value, path, list(Line), "line state"))
+
+        def line(person: Person, view: LineView, now: datetime) -> bool:
+            return view.line in states
+
+        return line
+
+    def presence(self, value: Any, path: KeyPath, zone: tzinfo) -> Predicate:
+        # YAML reads a bare `null` as None; here it can only mean NFON's "null".
+        if isinstance(value, list | tuple):
+            value = [Presence.NONE.value if v is None else v for v in value]
+        elif value is None:
+            value = Presence.NONE.value
+        chosen = self.choices(value, path, list(Presence), "presence")
+        states = frozenset(Presence(v) for v in chosen)
+
+        def presence(person: Person, view: LineView, now: datetime) -> bool:
+            return view.presence in states
+
+        return presence
+
+    def direction(self, value: Any, path: KeyPath, zone: tzinfo) -> Predicate:
+        allowed = [Direction.INBOUND.value, Direction.OUTBOUND.value]
+        ways = frozenset(Direction(v) for v in self.choices(value, path, allowed, "direction"))
+
+        def direction(person: Person, view: LineView, now: datetime) -> bool:
+            call = view.call
+            return call is not None and call.direction in ways
+
+        return direction
+
+    def party(self, value: Any, path: KeyPath, zone: tzinfo) -> Predicate:
+        chosen = self.choices(value, path, ["internal", "external"], "party")
+        # Call.external: True, False, or None when the context is unknown.
+        wanted = frozenset(v == "external" for v in chosen)
+
+        def party(person: Person, view: LineView, now: datetime) -> bool:
+            call = view.call
+            return call is not None and call.external in wanted
+
+        return party
+
+    def party_in(self, value: Any, path: KeyPath, zone: tzinfo) -> Predicate:
+        numbers: set[str] = set()
+        for where, name in self.items(value, path, "list"):
+            if isinstance(name, str) and name in self.list_numbers:
+                numbers |= self.list_numbers[name]
+            elif self.list_numbers:
+                self.unknown_key(where, name, "list", list(self.list_numbers))
+            else:
+                self.fail(where, f'unknown list "{name}" (no lists are defined under `lists:`)')
+        members = frozenset(numbers)
+
+        def party_in(person: Person, view: LineView, now: datetime) -> bool:
+            call = view.call
+            return call is not None and call.party is not None and _digits(call.party) in members
+
+        return party_in
+
+    def people(self, value: Any, path: KeyPath, zone: tzinfo) -> Predicate:
+        found: set[str] = set()
+        for where, item in self.items(value, path, "e-mail address"):
+            if isinstance(item, str) and "@" in item.strip()[1:-1]:
+                found.add(item.strip().lower())
+            else:
+                self.fail(where, f'"{item}" is not an e-mail address')
+        emails = frozenset(found)
+
+        def people(person: Person, view: LineView, now: datetime) -> bool:
+            return person.key in emails
+
+        return people
+
+    def groups(self, value: Any, path: KeyPath, zone: tzinfo) -> Predicate:
+        found: set[str] = set()
+        for where, item in self.items(value, path, "group"):
+            if isinstance(item, str) and item.strip():
+                found.add(item.strip())
+            else:
+                self.fail(where, f'"{item}" is not a group name')
+        wanted = frozenset(found)
+
+        def groups(person: Person, view: LineView, now: datetime) -> bool:
+            return not wanted.isdisjoint(person.groups)
+
+        return groups
+
+    def time(self, value: Any, path: KeyPath, zone: tzinfo) -> Predicate | None:
+        if not isinstance(value, Mapping):
+            self.fail(path, 'must be a mapping like {days: mon-fri, from: "08:00", to: "18:00"}')
+            return None
+        before = len(self.problems)
+        for key in value:
+            if key not in _TIME_KEYS:
+                self.unknown_key((*path, str(key)), key, "time key", _TIME_KEYS)
+        days = self.days(value["days"], (*path, "days")) if "days" in value else set(range(7))
+        start = self.clock_time(value.get("from"), (*path, "from"), 0, end=False)
+        end = self.clock_time(value.get("to"), (*path, "to"), 24 * 60, end=True)
+        if "timezone" in value:
+            zone = self.zone(value["timezone"], (*path, "timezone")) or zone
+        if len(self.problems) > before:
+            return None
+        if start == end:
+            self.fail(path, "`from` and `to` are equal; omit both for the whole day")
+            return None
+        return _Window(frozenset(days), start, end, zone)
+
+    def days(self, value: Any, path: KeyPath) -> set[int]:
+        days: set[int] = set()
+        for where, item in self.items(value, path, "day"):
+            parts = item.split(",") if isinstance(item, str) else [item]
+            for part in parts:
+                days |= self.day_range(part, where)
+        return days
+
+    def day_range(self, item: Any, path: KeyPath) -> set[int]:
+        first_name, dash, last_name = str(item).strip().lower().partition("-")
+        first = _DAY_INDEX.get(first_name.strip())
+        last = _DAY_INDEX.get(last_name.strip()) if dash else first
+        if not isinstance(item, str) or first is None or last is None:
+            self.fail(
+                path, f'"{item}" is not a day (use mon, tue, ... sun, or a range like mon-fri)'
+            )
+            return set()
+        # A range may wrap around the week: fri-mon is fri, sat, sun, mon.
+        return {(first + i) % 7 for i in range((last - first) % 7 + 1)}
+
+    def clock_time(self, value: Any, path: KeyPath, default: int, *, end: bool) -> int:
+        """Minutes after midnight (``default`` when absent)."""
+        if value is None:
+            return default
+        limit = 24 * 60 if end else 24 * 60 - 1
+        minutes = -1
+        if isinstance(value, int) and not isinstance(value, bool):
+            # YAML 1.1 reads an unquoted 18:00 as the base-60 integer 1080,
+            # which is exactly the minutes after midnight.
+            minutes = value
+        elif isinstance(value, str) and (match := _HHMM.fullmatch(value.strip())):
+            minutes = int(match[1]) * 60 + int(match[2])
+        if not 0 <= minutes <= limit:
+            latest = "24:00" if end else "23:59"
+            self.fail(
+                path, f'"{value}" is not a time of day (use "HH:MM" from "00:00" to "{latest}")'
+            )
+            return default
+        return minutes
+
+    # -- set --
+
+    def outputs(
+        self, raw: Mapping[Any, Any], path: KeyPath, zone: tzinfo
+    ) -> list[tuple[int, str, _Output]]:
+        if "set" not in raw:
+            self.fail(path, "a rule needs `set` (what each target should show)")
+            return []
+        targets = raw["set"]
+        path = (*path, "set")
+        if not isinstance(targets, Mapping) or not targets:
+            self.fail(path, "must map target names to a status (or null for nothing from us)")
+            return []
+        known = [*self.order, *sorted(STANDARD_TARGETS - set(self.order))]
+        outputs: list[tuple[int, str, _Output]] = []
+        for target, value in targets.items():
+            where = (*path, str(target))
+            if target == "*":
+                continue
+            if target not in known:
+                self.unknown_key(where, target, "target", known)
+                continue
+            info = self.targets.get(target)
+            # A standard target that is not enabled: check the status, then drop it.
+            output = self.status(value, where, zone, info, target)
+            if info is not None:
+                outputs.append((self.bits[target], target, output))
+        if "*" in targets:
+            output = self.status(targets["*"], (*path, "*"), zone, None, "*")
+            outputs.extend(
+                (self.bits[target], target, output)
+                for target in self.order
+                if target not in targets
+            )
+        return outputs
+
+    def status(
+        self, value: Any, path: KeyPath, zone: tzinfo, info: TargetInfo | None, target: str
+    ) -> _Output:
+        """What ``target`` gets; checked against the fields it shows when ``info`` is known."""
+        if value is None:
+            return None
+        if not isinstance(value, Mapping) or not value:
+            self.fail(
+                path, f"must be a status ({', '.join(STATUS_FIELDS)}) or null for nothing from us"
+            )
+            return None
+        fixed: dict[str, Any] = {}
+        texts: dict[str, list[tuple[str, str | None, str]]] = {}
+        for field, item in value.items():
+            where = (*path, str(field))
+            if field not in STATUS_FIELDS:
+                self.unknown_key(where, field, "status field", STATUS_FIELDS)
+            elif info is not None and field not in info.fields:
+                shown = ", ".join(sorted(info.fields)) or "nothing"
+                self.fail(where, f'target "{target}" does not show "{field}" (it shows: {shown})')
+            elif field == "dnd":
+                if isinstance(item, bool):
+                    fixed[field] = item
+                else:
+                    self.fail(where, "must be true or false")
+            elif not isinstance(item, str):
+                self.fail(where, "must be a string")
+            else:
+                parts = self.template(item, where)
+                if all(name is None for _, name, _ in parts):
+                    fixed[field] = "".join(text for text, _, _ in parts)
+                else:
+                    texts[field] = parts
+        if not texts:
+            return Status(**fixed)
+        used = sorted({name for parts in texts.values() for _, name, _ in parts if name})
+        index = {name: i for i, name in enumerate(used)}
+        compiled = {
+            field: tuple(
+                (text, -1 if name is None else index[name], spec) for text, name, spec in parts
+            )
+            for field, parts in texts.items()
+        }
+        return _Template(fixed, compiled, tuple(_GETTERS[name] for name in used), zone)
+
+    def template(self, text: str, path: KeyPath) -> list[tuple[str, str | None, str]]:
+        """``text`` as (literal, field or None, format spec) parts."""
+        try:
+            pieces = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            self.fail(path, f"bad template: {exc} (write {{{{ and }}}} for literal braces)")
+            return [(text, None, "")]
+        parts: list[tuple[str, str | None, str]] = []
+        for literal, field, spec, conversion in pieces:
+            if field is None:
+                parts.append((literal, None, ""))
+                continue
+            if field not in _GETTERS:
+                expected = [f"{{{name}}}" for name in TEMPLATE_FIELDS]
+                self.unknown_key(path, f"{{{field}}}", "template field", expected)
+                field = None
+            elif conversion:
+                self.fail(path, f'"{{{field}!{conversion}}}": conversions are not supported')
+            elif spec:
+                try:
+                    format("", spec)
+                except ValueError as exc:
+                    self.fail(path, f'bad format "{{{field}:{spec}}}": {exc}')
+            parts.append((literal, field, spec or ""))
+        return parts

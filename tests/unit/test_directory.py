@@ -1,0 +1,228 @@
+"""The directory: configured people joined with NFON's extension list."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import pytest
+from prometheus_client import REGISTRY
+
+from presence_sync.directory import Directory
+from presence_sync.errors import ConfigError
+from presence_sync.model import ExtensionInfo, Person
+
+
+@dataclass
+class Entry:
+    """Shaped like ``config.PersonSettings``."""
+
+    extension: str
+    email: str
+    name: str | None = None
+    groups: list[str] = field(default_factory=list)
+    ids: Mapping[str, str] = field(default_factory=dict)
+    opt_out: list[str] = field(default_factory=list)
+
+
+ANNA = Entry("100", "Anna@Example.com", groups=["support"], ids={"slack_status": "U1"})
+BOB = Entry("101", "bob@example.com", name="Bob B.")
+CARL = Entry("102", "carl@example.com", opt_out=["slack_status"])
+
+NFON = [
+    ExtensionInfo("100", "Anna Schmidt"),
+    ExtensionInfo("101", "Robert Becker"),
+    ExtensionInfo("102", ""),
+    ExtensionInfo("200", "Reception"),
+    ExtensionInfo("201", None),
+]
+
+
+def keys(people: Iterable[Person]) -> list[str]:
+    return [p.key for p in people]
+
+
+def gauge(mapping: str) -> float | None:
+    return REGISTRY.get_sample_value("presence_sync_directory_extensions", {"mapping": mapping})
+
+
+def test_before_nfon_data_everyone_configured_is_active() -> None:
+    directory = Directory([ANNA, BOB])
+    assert not directory.loaded
+    assert keys(directory.people()) == ["anna@example.com", "bob@example.com"]
+    anna = directory.person("100")
+    assert anna is not None
+    assert (anna.key, anna.email, anna.name) == ("anna@example.com", "Anna@Example.com", None)
+    assert anna.groups == frozenset({"support"})
+    assert dict(anna.ids) == {"slack_status": "U1"}
+    assert directory.unmapped == frozenset()
+
+
+def test_join_with_nfon_names() -> None:
+    directory = Directory([ANNA, BOB, CARL])
+    change = directory.update_extensions(NFON)
+    assert directory.loaded
+    anna, bob, carl = (directory.person(ext) for ext in ("100", "101", "102"))
+    assert anna is not None
+    assert bob is not None
+    assert carl is not None
+    assert anna.name == "Anna Schmidt"  # from NFON
+    assert bob.name == "Bob B."  # the configured name wins
+    assert carl.name is None  # NFON's empty name is no name
+    assert carl.opt_out == frozenset({"slack_status"})
+    assert change.changed == (anna,)
+    assert change.added == change.removed == ()
+    assert directory.unmapped == frozenset({"200", "201"})
+    assert gauge("mapped") == 3
+    assert gauge("unmapped") == 2
+
+
+def test_person_whose_extension_disappears_becomes_inactive() -> None:
+    directory = Directory([ANNA, BOB])
+    directory.update_extensions(NFON)
+    change = directory.update_extensions([i for i in NFON if i.extension != "101"])
+    assert keys(change.removed) == ["bob@example.com"]
+    assert change.added == change.changed == ()
+    assert directory.person("101") is None
+    assert keys(directory.people()) == ["anna@example.com"]
+    assert gauge("mapped") == 1
+
+    change = directory.update_extensions(NFON)
+    assert keys(change.added) == ["bob@example.com"]
+    assert directory.person("101") == change.added[0]
+
+
+def test_configured_extension_nfon_never_listed_is_inactive() -> None:
+    directory = Directory([ANNA, Entry("999", "ghost@example.com")])
+    change = directory.update_extensions(NFON)
+    assert keys(change.removed) == ["ghost@example.com"]
+    assert directory.person("999") is None
+
+
+def test_same_data_again_changes_nothing() -> None:
+    directory = Directory([ANNA, BOB])
+    directory.update_extensions(NFON)
+    change = directory.update_extensions(list(reversed(NFON)))
+    assert not change
+
+
+def test_nfon_rename_is_a_change() -> None:
+    directory = Directory([ANNA])
+    directory.update_extensions(NFON)
+    renamed = [ExtensionInfo("100", "Anna Meier")]
+    change = directory.update_extensions(renamed)
+    assert [p.name for p in change.changed] == ["Anna Meier"]
+    assert directory.unmapped == frozenset()
+    assert gauge("unmapped") == 0
+
+
+@pytest.mark.parametrize(
+    ("new", "added", "removed", "changed"),
+    [
+        ([ANNA, BOB, CARL], ["carl@example.com"], [], []),
+        ([ANNA], [], ["bob@example.com"], []),
+        ([Entry("200", "anna@example.com"), BOB], [], [], ["anna@example.com"]),
+        ([ANNA, Entry("101", "bob@example.com", name="Bobby")], [], [], ["bob@example.com"]),
+        ([Entry("100", "anna@example.com", groups=["sales"]), BOB], [], [], ["anna@example.com"]),
+        (
+            [Entry("100", "anna@example.com", ids={"slack_status": "U9"}), BOB],
+            [],
+            [],
+            ["anna@example.com"],
+        ),
+        (
+            [ANNA, Entry("101", "bob@example.com", "Bob B.", opt_out=["log"])],
+            [],
+            [],
+            ["bob@example.com"],
+        ),
+        # an extension NFON does not list: configured, but not active
+        ([ANNA, BOB, Entry("777", "new@example.com")], [], [], []),
+        ([BOB, ANNA], [], [], []),
+    ],
+    ids=["add", "remove", "move", "rename", "groups", "ids", "opt-out", "unlisted", "reorder"],
+)
+def test_replace_people_diff(
+    new: list[Entry], added: list[str], removed: list[str], changed: list[str]
+) -> None:
+    directory = Directory([ANNA, BOB])
+    directory.update_extensions(NFON)
+    change = directory.replace_people(new)
+    assert (keys(change.added), keys(change.removed), keys(change.changed)) == (
+        added,
+        removed,
+        changed,
+    )
+    active = {p.key: p for p in directory.people()}
+    for person in change.changed:
+        assert active[person.key] is person
+
+
+def test_replace_people_moves_unmapped() -> None:
+    directory = Directory([ANNA])
+    directory.update_extensions(NFON)
+    assert "200" in directory.unmapped
+    change = directory.replace_people([ANNA, Entry("200", "desk@example.com")])
+    assert keys(change.added) == ["desk@example.com"]
+    added = change.added[0]
+    assert added.name == "Reception"
+    assert directory.unmapped == frozenset({"101", "102", "201"})
+    assert gauge("mapped") == 2
+
+
+@pytest.mark.parametrize(
+    "people",
+    [
+        [ANNA, Entry("105", "ANNA@example.com")],
+        [ANNA, Entry("100", "other@example.com")],
+    ],
+    ids=["same e-mail", "same extension"],
+)
+def test_duplicates_are_config_errors_and_lose_nothing(people: list[Entry]) -> None:
+    with pytest.raises(ConfigError, match="people"):
+        Directory(people)
+    directory = Directory([ANNA, BOB])
+    directory.update_extensions(NFON)
+    with pytest.raises(ConfigError):
+        directory.replace_people(people)
+    assert keys(directory.people()) == ["anna@example.com", "bob@example.com"]
+
+
+def test_name_for_number() -> None:
+    directory = Directory([ANNA, BOB, CARL])
+    assert directory.name_for_number("101") == "Bob B."
+    assert directory.name_for_number("100") is None  # no name known yet
+    directory.update_extensions(NFON)
+    assert directory.name_for_number("100") == "Anna Schmidt"
+    assert directory.name_for_number("101") == "Bob B."
+    assert directory.name_for_number("200") == "Reception"  # NFON knows it, nobody configured
+    assert directory.name_for_number("201") is None
+    assert directory.name_for_number("102") is None
+    assert directory.name_for_number("4989123456") is None
+
+
+def test_logs_counts_at_info_and_extensions_only_at_debug(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    directory = Directory([ANNA])
+    with caplog.at_level(logging.INFO, logger="presence_sync.directory"):
+        directory.update_extensions(NFON)
+    (record,) = caplog.records
+    assert record.levelno == logging.INFO
+    assert record.ctx == {  # type: ignore[attr-defined]
+        "extensions": 5,
+        "mapped": 1,
+        "unmapped": 4,
+        "configured_not_listed": 0,
+        "added": 0,
+        "removed": 0,
+        "changed": 1,
+    }
+    assert "200" not in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="presence_sync.directory"):
+        directory.update_extensions(NFON)
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert [r.ctx for r in debug] == [{"extensions": "101,102,200,201"}]  # type: ignore[attr-defined]
