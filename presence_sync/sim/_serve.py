@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
@@ -18,20 +17,11 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from presence_sync.ops.http import bind
+
 __all__ = ["Running", "bind", "serve", "serve_in_thread"]
 
 T = TypeVar("T")
-
-
-def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (0 = any free port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
 
 
 def _config(app: Any, **kwargs: Any) -> uvicorn.Config:
@@ -80,6 +70,7 @@ class Running:
 
     def run_coro(self, factory: Callable[[], Awaitable[T]]) -> T:
         """Run a coroutine on the server's loop from another thread."""
+
         async def wrap() -> T:
             return await factory()
 
@@ -130,7 +121,8 @@ def serve_in_thread(
         if on_start is not None:
             on_start(loop)
         task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started and not task.done():
+        # uvicorn exposes readiness only as a flag, so it is polled briefly.
+        while not server.started and not task.done():  # noqa: ASYNC110
             await asyncio.sleep(0.005)
         if task.done():
             ready.set_exception(task.exception() or RuntimeError("server stopped"))

@@ -1,0 +1,373 @@
+"""HTTP face of the NFON simulator: the CTI API routes under ``/v1`` as the
+OpenAPI document describes them, and the ``/_sim/`` control API (not part of
+the NFON contract) for the demo and for driving a simulator in another
+process.
+
+Status codes and bodies follow the spec's ``components.responses``: 400, 403,
+404, 406 and 500 carry ``{"error": "..."}`` and every NFON response except
+login and JWKS carries ``X-Request-Id``; 401 has no body. Login's documented
+400/401 have empty bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from presence_sync.sim.nfon_streams import SseResponse, StreamKind
+from presence_sync.sim.nfon_tokens import Issued, TokenPair
+
+if TYPE_CHECKING:
+    from presence_sync.sim.nfon import NfonSim
+
+__all__ = ["build_app"]
+
+BASE = "/v1"
+_NO_REQUEST_ID = ("/login", "/.well-known/jwks.json")
+_STREAM_TYPES = frozenset({"text/event-stream", "text/*", "*/*"})
+_JSON_TYPES = frozenset({"application/json", "application/*"})
+
+
+def _request_id() -> dict[str, str]:
+    return {"X-Request-Id": str(uuid.uuid4())}
+
+
+def _accepted(header: str | None) -> set[str]:
+    """Media ranges the client accepts (q > 0); an absent or empty header
+    accepts anything."""
+    if header is None or not header.strip():
+        return {"*/*"}
+    accepted: set[str] = set()
+    for part in header.split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if media and quality > 0:
+            accepted.add(media.lower())
+    return accepted
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class _Nfon:
+    """Handlers of the NFON routes; all state lives in the simulator."""
+
+    def __init__(self, sim: NfonSim) -> None:
+        self.sim = sim
+
+    def error(self, status: int, message: str, api_path: str) -> Response:
+        """An error response shaped as the spec says for ``status`` on ``api_path``."""
+        headers = {} if api_path in _NO_REQUEST_ID else _request_id()
+        if status == 401:
+            self.sim._counters.unauthorized += 1
+        if status == 401 or (api_path == "/login" and status == 400):
+            return Response(status_code=status, headers=headers)
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    def begin(self, request: Request) -> tuple[str, Response | None]:
+        """Record the request; an injected failure answers it at once."""
+        full_path = request.url.path
+        api_path = full_path[len(BASE) :] if full_path.startswith(BASE + "/") else full_path
+        self.sim._record_request(request.method, api_path, request.headers.get("user-agent"))
+        status = self.sim._take_failure(full_path, api_path)
+        if status is None:
+            return api_path, None
+        return api_path, self.error(status, f"injected failure {status}", api_path)
+
+    def authenticate(self, request: Request, api_path: str) -> Issued | Response:
+        token = _bearer(request)
+        issued = None if token is None else self.sim.tokens.check_access(token)
+        if issued is None:
+            return self.error(401, "unauthorized", api_path)
+        return issued
+
+    async def login(self, request: Request) -> Response:
+        api_path, early = self.begin(request)
+        if early is not None:
+            if request.method == "POST" and early.status_code == 401:
+                self.sim._counters.login_failures += 1
+            return early
+        if request.method == "PUT":
+            return self._refresh(request, api_path)
+        counters = self.sim._counters
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("username"), str)
+            or not isinstance(body.get("password"), str)
+        ):
+            counters.login_failures += 1
+            return self.error(400, "bad request body", api_path)
+        if self.sim._refuse_logins:
+            counters.refused_logins += 1
+            return self.error(401, "logins refused", api_path)
+        if body["username"] != self.sim.username or body["password"] != self.sim.password:
+            counters.login_failures += 1
+            return self.error(401, "invalid user credentials", api_path)
+        counters.logins += 1
+        return self._tokens()
+
+    def _refresh(self, request: Request, api_path: str) -> Response:
+        counters = self.sim._counters
+        if request.headers.get("authorization") is None:
+            counters.refresh_failures += 1
+            return self.error(400, "missing refresh token", api_path)
+        token = _bearer(request)
+        pair = None if token is None else self.sim.tokens.rotate(token)
+        if pair is None:
+            counters.refresh_failures += 1
+            return self.error(401, "invalid tokens", api_path)
+        counters.refreshes += 1
+        return self._tokens(pair)
+
+    def _tokens(self, pair: TokenPair | None = None) -> Response:
+        pair = pair or self.sim.tokens.issue()
+        return JSONResponse({"access-token": pair.access, "refresh-token": pair.refresh})
+
+    async def jwks(self, request: Request) -> Response:
+        _, early = self.begin(request)
+        if early is not None:
+            return early
+        return JSONResponse(self.sim.tokens.jwks())
+
+    async def data(self, request: Request) -> Response:
+        api_path, early = self.begin(request)
+        if early is not None:
+            return early
+        issued = self.authenticate(request, api_path)
+        if isinstance(issued, Response):
+            return issued
+        return JSONResponse(self.sim._directory(), headers=_request_id())
+
+    async def states(self, request: Request) -> Response:
+        api_path, early = self.begin(request)
+        if early is not None:
+            return early
+        issued = self.authenticate(request, api_path)
+        if isinstance(issued, Response):
+            return issued
+        accepted = _accepted(request.headers.get("accept"))
+        if "text/event-stream" not in accepted and accepted & _JSON_TYPES:
+            wanted: set[str] | None = None
+            values = request.query_params.getlist("extension")
+            if values:
+                wanted = {item.strip() for value in values for item in value.split(",")}
+                wanted.discard("")
+            return JSONResponse(self.sim._snapshot(wanted), headers=_request_id())
+        if not accepted & _STREAM_TYPES:
+            return self.error(
+                406, "Accept must allow text/event-stream or application/json", api_path
+            )
+        return self._stream("states", request, issued)
+
+    async def calls(self, request: Request) -> Response:
+        api_path, early = self.begin(request)
+        if early is not None:
+            return early
+        issued = self.authenticate(request, api_path)
+        if isinstance(issued, Response):
+            return issued
+        if not _accepted(request.headers.get("accept")) & _STREAM_TYPES:
+            return self.error(406, "Accept must allow text/event-stream", api_path)
+        return self._stream("calls", request, issued)
+
+    def _stream(self, kind: StreamKind, request: Request, issued: Issued) -> Response:
+        last_id = request.headers.get("last-event-id")
+        if last_id is not None:
+            counters = self.sim._counters
+            counters.last_event_id_headers += 1
+            counters.last_event_ids.append(last_id)
+        outlet = self.sim._open_outlet(kind, issued.deadline)
+        return SseResponse(
+            outlet,
+            headers=_request_id(),
+            keepalive=self.sim.keepalive,
+            on_end=self.sim._close_outlet,
+        )
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        """Unknown paths and methods, answered in the spec's error shape."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+        if request.url.path.startswith(BASE + "/"):
+            api_path, early = self.begin(request)
+            if early is not None:
+                return early
+            return self.error(status, str(detail), api_path)
+        return JSONResponse({"error": str(detail)}, status_code=status)
+
+
+class _Control:
+    """The ``/_sim/`` control API: JSON in, JSON out, errors as ``{"error"}``
+    (400 bad input, 404 unknown extension or call, 409 wrong call state)."""
+
+    def __init__(self, sim: NfonSim) -> None:
+        self.sim = sim
+
+    def route(self, path: str, fn: Callable[[dict[str, Any]], Any], method: str) -> Route:
+        async def endpoint(request: Request) -> Response:
+            body: dict[str, Any] = {}
+            raw = await request.body()
+            if raw.strip():
+                try:
+                    parsed = json.loads(raw)
+                except ValueError:
+                    return JSONResponse({"error": "body is not JSON"}, status_code=400)
+                if not isinstance(parsed, dict):
+                    return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
+                body = parsed
+            try:
+                result = fn(body)
+            except KeyError as exc:
+                return JSONResponse({"error": str(exc.args[0])}, status_code=404)
+            except _Conflict as exc:
+                return JSONResponse({"error": str(exc)}, status_code=409)
+            except (ValueError, TypeError) as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            return JSONResponse({"ok": True} if result is None else result)
+
+        return Route(path, endpoint, methods=[method])
+
+    def routes(self) -> list[Route]:
+        sim = self.sim
+        return [
+            self.route("/_sim/state", self.state, "POST"),
+            self.route("/_sim/call", self.call, "POST"),
+            self.route("/_sim/answer", lambda b: self.transition(sim.answer, b), "POST"),
+            self.route("/_sim/hangup", lambda b: self.transition(sim.hangup, b), "POST"),
+            self.route("/_sim/drop", lambda b: sim.drop_streams(), "POST"),
+            self.route("/_sim/logins", self.logins, "POST"),
+            self.route("/_sim/fail", self.fail, "POST"),
+            self.route("/_sim/expire-tokens", self.expire, "POST"),
+            self.route("/_sim/traffic", self.traffic, "POST"),
+            self.route("/_sim/raw", self.raw, "POST"),
+            self.route("/_sim/extensions", self.add_extension, "POST"),
+            self.route("/_sim/extensions/remove", self.remove_extension, "POST"),
+            self.route("/_sim/stats", lambda b: sim.stats.as_dict(), "GET"),
+            self.route("/_sim/states", lambda b: sim.states(), "GET"),
+            self.route("/_sim/calls", lambda b: {"active": sim.active_calls()}, "GET"),
+        ]
+
+    def state(self, body: Mapping[str, Any]) -> None:
+        line = _opt_str(body, "line")
+        presence = _opt_str(body, "presence")
+        self.sim.set_state(_str(body, "extension"), line, presence)
+
+    def call(self, body: Mapping[str, Any]) -> dict[str, str]:
+        extension = _str(body, "extension")
+        direction = _opt_str(body, "direction") or "inbound"
+        party = _opt_str(body, "party") or "4930123456"
+        external = _bool(body, "external", True)
+        answer = _bool(body, "answer", False)
+        run = self.sim.call if answer else self.sim.ring
+        return {"uuid": run(extension, direction=direction, party=party, external=external)}
+
+    def transition(self, step: Callable[[str], None], body: Mapping[str, Any]) -> None:
+        call_id = _str(body, "uuid")
+        try:
+            step(call_id)
+        except ValueError as exc:
+            raise _Conflict(str(exc)) from None
+
+    def logins(self, body: Mapping[str, Any]) -> None:
+        self.sim.refuse_logins(_bool(body, "refuse", True))
+
+    def fail(self, body: Mapping[str, Any]) -> None:
+        status = body.get("status", 503)
+        count = body.get("count", 1)
+        if not isinstance(status, int) or not isinstance(count, int):
+            raise ValueError("status and count must be integers")
+        self.sim.fail_next(_str(body, "path"), status, count)
+
+    def expire(self, body: Mapping[str, Any]) -> None:
+        self.sim.expire_tokens(refresh=_bool(body, "refresh", False))
+
+    def traffic(self, body: Mapping[str, Any]) -> None:
+        rate = _number(body, "rate")
+        if rate <= 0:
+            self.sim.stop_traffic()
+            return
+        mean = body.get("mean_call_seconds", 3.0)
+        if not isinstance(mean, int | float) or isinstance(mean, bool):
+            raise ValueError("mean_call_seconds must be a number")
+        self.sim.start_traffic(rate, mean_call_seconds=float(mean))
+
+    def raw(self, body: Mapping[str, Any]) -> dict[str, int]:
+        return {"streams": self.sim.inject_raw(_str(body, "stream"), _str(body, "text"))}
+
+    def add_extension(self, body: Mapping[str, Any]) -> None:
+        self.sim.add_extension(_str(body, "extension"), _str(body, "name"))
+
+    def remove_extension(self, body: Mapping[str, Any]) -> None:
+        self.sim.remove_extension(_str(body, "extension"))
+
+
+class _Conflict(Exception):
+    pass
+
+
+def _str(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key!r} must be a non-empty string")
+    return value
+
+
+def _opt_str(body: Mapping[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{key!r} must be a string")
+    return value
+
+
+def _bool(body: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key!r} must be true or false")
+    return value
+
+
+def _number(body: Mapping[str, Any], key: str) -> float:
+    value = body.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"{key!r} must be a number")
+    return float(value)
+
+
+def build_app(sim: NfonSim) -> Starlette:
+    """The simulator's ASGI application."""
+    nfon = _Nfon(sim)
+    routes = [
+        Route(f"{BASE}/login", nfon.login, methods=["POST", "PUT"]),
+        Route(f"{BASE}/.well-known/jwks.json", nfon.jwks, methods=["GET"]),
+        Route(f"{BASE}/extensions/phone/data", nfon.data, methods=["GET"]),
+        Route(f"{BASE}/extensions/phone/states", nfon.states, methods=["GET"]),
+        Route(f"{BASE}/extensions/phone/calls", nfon.calls, methods=["GET"]),
+        *_Control(sim).routes(),
+    ]
+    return Starlette(routes=routes, exception_handlers={HTTPException: nfon.http_error})
