@@ -83,7 +83,9 @@ class ManualClock:
 
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, waking every sleeper whose
-        deadline falls inside, each at its own deadline."""
+        deadline falls inside, each at its own deadline. Tasks created just
+        before get to register their sleeps first."""
+        await _settle()
         target = self._t + seconds
         while True:
             deadline = self.next_deadline

@@ -60,6 +60,7 @@ from pydantic_core import core_schema
 from presence_sync.errors import ConfigError, ConfigProblem
 from presence_sync.model import Person
 from presence_sync.targets.base import (
+    STANDARD_KINDS,
     TargetOptions,
     UnknownTargetError,
     known_kinds,
@@ -1175,12 +1176,9 @@ class _Checker:
             return
         self._unique(people, "extension", lambda v: v.strip())
         self._unique(people, "email", _normalise_email)
-        # Imported here: rules.py is a later stage that may come to import this module.
-        from presence_sync.rules import STANDARD_TARGETS
-
         # The standard kinds count even when not enabled, so that ids and
         # opt-outs may stay in the file while a target is switched off.
-        names = set(targets) | set(known_kinds()) | STANDARD_TARGETS
+        names = set(targets) | set(known_kinds()) | STANDARD_KINDS
         for i, entry in enumerate(people):
             if not isinstance(entry, dict):
                 continue

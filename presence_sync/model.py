@@ -13,6 +13,8 @@ Nothing here knows about HTTP, YAML or SQLite. The NFON wire format lives in
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -33,6 +35,7 @@ __all__ = [
     "Presence",
     "StateEvent",
     "Status",
+    "describe",
     "frozen_map",
 ]
 
@@ -256,3 +259,25 @@ class Applied:
     at: datetime
     expires: datetime | None = None
     data: Mapping[str, Any] = field(default_factory=frozen_map)
+
+
+NOTHING = "(nothing from us)"
+_NUMBER = re.compile(r"\+?\(?\d(?:[\s()./-]*\d){4,}")
+
+
+def describe(status: Status | None) -> str:
+    """``status`` in one line for people: ``Busy/InACall :phone: "On a call" dnd``,
+    or ``(nothing from us)`` for ``None``. Digit runs that could be a phone
+    number are replaced by ``…``, so the result is safe to log."""
+    if status is None:
+        return NOTHING
+    parts: list[str] = []
+    if status.availability or status.activity:
+        parts.append(f"{status.availability or '-'}/{status.activity or '-'}")
+    if status.emoji:
+        parts.append(status.emoji)
+    if status.text is not None:
+        parts.append(json.dumps(_NUMBER.sub("…", status.text), ensure_ascii=False))
+    if status.dnd:
+        parts.append("dnd")
+    return " ".join(parts) if parts else "(empty status)"

@@ -40,7 +40,7 @@ from presence_sync.model import (
     Presence,
     Status,
 )
-from presence_sync.targets.base import TargetInfo
+from presence_sync.targets.base import STANDARD_KINDS, TargetInfo
 
 __all__ = [
     "DEFAULT_RULES",
@@ -55,19 +55,8 @@ ProblemFactory = Callable[[Sequence[str | int], str], ConfigProblem]
 NameLookup = Callable[[str], str | None]
 Predicate = Callable[[Person, LineView, datetime], bool]
 
-STANDARD_TARGETS: Final = frozenset(
-    {
-        "teams_presence",
-        "teams_status_message",
-        "outlook_calendar",
-        "slack_status",
-        "slack_dnd",
-        "webhook",
-        "log",
-    }
-)
-"""Target kinds a rule may name even when they are not enabled (the rule is then
-unused for them); any other name must be an enabled target."""
+STANDARD_TARGETS: Final = STANDARD_KINDS
+"""Target kinds a rule may name even when they are not enabled (see ``STANDARD_KINDS``)."""
 
 TEMPLATE_FIELDS: Final = (
     "direction",

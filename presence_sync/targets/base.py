@@ -29,6 +29,7 @@ from presence_sync.model import Applied, LineView, Person, Status
 __all__ = [
     "BUILTIN",
     "ENTRY_POINT_GROUP",
+    "STANDARD_KINDS",
     "Change",
     "Memory",
     "Target",
@@ -47,6 +48,22 @@ BUILTIN: Mapping[str, str] = {
     "log": "presence_sync.targets.log:LogTarget",
     "webhook": "presence_sync.targets.webhook:WebhookTarget",
 }
+
+
+STANDARD_KINDS: frozenset[str] = frozenset(
+    {
+        "teams_presence",
+        "teams_status_message",
+        "outlook_calendar",
+        "slack_status",
+        "slack_dnd",
+        "webhook",
+        "log",
+    }
+)
+"""The target kinds DESIGN.md names. Rules, ids and opt-outs may mention them
+even while they are not enabled (they are then unused), so switching a target
+off does not invalidate the file; any other name must be an enabled target."""
 
 
 class TargetOptions(BaseModel):

@@ -1,0 +1,133 @@
+"""The line book: folds NFON state and call events into one ``LineView`` per extension.
+
+The state stream says *whether* a line is busy; the call stream says *with
+whom* and in which direction. Neither stream is reliable on its own (the call
+stream never replays, the state stream re-bootstraps), so the rules are:
+
+- the line state is the truth about being on a call: a line that goes idle or
+  offline ends whatever call we thought it had;
+- a call event adds context to the line (direction, internal/external, the
+  other party) and is dropped at hang-up; a hang-up for a call never seen is
+  ignored, and a second call ringing while one is answered (call waiting)
+  does not replace the answered one;
+- a full state (bootstrap or snapshot) replaces line and presence, but never
+  with something older than what a change already told us.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import datetime
+
+from presence_sync.clock import Clock
+from presence_sync.model import Call, CallEvent, CallState, Line, LineView, StateEvent
+
+__all__ = ["Lines"]
+
+_RINGING = frozenset({CallState.RING, CallState.CALLER_RING, CallState.DIAL, CallState.CALLER_DIAL})
+_ANSWERED = frozenset({CallState.ANSWER, CallState.CALLER_ANSWER})
+_ENDED = frozenset({CallState.HANGUP, CallState.END})
+_NOT_ON_A_CALL = frozenset({Line.IDLE, Line.OFFLINE})
+
+
+class Lines:
+    """The newest ``LineView`` of every extension NFON told us about."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._views: dict[str, LineView] = {}
+        self._stamps: dict[str, datetime] = {}
+
+    def get(self, extension: str) -> LineView | None:
+        return self._views.get(extension)
+
+    def views(self) -> list[LineView]:
+        return list(self._views.values())
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def on_state(self, event: StateEvent) -> LineView | None:
+        """Fold one state change in; returns the new view, or ``None`` when
+        nothing a rule could see has changed."""
+        old = self._views.get(event.extension)
+        self._remember(event)
+        stamp = event.updated or self._clock.now()
+        if old is None:
+            view = LineView(event.extension, event.line, event.presence, None, stamp)
+        else:
+            if old.line == event.line and old.presence == event.presence:
+                return None
+            call = None if event.line in _NOT_ON_A_CALL else old.call
+            since = stamp if event.line != old.line else old.since
+            view = LineView(event.extension, event.line, event.presence, call, since)
+        self._views[event.extension] = view
+        return view
+
+    def _remember(self, event: StateEvent) -> None:
+        # Only the server's own timestamps are comparable with a snapshot's.
+        if event.updated is not None:
+            self._stamps[event.extension] = event.updated
+        else:
+            self._stamps.pop(event.extension, None)
+
+    def on_call(self, event: CallEvent) -> LineView | None:
+        """Fold one call event in; returns the new view when it changed."""
+        if not event.extension:
+            return None
+        old = self._views.get(event.extension) or LineView(event.extension)
+        current = old.call
+        now = event.updated or self._clock.now()
+        if event.state in _ENDED:
+            if current is None or current.uuid != event.uuid:
+                return None
+            view = replace(old, call=None)
+        elif event.state in _RINGING or event.state in _ANSWERED:
+            answered = event.state in _ANSWERED
+            if current is not None and current.uuid != event.uuid and current.answered:
+                return None
+            if current is not None and current.uuid == event.uuid:
+                if current.answered or not answered:
+                    return None
+                call = replace(current, answered=True, since=now)
+            else:
+                call = Call(event.uuid, event.direction, event.external, event.party, answered, now)
+            view = replace(old, call=call)
+        else:
+            return None
+        self._views[event.extension] = view
+        return view
+
+    def on_full_state(self, states: Iterable[StateEvent]) -> list[LineView]:
+        """Replace everything with a complete picture (stream bootstrap or
+        snapshot). Extensions missing from it are forgotten. A state older
+        than a change we already applied keeps the newer one."""
+        fresh: dict[str, LineView] = {}
+        stamps: dict[str, datetime] = {}
+        for event in states:
+            old = self._views.get(event.extension)
+            seen = self._stamps.get(event.extension)
+            if (
+                old is not None
+                and seen is not None
+                and event.updated is not None
+                and event.updated < seen
+            ):
+                fresh[event.extension] = old
+                stamps[event.extension] = seen
+                continue
+            stamp = event.updated or self._clock.now()
+            if old is not None and old.line == event.line and old.presence == event.presence:
+                view = old
+            else:
+                keep_call = old is not None and event.line not in _NOT_ON_A_CALL
+                call = old.call if keep_call and old is not None else None
+                since = old.since if old is not None and old.line == event.line else stamp
+                view = LineView(event.extension, event.line, event.presence, call, since)
+            fresh[event.extension] = view
+            if event.updated is not None:
+                stamps[event.extension] = event.updated
+        self._views = fresh
+        self._stamps = stamps
+        return list(fresh.values())
