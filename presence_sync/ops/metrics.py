@@ -24,6 +24,7 @@ __all__ = [
     "STREAM_LAST_EVENT",
     "STREAM_RECONNECTS",
     "STREAM_STATE",
+    "STREAM_UNKNOWN_VALUES",
     "TARGET_APPLIES",
     "TARGET_PAUSED_UNTIL",
     "TARGET_REQUEST_DURATION",
@@ -53,6 +54,11 @@ STREAM_FRAMES_REJECTED = Counter(
     "presence_sync_stream_frames_rejected_total",
     "Stream frames skipped because they could not be understood",
     ["stream", "reason"],
+)
+STREAM_UNKNOWN_VALUES = Counter(
+    "presence_sync_stream_unknown_values_total",
+    "Values outside the documented enums (mapped to unknown; the event still counts)",
+    ["stream", "field"],
 )
 STREAM_LAST_EVENT = Gauge(
     "presence_sync_stream_last_event_timestamp_seconds",

@@ -1,0 +1,160 @@
+"""The ``presence-sync`` command: argparse subcommands, errors mapped to
+messages and exit codes.
+
+Exit codes: 0 done; 1 runtime failure; 2 usage error (argparse);
+78 (``EX_CONFIG``) invalid configuration, which the systemd unit does not
+restart on; 130 interrupted.
+
+Heavy modules are imported inside the commands, so ``--help`` stays fast and
+a simulator command never loads the daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from presence_sync import __version__
+from presence_sync.errors import EX_CONFIG, ConfigError, PresenceSyncError
+
+__all__ = ["main"]
+
+
+def default_config() -> str:
+    """``$PRESENCE_SYNC_CONFIG``, else systemd's ``$CONFIGURATION_DIRECTORY/config.yaml``,
+    else ``/etc/presence-sync/config.yaml``."""
+    explicit = os.environ.get("PRESENCE_SYNC_CONFIG")
+    if explicit:
+        return explicit
+    confdir = os.environ.get("CONFIGURATION_DIRECTORY")
+    if confdir:
+        return str(Path(confdir.split(":")[0]) / "config.yaml")
+    return "/etc/presence-sync/config.yaml"
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=default_config(),
+        metavar="FILE",
+        help="configuration file (default: %(default)s)",
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from presence_sync.app import Daemon
+
+    return asyncio.run(Daemon(args.config, dry_run=args.dry_run).run())
+
+
+def _cmd_nfon_watch(args: argparse.Namespace) -> int:
+    from presence_sync.nfon import NfonClient
+    from presence_sync.nfon.watch import watch
+
+    if args.sim:
+        from presence_sync.demo import watch_simulator
+
+        return asyncio.run(watch_simulator(sys.stdout, rate=args.rate))
+    from presence_sync.app import load
+
+    settings = load(args.config).settings
+    from presence_sync.ops import logging as ops_logging
+
+    ops_logging.configure(settings.logging.level, settings.logging.format)
+
+    async def go() -> int:
+        async with NfonClient.from_settings(settings) as client:
+            await watch(client, sys.stdout)
+        return 0
+
+    return asyncio.run(go())
+
+
+def _cmd_sim_nfon(args: argparse.Namespace) -> int:
+    from presence_sync.sim import nfon
+
+    return asyncio.run(nfon.run(args))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from presence_sync.demo import run_demo
+
+    return asyncio.run(run_demo(args))
+
+
+def _cmd_version(_: argparse.Namespace) -> int:
+    print(f"presence-sync {__version__}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="presence-sync",
+        description="Show NFON phone line state in Teams, Outlook and Slack.",
+    )
+    parser.add_argument("--version", action="version", version=f"presence-sync {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="run the daemon")
+    _add_config(run)
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="change nothing anywhere: every target only logs what it would do",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    nfon = commands.add_parser("nfon", help="talk to the NFON CTI API")
+    nfon_cmds = nfon.add_subparsers(dest="nfon_command", metavar="COMMAND", required=True)
+    watch = nfon_cmds.add_parser("watch", help="print every extension's line and presence live")
+    _add_config(watch)
+    watch.add_argument(
+        "--sim",
+        action="store_true",
+        help="watch the built-in simulator (no account or configuration needed)",
+    )
+    watch.add_argument(
+        "--rate", type=float, default=2.0, help="with --sim: simulated changes per second"
+    )
+    watch.set_defaults(func=_cmd_nfon_watch)
+
+    sim = commands.add_parser("sim", help="run a built-in simulator on loopback")
+    sim_cmds = sim.add_subparsers(dest="sim_command", metavar="SIMULATOR", required=True)
+    sim_nfon = sim_cmds.add_parser("nfon", help="the NFON CTI API")
+    from presence_sync.sim import nfon as sim_nfon_module
+
+    sim_nfon_module.add_arguments(sim_nfon)
+    sim_nfon.set_defaults(func=_cmd_sim_nfon)
+
+    demo = commands.add_parser(
+        "demo", help="the whole system on this machine against the built-in simulators"
+    )
+    demo.add_argument("--people", type=int, default=8, help="simulated colleagues")
+    demo.add_argument("--rate", type=float, default=1.0, help="simulated changes per second")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    demo.set_defaults(func=_cmd_demo)
+
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(func=_cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"presence-sync: invalid configuration\n{exc}", file=sys.stderr)
+        return EX_CONFIG
+    except PresenceSyncError as exc:
+        print(f"presence-sync: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code

@@ -1,0 +1,104 @@
+"""The daemon's own HTTP listener (loopback by default).
+
+- ``/healthz``: 200 while the process works (its event loop turns);
+- ``/readyz``: 200 once the NFON state stream delivered a full state and is
+  connected, 503 with the reason otherwise;
+- ``/metrics``: Prometheus text format.
+
+Nothing here shows a secret; the bodies carry counts and states only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Callable, Generator, Mapping
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+__all__ = ["Listener", "bind", "build_app", "parse_listen"]
+
+Probe = Callable[[], tuple[bool, Mapping[str, Any]]]
+
+
+def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (0 = any free port), bound
+    before the server starts so its address is known at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:9477"`` or ``"[::1]:9477"`` → host and port."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def build_app(health: Probe, ready: Probe) -> Starlette:
+    """The listener's routes around two probes that report (ok, details)."""
+
+    def probe_response(probe: Probe) -> Response:
+        ok, details = probe()
+        return JSONResponse({"ok": ok, **details}, status_code=200 if ok else 503)
+
+    async def healthz(_: Request) -> Response:
+        return probe_response(health)
+
+    async def readyz(_: Request) -> Response:
+        return probe_response(ready)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    async def index(_: Request) -> Response:
+        return PlainTextResponse("presence-sync: /healthz /readyz /metrics\n")
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+        ]
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the daemon owns SIGTERM/SIGHUP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Listener:
+    """Serves ``app`` on ``listen`` inside the daemon's task group."""
+
+    def __init__(self, app: Starlette, listen: str) -> None:
+        host, port = parse_listen(listen)
+        self.sock = bind(host, port)
+        self.address = self.sock.getsockname()
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
+        )
+        self._server = _Server(config)
+
+    async def serve(self) -> None:
+        try:
+            await self._server.serve(sockets=[self.sock])
+        finally:
+            self.sock.close()
+
+    def stop(self) -> None:
+        self._server.should_exit = True
