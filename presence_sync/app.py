@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ from presence_sync.targets.base import Target, TargetEnv, TargetInfo, target_cla
 __all__ = ["STOP_TIMEOUT", "Daemon", "Loaded", "load"]
 
 log = logging.getLogger(__name__)
+
+Job_ = Callable[[], Awaitable[None]]
 
 STOP_TIMEOUT = 8.0
 """Seconds SIGTERM waits for in-flight target calls (systemd allows more)."""
@@ -175,6 +177,7 @@ class Daemon:
 
     async def _run(self, loaded: Loaded) -> int:
         settings = loaded.settings
+        listener = self._listener(settings)
         self.directory = Directory(settings.people)
         loaded.rules.names = self.directory.name_for_number
         targets, _ = self._build_targets(settings)
@@ -186,13 +189,16 @@ class Daemon:
         self.nfon = NfonClient.from_settings(settings, clock=self.clock)
         self.schedules = Schedules(
             [
-                Job("resync", self.resync, settings.resync.interval),
-                Job("directory", self.refresh_directory, settings.resync.directory_interval),
+                Job("resync", self._guarded("resync", self.resync), settings.resync.interval),
+                Job(
+                    "directory",
+                    self._guarded("directory refresh", self.refresh_directory),
+                    settings.resync.directory_interval,
+                ),
                 Job("reevaluate", self._reevaluate, REEVALUATE_INTERVAL),
                 Job("housekeeping", self._housekeeping, HOUSEKEEPING_INTERVAL),
             ]
         )
-        listener = self._listener(settings)
         log.info(
             "starting",
             extra=kv(
@@ -208,16 +214,15 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as group:
                 engine_task = group.create_task(self.engine.run(), name="engine")
-                listener_task = (
-                    group.create_task(listener.serve(), name="http") if listener else None
-                )
+                if listener is not None:
+                    group.create_task(listener.serve(), name="http")
                 self._start_streams(group)
                 watchdog_task = group.create_task(self._watchdog(engine_task), name="watchdog")
                 reload_task = group.create_task(self._reloader(group), name="reload")
-                await self._startup()
-                self.schedules.start()
-                systemd.notify("READY=1", "STATUS=Following NFON")
-                await self._stop.wait()
+                if await self._startup():
+                    self.schedules.start()
+                    systemd.notify("READY=1", "STATUS=Following NFON")
+                    await self._stop.wait()
                 systemd.notify("STOPPING=1", "STATUS=Draining")
                 log.info("stopping: draining in-flight changes")
                 self.schedules.shutdown()
@@ -231,7 +236,7 @@ class Daemon:
                         "stop: some changes were still in flight and are left for the next start"
                     )
                 self.engine.stop()
-                if listener is not None and listener_task is not None:
+                if listener is not None:
                     listener.stop()
         finally:
             self._remove_signals(loop)
@@ -270,7 +275,10 @@ class Daemon:
     def _listener(self, settings: Settings) -> Listener | None:
         if not settings.http.listen:
             return None
-        listener = Listener(build_app(self._health, self._ready), settings.http.listen)
+        try:
+            listener = Listener(build_app(self._health, self._ready), settings.http.listen)
+        except OSError as exc:
+            raise PresenceSyncError(f"cannot listen on {settings.http.listen}: {exc}") from exc
         self.listen_address = listener.address
         host, port = listener.address[:2]
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -283,14 +291,43 @@ class Daemon:
             group.create_task(self._follow_calls(), name="nfon-calls"),
         ]
 
-    async def _startup(self) -> None:
+    async def _startup(self) -> bool:
         """Learn the directory before declaring readiness, but never wait
-        forever on NFON: an outage makes us degraded, not failed."""
-        try:
-            async with asyncio.timeout(STARTUP_DIRECTORY_TIMEOUT):
-                await self.refresh_directory()
-        except (TimeoutError, PresenceSyncError) as exc:
-            log.warning("NFON directory not available yet; continuing: %s", exc or "timeout")
+        forever on NFON: an outage makes us degraded, not failed. False when
+        a stop was asked for meanwhile."""
+        fetch = asyncio.ensure_future(self.refresh_directory())
+        stop = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait(
+            {fetch, stop}, timeout=STARTUP_DIRECTORY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        stop.cancel()
+        if fetch not in done:
+            fetch.cancel()
+            if stop not in done:
+                log.warning("NFON directory not available yet; continuing without it")
+        elif fetch.exception() is not None:
+            log.warning("NFON directory not available yet; continuing: %s", fetch.exception())
+        return not self._stop.is_set()
+
+    def _guarded(self, what: str, job: Callable[[], Awaitable[None]]) -> Job_:
+        """``job`` as a scheduled job: an NFON failure is logged once when it
+        starts and once when it ends, not with a traceback every interval."""
+        failing = False
+
+        async def run() -> None:
+            nonlocal failing
+            try:
+                await job()
+            except PresenceSyncError as exc:
+                if not failing:
+                    log.warning("%s failed; will retry on schedule: %s", what, exc)
+                failing = True
+                return
+            if failing:
+                log.info("%s works again", what)
+            failing = False
+
+        return run
 
     # --- NFON -> engine -------------------------------------------------------------
 

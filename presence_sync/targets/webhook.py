@@ -95,7 +95,9 @@ class WebhookOptions(TargetOptions):
 
     url: HttpURL
     secret: SecretStr | None = None
-    timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    # The engine gives any apply at most TargetInfo.timeout (30 s); a longer
+    # HTTP timeout would be cut short there, so it is refused here.
+    timeout: Annotated[Duration, Field(gt=0, le=30)] = 10.0
     headers: dict[str, str] = Field(default_factory=dict)
     include_party_number: bool = False
 

@@ -83,6 +83,7 @@ def write_config(
     hook: Hook,
     *,
     resync: str = "1h",
+    directory: str = "1h",
     rules: str = "",
     extra: str = "",
 ) -> Path:
@@ -103,6 +104,7 @@ people:
     secret: {HOOK_SECRET}
 resync:
   interval: {resync}
+  directory_interval: {directory}
 state:
   path: {path.parent / "state.db"}
 http:

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -224,3 +225,58 @@ def test_nfon_watch_prints_lines_as_they_change(
     nfon.sim.set_state("101", presence="dnd")
     watch.wait_line(r"\b101\b.*Ben Müller.*idle.*dnd")
     assert "api-secret" not in watch.output()
+
+
+DND_RULES = (
+    "rules:\n"
+    "  - name: dnd\n"
+    "    when: {presence: dnd}\n"
+    "    set: {webhook: {availability: DoNotDisturb, activity: Presenting}}\n"
+)
+
+
+def test_a_person_whose_extension_disappears_is_cleared(
+    tmp_path: Path, nfon: SimHandle, hook: Hook, daemons: Callable[..., Daemon]
+) -> None:
+    config = write_config(tmp_path / "config.yaml", nfon, hook, directory="1s", rules=DND_RULES)
+    daemon = daemons("run", "-c", str(config))
+    daemon.wait_ready()
+    nfon.sim.set_state("100", presence="dnd")
+    hook.wait_status(ANNA, "Presenting")
+    nfon.sim.remove_extension("100")  # the extension is deleted in NFON
+    cleared = hook.wait_status(ANNA, None)
+    assert cleared["previous"]["availability"] == "DoNotDisturb"
+
+
+def test_nfon_down_at_start_is_degraded_not_failed(
+    tmp_path: Path, nfon: SimHandle, hook: Hook, daemons: Callable[..., Daemon]
+) -> None:
+    nfon.sim.fail_next("/login", 503, count=4)
+    config = write_config(tmp_path / "config.yaml", nfon, hook)
+    daemon = daemons("run", "-c", str(config))
+    url = listen_url(daemon)
+    # Not ready while NFON refuses, but alive and retrying with backoff.
+    assert httpx.get(url + "/healthz").status_code == 200
+    daemon.wait_ready()
+    assert httpx.get(url + "/readyz").status_code == 200
+    nfon.sim.call("100")
+    hook.wait_status(ANNA, "InACall")
+    assert daemon.proc.poll() is None
+
+
+def test_a_call_made_while_the_stream_was_down_arrives_through_the_bootstrap(
+    tmp_path: Path, nfon: SimHandle, hook: Hook, daemons: Callable[..., Daemon]
+) -> None:
+    config = write_config(tmp_path / "config.yaml", nfon, hook)
+    daemon = daemons("run", "-c", str(config))
+    daemon.wait_ready()
+
+    def drop_and_call(sim: Any) -> None:
+        # In one step on the simulator's loop: the stream is gone before the
+        # call happens, so only the reconnect's bootstrap can tell.
+        sim.drop_streams()
+        sim.call("102")
+
+    nfon.sim.run(drop_and_call)
+    hook.wait_status("clara@example.com", "InACall")
+    daemon.wait_line(r"full state from NFON.*reconnect=True")
