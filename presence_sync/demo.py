@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 import tempfile
@@ -101,6 +102,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         print(_banner(config, nfon.base_url, hook.origin), flush=True)
         nfon.sim.start_traffic(args.rate)
         daemon = Daemon(config)
+        # The daemon's own lines tell the story; the receiver would repeat them.
+        logging.getLogger("presence_sync.sim").setLevel(logging.WARNING)
         loop = asyncio.get_running_loop()
         stopper = None
         if args.duration is not None:

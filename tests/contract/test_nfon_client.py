@@ -15,10 +15,11 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, Generic, TypeVar
 
 import pytest
+from polling import eventually_async
 from prometheus_client import REGISTRY
 
 from presence_sync import __version__
@@ -64,18 +65,6 @@ def client_for(handle: SimHandle, **options: Any) -> NfonClient:
     )
 
 
-async def eventually(check: Callable[[], T], what: str, within: float = 10.0) -> T:
-    """Re-check ``check`` every few ms until it is truthy; fail at the deadline."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
 class Follow(Generic[T]):
     """Consumes a stream iterator in a background task, keeping every item."""
 
@@ -93,7 +82,7 @@ class Follow(Generic[T]):
 
     async def nth(self, kind: type[Any], n: int = 1) -> Any:
         """The n-th item of ``kind`` (1-based), once it has arrived."""
-        found = await eventually(lambda: len(self.of(kind)) >= n, f"{kind.__name__} #{n}")
+        found = await eventually_async(lambda: len(self.of(kind)) >= n, f"{kind.__name__} #{n}")
         assert found
         return self.of(kind)[n - 1]
 
@@ -304,7 +293,7 @@ async def test_refused_credentials_back_off_instead_of_hammering(
 
             # A stream must not hammer either: it waits for the backoff.
             follow = Follow(client.states(expected=20))
-            await eventually(lambda: stream_state("states") == "backoff", "stream backoff")
+            await eventually_async(lambda: stream_state("states") == "backoff", "stream backoff")
             refused_while_streaming = h.sim.stats.refused_logins
             h.sim.refuse_logins(False)
             await clock.advance(121)
@@ -344,7 +333,7 @@ async def test_bootstrap_ends_on_a_repeated_extension() -> None:
         async with client_for(h) as client:
             # Quiet period of an hour: only the repeat can end the bootstrap.
             follow = Follow(client.states(bootstrap_quiet=3600))
-            await eventually(lambda: h.sim.stats.open_streams["states"] == 1, "connect")
+            await eventually_async(lambda: h.sim.stats.open_streams["states"] == 1, "connect")
             h.sim.set_state("102", presence="dnd")
             full = await follow.nth(FullState)
             change = await follow.nth(StateEvent)
@@ -379,7 +368,7 @@ async def test_events_keep_flowing_when_the_access_token_expires(close_on_expiry
                 extension = str(100 + changes % 20)
                 h.sim.set_state(extension, presence=("away", "busy", "available")[changes % 3])
                 wire = h.sim.state_of(extension)
-                await eventually(
+                await eventually_async(
                     lambda: matches(latest(follow.items).get(extension), wire),  # noqa: B023
                     f"change {changes}",
                 )
@@ -407,8 +396,8 @@ async def test_a_change_made_while_disconnected_arrives_in_the_next_bootstrap() 
             first = await follow.nth(FullState)
             eof_before = reconnects("states", "eof")
             h.sim.drop_streams()
-            await eventually(lambda: stream_state("states") == "backoff", "backoff")
-            await eventually(lambda: h.sim.stats.open_streams["states"] == 0, "disconnected")
+            await eventually_async(lambda: stream_state("states") == "backoff", "backoff")
+            await eventually_async(lambda: h.sim.stats.open_streams["states"] == 0, "disconnected")
             h.sim.set_state("105", line="in-use", presence="busy")
             wire = h.sim.state_of("105")
             await clock.advance(0.1)  # past the backoff delay (at most 0.05 s here)
@@ -503,7 +492,7 @@ async def test_a_silent_stream_is_restarted() -> None:
             await clock.advance(29)
             still = h.sim.stats.stream_connects["calls"]
             await clock.advance(2)
-            await eventually(
+            await eventually_async(
                 lambda: reconnects("calls", "timeout") > before,
                 "the timeout",
             )
@@ -524,7 +513,7 @@ async def test_keepalive_comments_keep_a_quiet_stream_alive() -> None:
             follow = Follow(client.calls())
             await follow.nth(Connected)
             start = time.monotonic()
-            await eventually(lambda: time.monotonic() - start > 1.0, "a second of quiet")
+            await eventually_async(lambda: time.monotonic() - start > 1.0, "a second of quiet")
             connects = h.sim.stats.stream_connects["calls"]
             await follow.close()
     assert connects == 1
@@ -578,12 +567,12 @@ async def test_watch_prints_the_directory_states_and_calls() -> None:
         out = io.StringIO()
         async with client_for(h) as client:
             task = asyncio.create_task(watch(client, out))
-            await eventually(lambda: out.getvalue().count("\n") >= 3, "the bootstrap lines")
+            await eventually_async(lambda: out.getvalue().count("\n") >= 3, "the bootstrap lines")
             h.sim.set_state("2001", presence="dnd")
             h.sim.set_state("2001", presence="dnd")  # no change: no line
             call = h.sim.call("100", party="4930123456")
             h.sim.hangup(call)
-            await eventually(lambda: "call ended" in out.getvalue(), "the hangup line")
+            await eventually_async(lambda: "call ended" in out.getvalue(), "the hangup line")
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -607,7 +596,7 @@ async def test_closing_the_client_ends_open_streams() -> None:
         follow = Follow(client.calls())
         await follow.nth(Connected)
         await client.aclose()
-        await eventually(follow.task.done, "the stream to end")
+        await eventually_async(follow.task.done, "the stream to end")
         await follow.close()
     assert follow.task.exception() is None
     assert stream_state("calls") == "stopped"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from polling import eventually
 
 from presence_sync.sim.nfon import NfonSim, SimHandle, serve, serve_in_thread
 
@@ -25,15 +25,6 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 CREDENTIALS = {"username": "api-user", "password": "api-secret"}
 JSON = {"Accept": "application/json"}
 SSE = {"Accept": "text/event-stream"}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Re-check ``condition`` every few ms until it holds; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s")
-        time.sleep(0.005)
 
 
 @dataclass
@@ -210,7 +201,7 @@ def test_access_token_stops_working_after_its_lifetime(served: Serve) -> None:
         last[:] = [env.client.get("/extensions/phone/data", headers=env.auth)]
         return last[0].status_code == 401
 
-    wait_until(rejected, timeout=5.0)
+    eventually(rejected, "the refused login", within=5.0)
     assert last[0].content == b""
     assert UUID.match(last[0].headers["X-Request-Id"])
     assert env.handle.sim.stats.unauthorized >= 1
@@ -381,11 +372,11 @@ def test_drop_streams_ends_open_streams(served: Serve) -> None:
     env = served()
     with env.stream("states") as states, env.stream("calls") as calls:
         states.events(3)
-        wait_until(lambda: env.handle.sim.stats.open_streams == {"states": 1, "calls": 1})
+        eventually(lambda: env.handle.sim.stats.open_streams == {"states": 1, "calls": 1})
         env.handle.sim.drop_streams()
         assert states.frame() is None
         assert calls.frame() is None
-    wait_until(lambda: env.handle.sim.stats.open_streams == {"states": 0, "calls": 0})
+    eventually(lambda: env.handle.sim.stats.open_streams == {"states": 0, "calls": 0})
 
 
 def test_streams_survive_token_expiry_by_default(served: Serve) -> None:
@@ -397,7 +388,7 @@ def test_streams_survive_token_expiry_by_default(served: Serve) -> None:
             assert stream.frame() is not None  # keep-alives keep coming meanwhile
             return env.client.get("/extensions/phone/data", headers=env.auth).status_code == 401
 
-        wait_until(token_dead)
+        eventually(token_dead)
         env.handle.sim.set_state("100", presence="busy")
         assert stream.event()["presence"] == "busy"
 
@@ -427,7 +418,7 @@ def test_a_client_that_stops_reading_is_dropped(served: Serve) -> None:
 
         env.handle.sim.run(burst)
         assert stream.frame() is None
-    wait_until(lambda: env.handle.sim.stats.stream_overflows == 1)
+    eventually(lambda: env.handle.sim.stats.stream_overflows == 1)
 
 
 def test_inject_raw_writes_text_verbatim(served: Serve) -> None:

@@ -574,12 +574,12 @@ async def test_configured_from_yaml_with_a_secret_file(
         "    kind: webhook\n"
         f"    url: {url_of(hook)}\n"
         "    secret_file: hook-secret\n"
-        "    timeout: 1m30s\n"
+        "    timeout: 1500ms\n"
         "    headers: {X-Api-Key: " + API_KEY + "}\n"
     )
     spec = load(config, environ={}).targets["crm_hook"]
     assert isinstance(spec.options, WebhookTarget.Options)
-    assert spec.options.timeout == 90.0
+    assert spec.options.timeout == 1.5
     target = WebhookTarget(spec.name, spec.options, TargetEnv(clock=clock, user_agent=USER_AGENT))
     try:
         await target.apply(call_change())

@@ -9,12 +9,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from polling import eventually
 
 from presence_sync.sim._serve import Running
 from presence_sync.sim.nfon import SimHandle
@@ -28,19 +27,6 @@ PEOPLE = [
     ("102", "Clara Weber", "clara@example.com"),
 ]
 HOOK_SECRET = "system-test-secret"
-
-
-def eventually(check: Callable[[], T | None], timeout: float = 10.0, what: str = "") -> T:
-    """Re-check ``check`` every few milliseconds until it returns something
-    truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what or check}")
-        time.sleep(0.01)
 
 
 class Hook:
@@ -74,7 +60,7 @@ class Hook:
                     return doc
             return None
 
-        return eventually(found, what=f"webhook {email} → {activity}")
+        return eventually(found, f"webhook {email} → {activity}")
 
 
 def write_config(
@@ -155,7 +141,7 @@ class Daemon:
                 pytest.fail(f"daemon exited {self.proc.returncode}:\n{self.output()}")
             return hits[nth - 1] if len(hits) >= nth else None
 
-        return eventually(found, timeout, what=f"output /{pattern}/")
+        return eventually(found, f"output /{pattern}/", timeout)
 
     def wait_ready(self) -> None:
         """Until the daemon has the first full state from NFON."""

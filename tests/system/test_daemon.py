@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import HOOK_SECRET, Daemon, Hook, eventually, write_config
+from harness import HOOK_SECRET, Daemon, Hook, write_config
+from polling import eventually
 
 from presence_sync import __version__
 from presence_sync.sim.nfon import SimHandle
@@ -111,7 +112,7 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(
 
     hook.receiver.delay_next(3.0)  # a slow receiver: the delivery stays in flight
     nfon.sim.call("100")
-    eventually(lambda: hook.for_person(ANNA), what="the delivery to reach the receiver")
+    eventually(lambda: hook.for_person(ANNA), "the delivery to reach the receiver")
     daemon.signal(signal.SIGTERM)
     assert b"STOPPING=1" in notify.recv(4096)
     assert daemon.wait_exit(timeout=10) == 0
@@ -193,7 +194,7 @@ def test_health_ready_and_metrics(
     daemon = daemons("run", "-c", str(config))
     url = listen_url(daemon)
     assert httpx.get(url + "/healthz").status_code == 200
-    eventually(lambda: httpx.get(url + "/readyz").status_code == 200, what="/readyz 200")
+    eventually(lambda: httpx.get(url + "/readyz").status_code == 200, "/readyz 200")
     nfon.sim.call("100")
     hook.wait_status(ANNA, "InACall")
     metrics = httpx.get(url + "/metrics").text
