@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import statistics
 import sys
@@ -80,7 +81,12 @@ def report(name: str, value: str, goal: str, ok: bool) -> None:
     print(f"  {name:<46} {value:>16}   goal {goal:<10} {'ok' if ok else 'MISSED'}")
 
 
-async def bench(people_count: int, events: int, store_kind: str, directory: Path) -> None:
+async def bench(
+    people_count: int, events: int, store_kind: str, directory: Path, write_ahead: bool
+) -> None:
+    # The log target has no remote state, so the engine skips the write-ahead
+    # record; --write-ahead measures the cost it has for targets that do.
+    TimedLogTarget.info = dataclasses.replace(LogTarget.info, remote_state=write_ahead)
     clock = SystemClock()
     env = TargetEnv(clock=clock, user_agent="benchmark")
     target = TimedLogTarget("log", LogOptions(muted=True), env)
@@ -102,7 +108,8 @@ async def bench(people_count: int, events: int, store_kind: str, directory: Path
 
     print(f"engine benchmark: {people_count:,} people, compiled default rules, {store_kind} store,")
     print(
-        f"log target muted (concurrency {target.info.concurrency}), Python {sys.version.split()[0]}"
+        f"log target muted (concurrency {target.info.concurrency}), "
+        f"write-ahead records {'on' if write_ahead else 'off'}, Python {sys.version.split()[0]}"
     )
 
     # 1. throughput: every event changes its person's desired status
@@ -186,9 +193,14 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--store", choices=["sqlite", "memory"], default="sqlite")
+    parser.add_argument(
+        "--write-ahead",
+        action="store_true",
+        help="treat the log target as one with remote state (a record before each set)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(bench(args.people, args.events, args.store, Path(tmp)))
+        asyncio.run(bench(args.people, args.events, args.store, Path(tmp), args.write_ahead))
 
 
 if __name__ == "__main__":

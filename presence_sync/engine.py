@@ -25,13 +25,16 @@ rows of the store), and works on keys whose two differ:
 - an applied status that the remote side forgets by itself
   (``Applied.expires``) is applied again ``TargetInfo.refresh_before`` seconds
   before it lapses, through the same dirty queue;
-- the store is written only after the target confirmed. A request whose
-  outcome is unknown (a timeout, a 5xx, a cancelled apply: the remote side
-  may have done it) leaves the key *uncertain*: the engine records the worse
-  case (what it asked for, or what was there) flagged ``UNCERTAIN`` and does
-  not rest until one request for that key succeeds, even if the desired
-  status comes back to what the store says. The flag is stored too, so a
-  restart after such a failure still converges.
+- a status counts as applied only once the target confirmed it. Before a
+  status is sent to a target with remote state, it is recorded as *maybe
+  applied* (write-ahead, flagged ``UNCERTAIN``), so a crash at any instant,
+  SIGKILL during the request included, leaves a store that knows what may
+  need taking back. A request whose outcome is unknown (a timeout, a 5xx, a
+  cancelled apply) keeps the key uncertain: the worse case (what it asked
+  for, or what was there) stays recorded and the engine does not rest until
+  one request for that key succeeds, even if the desired status comes back
+  to what the store says. A request the target refused outright (4xx, 429,
+  auth) changed nothing, and the record goes back to what it was.
 
 Every wait goes through the injected ``Clock``; nothing polls. The engine
 knows targets and the store only through their protocols, and the rules
@@ -844,6 +847,11 @@ class Engine:
                 view=view,
                 memory=self._memory(lane.name, key),
             )
+            if desired is not None and lane.info.remote_state:
+                # Write-ahead: a crash (even SIGKILL) during the request must
+                # not leave a status of ours at the target that the store does
+                # not know about, or nobody would ever take it away again.
+                self._uncertain(lane, person, key, desired)
             start = clock.monotonic()
             lane.m_latency.observe(max(0.0, start - lane.since.get(key, start)))
             lane.stats.requests += 1
@@ -865,10 +873,14 @@ class Engine:
             except TransientError as exc:
                 if exc.retry_after is None:
                     self._uncertain(lane, person, key, desired)
+                else:
+                    self._rejected(lane, person, key, applied)
                 self._transient(lane, person, key, exc, clock.monotonic() - start)
             except PermanentError as exc:
+                self._rejected(lane, person, key, applied)
                 self._permanent(lane, person, key, desired, exc, clock.monotonic() - start)
             except AuthError as exc:
+                self._rejected(lane, person, key, applied)
                 self._auth(lane, key, exc, clock.monotonic() - start)
             except Exception as exc:
                 # A target bug must not stop the other keys: retry it like a 5xx,
@@ -1028,6 +1040,26 @@ class Engine:
         except Exception as exc:
             log.error(
                 "could not record an uncertain status",
+                exc_info=exc,
+                extra=kv(target=lane.name, person=person.email),
+            )
+
+    def _rejected(self, lane: _Lane, person: Person, key: str, before: Applied | None) -> None:
+        """The target refused the request outright (4xx, 429, auth): nothing
+        changed there, so a write-ahead record goes back to what was before."""
+        if lane.applied.get(key) is before:
+            return
+        try:
+            if before is None:
+                lane.applied.pop(key, None)
+                self._store.delete_applied(lane.name, key)
+            else:
+                lane.applied[key] = before
+                self._store.put_applied(lane.name, person, before)
+        except Exception as exc:
+            # Keeping the uncertain record is safe: the key is applied again.
+            log.error(
+                "could not take back a write-ahead record",
                 exc_info=exc,
                 extra=kv(target=lane.name, person=person.email),
             )

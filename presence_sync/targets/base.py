@@ -84,7 +84,12 @@ class TargetInfo:
     - ``concurrency``: requests in flight at once;
     - ``restores``: it can give the person back their own status;
     - ``refresh_before``: seconds before ``Applied.expires`` at which the
-      engine re-applies an unchanged status (Teams sessions, Slack expirations).
+      engine re-applies an unchanged status (Teams sessions, Slack expirations);
+    - ``remote_state``: what it applies stays at a remote side until removed.
+      The engine then records each status as "maybe applied" before sending
+      it (write-ahead), so a crash during the request still leaves the store
+      knowing what may need taking back. Only a target with nothing to take
+      back (``log``) turns it off.
     """
 
     kind: str
@@ -96,6 +101,7 @@ class TargetInfo:
     restores: bool = False
     refresh_before: float = 60.0
     timeout: float = 30.0
+    remote_state: bool = True
 
 
 @dataclass(frozen=True, slots=True)

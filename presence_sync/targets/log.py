@@ -52,6 +52,7 @@ class LogTarget:
         burst=1_000_000,
         concurrency=16,
         restores=True,
+        remote_state=False,
     )
     Options: ClassVar[type[LogOptions]] = LogOptions
 

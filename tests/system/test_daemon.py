@@ -98,6 +98,23 @@ def test_sigkill_mid_call_then_hangup_while_down_is_repaired_after_restart(
     second.wait_line(r"full state from NFON.*changes=1")
 
 
+def test_sigkill_while_the_status_is_on_the_wire_is_repaired_after_restart(
+    tmp_path: Path, nfon: SimHandle, hook: Hook, daemons: Callable[..., Daemon]
+) -> None:
+    config = write_config(tmp_path / "config.yaml", nfon, hook)
+    first = daemons("run", "-c", str(config))
+    first.wait_ready()
+    hook.receiver.delay_next(30.0)  # the receiver has it, the daemon waits for the answer
+    call = nfon.sim.call("100")
+    eventually(lambda: hook.for_person(ANNA), "the delivery to reach the receiver")
+    first.kill()  # before the daemon heard back
+    nfon.sim.hangup(call)
+
+    daemons("run", "-c", str(config))
+    cleared = hook.wait_status(ANNA, None)
+    assert cleared["line"]["line"] == "idle"
+
+
 def test_sigterm_drains_in_flight_work_and_exits_zero(
     tmp_path: Path, nfon: SimHandle, hook: Hook, daemons: Callable[..., Daemon]
 ) -> None:

@@ -677,6 +677,67 @@ async def test_a_lost_reply_is_not_mistaken_for_nothing_done(
     assert stored(store) == {}
 
 
+async def test_a_status_is_recorded_before_it_is_sent(
+    clock: ManualClock, store: MemoryStore
+) -> None:
+    """SIGKILL can strike while a request is on the wire: the store must
+    already know that the remote side may show it, or nobody would ever
+    take it away again."""
+    remote = Remote(clock, gate=asyncio.Event())
+    engine = engine_for(clock, store, {"teams": make_target("teams", remote)})
+    async with running(engine):
+        engine.observe(in_call("100"))
+        await until(lambda: remote.active == {ANNA.key})
+        # In flight: nothing confirmed, but the store knows what may be there.
+        [row] = store.load_applied()
+        assert row.applied.status == BUSY
+        assert row.applied.data == {UNCERTAIN: True}
+        assert remote.gate is not None
+        remote.gate.set()
+        await run_until_idle(engine, clock)
+    [row] = store.load_applied()
+    assert row.applied.status == BUSY
+    assert row.applied.data == {}
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [PermanentError("400 bad request"), TransientError("429", retry_after=30.0)],
+    ids=["permanent", "retry-after"],
+)
+async def test_a_refused_request_takes_its_write_ahead_record_back(
+    clock: ManualClock, store: MemoryStore, refusal: Exception
+) -> None:
+    remote = Remote(clock)
+    remote.fail_next.append(refusal)
+    engine = engine_for(clock, store, {"teams": make_target("teams", remote)})
+    async with running(engine):
+        engine.observe(in_call("100"))
+        await until(lambda: len(remote.requests) == 1)
+        await settle()
+        # The remote side refused outright: nothing of ours can be there.
+        assert stored(store) == {}
+
+
+async def test_a_target_without_remote_state_writes_once_per_change(
+    clock: ManualClock, store: MemoryStore
+) -> None:
+    writes: list[Status | None] = []
+
+    class CountingStore(MemoryStore):
+        def put_applied(self, target: str, person: Person, applied: Applied) -> None:
+            writes.append(applied.status)
+            super().put_applied(target, person, applied)
+
+    counting = CountingStore(clock=clock)
+    log_target = LogTarget("log", LogOptions(muted=True), TargetEnv(clock=clock, user_agent="t"))
+    engine = engine_for(clock, counting, {"log": log_target})
+    async with running(engine):
+        engine.observe(in_call("100"))
+        await run_until_idle(engine, clock)
+    assert writes == [BUSY]
+
+
 async def test_a_restart_converges_without_redundant_requests(
     clock: ManualClock, tmp_path: Path
 ) -> None:
