@@ -334,8 +334,11 @@ class Daemon:
     async def _follow_states(self) -> None:
         async for item in self.nfon.states():
             if isinstance(item, FullState):
-                views = self.lines.on_full_state(item.states)
-                dirty = self.engine.resync(views, complete=True)
+                # The bootstrap has no end marker (its end is inferred), so an
+                # extension missing from it is not taken as gone: the periodic
+                # snapshot is the complete picture.
+                views = self.lines.on_full_state(item.states, complete=False)
+                dirty = self.engine.resync(views, complete=False)
                 self._states_ready = True
                 log.info(
                     "full state from NFON",

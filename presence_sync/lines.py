@@ -11,7 +11,9 @@ stream never replays, the state stream re-bootstraps), so the rules are:
   ignored, and a second call ringing while one is answered (call waiting)
   does not replace the answered one;
 - a full state (bootstrap or snapshot) replaces line and presence, but never
-  with something older than what a change already told us.
+  with something older than what a change already told us. Only a snapshot
+  is known to be complete; a stream's bootstrap has no end marker, so it is
+  merged in rather than trusted to list every extension.
 """
 
 from __future__ import annotations
@@ -99,10 +101,13 @@ class Lines:
         self._views[event.extension] = view
         return view
 
-    def on_full_state(self, states: Iterable[StateEvent]) -> list[LineView]:
-        """Replace everything with a complete picture (stream bootstrap or
-        snapshot). Extensions missing from it are forgotten. A state older
-        than a change we already applied keeps the newer one."""
+    def on_full_state(
+        self, states: Iterable[StateEvent], *, complete: bool = True
+    ) -> list[LineView]:
+        """Take a picture of many lines at once (stream bootstrap or snapshot)
+        and return their views. With ``complete`` it replaces everything and
+        extensions missing from it are forgotten; without, it is merged in. A
+        state older than a change we already applied keeps the newer one."""
         fresh: dict[str, LineView] = {}
         stamps: dict[str, datetime] = {}
         for event in states:
@@ -128,6 +133,11 @@ class Lines:
             fresh[event.extension] = view
             if event.updated is not None:
                 stamps[event.extension] = event.updated
-        self._views = fresh
-        self._stamps = stamps
+        if complete:
+            self._views, self._stamps = fresh, stamps
+        else:
+            self._views.update(fresh)
+            for extension in fresh:
+                self._stamps.pop(extension, None)
+            self._stamps.update(stamps)
         return list(fresh.values())

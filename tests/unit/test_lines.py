@@ -127,3 +127,11 @@ def test_full_state_keeps_call_context_of_a_line_still_in_use(lines: Lines) -> N
     assert views["100"].call.uuid == "c1"
     views = {v.extension: v for v in lines.on_full_state([state("100", Line.IDLE)])}
     assert views["100"].call is None
+
+
+def test_a_bootstrap_is_merged_not_trusted_to_be_complete(lines: Lines) -> None:
+    views = lines.on_full_state([state("100", Line.IN_USE)], complete=False)
+    assert [v.extension for v in views] == ["100"]
+    kept = lines.get("101")
+    assert kept is not None
+    assert kept.line is Line.IDLE
