@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,15 +39,13 @@ from presence_sync.ops import metrics, systemd
 from presence_sync.ops.http import Listener, build_app
 from presence_sync.ops.logging import kv
 from presence_sync.rules import RuleSet, compile_rules
-from presence_sync.schedule import Job, Schedules
+from presence_sync.schedule import Job, Schedules, Work
 from presence_sync.store import MemoryStore, SqliteStore, Store
 from presence_sync.targets.base import Target, TargetEnv, TargetInfo, target_class
 
 __all__ = ["STOP_TIMEOUT", "Daemon", "Loaded", "load"]
 
 log = logging.getLogger(__name__)
-
-Job_ = Callable[[], Awaitable[None]]
 
 STOP_TIMEOUT = 8.0
 """Seconds SIGTERM waits for in-flight target calls (systemd allows more)."""
@@ -309,7 +307,7 @@ class Daemon:
             log.warning("NFON directory not available yet; continuing: %s", fetch.exception())
         return not self._stop.is_set()
 
-    def _guarded(self, what: str, job: Callable[[], Awaitable[None]]) -> Job_:
+    def _guarded(self, what: str, job: Work) -> Work:
         """``job`` as a scheduled job: an NFON failure is logged once when it
         starts and once when it ends, not with a traceback every interval."""
         failing = False

@@ -19,7 +19,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from presence_sync.ops.logging import kv
 
-__all__ = ["Job", "Schedules"]
+__all__ = ["Job", "Schedules", "Work"]
 
 log = logging.getLogger(__name__)
 
