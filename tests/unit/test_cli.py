@@ -28,6 +28,7 @@ def test_missing_config_file_exits_78_with_the_path(
         ("nfon:\n  base_url: http://x\n  tokn: 1\n", ":3:3: nfon.tokn"),
         ("people: []\n", "nfon"),
         ("nfon:\n  customer: K1\n  username: ${NO_SUCH_VAR_FOR_TEST}\n", ":3:"),
+        ("resync:\n  interval: soon\n", ":2:13: resync.interval"),
     ],
 )
 def test_invalid_config_exits_78_naming_file_and_line(
