@@ -360,6 +360,10 @@ class Daemon:
         whose desired status already equals the applied one."""
         start = self.clock.monotonic()
         states = await self.nfon.snapshot()
+        if not states and len(self.lines):
+            # Taken as complete, an empty answer would clear everyone.
+            log.warning("NFON snapshot listed no extensions at all; resync skipped")
+            return
         views = self.lines.on_full_state(states)
         dirty = self.engine.resync(views, complete=True)
         took = self.clock.monotonic() - start

@@ -96,7 +96,13 @@ class Directory:
 
     def update_extensions(self, infos: Sequence[ExtensionInfo]) -> DirectoryChange:
         """Take NFON's full extension list: set names, deactivate people whose
-        extension is no longer listed, and record unmapped extensions."""
+        extension is no longer listed, and record unmapped extensions.
+
+        An empty list is not taken: a tenant without a single extension is
+        an NFON hiccup, and believing it would clear everyone's status."""
+        if not infos and self._configured:
+            log.warning("NFON listed no extensions at all; keeping the directory as it was")
+            return DirectoryChange((), (), ())
         nfon: dict[str, str | None] = {}
         for info in infos:
             nfon[info.extension] = info.name or None

@@ -93,6 +93,15 @@ def test_person_whose_extension_disappears_becomes_inactive() -> None:
     assert directory.person("101") == change.added[0]
 
 
+def test_an_empty_extension_list_is_not_believed(caplog: pytest.LogCaptureFixture) -> None:
+    directory = Directory([ANNA, BOB])
+    directory.update_extensions(NFON)
+    change = directory.update_extensions([])
+    assert not change
+    assert keys(directory.people()) == ["anna@example.com", "bob@example.com"]
+    assert "NFON listed no extensions" in caplog.text
+
+
 def test_configured_extension_nfon_never_listed_is_inactive() -> None:
     directory = Directory([ANNA, Entry("999", "ghost@example.com")])
     change = directory.update_extensions(NFON)
