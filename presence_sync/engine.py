@@ -908,25 +908,12 @@ class Engine:
     ) -> None:
         took = self._clock.monotonic() - start
         lane.m_duration.observe(took)
-        try:
-            if result.status is None and not result.data:
-                self._store.delete_applied(lane.name, key)
-            else:
-                self._store.put_applied(lane.name, person, result)
-        except Exception as exc:
+        error = self._record(lane, person, key, result, "an applied status")
+        if error is not None:
             # The remote side shows it but we could not remember that: retry
             # later (targets are idempotent) rather than forget the difference.
-            log.error(
-                "could not record an applied status",
-                exc_info=exc,
-                extra=kv(target=lane.name, person=person.email),
-            )
-            self._backoff(lane, key, f"store: {exc}")
+            self._backoff(lane, key, f"store: {error}")
             return
-        if result.status is None and not result.data:
-            lane.applied.pop(key, None)
-        else:
-            lane.applied[key] = result
         lane.refresh_at.pop(key, None)
         lane.failures.pop(key, None)
         lane.errors.pop(key, None)
@@ -1034,35 +1021,42 @@ class Engine:
         data = {**(old.data if old else {}), UNCERTAIN: True}
         expires = old.expires if old is not None and old.status == status else None
         row = Applied(status=status, at=self._clock.now(), expires=expires, data=frozen_map(data))
-        lane.applied[key] = row
-        try:
-            self._store.put_applied(lane.name, person, row)
-        except Exception as exc:
-            log.error(
-                "could not record an uncertain status",
-                exc_info=exc,
-                extra=kv(target=lane.name, person=person.email),
-            )
+        if self._record(lane, person, key, row, "an uncertain status") is not None:
+            lane.applied[key] = row  # the key is worked on until it is certain again
 
     def _rejected(self, lane: _Lane, person: Person, key: str, before: Applied | None) -> None:
         """The target refused the request outright (4xx, 429, auth): nothing
         changed there, so a write-ahead record goes back to what was before."""
-        if lane.applied.get(key) is before:
-            return
+        if lane.applied.get(key) is not before:
+            # Should that fail, the uncertain record stays: safe, the key is
+            # simply applied again.
+            self._record(lane, person, key, before, "the record from before a refused request")
+
+    def _record(
+        self, lane: _Lane, person: Person, key: str, row: Applied | None, what: str
+    ) -> Exception | None:
+        """Store ``row`` for the key (``None``, or nothing of ours with no
+        memo: delete it) and, once stored, keep it in memory too. Returns the
+        store's error, logged, instead of raising it."""
+        kept = None if row is None or (row.status is None and not row.data) else row
         try:
-            if before is None:
-                lane.applied.pop(key, None)
+            if kept is None:
                 self._store.delete_applied(lane.name, key)
             else:
-                lane.applied[key] = before
-                self._store.put_applied(lane.name, person, before)
+                self._store.put_applied(lane.name, person, kept)
         except Exception as exc:
-            # Keeping the uncertain record is safe: the key is applied again.
             log.error(
-                "could not take back a write-ahead record",
+                "could not record %s",
+                what,
                 exc_info=exc,
                 extra=kv(target=lane.name, person=person.email),
             )
+            return exc
+        if kept is None:
+            lane.applied.pop(key, None)
+        else:
+            lane.applied[key] = kept
+        return None
 
     def _backoff(self, lane: _Lane, key: str, error: str) -> None:
         attempt = lane.failures.get(key, 0) + 1
