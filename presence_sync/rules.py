@@ -674,13 +674,17 @@ class _Compiler:
         """Minutes after midnight (``default`` when absent)."""
         if value is None:
             return default
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # ``from: 8`` or ``from: 0800`` is a number to YAML. Reading it as
+            # hours, minutes or HHMM would each be a guess that is sometimes
+            # wrong, silently; the admin has to say which time is meant.
+            self.fail(
+                path, f'{value} is a number, not a time of day: write times in quotes, e.g. "08:00"'
+            )
+            return default
         limit = 24 * 60 if end else 24 * 60 - 1
         minutes = -1
-        if isinstance(value, int) and not isinstance(value, bool):
-            # YAML 1.1 reads an unquoted 18:00 as the base-60 integer 1080,
-            # which is exactly the minutes after midnight.
-            minutes = value
-        elif isinstance(value, str) and (match := _HHMM.fullmatch(value.strip())):
+        if isinstance(value, str) and (match := _HHMM.fullmatch(value.strip())):
             minutes = int(match[1]) * 60 + int(match[2])
         if not 0 <= minutes <= limit:
             latest = "24:00" if end else "23:59"
