@@ -20,17 +20,16 @@ problem carries the key path of the offending value (``("rules", 2, "set",
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from presence_sync.errors import ConfigError, ConfigProblem
+from presence_sync.errors import ConfigError, ConfigProblem, KeyPath, key_path, unknown
 from presence_sync.model import (
     STATUS_FIELDS,
     Direction,
@@ -50,7 +49,6 @@ __all__ = [
     "compile_rules",
 ]
 
-KeyPath = tuple[str | int, ...]
 ProblemFactory = Callable[[Sequence[str | int], str], ConfigProblem]
 NameLookup = Callable[[str], str | None]
 Predicate = Callable[[Person, LineView, datetime], bool]
@@ -382,28 +380,13 @@ def _no_name(number: str) -> str | None:
 
 
 def _plain_problem(path: Sequence[str | int], message: str) -> ConfigProblem:
-    return ConfigProblem("<rules>", None, None, _dotted(path), message)
-
-
-def _dotted(path: Sequence[str | int]) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
+    return ConfigProblem("<rules>", None, None, key_path(path), message)
 
 
 def _digits(number: str) -> str:
     if number.isascii() and number.isdigit():
         return number
     return "".join(c for c in number if "0" <= c <= "9")
-
-
-def _hint(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f'; did you mean "{close[0]}"?' if close else ""
 
 
 class _Compiler:
@@ -453,10 +436,7 @@ class _Compiler:
         self.problems.append(self.problem(path, message))
 
     def unknown_key(self, path: KeyPath, key: Any, what: str, expected: Sequence[str]) -> None:
-        self.fail(
-            path,
-            f'unknown {what} "{key}" (expected: {", ".join(expected)})' + _hint(str(key), expected),
-        )
+        self.fail(path, unknown(what, key, expected))
 
     def zone(self, value: Any, path: KeyPath) -> tzinfo | None:
         if not isinstance(value, str) or not value:

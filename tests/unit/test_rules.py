@@ -13,7 +13,7 @@ import pytest
 from presence_sync.config import load
 from presence_sync.errors import ConfigError, ConfigProblem
 from presence_sync.model import Call, Direction, Line, LineView, Person, Presence, Status
-from presence_sync.rules import DEFAULT_RULES, RuleSet, compile_rules
+from presence_sync.rules import DEFAULT_RULES, compile_rules
 from presence_sync.targets.base import TargetInfo
 
 ALL_FIELDS = frozenset({"availability", "activity", "text", "emoji", "dnd"})
@@ -960,4 +960,3 @@ def test_enabled_target_with_a_custom_name_is_known() -> None:
     custom = {"alerts": TargetInfo("webhook", "alerts hook", ALL_FIELDS)}
     rules = compile_rules([{"set": {"alerts": {"text": "x"}, "webhook": None}}], targets=custom)
     assert rules.evaluate(person(), view(), MONDAY) == {"alerts": Status(text="x")}
-    assert isinstance(rules, RuleSet)
