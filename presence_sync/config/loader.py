@@ -29,7 +29,9 @@ from presence_sync.config.reading import Reader, read
 from presence_sync.config.secrets import file_fields, leaf_types, read_secret
 from presence_sync.errors import ConfigError, ConfigProblem, KeyPath, key_path, unknown
 from presence_sync.targets.base import (
+    SHARED_SECTIONS,
     STANDARD_KINDS,
+    TargetInfo,
     TargetOptions,
     UnknownTargetError,
     known_kinds,
@@ -62,7 +64,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
 
     data = check.interpolate(data, ())
     raw_targets = data.pop("targets", None)
-    specs = check.targets(raw_targets)
+    specs = check.targets(raw_targets, data)
     data = check.prepare(Settings, data, ())
     check.cross_check(data, raw_targets if isinstance(raw_targets, dict) else {})
     data["targets"] = specs
@@ -216,8 +218,9 @@ class _Checker:
 
     # -- targets: the second phase ---------------------------------------------
 
-    def targets(self, raw: Any) -> dict[str, TargetSpec]:
-        """Each entry under ``targets:`` validated by its kind's ``Options``."""
+    def targets(self, raw: Any, root: Mapping[str, Any]) -> dict[str, TargetSpec]:
+        """Each entry under ``targets:`` validated by its kind's ``Options``,
+        and the sections its kind requires looked for in ``root``."""
         path: KeyPath = ("targets",)
         if not raw:
             hint = "list at least one under targets:, e.g. `log: {}` for a dry run"
@@ -228,12 +231,14 @@ class _Checker:
             return {}
         specs: dict[str, TargetSpec] = {}
         for name, given in raw.items():
-            spec = self._target(name, given, (*path, name))
+            spec = self._target(name, given, (*path, name), root)
             if spec is not None:
                 specs[name] = spec
         return specs
 
-    def _target(self, name: str, given: Any, path: KeyPath) -> TargetSpec | None:
+    def _target(
+        self, name: str, given: Any, path: KeyPath, root: Mapping[str, Any]
+    ) -> TargetSpec | None:
         if not _TARGET_NAME.fullmatch(name):
             self.at(path, "a target name is letters, digits, _ and -", key=True)
             return None
@@ -250,17 +255,38 @@ class _Checker:
         try:
             cls = target_class(kind)
         except UnknownTargetError:
-            known = ", ".join(known_kinds())
-            self.at(kind_path, f"unknown target kind {kind!r}; known kinds: {known}", key=True)
+            self.at(kind_path, unknown("target kind", kind, known_kinds()), key=True)
             return None
         except Exception as exc:  # a broken plugin: the admin's to fix, no traceback
             self.at(kind_path, f"target kind {kind!r} cannot be loaded: {exc!r}", key=True)
             return None
+        info = getattr(cls, "info", None)
+        if not isinstance(info, TargetInfo):
+            self.at(kind_path, f"target kind {kind!r} cannot be loaded: no TargetInfo", key=True)
+            return None
+        self._required_sections(name, kind, info, root, path)
         options = self.prepare(cls.Options, options, path)
         validated = self.validate(cls.Options, options, path)
         if validated is None:
             return None
         return TargetSpec(name=name, kind=kind, options=validated)
+
+    def _required_sections(
+        self, name: str, kind: str, info: TargetInfo, root: Mapping[str, Any], path: KeyPath
+    ) -> None:
+        """Each section in ``info.requires`` may be shared and is in the file
+        (or has a default, like ``tls:``)."""
+        for section in info.requires:
+            if section not in SHARED_SECTIONS:
+                allowed = ", ".join(sorted(SHARED_SECTIONS))
+                self.at(
+                    path,
+                    f"target kind {kind!r} asks for {section!r}, which is not given to "
+                    f"targets (only: {allowed})",
+                    key=True,
+                )
+            elif root.get(section) is None and Settings.model_fields[section].default is None:
+                self.at(path, f"{name} needs a {section}: section", key=True)
 
     # -- checks across entries ---------------------------------------------------
 
