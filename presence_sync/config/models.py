@@ -34,7 +34,7 @@ from pydantic import (
 from pydantic_core import core_schema
 
 from presence_sync.config.reading import Index, Position
-from presence_sync.config.secrets import ALSO_FROM_FILE
+from presence_sync.config.secrets import ALSO_FROM_FILE, warn_if_exposed
 from presence_sync.errors import ConfigProblem, key_path
 from presence_sync.model import Person
 from presence_sync.targets.base import TargetOptions
@@ -180,6 +180,15 @@ def _readable_file(value: Path) -> Path:
 _ConfigPath: TypeAlias = Annotated[Path, AfterValidator(_resolve_path)]
 """A path; a relative one is taken from the config file's directory."""
 _ExistingFile: TypeAlias = Annotated[_ConfigPath, AfterValidator(_readable_file)]
+
+
+def _private_file(value: Path, info: ValidationInfo) -> Path:
+    warn_if_exposed(value, value.stat().st_mode, key=info.field_name or "")
+    return value
+
+
+_PrivateFile: TypeAlias = Annotated[_ExistingFile, AfterValidator(_private_file)]
+"""An existing file holding a secret (a private key): warned about when others may read it."""
 
 
 def _unquoted_digits_hint(value: object) -> object:
@@ -333,7 +342,7 @@ class MicrosoftSettings(_Section):
     tenant_id: _Text
     client_id: _Text
     client_secret: _Secret | None = None
-    certificate_file: _ExistingFile | None = None
+    certificate_file: _PrivateFile | None = None
     certificate_thumbprint: Annotated[str, AfterValidator(_thumbprint)] | None = None
     authority: HttpURL = "https://login.microsoftonline.com"
     graph_url: HttpURL = "https://graph.microsoft.com"

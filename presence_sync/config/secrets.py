@@ -19,7 +19,7 @@ from pydantic import BaseModel, SecretStr
 
 from presence_sync.ops.logging import kv
 
-__all__ = ["ALSO_FROM_FILE", "file_fields", "leaf_types", "read_secret"]
+__all__ = ["ALSO_FROM_FILE", "file_fields", "leaf_types", "read_secret", "warn_if_exposed"]
 
 log = logging.getLogger("presence_sync.config")
 
@@ -67,13 +67,7 @@ def read_secret(path: Path, *, key: str = "") -> str:
         # The mode of the file actually opened, not of a name that may change.
         mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
         raw = handle.read(_MAX_SECRET_BYTES + 1)
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        # Like the store's warning for its database; we do not chmod a file
-        # the admin (or systemd) owns, we say how to fix it.
-        log.warning(
-            "secret file is readable by others; make it readable by its owner only (chmod 600)",
-            extra=kv(path=str(path), mode=f"{mode:04o}", key=key),
-        )
+    warn_if_exposed(path, mode, key=key)
     if len(raw) > _MAX_SECRET_BYTES:
         raise ValueError(f"{path} is larger than 1 MiB")
     try:
@@ -83,3 +77,15 @@ def read_secret(path: Path, *, key: str = "") -> str:
     if not text:
         raise ValueError(f"{path} is empty")
     return text
+
+
+def warn_if_exposed(path: Path, mode: int, *, key: str) -> None:
+    """Log a warning when permission bits ``mode`` of the secret file ``path``
+    (named by config ``key``) let group or others read it."""
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        # Like the store's warning for its database; we do not chmod a file
+        # the admin (or systemd) owns, we say how to fix it.
+        log.warning(
+            "secret file is readable by others; make it readable by its owner only (chmod 600)",
+            extra=kv(path=str(path), mode=f"{stat.S_IMODE(mode):04o}", key=key),
+        )

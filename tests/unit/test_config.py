@@ -717,14 +717,27 @@ def test_microsoft_needs_exactly_one_credential(
     assert message in found.message
 
 
-def test_microsoft_certificate(write: Callable[[str], Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("mode", "warned"), [(0o600, False), (0o604, True)])
+def test_microsoft_certificate(
+    write: Callable[[str], Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    mode: int,
+    warned: bool,
+) -> None:
     (tmp_path / "app.pem").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (tmp_path / "app.pem").chmod(mode)
     path = write(
         BASE + "microsoft:\n  tenant_id: t\n  client_id: c\n  certificate_file: app.pem\n"
         "  certificate_thumbprint: 'ab:cd:" + "0" * 36 + "'\n"
     )
 
-    ms = load(path, {}).microsoft
+    with caplog.at_level(logging.WARNING, logger="presence_sync.config"):
+        ms = load(path, {}).microsoft
+
+    warnings = [r.__dict__["ctx"] for r in caplog.records if "secret file" in r.getMessage()]
+    expected = {"path": str(tmp_path / "app.pem"), "mode": f"{mode:04o}", "key": "certificate_file"}
+    assert warnings == ([expected] if warned else [])
 
     assert ms is not None
     assert ms.certificate_file == tmp_path / "app.pem"
