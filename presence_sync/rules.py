@@ -15,7 +15,9 @@ else on the common path.
 
 Validation collects every problem before it raises one ``ConfigError``; each
 problem carries the key path of the offending value (``("rules", 2, "set",
-"slack_status", "text")``) so the config loader can name its file and line.
+"slack_status", "text")``) so the config loader can name its file and line
+(``Settings.problem``), and names and unknown words are spelled by
+``errors.key_path`` and ``errors.unknown``, as the loader spells them.
 """
 
 from __future__ import annotations
