@@ -41,7 +41,7 @@ from presence_sync.ops.logging import kv
 from presence_sync.rules import RuleSet, compile_rules
 from presence_sync.schedule import Job, Schedules, Work
 from presence_sync.store import MemoryStore, SqliteStore, Store
-from presence_sync.targets.base import Target, TargetEnv, TargetInfo, target_class
+from presence_sync.targets.base import Target, TargetInfo, target_class, target_env
 
 __all__ = ["STOP_TIMEOUT", "Daemon", "Loaded", "load"]
 
@@ -120,32 +120,25 @@ class Daemon:
 
     # --- building ------------------------------------------------------------------
 
-    def _env(self, settings: Settings) -> TargetEnv:
-        verify: str | bool = str(settings.tls.ca_bundle) if settings.tls.ca_bundle else True
-        return TargetEnv(
-            clock=self.clock,
-            user_agent=user_agent(settings.nfon.customer),
-            settings=settings,
-            verify=verify,
+    def _build_target(self, spec: TargetSpec, settings: Settings) -> Target:
+        cls = target_class("log" if self.dry_run else spec.kind)
+        env = target_env(
+            cls.info, settings, clock=self.clock, user_agent=user_agent(settings.nfon.customer)
         )
-
-    def _build_target(self, spec: TargetSpec, env: TargetEnv) -> Target:
         if self.dry_run:
-            log_cls = target_class("log")
-            return log_cls(spec.name, log_cls.Options(), env)
-        return target_class(spec.kind)(spec.name, spec.options, env)
+            return cls(spec.name, cls.Options(), env)
+        return cls(spec.name, spec.options, env)
 
     def _build_targets(self, settings: Settings) -> tuple[dict[str, Target], list[Target]]:
         """Targets for ``settings``, reusing instances whose spec did not
         change; returns the new map and the instances no longer used."""
-        env = self._env(settings)
         old = self._built
         fresh = _Built()
         for name, spec in settings.targets.items():
             if name in old.targets and old.specs.get(name) == spec:
                 fresh.targets[name] = old.targets[name]
             else:
-                fresh.targets[name] = self._build_target(spec, env)
+                fresh.targets[name] = self._build_target(spec, settings)
             fresh.specs[name] = spec
         kept = {id(t) for t in fresh.targets.values()}
         retired = [t for t in old.targets.values() if id(t) not in kept]

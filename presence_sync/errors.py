@@ -12,30 +12,82 @@ PresenceSyncError
 ```
 
 ``ConfigError`` carries where the problem is (file, line, key path) so that the
-CLI can print ``config.yaml:12:5: nfon.base_url: ...``. Targets translate their
+CLI can print ``config.yaml:12:5: nfon.base_url: ...``. Every stage that checks
+the file (the config loader, the rules compiler) spells key paths with
+``key_path()`` and unknown names with ``unknown()``, so an admin reads one
+style of message whichever stage found the mistake. Targets translate their
 client library's errors into ``TransientError``/``PermanentError``/``AuthError``;
 the engine knows nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+import json
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 __all__ = [
     "AuthError",
     "ConfigError",
     "ConfigProblem",
+    "KeyPath",
     "PermanentError",
     "PresenceSyncError",
     "StoreError",
     "StreamError",
     "TransientError",
     "UpstreamError",
+    "did_you_mean",
+    "key_path",
+    "unknown",
 ]
 
 EX_CONFIG = 78
 """sysexits.h ``EX_CONFIG``; the systemd unit stops restarting on it."""
+
+
+KeyPath: TypeAlias = tuple[str | int, ...]
+"""Where a value sits in the file: ``("people", 2, "email")`` is ``people[2].email``."""
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def key_path(path: Sequence[str | int]) -> str:
+    """A key path as an admin reads it: ``("people", 2, "email")`` →
+    ``people[2].email``; a key that is not a plain name is quoted
+    (``rules[0].set["*"]``)."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_KEY.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """``did you mean "username"?`` for the choice closest to ``word``, or
+    None when none is close enough to be a likely typo."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f'did you mean "{close[0]}"?' if close else None
+
+
+def unknown(what: str, name: object, allowed: Iterable[str]) -> str:
+    """The message for a name that is none of ``allowed``: a suggestion when
+    one is close (``unknown key "usernme" (did you mean "username"?)``),
+    else the allowed names."""
+    choices = list(allowed)
+    hint = did_you_mean(str(name), choices)
+    if hint is not None:
+        return f'unknown {what} "{name}" ({hint})'
+    if choices:
+        return f'unknown {what} "{name}" (expected one of: {", ".join(choices)})'
+    return f'unknown {what} "{name}"'
 
 
 class PresenceSyncError(Exception):

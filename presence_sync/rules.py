@@ -15,22 +15,23 @@ else on the common path.
 
 Validation collects every problem before it raises one ``ConfigError``; each
 problem carries the key path of the offending value (``("rules", 2, "set",
-"slack_status", "text")``) so the config loader can name its file and line.
+"slack_status", "text")``) so the config loader can name its file and line
+(``Settings.problem``), and names and unknown words are spelled by
+``errors.key_path`` and ``errors.unknown``, as the loader spells them.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 import string
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from presence_sync.errors import ConfigError, ConfigProblem
+from presence_sync.errors import ConfigError, ConfigProblem, KeyPath, key_path, unknown
 from presence_sync.model import (
     STATUS_FIELDS,
     Direction,
@@ -50,7 +51,6 @@ __all__ = [
     "compile_rules",
 ]
 
-KeyPath = tuple[str | int, ...]
 ProblemFactory = Callable[[Sequence[str | int], str], ConfigProblem]
 NameLookup = Callable[[str], str | None]
 Predicate = Callable[[Person, LineView, datetime], bool]
@@ -382,28 +382,13 @@ def _no_name(number: str) -> str | None:
 
 
 def _plain_problem(path: Sequence[str | int], message: str) -> ConfigProblem:
-    return ConfigProblem("<rules>", None, None, _dotted(path), message)
-
-
-def _dotted(path: Sequence[str | int]) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
+    return ConfigProblem("<rules>", None, None, key_path(path), message)
 
 
 def _digits(number: str) -> str:
     if number.isascii() and number.isdigit():
         return number
     return "".join(c for c in number if "0" <= c <= "9")
-
-
-def _hint(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f'; did you mean "{close[0]}"?' if close else ""
 
 
 class _Compiler:
@@ -453,10 +438,7 @@ class _Compiler:
         self.problems.append(self.problem(path, message))
 
     def unknown_key(self, path: KeyPath, key: Any, what: str, expected: Sequence[str]) -> None:
-        self.fail(
-            path,
-            f'unknown {what} "{key}" (expected: {", ".join(expected)})' + _hint(str(key), expected),
-        )
+        self.fail(path, unknown(what, key, expected))
 
     def zone(self, value: Any, path: KeyPath) -> tzinfo | None:
         if not isinstance(value, str) or not value:
@@ -674,13 +656,17 @@ class _Compiler:
         """Minutes after midnight (``default`` when absent)."""
         if value is None:
             return default
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # ``from: 8`` or ``from: 0800`` is a number to YAML. Reading it as
+            # hours, minutes or HHMM would each be a guess that is sometimes
+            # wrong, silently; the admin has to say which time is meant.
+            self.fail(
+                path, f'{value} is a number, not a time of day: write times in quotes, e.g. "08:00"'
+            )
+            return default
         limit = 24 * 60 if end else 24 * 60 - 1
         minutes = -1
-        if isinstance(value, int) and not isinstance(value, bool):
-            # YAML 1.1 reads an unquoted 18:00 as the base-60 integer 1080,
-            # which is exactly the minutes after midnight.
-            minutes = value
-        elif isinstance(value, str) and (match := _HHMM.fullmatch(value.strip())):
+        if isinstance(value, str) and (match := _HHMM.fullmatch(value.strip())):
             minutes = int(match[1]) * 60 + int(match[2])
         if not 0 <= minutes <= limit:
             latest = "24:00" if end else "23:59"

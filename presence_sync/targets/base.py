@@ -19,7 +19,8 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Any, ClassVar, Protocol, TypeVar, overload, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,6 +30,7 @@ from presence_sync.model import Applied, LineView, Person, Status
 __all__ = [
     "BUILTIN",
     "ENTRY_POINT_GROUP",
+    "SHARED_SECTIONS",
     "STANDARD_KINDS",
     "Change",
     "Memory",
@@ -37,9 +39,12 @@ __all__ = [
     "TargetFactory",
     "TargetInfo",
     "TargetOptions",
+    "UndeclaredSectionError",
     "UnknownTargetError",
     "known_kinds",
+    "missing_sections",
     "target_class",
+    "target_env",
 ]
 
 ENTRY_POINT_GROUP = "presence_sync.targets"
@@ -66,6 +71,13 @@ even while they are not enabled (they are then unused), so switching a target
 off does not invalidate the file; any other name must be an enabled target."""
 
 
+SHARED_SECTIONS: frozenset[str] = frozenset({"microsoft", "slack", "tls", "timezone"})
+"""The top-level configuration keys a target may declare in ``TargetInfo.requires``.
+``nfon:``, ``people:``, ``state:`` and the rest are never handed to a target."""
+
+_T = TypeVar("_T")
+
+
 class TargetOptions(BaseModel):
     """Base of every target's options model (its block under ``targets:``).
     Unknown keys are errors, like everywhere in the configuration."""
@@ -89,7 +101,11 @@ class TargetInfo:
       The engine then records each status as "maybe applied" before sending
       it (write-ahead), so a crash during the request still leaves the store
       knowing what may need taking back. Only a target with nothing to take
-      back (``log``) turns it off.
+      back (``log``) turns it off;
+    - ``requires``: the configuration sections it is handed (names from
+      ``SHARED_SECTIONS``, e.g. ``("microsoft", "tls")``). It gets these and
+      its own options, nothing else; a section that is optional in the file
+      (``microsoft:``, ``slack:``) must then be there.
     """
 
     kind: str
@@ -102,20 +118,85 @@ class TargetInfo:
     refresh_before: float = 60.0
     timeout: float = 30.0
     remote_state: bool = True
+    requires: tuple[str, ...] = ()
+
+
+class UndeclaredSectionError(LookupError):
+    """A target asked its ``TargetEnv`` for a section that is not in its
+    ``TargetInfo.requires``: a bug in the target, not in the configuration."""
 
 
 @dataclass(frozen=True, slots=True)
 class TargetEnv:
-    """What the composition root hands every target it builds.
+    """What the composition root hands a target it builds; see ``target_env``.
 
-    ``settings`` is the root configuration (``config.Settings``): targets read
-    the shared ``microsoft:``/``slack:``/``tls:`` sections from it.
+    ``sections`` holds exactly the configuration sections the target declared
+    in ``TargetInfo.requires`` (e.g. ``config.MicrosoftSettings`` under
+    ``"microsoft"``), read-only; ``verify`` is what outbound HTTPS trusts:
+    ``tls.ca_bundle`` as a string when the target requires ``tls`` and one is
+    set, else True (the system store).
     """
 
     clock: Clock
     user_agent: str
-    settings: Any = None
+    sections: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     verify: str | bool = True
+
+    @overload
+    def section(self, name: str) -> Any: ...
+
+    @overload
+    def section(self, name: str, kind: type[_T]) -> _T: ...
+
+    def section(self, name: str, kind: type[Any] | None = None) -> Any:
+        """The section ``name``; with ``kind``, checked to be an instance of it
+        (``env.section("microsoft", MicrosoftSettings)``).
+
+        Raises ``UndeclaredSectionError`` when the target did not declare
+        ``name`` in ``TargetInfo.requires``, ``TypeError`` when it is no ``kind``.
+        """
+        try:
+            value = self.sections[name]
+        except KeyError:
+            declared = ", ".join(sorted(self.sections)) or "none"
+            raise UndeclaredSectionError(
+                f"section {name!r} was not declared in TargetInfo.requires (declared: {declared})"
+            ) from None
+        if kind is not None and not isinstance(value, kind):
+            raise TypeError(f"section {name!r} is a {type(value).__name__}, not a {kind.__name__}")
+        return value
+
+
+def missing_sections(info: TargetInfo, source: object) -> list[str]:
+    """The sections in ``info.requires`` that ``source`` (the root settings,
+    read by attribute) lacks or leaves empty, in declared order."""
+    return [name for name in info.requires if getattr(source, name, None) is None]
+
+
+def target_env(info: TargetInfo, source: object, *, clock: Clock, user_agent: str) -> TargetEnv:
+    """The environment of one target of class metadata ``info``.
+
+    ``source`` is the root configuration (``config.Settings``); only the
+    attributes named in ``info.requires`` are read from it, so the target never
+    sees ``nfon:`` or any section it did not ask for. Raises ``ValueError`` for
+    a declared name outside ``SHARED_SECTIONS`` and ``LookupError`` naming the
+    missing sections when ``source`` lacks one (``config.load`` reports both
+    as configuration errors first, with the target's line).
+    """
+    foreign = [name for name in info.requires if name not in SHARED_SECTIONS]
+    if foreign:
+        raise ValueError(f"target kind {info.kind!r} may not require {', '.join(foreign)}")
+    missing = missing_sections(info, source)
+    if missing:
+        raise LookupError(f"target kind {info.kind!r} needs the section(s) {', '.join(missing)}")
+    sections = {name: getattr(source, name) for name in info.requires}
+    ca_bundle = getattr(sections.get("tls"), "ca_bundle", None)
+    return TargetEnv(
+        clock=clock,
+        user_agent=user_agent,
+        sections=MappingProxyType(sections),
+        verify=str(ca_bundle) if ca_bundle else True,
+    )
 
 
 class Memory(Protocol):

@@ -230,6 +230,7 @@ class WebhookTarget:
         burst=20,
         concurrency=4,
         restores=False,
+        requires=("tls",),
     )
     Options: ClassVar[type[WebhookOptions]] = WebhookOptions
 

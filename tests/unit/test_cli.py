@@ -42,6 +42,24 @@ def test_invalid_config_exits_78_naming_file_and_line(
     assert where in err
 
 
+def test_unquoted_clock_time_in_a_rule_exits_78_naming_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "nfon: {customer: K1234, username: u, password: p}\n"
+        "targets: {log: {}}\n"
+        "rules:\n"
+        "  - when: {time: {from: 8, to: '18:00'}}\n"
+        "    set: {log: {text: x}}\n"
+    )
+    assert main(["run", "-c", str(path)]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert f"{path}:4:25: rules[0].when.time.from: " in err
+    assert 'write times in quotes, e.g. "08:00"' in err
+    assert "Traceback" not in err
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["version"]) == 0
     assert capsys.readouterr().out.strip() == f"presence-sync {__version__}"

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from presence_sync.config import load
 from presence_sync.errors import ConfigError, ConfigProblem
 from presence_sync.model import Call, Direction, Line, LineView, Person, Presence, Status
-from presence_sync.rules import DEFAULT_RULES, RuleSet, compile_rules
+from presence_sync.rules import DEFAULT_RULES, compile_rules
 from presence_sync.targets.base import TargetInfo
 
 ALL_FIELDS = frozenset({"availability", "activity", "text", "emoji", "dnd"})
@@ -224,9 +226,6 @@ TIME_CASES: list[tuple[str, dict[str, Any], datetime, bool]] = [
     ("from only, before", {"from": "18:00"}, datetime(2024, 3, 4, 17, 0, tzinfo=UTC), False),
     ("to only, before", {"to": "08:00"}, datetime(2024, 3, 4, 7, 59, tzinfo=UTC), True),
     ("to only, after", {"to": "08:00"}, datetime(2024, 3, 4, 8, 0, tzinfo=UTC), False),
-    # YAML 1.1 reads an unquoted 18:00 as 1080
-    ("unquoted YAML time", {"from": 1080}, datetime(2024, 3, 4, 18, 0, tzinfo=UTC), True),
-    ("unquoted YAML time, before", {"from": 1080}, datetime(2024, 3, 4, 17, 59, tzinfo=UTC), False),
     ("to 24:00", {"from": "20:00", "to": "24:00"}, datetime(2024, 3, 4, 23, 59, tzinfo=UTC), True),
     ("naive now is UTC", {"from": "10:00", "to": "11:00"}, datetime(2024, 3, 4, 10, 30), True),
 ]
@@ -753,6 +752,18 @@ ERROR_CASES: list[tuple[str, Any, list[tuple[str | int, ...]], str]] = [
     ),
     ("bad to", rule(when={"time": {"to": "6pm"}}), [("rules", 0, "when", "time", "to")], "HH:MM"),
     (
+        "hour as a number",
+        rule(when={"time": {"from": 8}}),
+        [("rules", 0, "when", "time", "from")],
+        'write times in quotes, e.g. "08:00"',
+    ),
+    (
+        "minutes as a number",
+        rule(when={"time": {"to": 1080}}),
+        [("rules", 0, "when", "time", "to")],
+        'write times in quotes, e.g. "08:00"',
+    ),
+    (
         "bad zone",
         rule(when={"time": {"timezone": "Mars/Olympus"}}),
         [("rules", 0, "when", "time", "timezone")],
@@ -872,6 +883,40 @@ def test_bad_rules(raw: Any, paths: list[tuple[str | int, ...]], message: str) -
     assert message in str(error)
 
 
+@pytest.mark.parametrize(
+    ("window", "number", "keys"),
+    [
+        ("{from: 8, to: 18}", "8", ["rules[0].when.time.from", "rules[0].when.time.to"]),
+        ("{from: 0800, to: '18:00'}", "0800", ["rules[0].when.time.from"]),
+    ],
+)
+def test_unquoted_number_as_a_clock_time_is_refused_with_its_line(
+    tmp_path: Path, window: str, number: str, keys: list[str]
+) -> None:
+    # Through the real loader: YAML 1.2 reads 8 and 0800 as the integers 8
+    # and 800, which must not become 00:08 or 13:20.
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "nfon: {customer: K1234, username: u, password: p}\n"
+        "targets: {webhook: {url: 'https://hooks.example.com/x'}}\n"
+        "rules:\n"
+        "  - name: office\n"
+        f"    when: {{time: {window}}}\n"
+        "    set: {webhook: {text: x}}\n"
+    )
+    settings = load(path, {})
+    assert settings.rules is not None
+
+    with pytest.raises(ConfigError) as caught:
+        compile_rules(settings.rules, targets=targets("webhook"), problem=settings.problem)
+
+    problem = caught.value.problems[0]
+    assert (problem.file, problem.line, problem.key) == (str(path), 5, "rules[0].when.time.from")
+    assert problem.column == path.read_text().splitlines()[4].index(number) + 1
+    assert 'write times in quotes, e.g. "08:00"' in problem.message
+    assert [p.key for p in caught.value.problems] == keys
+
+
 def test_every_problem_is_reported_at_once() -> None:
     raw = [
         {"when": {"line": "busy"}, "set": SET},
@@ -915,4 +960,3 @@ def test_enabled_target_with_a_custom_name_is_known() -> None:
     custom = {"alerts": TargetInfo("webhook", "alerts hook", ALL_FIELDS)}
     rules = compile_rules([{"set": {"alerts": {"text": "x"}, "webhook": None}}], targets=custom)
     assert rules.evaluate(person(), view(), MONDAY) == {"alerts": Status(text="x")}
-    assert isinstance(rules, RuleSet)

@@ -1,0 +1,561 @@
+"""Step 4 of ``load()``: the settings models, one per section of the file.
+
+Every section forbids unknown keys and is frozen. Value types with a
+message an admin can act on (``Duration``, ``HttpURL``, extensions, phone
+numbers, listen addresses) live here beside the models that use them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import urllib.parse
+import zoneinfo
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, Self, TypeAlias
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetPydanticSchema,
+    PrivateAttr,
+    SecretStr,
+    SerializeAsAny,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import core_schema
+
+from presence_sync.config.reading import Index, Position
+from presence_sync.config.secrets import ALSO_FROM_FILE, warn_if_exposed
+from presence_sync.errors import ConfigProblem, key_path
+from presence_sync.model import Person
+from presence_sync.targets.base import TargetOptions
+
+__all__ = [
+    "DEFAULT_NFON_URL",
+    "DEFAULT_STATE_PATH",
+    "Duration",
+    "HttpSettings",
+    "HttpURL",
+    "LoggingSettings",
+    "MicrosoftSettings",
+    "NfonSettings",
+    "PersonSettings",
+    "ResyncSettings",
+    "Settings",
+    "SlackSettings",
+    "StateSettings",
+    "TargetSpec",
+    "TlsSettings",
+    "ValidationContext",
+    "normalise_email",
+    "normalise_number",
+    "parse_duration",
+]
+
+DEFAULT_NFON_URL: Final = "https://providersupportdata.cloud-cfg.com/v1"
+DEFAULT_STATE_PATH: Final = Path("/var/lib/presence-sync/state.db")
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationContext:
+    """What validators need beyond the value: handed in as pydantic's context.
+
+    ``base_dir`` resolves relative paths, ``environ`` serves defaults such as
+    ``$STATE_DIRECTORY``; ``file`` and ``index`` let the validated
+    ``Settings`` name lines in the file it came from.
+    """
+
+    base_dir: Path
+    environ: Mapping[str, str]
+    file: str = "<memory>"
+    index: Index = field(default_factory=Index)
+
+
+def _context(info: ValidationInfo) -> ValidationContext:
+    if isinstance(info.context, ValidationContext):
+        return info.context
+    # Validated in code rather than by load(): behave as if the file were here.
+    return ValidationContext(Path.cwd(), os.environ)
+
+
+_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?(?:ms|s|m|h|d))+")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?)(ms|s|m|h|d)")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number of seconds or a string like ``250ms``, ``30s``,
+    ``5m``, ``1h30m``, ``1d`` (or ``"90"``). Raises ``ValueError`` when it is
+    none of these, negative, or not finite."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 5m or 1h30m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = "".join(value.split())
+        if text.startswith("-"):
+            raise ValueError("a duration must not be negative")
+        if re.fullmatch(r"[0-9]+(?:\.[0-9]*)?", text):
+            seconds = float(text)
+        elif _DURATION.fullmatch(text):
+            seconds = sum(
+                float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(text)
+            )
+        else:
+            raise ValueError(
+                f"{value!r} is not a duration: write seconds, or e.g. 250ms, 30s, 5m, 1h30m, 1d"
+            )
+    else:
+        raise ValueError("expected a duration like 30s, 5m or 1h30m")
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be finite")
+    if seconds < 0:
+        raise ValueError("a duration must not be negative")
+    return seconds
+
+
+Duration: TypeAlias = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds as a float; accepts numbers (seconds) and ``30s``/``5m``/``1h30m``/``1d``/``250ms``."""
+
+_PositiveDuration: TypeAlias = Annotated[Duration, Field(gt=0)]
+
+
+def _http_url(value: str) -> str:
+    value = value.strip()
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    return value
+
+
+HttpURL: TypeAlias = Annotated[str, AfterValidator(_http_url)]
+"""A string that is an absolute http(s) URL (kept as written, surrounding blanks removed)."""
+
+
+def _filled(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+_Text: TypeAlias = Annotated[str, AfterValidator(_filled)]
+
+
+def _filled_secret(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+_Secret: TypeAlias = Annotated[SecretStr, AfterValidator(_filled_secret)]
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    if value == Path():
+        raise ValueError("must be a path")
+    return value if value.is_absolute() else _context(info).base_dir / value
+
+
+def _readable_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"no such file: {value}")
+    if not os.access(value, os.R_OK):
+        raise ValueError(f"cannot read {value}")
+    return value
+
+
+_ConfigPath: TypeAlias = Annotated[Path, AfterValidator(_resolve_path)]
+"""A path; a relative one is taken from the config file's directory."""
+_ExistingFile: TypeAlias = Annotated[_ConfigPath, AfterValidator(_readable_file)]
+
+
+def _private_file(value: Path, info: ValidationInfo) -> Path:
+    warn_if_exposed(value, value.stat().st_mode, key=info.field_name or "")
+    return value
+
+
+_PrivateFile: TypeAlias = Annotated[_ExistingFile, AfterValidator(_private_file)]
+"""An existing file holding a secret (a private key): warned about when others may read it."""
+
+
+def _unquoted_digits_hint(value: object) -> object:
+    # The YAML already turned unquoted digits into an int; converting back
+    # would silently lose leading zeros, so the admin has to quote them.
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(
+            'put it in quotes, e.g. "0100": unquoted digits are a number to YAML, '
+            "which drops leading zeros"
+        )
+    return value
+
+
+def _extension(value: str) -> str:
+    value = value.strip()
+    if not re.fullmatch(r"[0-9*#]+", value):
+        raise ValueError('an extension is digits (and * or #), e.g. "100"')
+    return value
+
+
+def normalise_number(value: str) -> str:
+    """A phone number as NFON writes it: digits only, international, no prefix.
+
+    Spaces and dashes go, and so does a leading ``+`` or ``00``: both
+    ``"+49 89 1234-56"`` and ``"0049 89 123456"`` give ``"4989123456"``.
+    Raises ``ValueError`` for anything else.
+    """
+    text = re.sub(r"[\s-]", "", value)
+    if text.startswith("+"):
+        text = text[1:]
+    elif text.startswith("00"):
+        text = text[2:]
+    if not re.fullmatch(r"[0-9]+", text):
+        raise ValueError("a phone number is digits, spaces, dashes and a leading + or 00")
+    return text
+
+
+_Extension: TypeAlias = Annotated[
+    str, BeforeValidator(_unquoted_digits_hint), AfterValidator(_extension)
+]
+_PhoneNumber: TypeAlias = Annotated[
+    str, BeforeValidator(_unquoted_digits_hint), AfterValidator(normalise_number)
+]
+
+
+def _email(value: str) -> str:
+    value = normalise_email(value)
+    local, at, domain = value.partition("@")
+    if not at or not local or not domain or "@" in domain or any(c.isspace() for c in value):
+        raise ValueError("not an e-mail address")
+    return value
+
+
+def normalise_email(value: str) -> str:
+    return value.strip().lower()
+
+
+_Email: TypeAlias = Annotated[str, AfterValidator(_email)]
+
+
+def _timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(
+            f"unknown time zone {value!r}: use an IANA name like Europe/Berlin"
+        ) from None
+    return value
+
+
+_LISTEN = re.compile(
+    r"\[(?P<v6>[^\]]+)\]:(?P<port6>[0-9]{1,5})|(?P<host>[^:\[\]\s]+):(?P<port>[0-9]{1,5})"
+)
+_HOSTNAME = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _split_listen(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9477"`` → ``("127.0.0.1", 9477)``; ``"[::1]:9477"`` → ``("::1", 9477)``."""
+    match = _LISTEN.fullmatch(text)
+    if match is None:
+        raise ValueError('expected host:port, e.g. "127.0.0.1:9477" or "[::1]:9477"')
+    if match["v6"] is not None:
+        host, port = match["v6"], int(match["port6"])
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host} is not an IPv6 address") from None
+    else:
+        host, port = match["host"], int(match["port"])
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"{host} is not a host name or IPv4 address")
+    if port > 65535:
+        raise ValueError("the port must be 0..65535")
+    return host, port
+
+
+def _listen(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError('expected host:port, e.g. "127.0.0.1:9477"')
+    _split_listen(value.strip())
+    return value.strip()
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+class _Section(BaseModel):
+    """Base of every settings section: unknown keys are errors, values frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _k_account(value: str) -> str:
+    value = value.strip()
+    if not re.fullmatch(r"K[0-9A-Za-z]+", value):
+        raise ValueError("must be the NFON K-Account, like K1234")
+    return value
+
+
+class NfonSettings(_Section):
+    """``nfon:``, the CTI API account. ``username`` and ``password`` may
+    come from files (``username_file``, ``password_file``)."""
+
+    base_url: HttpURL = DEFAULT_NFON_URL
+    customer: Annotated[str, AfterValidator(_k_account)]
+    username: Annotated[_Text, ALSO_FROM_FILE]
+    password: _Secret
+    request_timeout: _PositiveDuration = 10.0
+    liveness_timeout: _PositiveDuration = 120.0
+    """A stream that delivers no byte for this long is restarted."""
+    reconnect_max_delay: _PositiveDuration = 60.0
+
+
+def _thumbprint(value: str) -> str:
+    hexdigits = re.sub(r"[\s:]", "", value).upper()
+    if not re.fullmatch(r"[0-9A-F]{40}|[0-9A-F]{64}", hexdigits):
+        raise ValueError("a certificate thumbprint is 40 (SHA-1) or 64 (SHA-256) hex digits")
+    return hexdigits
+
+
+class MicrosoftSettings(_Section):
+    """``microsoft:``, the Entra ID app for the Teams and Outlook targets.
+    It signs in with ``client_secret`` or with ``certificate_file`` +
+    ``certificate_thumbprint``: exactly one of the two."""
+
+    tenant_id: _Text
+    client_id: _Text
+    client_secret: _Secret | None = None
+    certificate_file: _PrivateFile | None = None
+    certificate_thumbprint: Annotated[str, AfterValidator(_thumbprint)] | None = None
+    authority: HttpURL = "https://login.microsoftonline.com"
+    graph_url: HttpURL = "https://graph.microsoft.com"
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Self:
+        certificate = self.certificate_file is not None or self.certificate_thumbprint is not None
+        if self.client_secret is not None and certificate:
+            raise ValueError(
+                "give client_secret or certificate_file + certificate_thumbprint, not both"
+            )
+        if self.client_secret is None and not certificate:
+            raise ValueError(
+                "no credential: give client_secret, or certificate_file + certificate_thumbprint"
+            )
+        if certificate and (self.certificate_file is None or self.certificate_thumbprint is None):
+            raise ValueError("certificate_file and certificate_thumbprint go together")
+        return self
+
+
+class SlackSettings(_Section):
+    """``slack:``, the Slack app token for the Slack targets."""
+
+    token: _Secret
+    base_url: HttpURL = "https://slack.com/api/"
+
+
+class TlsSettings(_Section):
+    """``tls:``, trust for every outbound HTTPS connection."""
+
+    ca_bundle: _ExistingFile | None = None
+
+
+class PersonSettings(_Section):
+    """One entry of ``people:``: whose line is mirrored, and how.
+
+    ``email`` is stored lower-cased and is the person's identity;
+    ``ids`` maps a target name to the person's id there (skips a lookup);
+    ``opt_out`` lists target names this person does not want.
+    """
+
+    extension: _Extension
+    email: _Email
+    name: _Text | None = None
+    groups: list[_Text] = []
+    ids: dict[str, _Text] = {}
+    opt_out: list[str] = []
+
+    def to_person(self) -> Person:
+        """The domain ``Person`` of this entry."""
+        return Person(
+            key=self.email,
+            email=self.email,
+            extension=self.extension,
+            name=self.name,
+            groups=frozenset(self.groups),
+            ids=dict(self.ids),
+            opt_out=frozenset(self.opt_out),
+        )
+
+
+class _NumberEntry(_Section):
+    """An entry of a number list: ``"4989123"`` or ``{number: ..., name: ...}``."""
+
+    number: _PhoneNumber
+    name: _Text | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_number(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"number": data}
+        return _unquoted_digits_hint(data)
+
+
+def _number_dict(entries: list[_NumberEntry]) -> dict[str, str | None]:
+    return {entry.number: entry.name for entry in entries}
+
+
+_NumberList: TypeAlias = Annotated[
+    dict[str, str | None],
+    # Written as a list (with per-entry errors and positions), kept as a dict.
+    GetPydanticSchema(
+        lambda _type, handler: core_schema.no_info_after_validator_function(
+            _number_dict,
+            handler.generate_schema(list[_NumberEntry]),
+            serialization=core_schema.plain_serializer_function_ser_schema(dict),
+        )
+    ),
+]
+
+
+class ResyncSettings(_Section):
+    """``resync:``, how often everything is recomputed from scratch."""
+
+    interval: _PositiveDuration = 300.0
+    directory_interval: _PositiveDuration = 3600.0
+
+
+class StateSettings(_Section):
+    """``state:``, where the applied state is kept. The default path is
+    ``$STATE_DIRECTORY/state.db`` under systemd's ``StateDirectory=``, else
+    ``/var/lib/presence-sync/state.db``."""
+
+    path: _ConfigPath = DEFAULT_STATE_PATH
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_path(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and data.get("path") is None:
+            directory = _context(info).environ.get("STATE_DIRECTORY")
+            path = Path(directory.split(":")[0]) / "state.db" if directory else DEFAULT_STATE_PATH
+            return {**data, "path": path}
+        return data
+
+
+class HttpSettings(_Section):
+    """``http:``, the health, metrics and status listener; ``listen`` empty
+    or null turns it off."""
+
+    listen: Annotated[str | None, BeforeValidator(_listen)] = "127.0.0.1:9477"
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` to bind (IPv6 without brackets), or None when off."""
+        return None if self.listen is None else _split_listen(self.listen)
+
+
+class LoggingSettings(_Section):
+    """``logging:``; ``format: auto`` is text, with syslog priorities for journald."""
+
+    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = "info"
+    format: Annotated[Literal["auto", "text", "json"], BeforeValidator(_lower)] = "auto"
+
+
+class TargetSpec(BaseModel):
+    """One enabled target: its name (the key under ``targets:``), its kind,
+    and its options, validated by that kind's ``Options`` model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    kind: str
+    options: SerializeAsAny[TargetOptions]
+
+
+_DEFAULTED_SECTIONS: Final = ("tls", "resync", "state", "http", "logging", "people", "lists")
+
+
+class Settings(_Section):
+    """The whole validated configuration.
+
+    ``rules`` is kept as written (``rules.py`` compiles it); ``locate()`` and
+    ``problem()`` give positions in the file for any key path, so that later
+    stages report errors the same way ``load()`` does. Secrets are
+    ``SecretStr`` and never show in ``repr()``/``str()``; the number lists
+    (personal data) are left out of the repr too.
+    """
+
+    nfon: NfonSettings
+    microsoft: MicrosoftSettings | None = None
+    slack: SlackSettings | None = None
+    tls: TlsSettings = TlsSettings()
+    people: list[PersonSettings] = []
+    lists: dict[str, _NumberList] = Field(default={}, repr=False)
+    targets: dict[str, TargetSpec] = {}
+    rules: list[Any] | None = None
+    timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
+    resync: ResyncSettings = ResyncSettings()
+    state: StateSettings = Field(default_factory=StateSettings)
+    http: HttpSettings = HttpSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    _source_file: str = PrivateAttr(default="<memory>")
+    _index: Index = PrivateAttr(default_factory=Index)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        # ``state:`` with every line commented out is null: take the defaults.
+        # ``state`` is always validated so its default sees the environment.
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if not (k in _DEFAULTED_SECTIONS and v is None)}
+            data.setdefault("state", {})
+        return data
+
+    @model_validator(mode="after")
+    def _remember_the_file(self, info: ValidationInfo) -> Self:
+        # Private attributes, so they stay out of equality, repr and dumps.
+        context = _context(info)
+        self._source_file = context.file
+        self._index = context.index
+        return self
+
+    @property
+    def source_file(self) -> str:
+        """The file this was loaded from (``"<memory>"`` when built in code)."""
+        return self._source_file
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        """``timezone`` as a ``ZoneInfo``."""
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    def locate(self, path: Sequence[str | int], *, key: bool = False) -> Position:
+        """Line and column (1-based) of the value at ``path`` (of its key with
+        ``key=True``), else of the nearest ancestor that has one, else
+        ``(None, None)``. Example: ``locate(["rules", 0, "when", "line"])``."""
+        return self._index.locate(tuple(path), key=key)
+
+    def problem(
+        self, path: Sequence[str | int], message: str, *, key: bool = False
+    ) -> ConfigProblem:
+        """A ``ConfigProblem`` at ``path`` in this file, rendered like ``load()``'s."""
+        line, column = self.locate(path, key=key)
+        return ConfigProblem(self._source_file, line, column, key_path(path), message)
