@@ -11,8 +11,11 @@ under ``{origin}/api/`` (give ``base_url`` to ``slack_sdk``).
 and a DND snooze), tokens (user ``xoxp-`` or bot ``xoxb-``, each with scopes
 and an owner), rate-limit windows and the request log. Every public method
 is thread-safe (one lock), so tests drive it from any thread while it is
-served. The wire (parsing form, JSON and query bodies; the ``/_sim/``
-control routes) is in ``slack_http.py``; this module decides the answers.
+served. This module authenticates, applies budgets, scripted faults and
+the log; the methods themselves are in ``slack_api.py``, the budgets in
+``slack_limits.py``, the wire (form, JSON and query bodies; the ``/_sim/``
+control routes) in ``slack_http.py``, serving and ``presence-sync sim
+slack`` in ``slack_serve.py``.
 
 The contract, as simulated:
 
@@ -61,15 +64,26 @@ without ``status_emoji`` while an emoji is set gives
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from presence_sync.clock import Clock, SystemClock
+from presence_sync.sim.slack_api import (
+    ALL_USER_SCOPES,
+    METHODS,
+    RANK,
+    Account,
+    ApiError,
+    IssuedToken,
+    MethodSpec,
+    Role,
+    Status,
+    Workspace,
+)
 from presence_sync.sim.slack_http import Incoming, build_app
 from presence_sync.sim.slack_limits import Budgets
 
@@ -84,54 +98,6 @@ __all__ = [
     "SlackSim",
     "Status",
 ]
-
-Role = Literal["primary_owner", "owner", "admin", "regular"]
-_RANK: dict[str, int] = {"regular": 0, "admin": 1, "owner": 2, "primary_owner": 3}
-
-ALL_USER_SCOPES = frozenset(
-    {"users.profile:read", "users.profile:write", "users:read.email", "dnd:read", "dnd:write"}
-)
-
-
-@dataclass(frozen=True)
-class _Method:
-    scope: str | None
-    tier: int | None
-    user_token_only: bool = False
-
-
-METHODS: Mapping[str, _Method] = {
-    "auth.test": _Method(None, None),
-    "users.lookupByEmail": _Method("users:read.email", 3),
-    "users.profile.get": _Method("users.profile:read", 4),
-    "users.profile.set": _Method("users.profile:write", 3, user_token_only=True),
-    "dnd.info": _Method("dnd:read", 3),
-    "dnd.setSnooze": _Method("dnd:write", 2, user_token_only=True),
-    "dnd.endSnooze": _Method("dnd:write", 2, user_token_only=True),
-}
-"""The simulated methods: scope needed, rate tier, whether a bot token is refused."""
-
-_TEXT_MAX = 100
-_MAX_FIELDS = 50
-_EDITABLE = frozenset(
-    {
-        "status_text", "status_emoji", "status_expiration", "display_name", "real_name",
-        "first_name", "last_name", "title", "phone", "pronouns",
-    }
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Status:
-    """A custom status as Slack stores it; all empty/0 means none."""
-
-    text: str = ""
-    emoji: str = ""
-    expiration: int = 0
-
-    @property
-    def empty(self) -> bool:
-        return not self.text and not self.emoji
 
 
 @dataclass(frozen=True)
@@ -159,20 +125,6 @@ class Person:
             "status_expiration": self.status.expiration,
             "snooze_endtime": self.snooze_endtime,
         }
-
-
-@dataclass(frozen=True)
-class IssuedToken:
-    """A token the simulator accepts: ``secret`` goes on the wire, ``id`` in logs."""
-
-    id: str
-    secret: str
-    user_id: str
-    scopes: frozenset[str]
-    bot: bool = False
-
-    def __repr__(self) -> str:
-        return f"IssuedToken(id={self.id!r}, user_id={self.user_id!r}, bot={self.bot})"
 
 
 @dataclass(frozen=True)
@@ -216,20 +168,6 @@ class Answer:
 
 
 @dataclass
-class _User:
-    id: str
-    name: str
-    email: str
-    role: Role
-    real_name: str
-    bot: bool = False
-    deleted: bool = False
-    status: Status = Status()
-    extra: dict[str, str] = field(default_factory=dict)
-    snooze_end: int | None = None
-
-
-@dataclass
 class _Token:
     issued: IssuedToken
     revoked: bool = False
@@ -241,14 +179,6 @@ class _Fault:
     error: str
     status: int
     retry_after: int | None
-
-
-class _ApiError(Exception):
-    def __init__(self, error: str, target: str | None = None, **extra: Any) -> None:
-        super().__init__(error)
-        self.error = error
-        self.target = target
-        self.extra = extra
 
 
 class SlackSim:
@@ -277,21 +207,31 @@ class SlackSim:
     ) -> None:
         self.team = team
         self.team_id = team_id
-        self.paid = paid
         self._clock: Clock = clock or SystemClock()
         self._offset = 0.0
         self._budgets = Budgets(tier_limits, profile_writes_per_person, profiles_per_token)
-        self._max_snooze = max_snooze_minutes
-        self._emoji = frozenset(emoji) if emoji is not None else None
-        self._expirations_fire = True
         self._lock = threading.RLock()
-        self._users: dict[str, _User] = {}
+        self._ws = Workspace(
+            team=team,
+            team_id=team_id,
+            paid=paid,
+            now=self.now,
+            budgets=self._budgets,
+            max_snooze=max_snooze_minutes,
+            emoji=frozenset(emoji) if emoji is not None else None,
+        )
+        self._users = self._ws.accounts
         self._tokens: dict[str, _Token] = {}
         self._by_secret: dict[str, _Token] = {}
         self._faults: dict[str, deque[_Fault]] = defaultdict(deque)
         self._hangs: dict[str, deque[float]] = defaultdict(deque)
         self._log: list[Logged] = []
         self.app = build_app(self)
+
+    @property
+    def paid(self) -> bool:
+        """Whether the workspace is on a paid plan (``user=`` needs one)."""
+        return self._ws.paid
 
     def __repr__(self) -> str:
         return f"SlackSim(team_id={self.team_id!r}, people={len(self._users)})"
@@ -317,7 +257,7 @@ class SlackSim:
         """``False``: statuses outlive their ``status_expiration``, as on
         Slack's bad days; ``True`` (default): they read back empty after it."""
         with self._lock:
-            self._expirations_fire = on
+            self._ws.expirations_fire = on
 
     # --- people and tokens ----------------------------------------------------------
 
@@ -331,15 +271,15 @@ class SlackSim:
         real_name: str | None = None,
     ) -> str:
         """Add a person; returns their id (``USIM00001``, ... unless given)."""
-        if role not in _RANK:
-            raise ValueError(f"role must be one of {sorted(_RANK)}, not {role!r}")
+        if role not in RANK:
+            raise ValueError(f"role must be one of {sorted(RANK)}, not {role!r}")
         with self._lock:
             uid = user_id or f"USIM{len(self._users) + 1:05d}"
             if uid in self._users:
                 raise ValueError(f"user {uid} exists already")
             if any(u.email == email.lower() for u in self._users.values()):
                 raise ValueError(f"e-mail {email} is taken")
-            self._users[uid] = _User(uid, name, email.lower(), role, real_name or name)
+            self._users[uid] = Account(uid, name, email.lower(), role, real_name or name)
             return uid
 
     def deactivate_user(self, user_id: str) -> None:
@@ -365,7 +305,7 @@ class SlackSim:
         """Issue a bot token (``xoxb-``); its bot user is created with it."""
         with self._lock:
             uid = f"BSIM{len(self._users) + 1:05d}"
-            self._users[uid] = _User(uid, "presence-bot", f"{uid.lower()}@bots.invalid",
+            self._users[uid] = Account(uid, "presence-bot", f"{uid.lower()}@bots.invalid",
                                      "regular", "presence-bot", bot=True)  # fmt: skip
             return self._issue(uid, frozenset(scopes), None, bot=True)
 
@@ -426,7 +366,7 @@ class SlackSim:
             user = self._user(user_id)
             now = self.now()
             return Person(user.id, user.name, user.email, user.role, user.deleted,
-                          self._status(user, now), self._snooze(user, now))  # fmt: skip
+                          self._ws.status(user, now), self._ws.snooze_end(user, now))  # fmt: skip
 
     def status_of(self, user_id: str) -> Status:
         """The status ``users.profile.get`` would show for ``user_id`` now."""
@@ -500,32 +440,33 @@ class SlackSim:
             try:
                 if spec is None:
                     status = 404
-                    raise _ApiError("unknown_method")
+                    raise ApiError("unknown_method")
                 fault = self._next_fault(method)
                 if fault is not None:
                     status = fault.status
                     if fault.retry_after is not None:
                         headers["Retry-After"] = str(fault.retry_after)
-                    raise _ApiError(fault.error)
+                    raise ApiError(fault.error)
                 if incoming.error is not None:
-                    raise _ApiError(incoming.error)
+                    raise ApiError(incoming.error)
                 user, issued = self._authenticate(incoming.token)
                 headers["X-OAuth-Scopes"] = ",".join(sorted(issued.scopes))
                 headers["X-Accepted-OAuth-Scopes"] = spec.scope or ""
                 self._spend(method, spec)
+                if spec.user_token_only and issued.bot:
+                    # Checked first: no bot scope exists that would allow it.
+                    raise ApiError("not_allowed_token_type")
                 if spec.scope is not None and spec.scope not in issued.scopes:
-                    raise _ApiError(
+                    raise ApiError(
                         "missing_scope",
                         needed=spec.scope,
                         provided=",".join(sorted(issued.scopes)),
                     )
-                if spec.user_token_only and issued.bot:
-                    raise _ApiError("not_allowed_token_type")
-                body = self._dispatch(method, user, issued, incoming.args)
+                body = self._ws.call(method, user, issued, incoming.args)
                 target = body.pop("_target", None)
                 answer = {"ok": True, **body}
                 error = None
-            except _ApiError as exc:
+            except ApiError as exc:
                 target = exc.target
                 retry = exc.extra.pop("retry_after", None)
                 if retry is not None:
@@ -555,180 +496,31 @@ class SlackSim:
                 return self._faults[key].popleft()
         return None
 
-    def _authenticate(self, secret: str | None) -> tuple[_User, IssuedToken]:
+    def _authenticate(self, secret: str | None) -> tuple[Account, IssuedToken]:
         if not secret:
-            raise _ApiError("not_authed")
+            raise ApiError("not_authed")
         token = self._by_secret.get(secret)
         if token is None:
-            raise _ApiError("invalid_auth")
+            raise ApiError("invalid_auth")
         if token.revoked:
-            raise _ApiError("token_revoked")
+            raise ApiError("token_revoked")
         if token.expired:
-            raise _ApiError("token_expired")
+            raise ApiError("token_expired")
         user = self._users[token.issued.user_id]
         if user.deleted:
-            raise _ApiError("account_inactive")
+            raise ApiError("account_inactive")
         return user, token.issued
 
-    def _spend(self, method: str, spec: _Method) -> None:
+    def _spend(self, method: str, spec: MethodSpec) -> None:
         if spec.tier is None:
             return
         wait = self._budgets.spend_method(method, spec.tier, self.now())
         if wait is not None:
-            raise _ApiError("ratelimited", retry_after=wait)
-
-    # --- the methods -------------------------------------------------------------------
-
-    def _dispatch(
-        self, method: str, user: _User, token: IssuedToken, args: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        if method == "auth.test":
-            return self._auth_test(user, token)
-        if method == "users.lookupByEmail":
-            return self._lookup(token, args)
-        if method == "users.profile.get":
-            target = self._target(args.get("user"), user)
-            return {"profile": self._profile(target, token), "_target": target.id}
-        if method == "users.profile.set":
-            return self._profile_set(user, token, args)
-        if method == "dnd.info":
-            return self._dnd_info(user, args)
-        if method == "dnd.setSnooze":
-            return self._set_snooze(user, args)
-        return self._end_snooze(user)
-
-    def _auth_test(self, user: _User, token: IssuedToken) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "url": f"https://{self.team_id.lower()}.slack.com/",
-            "team": self.team,
-            "user": user.name,
-            "team_id": self.team_id,
-            "user_id": user.id,
-            "is_enterprise_install": False,
-        }
-        if token.bot:
-            body["bot_id"] = f"B{user.id[1:]}"
-        return body
-
-    def _lookup(self, token: IssuedToken, args: Mapping[str, Any]) -> dict[str, Any]:
-        email = str(args.get("email") or "").strip().lower()
-        if not email:
-            raise _ApiError(
-                "invalid_arguments",
-                response_metadata={"messages": ["[ERROR] missing required field: email"]},
-            )
-        for user in self._users.values():
-            if user.email == email and not user.bot:
-                return {"user": self._user_object(user, token)}
-        raise _ApiError("users_not_found")
-
-    def _target(self, requested: Any, caller: _User) -> _User:
-        if requested in (None, ""):
-            return caller
-        found = self._users.get(str(requested))
-        if found is None:
-            raise _ApiError("user_not_found")
-        return found
-
-    def _profile_set(
-        self, caller: _User, token: IssuedToken, args: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        target = self._target(args.get("user"), caller)
-        if target is not caller:
-            if _RANK[caller.role] < _RANK["admin"]:
-                raise _ApiError("not_admin", target.id)
-            if not self.paid:
-                raise _ApiError("paid_only", target.id)
-            if target.deleted:
-                raise _ApiError("user_not_found", target.id)
-            if _RANK[target.role] > 0 and caller.role != "primary_owner":
-                raise _ApiError("cannot_update_admin_user", target.id)
-        update = _profile_update(args, target.id)
-        now = self.now()
-        current = self._status(target, now)
-        new_status = self._new_status(current, update, target.id)
-        wait = self._budgets.spend_profile(token.id, target.id, self.now())
-        if wait is not None:
-            raise _ApiError("ratelimited", target.id, retry_after=wait)
-        target.status = new_status
-        for key, value in update.items():
-            if key in _EDITABLE and not key.startswith("status_"):
-                target.extra[key] = str(value)
-        return {"profile": self._profile(target, token), "_target": target.id}
-
-    def _new_status(self, current: Status, update: Mapping[str, Any], target: str) -> Status:
-        touches = "status_text" in update or "status_emoji" in update
-        text = update.get("status_text", current.text)
-        emoji = update.get("status_emoji", current.emoji)
-        if not isinstance(text, str) or not isinstance(emoji, str):
-            raise _ApiError("invalid_profile", target)
-        if len(text) > _TEXT_MAX:
-            raise _ApiError("too_long", target)
-        if emoji and not _emoji_ok(emoji, self._emoji):
-            raise _ApiError("invalid_emoji_not_allowed", target)
-        if update.get("status_text") == "" and "status_emoji" not in update and current.emoji:
-            raise _ApiError("must_clear_both_status_text_and_status_emoji", target)
-        if "status_expiration" in update:
-            expiration = _whole_seconds(update["status_expiration"], target)
-        else:
-            # "When 0 or omitted, the status does not expire."
-            expiration = 0 if touches else current.expiration
-        if not text and not emoji:
-            return Status()
-        return Status(text, emoji, expiration)
-
-    def _dnd_info(self, caller: _User, args: Mapping[str, Any]) -> dict[str, Any]:
-        target = self._target(args.get("user"), caller)
-        body: dict[str, Any] = {
-            "dnd_enabled": False,
-            "next_dnd_start_ts": 1,
-            "next_dnd_end_ts": 1,
-            "_target": target.id,
-        }
-        if target is caller:
-            body.update(self._snooze_fields(caller))
-        return body
-
-    def _snooze_fields(self, user: _User) -> dict[str, Any]:
-        now = self.now()
-        end = self._snooze(user, now)
-        fields: dict[str, Any] = {"snooze_enabled": end is not None}
-        if end is not None:
-            fields["snooze_endtime"] = end
-            fields["snooze_remaining"] = max(0, int(end - now))
-        fields["snooze_is_indefinite"] = False
-        return fields
-
-    def _set_snooze(self, caller: _User, args: Mapping[str, Any]) -> dict[str, Any]:
-        raw = args.get("num_minutes")
-        if raw in (None, ""):
-            raise _ApiError("missing_duration", caller.id)
-        try:
-            minutes = int(str(raw))
-        except ValueError:
-            raise _ApiError("invalid_arguments", caller.id) from None
-        if minutes <= 0:
-            raise _ApiError("invalid_arguments", caller.id)
-        if minutes > self._max_snooze:
-            raise _ApiError("too_long", caller.id)
-        caller.snooze_end = int(self.now()) + minutes * 60
-        return {**self._snooze_fields(caller), "_target": caller.id}
-
-    def _end_snooze(self, caller: _User) -> dict[str, Any]:
-        if self._snooze(caller, self.now()) is None:
-            raise _ApiError("snooze_not_active", caller.id)
-        caller.snooze_end = None
-        return {
-            "dnd_enabled": False,
-            "next_dnd_start_ts": 1,
-            "next_dnd_end_ts": 1,
-            "snooze_enabled": False,
-            "_target": caller.id,
-        }
+            raise ApiError("ratelimited", retry_after=wait)
 
     # --- state helpers ------------------------------------------------------------------
 
-    def _user(self, user_id: str) -> _User:
+    def _user(self, user_id: str) -> Account:
         try:
             return self._users[user_id]
         except KeyError:
@@ -739,91 +531,3 @@ class SlackSim:
             return self._tokens[token_id]
         except KeyError:
             raise KeyError(f"no token {token_id}") from None
-
-    def _status(self, user: _User, now: float) -> Status:
-        status = user.status
-        if self._expirations_fire and status.expiration and now >= status.expiration:
-            user.status = Status()
-        return user.status
-
-    def _snooze(self, user: _User, now: float) -> int | None:
-        if user.snooze_end is not None and now >= user.snooze_end:
-            user.snooze_end = None
-        return user.snooze_end
-
-    def _profile(self, user: _User, token: IssuedToken) -> dict[str, Any]:
-        status = self._status(user, self.now())
-        first, _, last = user.real_name.partition(" ")
-        profile: dict[str, Any] = {
-            "title": "",
-            "phone": "",
-            "real_name": user.real_name,
-            "real_name_normalized": user.real_name,
-            "display_name": user.name,
-            "display_name_normalized": user.name,
-            "first_name": first,
-            "last_name": last,
-            "status_text": status.text,
-            "status_emoji": status.emoji,
-            "status_expiration": status.expiration,
-            "avatar_hash": "g0000000000",
-            "team": self.team_id,
-        }
-        profile.update(user.extra)
-        if "users:read.email" in token.scopes:
-            # The e-mail field is shown only with users:read.email.
-            profile["email"] = user.email
-        return profile
-
-    def _user_object(self, user: _User, token: IssuedToken) -> dict[str, Any]:
-        return {
-            "id": user.id,
-            "team_id": self.team_id,
-            "name": user.name,
-            "deleted": user.deleted,
-            "real_name": user.real_name,
-            "is_admin": _RANK[user.role] >= _RANK["admin"],
-            "is_owner": _RANK[user.role] >= _RANK["owner"],
-            "is_primary_owner": user.role == "primary_owner",
-            "is_restricted": False,
-            "is_ultra_restricted": False,
-            "is_bot": user.bot,
-            "profile": self._profile(user, token),
-        }
-
-
-def _emoji_ok(emoji: str, allowed: frozenset[str] | None) -> bool:
-    if len(emoji) < 3 or not emoji.startswith(":") or not emoji.endswith(":"):
-        return False
-    name = emoji[1:-1].split("::", 1)[0]
-    if not name or any(c.isspace() or c == ":" for c in name):
-        return False
-    return allowed is None or emoji in allowed or name in allowed
-
-
-def _whole_seconds(value: Any, target: str) -> int:
-    if isinstance(value, bool):
-        raise _ApiError("invalid_profile", target)
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise _ApiError("invalid_profile", target) from None
-    if number < 0:
-        raise _ApiError("invalid_profile", target)
-    return number
-
-
-def _profile_update(args: Mapping[str, Any], target: str) -> dict[str, Any]:
-    """The fields a ``users.profile.set`` call changes: ``profile`` (a JSON
-    object, or its text in a form field), else ``name`` + ``value``."""
-    profile = args.get("profile")
-    if profile is None and args.get("name"):
-        return {str(args["name"]): args.get("value", "")}
-    if isinstance(profile, str):
-        try:
-            profile = json.loads(profile)
-        except ValueError:
-            raise _ApiError("invalid_profile", target) from None
-    if not isinstance(profile, dict) or len(profile) > _MAX_FIELDS:
-        raise _ApiError("invalid_profile", target)
-    return profile
