@@ -33,7 +33,8 @@ The contract, as simulated:
   for every authenticated call: per method for the workspace (Tier 2: 20,
   Tier 3: 50, Tier 4: 100 a minute, the published floors, adjustable), and
   for ``users.profile.set`` per token at most 10 updates a minute to one
-  person and 30 distinct people a minute. A refused call does not count.
+  person and 30 distinct people a minute. A call a budget refuses does not
+  count.
   ``auth.test`` has no budget here.
 - ``users.profile.set`` with ``user=`` someone else: ``not_admin`` unless the
   token's user is an admin or owner; ``cannot_update_admin_user`` when the
@@ -274,7 +275,7 @@ class SlackSim:
         if role not in RANK:
             raise ValueError(f"role must be one of {sorted(RANK)}, not {role!r}")
         with self._lock:
-            uid = user_id or f"USIM{len(self._users) + 1:05d}"
+            uid = user_id or self._free_id("USIM")
             if uid in self._users:
                 raise ValueError(f"user {uid} exists already")
             if any(u.email == email.lower() for u in self._users.values()):
@@ -304,10 +305,16 @@ class SlackSim:
     ) -> IssuedToken:
         """Issue a bot token (``xoxb-``); its bot user is created with it."""
         with self._lock:
-            uid = f"BSIM{len(self._users) + 1:05d}"
+            uid = self._free_id("BSIM")
             self._users[uid] = Account(uid, "presence-bot", f"{uid.lower()}@bots.invalid",
                                      "regular", "presence-bot", bot=True)  # fmt: skip
             return self._issue(uid, frozenset(scopes), None, bot=True)
+
+    def _free_id(self, prefix: str) -> str:
+        n = len(self._users) + 1
+        while f"{prefix}{n:05d}" in self._users:
+            n += 1
+        return f"{prefix}{n:05d}"
 
     def _issue(
         self, user_id: str, scopes: frozenset[str], token_id: str | None, *, bot: bool

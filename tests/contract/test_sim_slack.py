@@ -27,7 +27,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from presence_sync.clock import ManualClock
 from presence_sync.sim.slack import IssuedToken, SlackSim, Status
-from presence_sync.sim.slack_serve import SlackHandle, serve_in_thread
+from presence_sync.sim.slack_serve import SlackHandle, serve, serve_in_thread
 
 ON_A_CALL = {"status_text": "On a call", "status_emoji": ":telephone_receiver:"}
 
@@ -445,6 +445,15 @@ def test_a_hung_request_times_the_client_out_and_only_that_one(ws: Workspace) ->
     with pytest.raises(TimeoutError):
         ws.client("anna", timeout=0.3).users_profile_get()
     assert ws.client("anna", timeout=2.0).users_profile_get()["ok"] is True
+
+
+async def test_served_on_the_event_loop_for_a_client_in_a_worker_thread() -> None:
+    sim = SlackSim()
+    token = sim.add_token(sim.add_user("anna", "anna@example.com"))
+    async with serve(sim) as handle:
+        client = WebClient(token=token.secret, base_url=handle.base_url, timeout=5)
+        await asyncio.to_thread(client.users_profile_set, profile=ON_A_CALL)
+    assert sim.status_of(token.user_id).text == "On a call"
 
 
 # --- the request log and the control API ------------------------------------------------------
