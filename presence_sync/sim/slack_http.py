@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -136,8 +136,6 @@ def _route(path: str, fn: Handler, method: str) -> Route:
             body = parsed
         try:
             result = fn(body, request.path_params)
-            if isinstance(result, Awaitable):
-                result = await result
         except KeyError as exc:
             return JSONResponse({"error": str(exc.args[0])}, status_code=404)
         except (TypeError, ValueError) as exc:
