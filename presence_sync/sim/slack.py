@@ -33,8 +33,9 @@ The contract, as simulated:
   for every authenticated call: per method for the workspace (Tier 2: 20,
   Tier 3: 50, Tier 4: 100 a minute, the published floors, adjustable), and
   for ``users.profile.set`` per token at most 10 updates a minute to one
-  person and 30 distinct people a minute. A call a budget refuses does not
-  count.
+  person and 30 distinct people a minute. A call a budget refuses is not
+  counted by that budget (a write refused by a per-token rule has still
+  spent its slot of the method's budget).
   ``auth.test`` has no budget here.
 - ``users.profile.set`` with ``user=`` someone else: ``not_admin`` unless the
   token's user is an admin or owner; ``cannot_update_admin_user`` when the
@@ -469,8 +470,7 @@ class SlackSim:
                         needed=spec.scope,
                         provided=",".join(sorted(issued.scopes)),
                     )
-                body = self._ws.call(method, user, issued, incoming.args)
-                target = body.pop("_target", None)
+                target, body = self._ws.call(method, user, issued, incoming.args)
                 answer = {"ok": True, **body}
                 error = None
             except ApiError as exc:

@@ -151,22 +151,24 @@ class Workspace:
 
     def call(
         self, method: str, user: Account, token: IssuedToken, args: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        """Run ``method`` for ``user`` (the token's owner) with ``args``."""
+    ) -> tuple[str | None, dict[str, Any]]:
+        """Run ``method`` for ``user`` (the token's owner) with ``args``.
+        Returns the id of the person the call was about (None for
+        ``auth.test`` and ``users.lookupByEmail``) and the success body."""
         if method == "auth.test":
-            return self._auth_test(user, token)
+            return None, self._auth_test(user, token)
         if method == "users.lookupByEmail":
-            return self._lookup(token, args)
+            return None, self._lookup(token, args)
         if method == "users.profile.get":
             target = self._target(args.get("user"), user)
-            return {"profile": self.profile(target, token), "_target": target.id}
+            return target.id, {"profile": self.profile(target, token)}
         if method == "users.profile.set":
             return self._profile_set(user, token, args)
         if method == "dnd.info":
             return self._dnd_info(user, args)
         if method == "dnd.setSnooze":
-            return self._set_snooze(user, args)
-        return self._end_snooze(user)
+            return user.id, self._set_snooze(user, args)
+        return user.id, self._end_snooze(user)
 
     def _auth_test(self, user: Account, token: IssuedToken) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -203,7 +205,7 @@ class Workspace:
 
     def _profile_set(
         self, caller: Account, token: IssuedToken, args: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    ) -> tuple[str, dict[str, Any]]:
         target = self._target(args.get("user"), caller)
         if target is not caller:
             if RANK[caller.role] < RANK["admin"]:
@@ -218,14 +220,14 @@ class Workspace:
         now = self.now()
         current = self.status(target, now)
         new_status = self._new_status(current, update, target.id)
-        wait = self.budgets.spend_profile(token.id, target.id, self.now())
+        wait = self.budgets.spend_profile(token.id, target.id, now)
         if wait is not None:
             raise ApiError("ratelimited", target.id, retry_after=wait)
         target.status = new_status
         for key, value in update.items():
             if key in _EDITABLE and not key.startswith("status_"):
                 target.extra[key] = str(value)
-        return {"profile": self.profile(target, token), "_target": target.id}
+        return target.id, {"profile": self.profile(target, token)}
 
     def _new_status(self, current: Status, update: Mapping[str, Any], target: str) -> Status:
         touches = "status_text" in update or "status_emoji" in update
@@ -248,17 +250,16 @@ class Workspace:
             return Status()
         return Status(text, emoji, expiration)
 
-    def _dnd_info(self, caller: Account, args: Mapping[str, Any]) -> dict[str, Any]:
+    def _dnd_info(self, caller: Account, args: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         target = self._target(args.get("user"), caller)
         body: dict[str, Any] = {
             "dnd_enabled": False,
             "next_dnd_start_ts": 1,
             "next_dnd_end_ts": 1,
-            "_target": target.id,
         }
         if target is caller:
             body.update(self._snooze_fields(caller))
-        return body
+        return target.id, body
 
     def _snooze_fields(self, user: Account) -> dict[str, Any]:
         now = self.now()
@@ -283,7 +284,7 @@ class Workspace:
         if minutes > self.max_snooze:
             raise ApiError("too_long", caller.id)
         caller.snooze_end = int(self.now()) + minutes * 60
-        return {**self._snooze_fields(caller), "_target": caller.id}
+        return self._snooze_fields(caller)
 
     def _end_snooze(self, caller: Account) -> dict[str, Any]:
         if self.snooze_end(caller, self.now()) is None:
@@ -294,7 +295,6 @@ class Workspace:
             "next_dnd_start_ts": 1,
             "next_dnd_end_ts": 1,
             "snooze_enabled": False,
-            "_target": caller.id,
         }
 
     def status(self, user: Account, now: float) -> Status:

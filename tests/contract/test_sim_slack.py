@@ -296,6 +296,16 @@ def test_form_bodies_and_a_token_form_field_are_accepted(ws: Workspace) -> None:
                      headers={"Authorization": f"Bearer {ws.tokens['ben'].secret}"})  # fmt: skip
     assert read.json()["profile"]["status_emoji"] == ":telephone_receiver:"
 
+    # Documented: the header or a POST parameter; a query-string token is not one.
+    query = httpx.post(url + "auth.test", params={"token": ws.tokens["anna"].secret})
+    assert query.json()["error"] == "not_authed"
+
+
+def test_one_field_is_set_with_name_and_value(ws: Workspace) -> None:
+    ws.client("anna").users_profile_set(profile=ON_A_CALL)
+    ws.client("anna").users_profile_set(name="status_text", value="Still on a call")
+    assert ws.sim.status_of(ws.id("anna")).text == "Still on a call"
+
 
 def test_json_bodies_need_the_header_token_and_are_warned_without_charset(ws: Workspace) -> None:
     url = ws.handle.base_url + "auth.test"
