@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -70,32 +70,28 @@ def populate(sim: SlackSim, people: int) -> tuple[IssuedToken, list[IssuedToken]
     return sim.add_token(admin, token_id="admin"), tokens  # noqa: S106 - an id
 
 
-def _people(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= value <= 10_000:
-        raise argparse.ArgumentTypeError("must be between 0 and 10000")
-    return value
+def _whole(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}")
+        return value
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError("must be between 0 and 65535")
-    return value
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``presence-sync sim slack``."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=_port, default=8090, help="port (0 = any free port)")
-    parser.add_argument("--people", type=_people, default=5, metavar="N",
-                        help="colleagues to create, each with a user token")  # fmt: skip
+    parser.add_argument("--port", type=_whole(0, 65535, "a port number"), default=8090,
+                        help="port (0 = any free port)")  # fmt: skip
+    parser.add_argument("--people", type=_whole(0, 10_000, "a whole number"), default=5,
+                        metavar="N", help="colleagues to create, each with a token")  # fmt: skip
     parser.add_argument("--free-plan", action="store_true",
                         help="a free workspace: no setting other people's profiles")  # fmt: skip
 
