@@ -6,8 +6,8 @@ Exit codes: 0 done; 1 runtime failure; 2 usage error (argparse);
 restart on; 130 interrupted.
 
 The daemon's modules are imported inside the commands, so ``--help`` stays
-fast and a simulator command never loads the daemon. (The NFON simulator
-module is imported for its command-line options: about 0.1 s.)
+fast and a simulator command never loads the daemon. (The simulator
+modules are imported for their command-line options: about 0.1 s.)
 """
 
 from __future__ import annotations
