@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
@@ -113,8 +114,6 @@ def describe(
 
 async def run(args: argparse.Namespace) -> int:
     """Serve a simulator built from ``args`` until cancelled. Returns 0."""
-    import sys
-
     sim = SlackSim(paid=not args.free_plan)
     admin, tokens = populate(sim, args.people)
     async with serve(sim, args.host, args.port) as handle:
