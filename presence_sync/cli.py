@@ -6,8 +6,8 @@ Exit codes: 0 done; 1 runtime failure; 2 usage error (argparse);
 restart on; 130 interrupted.
 
 The daemon's modules are imported inside the commands, so ``--help`` stays
-fast and a simulator command never loads the daemon. (The NFON simulator
-module is imported for its command-line options: about 0.1 s.)
+fast and a simulator command never loads the daemon. (The simulator
+modules are imported for their command-line options: about 0.1 s.)
 """
 
 from __future__ import annotations
@@ -82,6 +82,12 @@ def _cmd_sim_nfon(args: argparse.Namespace) -> int:
     return asyncio.run(nfon.run(args))
 
 
+def _cmd_sim_slack(args: argparse.Namespace) -> int:
+    from presence_sync.sim import slack_serve
+
+    return asyncio.run(slack_serve.run(args))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from presence_sync.demo import run_demo
 
@@ -131,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim_nfon_module.add_arguments(sim_nfon)
     sim_nfon.set_defaults(func=_cmd_sim_nfon)
+    sim_slack = sim_cmds.add_parser("slack", help="the Slack Web API (status and DND)")
+    from presence_sync.sim import slack_serve as sim_slack_module
+
+    sim_slack_module.add_arguments(sim_slack)
+    sim_slack.set_defaults(func=_cmd_sim_slack)
 
     demo = commands.add_parser(
         "demo", help="the whole system on this machine against the built-in simulators"

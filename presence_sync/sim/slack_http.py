@@ -1,0 +1,209 @@
+"""HTTP face of the Slack simulator: Web API calls under ``/api/{method}``
+read off the wire the ways Slack accepts them, and the ``/_sim/`` control
+API (not part of Slack's contract) for driving a simulator by hand or from
+another process.
+
+A call's arguments come from the query string and from the body, which is
+form-encoded (``application/x-www-form-urlencoded``) or JSON
+(``application/json``); body values win over query values. The token is the
+``Authorization: Bearer`` header, else a ``token`` form field. Any HTTP verb
+is accepted, as Slack does (``slack_sdk`` POSTs everything).
+
+Wire errors, as Slack names them: a body that is not valid JSON
+``invalid_json``, JSON that is not an object ``json_not_object``, another
+content type (multipart included: no simulated method takes files)
+``invalid_form_data``. JSON without ``charset`` is still answered, with the
+warning ``missing_charset``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from presence_sync.sim.slack import SlackSim
+
+__all__ = ["Incoming", "build_app", "parse"]
+
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One Web API call as read off the wire."""
+
+    args: Mapping[str, Any]
+    token: str | None
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+    """A wire error to answer with instead of calling the method."""
+
+
+def _bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip() or None
+
+
+def parse(query: Mapping[str, str], content_type: str, body: bytes, auth: str | None) -> Incoming:
+    """Read a call's arguments and token from its query, body and headers."""
+    args: dict[str, Any] = {k: v for k, v in query.items() if k != "token"}
+    token = _bearer(auth)
+    media, _, params = content_type.partition(";")
+    media = media.strip().lower()
+    if not body.strip():
+        return Incoming(args, token)
+    if media == "application/json":
+        warnings = () if "charset" in params.lower() else ("missing_charset",)
+        try:
+            value = json.loads(body)
+        except ValueError:
+            return Incoming(args, token, warnings, "invalid_json")
+        if not isinstance(value, dict):
+            return Incoming(args, token, warnings, "json_not_object")
+        # A JSON body never authenticates: Slack wants the header then.
+        args.update({k: v for k, v in value.items() if k != "token"})
+        return Incoming(args, token, warnings)
+    if media in ("application/x-www-form-urlencoded", ""):
+        try:
+            form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError):
+            return Incoming(args, token, (), "invalid_form_data")
+        fields = dict(form)
+        form_token = fields.pop("token", None)
+        args.update(fields)
+        return Incoming(args, token or form_token or None)
+    return Incoming(args, token, (), "invalid_form_data")
+
+
+def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body, ensure_ascii=False),
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type=JSON_TYPE,
+    )
+
+
+def build_app(sim: SlackSim) -> Starlette:
+    """The ASGI app serving ``sim``."""
+
+    async def api(request: Request) -> Response:
+        method = request.path_params["method"]
+        incoming = parse(
+            request.query_params,
+            request.headers.get("content-type", ""),
+            await request.body(),
+            request.headers.get("authorization"),
+        )
+        hang = sim.hang_for(method)
+        if hang > 0:
+            # A slow Slack: holding the answer is what is being simulated.
+            await asyncio.sleep(hang)
+        answer = sim.handle(method, incoming)
+        return _json(answer.body, answer.status, answer.headers)
+
+    return Starlette(routes=[Route("/api/{method}", api, methods=["GET", "POST"]), *_control(sim)])
+
+
+Handler = Callable[[dict[str, Any], Mapping[str, str]], Any]
+
+
+def _route(path: str, fn: Handler, method: str) -> Route:
+    async def endpoint(request: Request) -> Response:
+        body: dict[str, Any] = {}
+        raw = await request.body()
+        if raw.strip():
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                return JSONResponse({"error": "body is not JSON"}, status_code=400)
+            if not isinstance(parsed, dict):
+                return JSONResponse({"error": "body is not a JSON object"}, status_code=400)
+            body = parsed
+        try:
+            result = fn(body, request.path_params)
+        except KeyError as exc:
+            return JSONResponse({"error": str(exc.args[0])}, status_code=404)
+        except (TypeError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(result if result is not None else {"ok": True})
+
+    return Route(path, endpoint, methods=[method])
+
+
+def _need(body: Mapping[str, Any], key: str) -> Any:
+    if key not in body:
+        raise ValueError(f"missing {key!r}")
+    return body[key]
+
+
+def _control(sim: SlackSim) -> list[Route]:
+    """``/_sim/``: JSON in, JSON out; 400/404 carry ``{"error": ...}``."""
+
+    def add_user(b: dict[str, Any], _: Mapping[str, str]) -> Any:
+        uid = sim.add_user(str(_need(b, "name")), str(_need(b, "email")),
+                           role=b.get("role", "regular"), user_id=b.get("id"))  # fmt: skip
+        return {"id": uid}
+
+    def add_token(b: dict[str, Any], _: Mapping[str, str]) -> Any:
+        if b.get("bot"):
+            issued = sim.add_bot_token(*([b["scopes"]] if "scopes" in b else []))
+        elif "scopes" in b:
+            issued = sim.add_token(str(_need(b, "user")), b["scopes"], token_id=b.get("id"))
+        else:
+            issued = sim.add_token(str(_need(b, "user")), token_id=b.get("id"))
+        return {"id": issued.id, "token": issued.secret, "user": issued.user_id}
+
+    def status(b: dict[str, Any], p: Mapping[str, str]) -> Any:
+        sim.set_own_status(p["user"], str(b.get("text", "")), str(b.get("emoji", "")),
+                           int(b.get("expiration", 0)))  # fmt: skip
+        return sim.person(p["user"]).as_dict()
+
+    def snooze(b: dict[str, Any], p: Mapping[str, str]) -> Any:
+        sim.snooze(p["user"], int(_need(b, "minutes")))
+        return sim.person(p["user"]).as_dict()
+
+    def fail(b: dict[str, Any], _: Mapping[str, str]) -> Any:
+        retry = b.get("retry_after")
+        sim.fail_next(str(_need(b, "method")), str(_need(b, "error")),
+                      count=int(b.get("count", 1)), status=int(b.get("status", 200)),
+                      retry_after=int(retry) if retry is not None else None)  # fmt: skip
+
+    return [
+        _route("/_sim/people", lambda b, p: [x.as_dict() for x in sim.people()], "GET"),
+        _route("/_sim/requests", lambda b, p: [e.as_dict() for e in sim.requests()], "GET"),
+        _route("/_sim/users", add_user, "POST"),
+        _route(
+            "/_sim/users/{user}/deactivate", lambda b, p: sim.deactivate_user(p["user"]), "POST"
+        ),
+        _route("/_sim/users/{user}/status", status, "POST"),
+        _route("/_sim/users/{user}/snooze", snooze, "POST"),
+        _route("/_sim/users/{user}/snooze", lambda b, p: sim.end_snooze(p["user"]), "DELETE"),
+        _route("/_sim/tokens", add_token, "POST"),
+        _route("/_sim/tokens/{token}/revoke", lambda b, p: sim.revoke_token(p["token"]), "POST"),
+        _route("/_sim/tokens/{token}/expire", lambda b, p: sim.expire_token(p["token"]), "POST"),
+        _route("/_sim/fail", fail, "POST"),
+        _route(
+            "/_sim/hang",
+            lambda b, p: sim.hang_next(
+                str(_need(b, "method")), float(_need(b, "seconds")), count=int(b.get("count", 1))
+            ),
+            "POST",
+        ),
+        _route("/_sim/advance", lambda b, p: sim.advance(float(_need(b, "seconds"))), "POST"),
+        _route("/_sim/budgets/reset", lambda b, p: sim.reset_budgets(), "POST"),
+    ]

@@ -1,0 +1,122 @@
+"""Running a Slack simulator on a loopback socket (``serve_in_thread`` for
+synchronous tests, ``serve`` on the current event loop), and the
+``presence-sync sim slack`` command (``add_arguments``, ``run``).
+
+``SlackSim`` is thread-safe itself, so the handle gives it out as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import TextIO
+
+from presence_sync.sim import _serve
+from presence_sync.sim.slack import IssuedToken, SlackSim
+
+__all__ = ["SlackHandle", "add_arguments", "populate", "run", "serve", "serve_in_thread"]
+
+_NAMES = (
+    "anna", "ben", "clara", "david", "elif", "felix", "greta", "hannes", "ida", "jonas",
+    "kira", "lukas", "mara", "niklas", "olga", "paul", "rosa", "samir", "tilda", "umut",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SlackHandle:
+    """A simulator being served."""
+
+    base_url: str
+    """``http://127.0.0.1:PORT/api/``: give it to ``slack_sdk`` as ``base_url``."""
+    origin: str
+    """``http://127.0.0.1:PORT``: the control API lives at ``{origin}/_sim/``."""
+    sim: SlackSim
+    running: _serve.Running
+
+
+def _handle(sim: SlackSim, running: _serve.Running) -> SlackHandle:
+    return SlackHandle(f"{running.origin}/api/", running.origin, sim, running)
+
+
+@contextlib.contextmanager
+def serve_in_thread(sim: SlackSim, host: str = "127.0.0.1", port: int = 0) -> Iterator[SlackHandle]:
+    """Serve ``sim`` from a thread of its own; listening when the block starts."""
+    with _serve.serve_in_thread(sim.app, host, port) as running:
+        yield _handle(sim, running)
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    sim: SlackSim, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[SlackHandle]:
+    """Serve ``sim`` on the running event loop for the ``async with`` block."""
+    async with _serve.serve(sim.app, host, port) as running:
+        yield _handle(sim, running)
+
+
+def populate(sim: SlackSim, people: int) -> tuple[IssuedToken, list[IssuedToken]]:
+    """Add an admin and ``people`` regular colleagues (``anna@example.com``,
+    ...), each with a user token of every scope the targets need. Returns
+    the admin's token and the colleagues' tokens."""
+    admin = sim.add_user("it-admin", "it-admin@example.com", role="admin", real_name="IT Admin")
+    tokens = []
+    for n in range(people):
+        name = _NAMES[n % len(_NAMES)] + (str(n // len(_NAMES)) if n >= len(_NAMES) else "")
+        uid = sim.add_user(name, f"{name}@example.com", real_name=name.capitalize())
+        tokens.append(sim.add_token(uid, token_id=name))
+    return sim.add_token(admin, token_id="admin"), tokens  # noqa: S106 - an id
+
+
+def _whole(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``presence-sync sim slack``."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=_whole(0, 65535, "a port number"), default=8090,
+                        help="port (0 = any free port)")  # fmt: skip
+    parser.add_argument("--people", type=_whole(0, 10_000, "a whole number"), default=5,
+                        metavar="N", help="colleagues to create, each with a token")  # fmt: skip
+    parser.add_argument("--free-plan", action="store_true",
+                        help="a free workspace: no setting other people's profiles")  # fmt: skip
+
+
+def describe(
+    handle: SlackHandle, admin: IssuedToken, tokens: list[IssuedToken], out: TextIO
+) -> None:
+    """Print where the simulator is, its tokens and a ``slack:`` config block."""
+    sim = handle.sim
+    print(f"Slack simulator: base_url={handle.base_url} team={sim.team_id} "
+          f"control={handle.origin}/_sim/", file=out)  # fmt: skip
+    print(f"admin token ({admin.user_id}, it-admin@example.com): {admin.secret}", file=out)
+    for token in tokens:
+        email = sim.person(token.user_id).email
+        print(f"user token ({token.user_id}, {email}): {token.secret}", file=out)
+    print("\nPaste into config.yaml:\nslack:", file=out)
+    print(f"  base_url: {handle.base_url}\n  token: {admin.secret}", file=out, flush=True)
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Serve a simulator built from ``args`` until cancelled. Returns 0."""
+    sim = SlackSim(paid=not args.free_plan)
+    admin, tokens = populate(sim, args.people)
+    async with serve(sim, args.host, args.port) as handle:
+        describe(handle, admin, tokens, sys.stdout)
+        await asyncio.Event().wait()
+    return 0
