@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from polling import eventually
 
@@ -143,9 +144,35 @@ class Daemon:
 
         return eventually(found, f"output /{pattern}/", timeout)
 
-    def wait_ready(self) -> None:
-        """Until the daemon has the first full state from NFON."""
-        self.wait_line(r"full state from NFON")
+    def url(self) -> str:
+        """The daemon's HTTP listener (``http.listen`` on port 0: read from its log)."""
+        line = self.wait_line(r"listening for /healthz")
+        match = re.search(r"address=(\S+)", line)
+        assert match, line
+        return f"http://{match.group(1)}"
+
+    def readyz(self) -> httpx.Response:
+        return httpx.get(self.url() + "/readyz", timeout=5)
+
+    def wait_ready(self, timeout: float = 15.0) -> dict[str, Any]:
+        """Until ``/readyz`` answers 200 (the daemon works now); its body."""
+
+        def ready() -> dict[str, Any] | None:
+            if self.proc.poll() is not None:
+                pytest.fail(f"daemon exited {self.proc.returncode}:\n{self.output()}")
+            response = self.readyz()
+            return response.json() if response.status_code == 200 else None
+
+        return eventually(ready, "/readyz 200", timeout)
+
+    def wait_not_ready(self, timeout: float = 15.0) -> dict[str, Any]:
+        """Until ``/readyz`` answers 503; its body."""
+
+        def degraded() -> dict[str, Any] | None:
+            response = self.readyz()
+            return response.json() if response.status_code == 503 else None
+
+        return eventually(degraded, "/readyz 503", timeout)
 
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
