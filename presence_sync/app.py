@@ -653,12 +653,14 @@ class Daemon:
         and the log once when a part fails and once when all work again. A
         "Reload refused" status stays until readiness changes."""
         last = self.readiness()
+        been_ready = last.ok
         while True:
             await self.clock.sleep(READINESS_INTERVAL)
             now = self.readiness()
             if now.ok != last.ok:
                 if now.ok:
-                    log.info("ready again", extra=kv(status=now.status))
+                    log.info("ready again" if been_ready else "ready", extra=kv(status=now.status))
+                    been_ready = True
                 else:
                     log.warning("not ready", extra=kv(status=now.status))
             if now.status != last.status:

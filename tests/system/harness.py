@@ -283,12 +283,19 @@ class Notifications:
             except BlockingIOError:
                 return
 
-    def wait(self, pattern: str, timeout: float = 15.0) -> str:
-        """The first datagram so far matching ``pattern``."""
+    def mark(self) -> int:
+        """How many datagrams arrived so far (for ``wait(after=...)``)."""
+        self._drain()
+        return len(self.received)
+
+    def wait(self, pattern: str, timeout: float = 15.0, after: int = 0) -> str:
+        """The first datagram past the ``after``-th one matching ``pattern``
+        (one ``KEY=VALUE`` per line, ``^``/``$`` match at each line)."""
 
         def found() -> str | None:
             self._drain()
-            return next((d for d in self.received if re.search(pattern, d)), None)
+            hits = (d for d in self.received[after:] if re.search(pattern, d, re.MULTILINE))
+            return next(hits, None)
 
         return eventually(found, f"notify /{pattern}/", timeout)
 

@@ -27,10 +27,13 @@ def a_call_still_reaches_the_webhook(nfon: SimHandle, hook: Hook) -> None:
 
 
 def test_a_reload_with_targets_that_cannot_run_is_refused_and_syncing_goes_on(
-    tmp_path: Path, nfon: SimHandle, hook: Hook, daemons: Callable[..., Daemon]
+    tmp_path: Path,
+    nfon: SimHandle,
+    hook: Hook,
+    daemons: Callable[..., Daemon],
+    notify: Notifications,
 ) -> None:
     site = install_plugin(tmp_path / "site")
-    notify = Notifications(tmp_path / "notify.sock")
     config = tmp_path / "config.yaml"
 
     def configure(kind: str) -> None:
@@ -75,4 +78,3 @@ def test_a_reload_with_targets_that_cannot_run_is_refused_and_syncing_goes_on(
 
     assert daemon.proc.poll() is None
     assert "Traceback" not in daemon.output()
-    notify.close()
