@@ -9,12 +9,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 
 from presence_sync.app import Runtime, load, readiness, wire
 from presence_sync.clock import ManualClock
 from presence_sync.engine import Engine
 from presence_sync.errors import AuthError
+from presence_sync.feed import Feed
 from presence_sync.model import (
     Applied,
     CallEvent,
@@ -25,6 +27,7 @@ from presence_sync.model import (
     Presence,
     StateEvent,
 )
+from presence_sync.nfon import NfonClient
 from presence_sync.rules import compile_rules
 from presence_sync.store import MemoryStore
 from presence_sync.targets.base import Change, TargetInfo, TargetOptions, target_class
@@ -156,6 +159,31 @@ def test_a_rule_set_knows_whether_it_uses_call_context(
     infos = {"log": target_class("log").info}
     lists = {"vip": {"4930": None}}
     assert compile_rules(rules, targets=infos, lists=lists).uses_call_context is uses
+
+
+def nfon_answering(states: list[dict[str, str]]) -> NfonClient:
+    """A real ``NfonClient`` whose network is a function: logins succeed and
+    the snapshot lists ``states``."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/login"):
+            return httpx.Response(200, json={"access-token": "a", "refresh-token": "r"})
+        return httpx.Response(200, json=states)
+
+    return NfonClient(
+        "http://nfon.invalid/v1", "K1234", "u", "p", transport=httpx.MockTransport(answer)
+    )
+
+
+async def test_an_empty_snapshot_does_not_clear_everyone(
+    plain: Runtime, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    plain.lines.on_full_state([StateEvent("100", Line.IN_USE, Presence.AVAILABLE)])
+    async with nfon_answering([]) as nfon:
+        feed = Feed(nfon, plain.lines, plain.engine, plain.directory, clock)
+        await feed.resync()
+    assert plain.lines.get("100") is not None
+    assert "snapshot listed no extensions" in caplog.text
 
 
 # --- readiness -------------------------------------------------------------------------
