@@ -200,6 +200,7 @@ class Daemon:
 
 PLUGIN = '''
 """Third-party targets that misbehave, as a package outside presence-sync would ship them."""
+import logging
 from typing import ClassVar
 
 from presence_sync.model import Applied
@@ -232,6 +233,9 @@ class Sticky:
 class Broken(Sticky):
     """Cannot even be built."""
 
+    async def aclose(self) -> None:
+        pass
+
     info: ClassVar[TargetInfo] = TargetInfo(
         kind="broken", description="raises when built", fields=frozenset({"text"})
     )
@@ -240,12 +244,18 @@ class Broken(Sticky):
         raise RuntimeError("no pager service configured on this host")
 
 
-class Stalled(Sticky):
+class Stalled(Broken):
     """Declares a rate the engine cannot honour."""
 
     info: ClassVar[TargetInfo] = TargetInfo(
         kind="stalled", description="rate 0", fields=frozenset({"text"}), rate=0
     )
+
+    def __init__(self, name: str, options: Options, env: TargetEnv) -> None:
+        Sticky.__init__(self, name, options, env)
+
+    async def aclose(self) -> None:
+        logging.getLogger("acme_misfits").warning("stalled target %s closed", self.name)
 '''
 
 
