@@ -390,7 +390,6 @@ class Daemon:
         self._reload_requested = asyncio.Event()
         self._runtime: Runtime | None = None
         self._stream_tasks: list[asyncio.Task[None]] = []
-        self._status = ""
         self.listen_address: tuple[Any, ...] | None = None
 
     @property
@@ -456,9 +455,9 @@ class Daemon:
                     group.create_task(self._reloader(group), name="reload"),
                 ]
                 if await self._startup():
-                    self.runtime.schedules.start()
-                    self._status = self.readiness().status
-                    systemd.notify("READY=1", f"STATUS={self._status}")
+                    if not self.runtime.schedules.running:
+                        self.runtime.schedules.start()
+                    systemd.notify("READY=1", f"STATUS={self.readiness().status}")
                     helpers.append(group.create_task(self._watch_readiness(), name="readiness"))
                     await self._stop.wait()
                 systemd.notify("STOPPING=1", "STATUS=Draining")
@@ -562,8 +561,7 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await old.nfon.aclose()
         log.info("configuration reloaded", extra=kv(targets=",".join(new.targets)))
-        self._status = self.readiness().status
-        systemd.notify("READY=1", f"STATUS={self._status}")
+        systemd.notify("READY=1", f"STATUS={self.readiness().status}")
         return True
 
     async def _prepare(self, old: Runtime, loaded: Loaded) -> tuple[Runtime, bool]:
@@ -620,9 +618,11 @@ class Daemon:
             for task in self._stream_tasks:
                 task.cancel()
             old.feed.close()
+            started = old.schedules.running  # not yet while the startup waits
             old.schedules.shutdown()
             self._start_streams(group, new.feed)
-            new.schedules.start()
+            if started:
+                new.schedules.start()
         else:
             new.schedules.reschedule("resync", settings.resync.interval)
             new.schedules.reschedule("directory", settings.resync.directory_interval)
@@ -630,8 +630,7 @@ class Daemon:
 
     def _refuse(self, why: str, details: str = "") -> bool:
         log.error("reload refused, keeping the running configuration: %s%s", why, details)
-        self._status = f"Reload refused: {why}"
-        systemd.notify("READY=1", f"STATUS={self._status}")
+        systemd.notify("READY=1", f"STATUS=Reload refused: {why}")
         return False
 
     # --- health ---------------------------------------------------------------------
@@ -664,7 +663,6 @@ class Daemon:
                 else:
                     log.warning("not ready", extra=kv(status=now.status))
             if now.status != last.status:
-                self._status = now.status
                 systemd.notify(f"STATUS={now.status}")
             last = now
 

@@ -72,6 +72,11 @@ class Schedules:
         self._scheduler.add_listener(self._on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
         self._jobs = {job.id: job for job in jobs}
 
+    @property
+    def running(self) -> bool:
+        """Started and not shut down."""
+        return bool(self._scheduler.running)
+
     def start(self) -> None:
         for job in self._jobs.values():
             self._add(job)

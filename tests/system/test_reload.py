@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from harness import Daemon, Hook, Notifications, install_plugin, write_config
+from polling import eventually
 
 from presence_sync.sim.nfon import SimHandle
 
@@ -80,3 +81,20 @@ def test_a_reload_with_targets_that_cannot_run_is_refused_and_syncing_goes_on(
 
     assert daemon.proc.poll() is None
     assert "Traceback" not in daemon.output()
+
+
+def test_a_reload_that_changes_the_nfon_settings_reconnects_and_syncing_goes_on(
+    tmp_path: Path, nfon: SimHandle, hook: Hook, daemons: Callable[..., Daemon]
+) -> None:
+    config = write_config(tmp_path / "config.yaml", nfon, hook)
+    daemon = daemons("run", "-c", str(config))
+    daemon.wait_ready()
+    connects = nfon.sim.stats.stream_connects["states"]
+
+    write_config(config, nfon, hook, nfon_extra="  request_timeout: 5s\n")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_line(r"configuration reloaded")
+    assert daemon.count(r"NFON settings changed: reconnecting the streams") == 1
+    eventually(lambda: nfon.sim.stats.stream_connects["states"] > connects, "a new stream")
+    daemon.wait_ready()
+    a_call_still_reaches_the_webhook(nfon, hook)
