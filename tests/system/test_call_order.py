@@ -64,7 +64,15 @@ def test_an_outbound_call_is_one_set_and_one_clear_whichever_stream_speaks_first
     at_start: Stream,
     at_end: Stream,
 ) -> None:
-    config = write_config(tmp_path / "config.yaml", nfon, hook, rules=OUTBOUND_RULES)
+    # Every hold below ends with a real event; a long settle keeps a slow
+    # machine from turning a late call event into a flicker.
+    config = write_config(
+        tmp_path / "config.yaml",
+        nfon,
+        hook,
+        rules=OUTBOUND_RULES,
+        nfon_extra="  call_settle: 5s\n",
+    )
     daemon = daemons("run", "-c", str(config))
     daemon.wait_ready()
 

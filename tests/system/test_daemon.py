@@ -31,14 +31,17 @@ def test_a_call_produces_the_documented_webhook_document(
 ) -> None:
     # A rule that looks at the call: the document then always carries it.
     # (Under rules that do not, a line's in-use may be decided before its call
-    # event arrives on the other stream, and the document has no call.)
+    # event arrives on the other stream, and the document has no call.) The
+    # long settle keeps a slow machine from deciding before the call arrives.
     rules = (
         "rules:\n"
         "  - when: {line: in-use, party: external}\n"
         "    set: {webhook: {availability: Busy, activity: InACall, text: On a call,"
         " emoji: ':telephone_receiver:'}}\n"
     )
-    config = write_config(tmp_path / "config.yaml", nfon, hook, rules=rules)
+    config = write_config(
+        tmp_path / "config.yaml", nfon, hook, rules=rules, nfon_extra="  call_settle: 5s\n"
+    )
     daemon = daemons("run", "-c", str(config))
     daemon.wait_ready()
 
