@@ -19,7 +19,8 @@ anything fails the running configuration stays, what was built for the
 refused reload is closed, and the reason is logged once and shown in
 systemd's ``STATUS=``.
 
-Readiness (``/readyz`` and ``STATUS=``) means working *now*; see ``readiness``.
+Readiness (``/readyz`` and ``STATUS=``) means working *now*; see
+``presence_sync.readiness``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import os
 import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from presence_sync.ops import logging as ops_logging
 from presence_sync.ops import systemd
 from presence_sync.ops.http import Listener, build_app
 from presence_sync.ops.logging import kv
+from presence_sync.readiness import STREAM_GRACE, Readiness, readiness
 from presence_sync.rules import RuleSet, compile_rules
 from presence_sync.schedule import Job, Schedules, guarded
 from presence_sync.store import MemoryStore, SqliteStore, Store
@@ -60,10 +61,11 @@ __all__ = [
     "STREAM_GRACE",
     "Daemon",
     "Loaded",
-    "Readiness",
     "Runtime",
+    "TargetBuildError",
+    "build_targets",
+    "close_targets",
     "load",
-    "readiness",
     "wire",
 ]
 
@@ -71,9 +73,6 @@ log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 8.0
 """Seconds SIGTERM waits for in-flight target calls (systemd allows more)."""
-
-STREAM_GRACE = 30.0
-"""Seconds the NFON states stream may be down before the daemon is not ready."""
 
 STARTUP_DIRECTORY_TIMEOUT = 15.0
 HOUSEKEEPING_INTERVAL = 3600.0
@@ -291,73 +290,6 @@ def _reason(exc: BaseException) -> str:
 def _nfon_part(settings: Settings) -> tuple[Any, Any]:
     """What the NFON client is built from (a change reconnects the streams)."""
     return settings.nfon.model_dump(exclude={"call_settle"}), settings.tls
-
-
-# --- readiness ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Readiness:
-    """Whether the daemon works now: ``components`` maps each part to
-    ``{"ok": bool, "reason": str}``; ``status`` is the one line for systemd."""
-
-    ok: bool
-    components: Mapping[str, Mapping[str, Any]]
-    status: str
-
-
-def readiness(runtime: Runtime, *, clock: Clock, grace: float = STREAM_GRACE) -> Readiness:
-    """Working *now*: the NFON states stream delivered a full state and is
-    connected (or lost less than ``grace`` seconds ago), NFON accepts our
-    logins, and no enabled target is paused because it rejected our
-    credentials. Each part that fails says why and since when."""
-    mono, wall = clock.monotonic(), clock.now()
-
-    def at(when: float) -> str:
-        return _clock_time(wall - timedelta(seconds=mono - when))
-
-    components: dict[str, dict[str, Any]] = {}
-    health = runtime.nfon.states_health
-    if health.up_since is not None and runtime.feed.bootstrapped:
-        stream = {"ok": True, "reason": f"connected since {at(health.up_since)}"}
-    elif health.up_since is not None or health.down_since is None:
-        stream = {"ok": False, "reason": "waiting for the first full state from NFON"}
-    elif not runtime.feed.bootstrapped:
-        stream = {
-            "ok": False,
-            "reason": f"NFON stream not connected yet ({health.reason}), "
-            f"trying since {at(health.down_since)}",
-        }
-    else:
-        down_for = mono - health.down_since
-        stream = {
-            "ok": down_for <= grace,
-            "reason": f"NFON stream down since {at(health.down_since)} ({health.reason})",
-        }
-    components["nfon_stream"] = stream
-    refused = runtime.nfon.login_refused_since
-    components["nfon_login"] = (
-        {"ok": True, "reason": "accepted"}
-        if refused is None
-        else {"ok": False, "reason": f"NFON login refused since {_clock_time(refused)}"}
-    )
-    for name, target in runtime.engine.snapshot().targets.items():
-        if target.pause_reason == "auth":
-            until = target.paused_until
-            components[f"target:{name}"] = {
-                "ok": False,
-                "reason": f"{name} rejects our credentials"
-                + (f"; paused until {_clock_time(until)}" if until is not None else ""),
-            }
-        else:
-            components[f"target:{name}"] = {"ok": True, "reason": "working"}
-    failing = [c["reason"] for c in components.values() if not c["ok"]]
-    status = "Degraded: " + "; ".join(failing) if failing else "Ready: following NFON"
-    return Readiness(not failing, components, status)
-
-
-def _clock_time(when: datetime) -> str:
-    return when.astimezone().strftime("%H:%M:%S")
 
 
 # --- the daemon --------------------------------------------------------------------------
@@ -647,8 +579,11 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def readiness(self) -> Readiness:
-        """Whether the daemon works now (see the module function ``readiness``)."""
-        return readiness(self.runtime, clock=self.clock, grace=self.stream_grace)
+        """Whether the daemon works now (see ``presence_sync.readiness``)."""
+        runtime = self.runtime
+        return readiness(
+            runtime.nfon, runtime.feed, runtime.engine, clock=self.clock, grace=self.stream_grace
+        )
 
     async def _watch_readiness(self) -> None:
         """Tell systemd (``STATUS=``) when readiness or its reasons change,

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from presence_sync.app import Runtime, load, readiness, wire
+from presence_sync.app import Runtime, load, wire
 from presence_sync.clock import ManualClock
 from presence_sync.engine import Engine
 from presence_sync.errors import AuthError
@@ -28,6 +28,7 @@ from presence_sync.model import (
     StateEvent,
 )
 from presence_sync.nfon import NfonClient
+from presence_sync.readiness import Readiness, readiness
 from presence_sync.rules import compile_rules
 from presence_sync.store import MemoryStore
 from presence_sync.targets.base import Change, TargetInfo, TargetOptions, target_class
@@ -84,6 +85,10 @@ async def outbound(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Runtime]
 async def plain(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Runtime]:
     async for runtime in runtime_for(tmp_path, clock, ""):
         yield runtime
+
+
+def ready(runtime: Runtime, clock: ManualClock, grace: float = 30) -> Readiness:
+    return readiness(runtime.nfon, runtime.feed, runtime.engine, clock=clock, grace=grace)
 
 
 def desired_text(runtime: Runtime) -> str | None:
@@ -193,18 +198,18 @@ async def test_not_ready_until_the_first_full_state_then_while_the_stream_is_dow
     plain: Runtime, clock: ManualClock
 ) -> None:
     health = plain.nfon.states_health
-    assert readiness(plain, clock=clock, grace=30).ok is False  # no full state yet
+    assert ready(plain, clock).ok is False  # no full state yet
     health.up_since, health.down_since = clock.monotonic(), None
     plain.feed.bootstrapped = True
-    now = readiness(plain, clock=clock, grace=30)
+    now = ready(plain, clock)
     assert now.ok is True
     assert now.status == "Ready: following NFON"
 
     health.up_since, health.down_since, health.reason = None, clock.monotonic(), "eof"
     await clock.advance(30)
-    assert readiness(plain, clock=clock, grace=30).ok is True  # within the grace
+    assert ready(plain, clock).ok is True  # within the grace
     await clock.advance(1)
-    now = readiness(plain, clock=clock, grace=30)
+    now = ready(plain, clock)
     assert now.ok is False
     assert now.components["nfon_stream"]["reason"].startswith("NFON stream down since")
     assert now.status.startswith("Degraded: NFON stream down since")
@@ -215,12 +220,12 @@ async def test_not_ready_while_nfon_refuses_logins(plain: Runtime, clock: Manual
     health.up_since, health.down_since = clock.monotonic(), None
     plain.feed.bootstrapped = True
     plain.nfon.auth.refused_since = clock.now() - timedelta(minutes=5)
-    now = readiness(plain, clock=clock)
+    now = ready(plain, clock)
     assert now.ok is False
     assert now.components["nfon_login"]["ok"] is False
     assert now.status.startswith("Degraded: NFON login refused since ")
     plain.nfon.auth.refused_since = None
-    assert readiness(plain, clock=clock).ok is True
+    assert ready(plain, clock).ok is True
 
 
 class Rejecting:
@@ -261,13 +266,13 @@ async def test_not_ready_while_a_target_rejects_our_credentials(
     task = asyncio.create_task(engine.run())
     engine.observe(LineView("100", Line.IN_USE, Presence.AVAILABLE))
     await clock.advance(0.01)
-    now = readiness(runtime, clock=clock)
+    now = ready(runtime, clock)
     assert now.ok is False
     assert now.components["target:pager"]["reason"].startswith("pager rejects our credentials")
     assert "Degraded: pager rejects our credentials; paused until" in now.status
 
     pager.rejecting = False
     await clock.advance(61)  # the pause ends, a probe succeeds
-    assert readiness(runtime, clock=clock).ok is True
+    assert ready(runtime, clock).ok is True
     engine.stop()
     await task
