@@ -48,9 +48,12 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from presence_sync.app import Daemon
+    from presence_sync.app import STREAM_GRACE, Daemon
 
-    return asyncio.run(Daemon(args.config, dry_run=args.dry_run).run())
+    # Not a setting for admins: tests shorten how long the NFON stream may be
+    # down before /readyz says not ready.
+    grace = float(os.environ.get("PRESENCE_SYNC_STREAM_GRACE", STREAM_GRACE))
+    return asyncio.run(Daemon(args.config, dry_run=args.dry_run, stream_grace=grace).run())
 
 
 def _cmd_nfon_watch(args: argparse.Namespace) -> int:

@@ -74,6 +74,7 @@ __all__ = [
     "KeySnapshot",
     "TargetSnapshot",
     "TargetStats",
+    "check_target",
 ]
 
 log = logging.getLogger(__name__)
@@ -510,7 +511,7 @@ class Engine:
         new name starts from its rows in the store.
         """
         for name, target in targets.items():
-            _checked(name, target)
+            check_target(name, target)
         retired: list[Target] = []
         for name, lane in list(self._lanes.items()):
             new = targets.get(name)
@@ -521,7 +522,7 @@ class Engine:
             elif new is not lane.target:
                 retired.append(lane.target)
                 lane.target = new
-                lane.info = _checked(name, new)
+                lane.info = check_target(name, new)
                 lane.tokens = min(lane.tokens, float(max(1, lane.info.burst)))
         added = [name for name in targets if name not in self._lanes]
         for name in added:
@@ -600,7 +601,7 @@ class Engine:
     # --- desired state ----------------------------------------------------------------
 
     def _new_lane(self, name: str, target: Target) -> _Lane:
-        lane = _Lane(name=name, target=target, info=_checked(name, target))
+        lane = _Lane(name=name, target=target, info=check_target(name, target))
         lane.stamp = self._clock.monotonic()
         return lane
 
@@ -1137,9 +1138,10 @@ class Engine:
         queue.move_to_end(key, last=False)
 
 
-def _checked(name: str, target: Target) -> TargetInfo:
+def check_target(name: str, target: Target) -> TargetInfo:
     """``target``'s metadata; ``ValueError`` naming the target if the engine
-    could not honour it."""
+    could not honour it. ``Engine`` and ``set_targets`` apply the same check,
+    so a caller can refuse a target before handing it over."""
     info = type(target).info
     if not info.rate > 0:
         raise ValueError(f"target {name!r} ({info.kind}) declares rate {info.rate}; must be > 0")

@@ -273,7 +273,16 @@ class RuleSet:
     function of its arguments and ``names`` (settable: the directory's
     ``name_for_number``, used for ``{party_name}``)."""
 
-    __slots__ = ("_all", "_bits", "_list_names", "_order", "_rules", "names", "targets")
+    __slots__ = (
+        "_all",
+        "_bits",
+        "_call_context",
+        "_list_names",
+        "_order",
+        "_rules",
+        "names",
+        "targets",
+    )
 
     def __init__(
         self,
@@ -281,7 +290,10 @@ class RuleSet:
         targets: Sequence[str],
         list_names: Mapping[str, str],
         names: NameLookup,
+        *,
+        uses_call_context: bool = False,
     ) -> None:
+        self._call_context = uses_call_context
         self._rules = tuple(rules)
         self._order = tuple(targets)
         self._bits = {name: 1 << i for i, name in enumerate(self._order)}
@@ -289,6 +301,14 @@ class RuleSet:
         self.targets: frozenset[str] = frozenset(self._order)
         self._list_names = list_names
         self.names: NameLookup = names
+
+    @property
+    def uses_call_context(self) -> bool:
+        """Whether a rule looks at the call behind a line (a ``direction``,
+        ``party`` or ``party_in`` condition, or a ``{direction}``,
+        ``{party_name}`` or ``{party_number}`` template): a line's view
+        without its call may then be decided differently than with it."""
+        return self._call_context
 
     def evaluate(
         self,
@@ -374,7 +394,33 @@ def compile_rules(
     rules = compiler.rules(raw if raw else DEFAULT_RULES, zone)
     if compiler.problems:
         raise ConfigError(compiler.problems)
-    return RuleSet(rules, list(targets), compiler.list_names, names or _no_name)
+    return RuleSet(
+        rules,
+        list(targets),
+        compiler.list_names,
+        names or _no_name,
+        uses_call_context=_uses_call_context(raw if raw else DEFAULT_RULES),
+    )
+
+
+_CALL_CONDITIONS: Final = frozenset({"direction", "party", "party_in"})
+_CALL_FIELDS: Final = frozenset({"direction", "party_name", "party_number"})
+
+
+def _uses_call_context(raw: Sequence[Any]) -> bool:
+    """Whether any (already validated) rule reads the call behind a line."""
+    for rule in raw:
+        for part in ("when", "unless"):
+            conditions = rule.get(part)
+            if isinstance(conditions, Mapping) and _CALL_CONDITIONS & set(conditions):
+                return True
+        for status in (rule.get("set") or {}).values():
+            for text in (status or {}).values():
+                if isinstance(text, str) and any(
+                    field in _CALL_FIELDS for _, field, _, _ in string.Formatter().parse(text)
+                ):
+                    return True
+    return False
 
 
 def _no_name(number: str) -> str | None:

@@ -17,13 +17,36 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from presence_sync.errors import PresenceSyncError
 from presence_sync.ops.logging import kv
 
-__all__ = ["Job", "Schedules", "Work"]
+__all__ = ["Job", "Schedules", "Work", "guarded"]
 
 log = logging.getLogger(__name__)
 
 Work = Callable[[], Awaitable[Any]]
+
+
+def guarded(what: str, job: Work) -> Work:
+    """``job`` as a scheduled job: a ``PresenceSyncError`` (NFON down, say)
+    is logged once when the failures start and once when the job works
+    again, not with a traceback every interval. Other errors propagate."""
+    failing = False
+
+    async def run() -> None:
+        nonlocal failing
+        try:
+            await job()
+        except PresenceSyncError as exc:
+            if not failing:
+                log.warning("%s failed; will retry on schedule: %s", what, exc)
+            failing = True
+            return
+        if failing:
+            log.info("%s works again", what)
+        failing = False
+
+    return run
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +71,11 @@ class Schedules:
         )
         self._scheduler.add_listener(self._on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
         self._jobs = {job.id: job for job in jobs}
+
+    @property
+    def running(self) -> bool:
+        """Started and not shut down."""
+        return bool(self._scheduler.running)
 
     def start(self) -> None:
         for job in self._jobs.values():

@@ -325,6 +325,9 @@ class NfonSettings(_Section):
     liveness_timeout: _PositiveDuration = 120.0
     """A stream that delivers no byte for this long is restarted."""
     reconnect_max_delay: _PositiveDuration = 60.0
+    call_settle: Duration = 0.3
+    """When rules use call context, how long a line that went in-use waits
+    for its call event before it is decided without one (0: never waits)."""
 
 
 def _thumbprint(value: str) -> str:

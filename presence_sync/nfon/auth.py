@@ -33,6 +33,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncGenerator, Generator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -153,6 +154,8 @@ class NfonAuth(httpx.Auth):
         self._backoff = 0.0
         self._rejected_until: float | None = None
         self._rejected_status: int | None = None
+        self.refused_since: datetime | None = None
+        """Wall-clock time of the first refused login since the last good one."""
         for kind in ("login", "refresh"):
             for result in ("ok", "rejected", "error"):
                 metrics.NFON_LOGINS.labels(kind=kind, result=result)
@@ -262,6 +265,7 @@ class NfonAuth(httpx.Auth):
                 log.info("nfon login ok", extra=kv(user=self._username))
             self._rejected_until = None
             self._rejected_status = None
+            self.refused_since = None
             self._backoff = 0.0
             return token
         if 400 <= status < 500 and status not in (408, 429):
@@ -269,6 +273,7 @@ class NfonAuth(httpx.Auth):
             self._backoff = min(self._backoff * 2 or self._backoff_first, self._backoff_max)
             self._rejected_until = self._clock.monotonic() + self._backoff
             self._rejected_status = status
+            self.refused_since = self.refused_since or self._clock.now()
             self._access = self._refresh = None
             log.error(
                 "NFON rejected the API credentials; check nfon.username and nfon.password",

@@ -23,6 +23,7 @@ import logging
 import os
 import ssl
 from collections.abc import AsyncGenerator, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -40,6 +41,7 @@ from presence_sync.nfon.stream import (
     STATES_PATH,
     CallItem,
     StateItem,
+    StreamHealth,
     StreamSettings,
     call_stream,
     state_stream,
@@ -137,6 +139,16 @@ class NfonClient:
             reconnect_max_delay=reconnect_max_delay,
         )
         self._throttle = Throttle()
+        self.states_health = StreamHealth()
+        """The ``states()`` stream's connection, kept current while it is followed."""
+        self.calls_health = StreamHealth()
+        """The ``calls()`` stream's connection, kept current while it is followed."""
+
+    @property
+    def login_refused_since(self) -> datetime | None:
+        """When NFON started refusing the API credentials (a login answered
+        4xx), or ``None`` while they are accepted or no login was refused."""
+        return self.auth.refused_since
 
     @classmethod
     def from_settings(
@@ -280,12 +292,15 @@ class NfonClient:
             self._stream_settings,
             bootstrap_quiet=quiet,
             expected=lambda: self.expected_extensions if expected is None else expected,
+            health=self.states_health,
         )
 
     def calls(self) -> AsyncGenerator[CallItem]:
         """Follow every call event of the K-Account, forever: ``Connected`` at
         each (re)connect, then ``CallEvent``\\ s. Never raises."""
-        return call_stream(self._streams, self._stream_settings, path=CALLS_PATH)
+        return call_stream(
+            self._streams, self._stream_settings, path=CALLS_PATH, health=self.calls_health
+        )
 
     # --- diagnostics ----------------------------------------------------------------
 

@@ -56,6 +56,7 @@ __all__ = [
     "SSEDecoder",
     "ServerSentEvent",
     "StateItem",
+    "StreamHealth",
     "StreamSettings",
     "call_stream",
     "state_stream",
@@ -288,6 +289,19 @@ class StreamSettings:
     rng: random.Random | None = None
 
 
+@dataclass(slots=True)
+class StreamHealth:
+    """Whether a stream is connected right now, as its consumer last saw it
+    (monotonic times of the consumer's clock). While connected ``up_since``
+    is set; otherwise ``down_since`` is when it was lost (or when the first
+    attempt started) and ``reason`` the last failure (a ``RECONNECT_REASONS``
+    value, or ``"connecting"`` before the first connection)."""
+
+    up_since: float | None = None
+    down_since: float | None = None
+    reason: str | None = None
+
+
 class _Failed(Exception):
     """A connection attempt or an open connection ended; ``reason`` is one
     of ``RECONNECT_REASONS`` (the metric label)."""
@@ -363,7 +377,14 @@ class _Connection:
     """Connects one stream again and again: backoff, metrics and the
     one-line-per-outage logging that the two consumers share."""
 
-    def __init__(self, name: str, path: str, http: httpx.AsyncClient, settings: StreamSettings):
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        http: httpx.AsyncClient,
+        settings: StreamSettings,
+        health: StreamHealth | None = None,
+    ):
         self.name = name
         self.path = path
         self.http = http
@@ -384,6 +405,10 @@ class _Connection:
             metrics.STREAM_FRAMES_REJECTED.labels(stream=name, reason=reason)
         self._events = metrics.STREAM_EVENTS.labels(stream=name)
         self._last_event = metrics.STREAM_LAST_EVENT.labels(stream=name)
+        self.health = health or StreamHealth()
+        if self.health.up_since is None and self.health.down_since is None:
+            self.health.down_since = self.clock.monotonic()
+            self.health.reason = "connecting"
 
     async def open(self) -> _Session | None:
         """Wait out the backoff, then connect until it works. ``None`` once
@@ -404,6 +429,8 @@ class _Connection:
                 continue
             self._state.state("connected")
             self._opened_at = self.clock.monotonic()
+            self.health.up_since, self.health.down_since = self._opened_at, None
+            self.health.reason = None
             if self._failing_since is not None:
                 log.info(
                     "nfon stream recovered",
@@ -450,6 +477,9 @@ class _Connection:
         after a connection that stayed up for ``HEALTHY_AFTER`` seconds)."""
         metrics.STREAM_RECONNECTS.labels(stream=self.name, reason=failure.reason).inc()
         opened, self._opened_at = self._opened_at, None
+        if self.health.up_since is not None:
+            self.health.up_since, self.health.down_since = None, self.clock.monotonic()
+        self.health.reason = failure.reason
         if opened is not None and self.clock.monotonic() - opened >= HEALTHY_AFTER:
             delivered = True
         if delivered:
@@ -538,14 +568,16 @@ async def state_stream(
     bootstrap_quiet: float = 0.25,
     expected: Callable[[], int | None] = lambda: None,
     path: str = STATES_PATH,
+    health: StreamHealth | None = None,
 ) -> AsyncGenerator[StateItem]:
     """Follow ``GET /extensions/phone/states`` forever (see the module docstring).
 
     ``expected()`` is asked at each connect for the number of extensions the
-    bootstrap should hold (``None``: unknown). Runs until the caller stops
-    iterating, cancels, or closes ``http``; never raises otherwise.
+    bootstrap should hold (``None``: unknown). ``health``, when given, is kept
+    up to date with the connection. Runs until the caller stops iterating,
+    cancels, or closes ``http``; never raises otherwise.
     """
-    conn = _Connection("states", path, http, settings)
+    conn = _Connection("states", path, http, settings, health)
     clock = settings.clock
     unknown = conn.unknown
     reconnect = False
@@ -593,12 +625,17 @@ async def state_stream(
 
 
 async def call_stream(
-    http: httpx.AsyncClient, settings: StreamSettings, *, path: str = CALLS_PATH
+    http: httpx.AsyncClient,
+    settings: StreamSettings,
+    *,
+    path: str = CALLS_PATH,
+    health: StreamHealth | None = None,
 ) -> AsyncGenerator[CallItem]:
     """Follow ``GET /extensions/phone/calls`` forever: ``Connected`` at each
-    (re)connect, then every ``CallEvent``. Runs until the caller stops
-    iterating, cancels, or closes ``http``; never raises otherwise."""
-    conn = _Connection("calls", path, http, settings)
+    (re)connect, then every ``CallEvent``; ``health`` as for ``state_stream``.
+    Runs until the caller stops iterating, cancels, or closes ``http``; never
+    raises otherwise."""
+    conn = _Connection("calls", path, http, settings, health)
     unknown = conn.unknown
     reconnect = False
     try:

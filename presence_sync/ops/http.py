@@ -1,8 +1,15 @@
 """The daemon's own HTTP listener (loopback by default).
 
 - ``/healthz``: 200 while the process works (its event loop turns);
-- ``/readyz``: 200 once the NFON state stream delivered a full state and is
-  connected, 503 with the reason otherwise;
+- ``/readyz``: 200 while the daemon works *now*, 503 otherwise. Ready means:
+  the NFON state stream delivered a full state and is connected (or was lost
+  less than a short grace ago, 30 s by default), NFON accepts our logins, and
+  no enabled target is paused because it rejected our credentials. It is
+  observed at each request, so the answer goes back to 200 by itself when
+  the cause ends. The JSON body names each component with ``ok`` and a
+  reason (``{"ok": false, "status": "Degraded: NFON login refused since
+  10:42:05", "components": {"nfon_stream": {...}, "nfon_login": {...},
+  "target:slack_status": {...}}}``); ``status`` is the line systemd shows;
 - ``/metrics``: Prometheus text format.
 
 Nothing here shows a secret; the bodies carry counts and states only.

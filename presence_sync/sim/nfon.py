@@ -257,6 +257,7 @@ class NfonSim:
         self._outlets: dict[StreamKind, set[Outlet]] = {kind: set() for kind in STREAM_KINDS}
         self._seq: dict[StreamKind, int] = dict.fromkeys(STREAM_KINDS, 0)
         self._failures: list[_Failure] = []
+        self._held: dict[StreamKind, list[bytes]] = {}
         self._refuse_logins = False
         self._counters = _Counters()
         self._traffic: Traffic | None = None
@@ -440,6 +441,23 @@ class NfonSim:
         if not path_prefix.startswith("/"):
             raise ValueError("path_prefix must start with '/'")
         self._failures.append(_Failure(path_prefix, status, count))
+
+    def clear_failures(self) -> None:
+        """Forget every ``fail_next`` not used up yet (an outage ends)."""
+        self._failures.clear()
+
+    def hold_stream(self, stream: str, on: bool = True) -> None:
+        """While on, events for streams of kind ``stream`` (``states`` or
+        ``calls``) are kept back; turning it off sends them, in order. The
+        two streams are independent connections, so a client may see either
+        one first: this makes the order a test's choice. A states stream
+        opened meanwhile still gets the current bootstrap."""
+        kind = self._kind(stream)
+        if on:
+            self._held.setdefault(kind, [])
+            return
+        for payload in self._held.pop(kind, []):
+            self._send(kind, payload)
 
     def expire_tokens(self, *, refresh: bool = False) -> None:
         """Invalidate every access token issued so far (the next request with
@@ -672,6 +690,13 @@ class NfonSim:
         return b"data: " + payload + b"\n\n"
 
     def _publish(self, kind: StreamKind, payload: bytes) -> None:
+        held = self._held.get(kind)
+        if held is not None:
+            held.append(payload)
+            return
+        self._send(kind, payload)
+
+    def _send(self, kind: StreamKind, payload: bytes) -> None:
         self._seq[kind] += 1
         outlets = self._outlets[kind]
         if not outlets:

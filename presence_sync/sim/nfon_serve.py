@@ -134,6 +134,14 @@ class SimProxy:
         """See ``NfonSim.fail_next``."""
         self._do(self._sim.fail_next, path_prefix, status, count)
 
+    def clear_failures(self) -> None:
+        """See ``NfonSim.clear_failures``."""
+        self._do(self._sim.clear_failures)
+
+    def hold_stream(self, stream: str, on: bool = True) -> None:
+        """See ``NfonSim.hold_stream``."""
+        self._do(self._sim.hold_stream, stream, on)
+
     def expire_tokens(self, *, refresh: bool = False) -> None:
         """See ``NfonSim.expire_tokens``."""
         self._do(self._sim.expire_tokens, refresh=refresh)

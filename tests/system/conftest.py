@@ -4,9 +4,10 @@ and a factory for real ``presence-sync`` processes (killed after the test)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
-from harness import HOOK_SECRET, PEOPLE, Daemon, Hook
+from harness import HOOK_SECRET, PEOPLE, Daemon, Hook, Notifications
 
 from presence_sync.sim._serve import serve_in_thread
 from presence_sync.sim.nfon import NfonSim, SimHandle
@@ -40,3 +41,11 @@ def daemons() -> Iterator[Callable[..., Daemon]]:
     yield start
     for daemon in started:
         daemon.kill()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[Notifications]:
+    """A systemd notify socket; pass ``notify.path`` as ``NOTIFY_SOCKET``."""
+    notifications = Notifications(tmp_path / "notify.sock")
+    yield notifications
+    notifications.close()

@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 from polling import eventually
 
@@ -72,7 +74,12 @@ def write_config(
     directory: str = "1h",
     rules: str = "",
     extra: str = "",
+    targets: str = "",
+    nfon_extra: str = "",
 ) -> Path:
+    """A configuration for the simulator and the webhook receiver. ``targets``
+    adds lines under ``targets:``, ``nfon_extra`` under ``nfon:``, ``extra``
+    at the top level."""
     people = "".join(
         f'  - extension: "{ext}"\n    email: {email}\n    name: {name}\n'
         for ext, name, email in PEOPLE
@@ -83,12 +90,12 @@ def write_config(
   customer: K1234
   username: api-user
   password: api-secret
-people:
+{nfon_extra}people:
 {people}targets:
   webhook:
     url: {hook.url}
     secret: {HOOK_SECRET}
-resync:
+{targets}resync:
   interval: {resync}
   directory_interval: {directory}
 state:
@@ -143,9 +150,35 @@ class Daemon:
 
         return eventually(found, f"output /{pattern}/", timeout)
 
-    def wait_ready(self) -> None:
-        """Until the daemon has the first full state from NFON."""
-        self.wait_line(r"full state from NFON")
+    def url(self) -> str:
+        """The daemon's HTTP listener (``http.listen`` on port 0: read from its log)."""
+        line = self.wait_line(r"listening for /healthz")
+        match = re.search(r"address=(\S+)", line)
+        assert match, line
+        return f"http://{match.group(1)}"
+
+    def readyz(self) -> httpx.Response:
+        return httpx.get(self.url() + "/readyz", timeout=5)
+
+    def wait_ready(self, timeout: float = 15.0) -> dict[str, Any]:
+        """Until ``/readyz`` answers 200 (the daemon works now); its body."""
+
+        def ready() -> dict[str, Any] | None:
+            if self.proc.poll() is not None:
+                pytest.fail(f"daemon exited {self.proc.returncode}:\n{self.output()}")
+            response = self.readyz()
+            return response.json() if response.status_code == 200 else None
+
+        return eventually(ready, "/readyz 200", timeout)
+
+    def wait_not_ready(self, timeout: float = 15.0) -> dict[str, Any]:
+        """Until ``/readyz`` answers 503; its body."""
+
+        def degraded() -> dict[str, Any] | None:
+            response = self.readyz()
+            return response.json() if response.status_code == 503 else None
+
+        return eventually(degraded, "/readyz 503", timeout)
 
     def signal(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
@@ -163,3 +196,118 @@ class Daemon:
         self._reader.join(timeout=5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+PLUGIN = '''
+"""Third-party targets that misbehave, as a package outside presence-sync would ship them."""
+import logging
+from typing import ClassVar
+
+from presence_sync.model import Applied
+from presence_sync.targets.base import Change, TargetEnv, TargetInfo, TargetOptions
+
+
+class Options(TargetOptions):
+    pass
+
+
+class Sticky:
+    """Works, but cannot be closed."""
+
+    info: ClassVar[TargetInfo] = TargetInfo(
+        kind="sticky", description="fails to close", fields=frozenset({"text"}), remote_state=False
+    )
+    Options: ClassVar[type[TargetOptions]] = Options
+
+    def __init__(self, name: str, options: Options, env: TargetEnv) -> None:
+        self.name = name
+        self.env = env
+
+    async def apply(self, change: Change) -> Applied:
+        return Applied(status=change.desired, at=self.env.clock.now())
+
+    async def aclose(self) -> None:
+        raise OSError("the pager socket is stuck")
+
+
+class Broken(Sticky):
+    """Cannot even be built."""
+
+    async def aclose(self) -> None:
+        pass
+
+    info: ClassVar[TargetInfo] = TargetInfo(
+        kind="broken", description="raises when built", fields=frozenset({"text"})
+    )
+
+    def __init__(self, name: str, options: Options, env: TargetEnv) -> None:
+        raise RuntimeError("no pager service configured on this host")
+
+
+class Stalled(Broken):
+    """Declares a rate the engine cannot honour."""
+
+    info: ClassVar[TargetInfo] = TargetInfo(
+        kind="stalled", description="rate 0", fields=frozenset({"text"}), rate=0
+    )
+
+    def __init__(self, name: str, options: Options, env: TargetEnv) -> None:
+        Sticky.__init__(self, name, options, env)
+
+    async def aclose(self) -> None:
+        logging.getLogger("acme_misfits").warning("stalled target %s closed", self.name)
+'''
+
+
+def install_plugin(site: Path) -> Path:
+    """Install the ``acme_misfits`` package with its entry points into
+    ``site``, the way pip would; put ``site`` on the daemon's ``PYTHONPATH``."""
+    (site / "acme_misfits").mkdir(parents=True)
+    (site / "acme_misfits" / "__init__.py").write_text(PLUGIN)
+    dist = site / "acme_misfits-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-misfits\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[presence_sync.targets]\n"
+        "sticky = acme_misfits:Sticky\n"
+        "broken = acme_misfits:Broken\n"
+        "stalled = acme_misfits:Stalled\n"
+    )
+    return site
+
+
+class Notifications:
+    """A systemd notify socket: what the daemon told the service manager."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+        self.received: list[str] = []
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.received.append(self.sock.recv(65536).decode())
+            except BlockingIOError:
+                return
+
+    def mark(self) -> int:
+        """How many datagrams arrived so far (for ``wait(after=...)``)."""
+        self._drain()
+        return len(self.received)
+
+    def wait(self, pattern: str, timeout: float = 15.0, after: int = 0) -> str:
+        """The first datagram past the ``after``-th one matching ``pattern``
+        (one ``KEY=VALUE`` per line, ``^``/``$`` match at each line)."""
+
+        def found() -> str | None:
+            self._drain()
+            hits = (d for d in self.received[after:] if re.search(pattern, d, re.MULTILINE))
+            return next(hits, None)
+
+        return eventually(found, f"notify /{pattern}/", timeout)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -26,17 +26,22 @@ pytestmark = pytest.mark.system
 ANNA = "anna@example.com"
 
 
-def listen_url(daemon: Daemon) -> str:
-    line = daemon.wait_line(r"listening for /healthz")
-    match = re.search(r"address=(\S+)", line)
-    assert match, line
-    return f"http://{match.group(1)}"
-
-
 def test_a_call_produces_the_documented_webhook_document(
     tmp_path: Path, nfon: SimHandle, hook: Hook, daemons: Callable[..., Daemon]
 ) -> None:
-    config = write_config(tmp_path / "config.yaml", nfon, hook)
+    # A rule that looks at the call: the document then always carries it.
+    # (Under rules that do not, a line's in-use may be decided before its call
+    # event arrives on the other stream, and the document has no call.) The
+    # long settle keeps a slow machine from deciding before the call arrives.
+    rules = (
+        "rules:\n"
+        "  - when: {line: in-use, party: external}\n"
+        "    set: {webhook: {availability: Busy, activity: InACall, text: On a call,"
+        " emoji: ':telephone_receiver:'}}\n"
+    )
+    config = write_config(
+        tmp_path / "config.yaml", nfon, hook, rules=rules, nfon_extra="  call_settle: 5s\n"
+    )
     daemon = daemons("run", "-c", str(config))
     daemon.wait_ready()
 
@@ -209,9 +214,9 @@ def test_health_ready_and_metrics(
 ) -> None:
     config = write_config(tmp_path / "config.yaml", nfon, hook)
     daemon = daemons("run", "-c", str(config))
-    url = listen_url(daemon)
+    url = daemon.url()
     assert httpx.get(url + "/healthz").status_code == 200
-    eventually(lambda: httpx.get(url + "/readyz").status_code == 200, "/readyz 200")
+    daemon.wait_ready()
     nfon.sim.call("100")
     hook.wait_status(ANNA, "InACall")
     metrics = httpx.get(url + "/metrics").text
@@ -269,14 +274,22 @@ def test_a_person_whose_extension_disappears_is_cleared(
 def test_nfon_down_at_start_is_degraded_not_failed(
     tmp_path: Path, nfon: SimHandle, hook: Hook, daemons: Callable[..., Daemon]
 ) -> None:
-    nfon.sim.fail_next("/login", 503, count=4)
-    config = write_config(tmp_path / "config.yaml", nfon, hook)
+    nfon.sim.fail_next("/login", 503, count=1_000_000)
+    config = write_config(
+        tmp_path / "config.yaml", nfon, hook, nfon_extra="  reconnect_max_delay: 1s\n"
+    )
     daemon = daemons("run", "-c", str(config))
-    url = listen_url(daemon)
     # Not ready while NFON refuses, but alive and retrying with backoff.
-    assert httpx.get(url + "/healthz").status_code == 200
+    body = daemon.wait_not_ready()
+    assert body["components"]["nfon_stream"]["ok"] is False
+    assert "NFON stream not connected yet" in body["components"]["nfon_stream"]["reason"]
+    assert httpx.get(daemon.url() + "/healthz").status_code == 200
+    eventually(lambda: nfon.sim.stats.injected_failures >= 3, "logins retried")
+    assert daemon.readyz().status_code == 503
+    assert daemon.proc.poll() is None
+
+    nfon.sim.clear_failures()
     daemon.wait_ready()
-    assert httpx.get(url + "/readyz").status_code == 200
     nfon.sim.call("100")
     hook.wait_status(ANNA, "InACall")
     assert daemon.proc.poll() is None
