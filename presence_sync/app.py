@@ -338,6 +338,10 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or ``stop()``); returns the exit code.
         Raises ``ConfigError`` for an invalid configuration at start, and
         ``PresenceSyncError`` for a target that cannot be built."""
+        if self._configure_logging:
+            # What loading itself warns about (a secret file others may read)
+            # goes out in the daemon's format, not Python's bare default.
+            ops_logging.configure()
         loaded = load(self.config_path, dry_run=self.dry_run)
         settings = loaded.settings
         if self._configure_logging:
