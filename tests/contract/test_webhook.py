@@ -35,7 +35,7 @@ from presence_sync.model import (
     Presence,
     Status,
 )
-from presence_sync.sim._serve import Running, serve
+from presence_sync.sim.serve import Running, serve
 from presence_sync.sim.webhook import Delivery, WebhookReceiver
 from presence_sync.targets.base import Change, TargetEnv, target_class
 from presence_sync.targets.webhook import WebhookTarget
