@@ -82,8 +82,7 @@ class Follow(Generic[T]):
 
     async def nth(self, kind: type[Any], n: int = 1) -> Any:
         """The n-th item of ``kind`` (1-based), once it has arrived."""
-        found = await eventually_async(lambda: len(self.of(kind)) >= n, f"{kind.__name__} #{n}")
-        assert found
+        await eventually_async(lambda: len(self.of(kind)) >= n, f"{kind.__name__} #{n}")
         return self.of(kind)[n - 1]
 
     async def close(self) -> None:
@@ -573,6 +572,10 @@ async def test_watch_prints_the_directory_states_and_calls() -> None:
             call = h.sim.call("100", party="4930123456")
             h.sim.hangup(call)
             await eventually_async(lambda: "call ended" in out.getvalue(), "the hangup line")
+            # The states stream is in order: once 100 is idle again, the
+            # repeated dnd (sent before the call) has been read too.
+            idle_again = "100   Anna Example  idle     available"
+            await eventually_async(lambda: out.getvalue().count(idle_again) == 2, "100 idle again")
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -583,6 +586,7 @@ async def test_watch_prints_the_directory_states_and_calls() -> None:
         "2001  Ben           idle     available",
     ]
     assert lines[3] == "2001  Ben           idle     dnd"
+    assert lines.count("2001  Ben           idle     dnd") == 1
     assert "100   Anna Example  inbound call ringing (external)" in lines
     assert "100   Anna Example  inbound call answered (external)" in lines
     assert "100   Anna Example  inbound call ended (external)" in lines
