@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
@@ -191,12 +192,14 @@ class LoopProxy(Generic[S]):
         def __getattr__(self, name: str) -> Any:
             if name.startswith("_"):
                 raise AttributeError(name)
-            value = self._running.call(getattr, self._target, name)
-            if not callable(value):
-                return value
+            if not inspect.isfunction(inspect.getattr_static(type(self._target), name, None)):
+                # A property or plain attribute: its value is state, read on the loop.
+                return self._running.call(getattr, self._target, name)
+            # Binding a method reads no state, so only the call makes the hop.
+            method = getattr(self._target, name)
 
-            @functools.wraps(value)
+            @functools.wraps(method)
             def on_loop(*args: Any, **kwargs: Any) -> Any:
-                return self._running.call(functools.partial(value, *args, **kwargs))
+                return self._running.call(functools.partial(method, *args, **kwargs))
 
             return on_loop

@@ -538,6 +538,20 @@ def test_scripting_mistakes_raise_clear_errors(served: Serve) -> None:
         sim.fail_next("/login", 200)
 
 
+def test_the_thread_proxy_offers_the_public_face_only(served: Serve) -> None:
+    env = served(extensions=[("100", "Anna")])
+    proxy = env.handle.sim
+    assert proxy.set_state.__doc__ == NfonSim.set_state.__doc__
+    proxy.set_state("100", presence="away")
+    assert proxy.state_of("100")["presence"] == "away"
+    assert proxy.run(lambda sim: sim.state_of("100")["presence"]) == "away"
+    assert proxy.customer == "K1234"
+    with pytest.raises(AttributeError):
+        getattr(proxy, "_exts")  # noqa: B009 - the point is the private name
+    with pytest.raises(AttributeError):
+        getattr(proxy, "no_such_method")  # noqa: B009 - mypy would refuse the attribute
+
+
 def test_added_and_removed_extensions_show_everywhere(served: Serve) -> None:
     env = served()
     sim = env.handle.sim
