@@ -10,20 +10,7 @@ from ``nfon_sim``), ``serve_in_thread``/``serve``/``Server`` (from
 ``SimHandle`` whose ``sim`` proxy may be driven from any thread, and the
 ``presence-sync sim nfon`` command.
 
-Choices where the documentation is silent (each a knob or documented here):
-
-- SSE frames are ``data: <json>`` + blank line, no ``event:``, no ``id:``
-  (``event_ids=True`` adds ids; ``Last-Event-ID`` is recorded but the
-  bootstrap is sent regardless, as the spec says it is on every connect).
-- Keep-alive comments after ``keepalive`` idle seconds; ``None`` = never.
-- Streams stay open past token expiry unless ``close_streams_on_token_expiry``.
-- Both legs of an internal call carry the same call ``uuid``; a client must
-  key call state by (uuid, extension).
-- An outbound leg's line goes to ``in-use`` when it starts ringing the other
-  party (the caller is off-hook); only inbound legs show ``ringing``.
-- Every ``set_state`` emits an event, even when nothing changed.
-- ``/extensions/phone/states`` answers an ``Accept`` that allows neither
-  JSON nor SSE with 406 (the spec lists no status for it).
+What it does where NFON's documentation is silent is listed in ``nfon_sim``.
 """
 
 from __future__ import annotations

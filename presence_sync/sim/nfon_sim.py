@@ -1,9 +1,6 @@
-"""The NFON simulator's state and behaviour (import it from
-``presence_sync.sim.nfon``): a loopback server that speaks the published
-contract (``/work/shared/nfon/cti-openapi.json``) so that tests, benchmarks
-and the demo can run the real daemon against something that behaves like
-NFON: tokens that really expire, SSE streams with bootstrap, snapshots, call
-events, scripted and random traffic, injected failures.
+"""The NFON simulator's state and behaviour, as the published contract
+(``/work/shared/nfon/cti-openapi.json``) describes it. Import it from
+``presence_sync.sim.nfon``.
 
 ``NfonSim`` owns the state (extensions, calls, tokens, open streams, stats)
 and its methods are plain synchronous calls that must run on the loop that
