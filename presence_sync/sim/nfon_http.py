@@ -75,9 +75,13 @@ class _Nfon:
     def __init__(self, sim: NfonSim) -> None:
         self.sim = sim
 
-    def error(self, status: int, message: str, api_path: str) -> Response:
+    def error(
+        self, status: int, message: str, api_path: str, retry_after: str | None = None
+    ) -> Response:
         """An error response shaped as the spec says for ``status`` on ``api_path``."""
         headers = {} if api_path in _NO_REQUEST_ID else _request_id()
+        if retry_after is not None:
+            headers["Retry-After"] = retry_after
         if status == 401:
             self.sim.record_unauthorized()
         if status == 401 or (api_path == "/login" and status == 400):
@@ -89,10 +93,13 @@ class _Nfon:
         full_path = request.url.path
         api_path = full_path[len(BASE) :] if full_path.startswith(BASE + "/") else full_path
         self.sim.record_request(request.method, api_path, request.headers.get("user-agent"))
-        status = self.sim.take_failure(request.method, full_path, api_path)
-        if status is None:
+        failure = self.sim.take_failure(request.method, full_path, api_path)
+        if failure is None:
             return api_path, None
-        return api_path, self.error(status, f"injected failure {status}", api_path)
+        status = failure.status
+        return api_path, self.error(
+            status, f"injected failure {status}", api_path, failure.retry_after
+        )
 
     def authenticate(self, request: Request, api_path: str) -> Issued | Response:
         issued = self.sim.authenticate(_bearer(request))
@@ -285,7 +292,12 @@ class _Control:
         count = body.get("count", 1)
         if not isinstance(status, int) or not isinstance(count, int):
             raise ValueError("status and count must be integers")
-        self.sim.fail_next(_str(body, "path"), status, count)
+        retry_after = body.get("retry_after")
+        if retry_after is not None and (
+            isinstance(retry_after, bool) or not isinstance(retry_after, int | float | str)
+        ):
+            raise ValueError("'retry_after' must be seconds or an HTTP date")
+        self.sim.fail_next(_str(body, "path"), status, count, retry_after=retry_after)
 
     def expire(self, body: Mapping[str, Any]) -> None:
         self.sim.expire_tokens(refresh=_bool(body, "refresh", False))

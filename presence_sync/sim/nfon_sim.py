@@ -50,7 +50,14 @@ from presence_sync.sim.nfon_streams import Outlet, StreamKind, rfc3339_now
 from presence_sync.sim.nfon_tokens import Issued, TokenIssuer, TokenPair
 from presence_sync.sim.nfon_traffic import Traffic
 
-__all__ = ["LoginRefusal", "NfonSim", "NfonStats", "RefreshRefusal", "StreamKind"]
+__all__ = [
+    "InjectedFailure",
+    "LoginRefusal",
+    "NfonSim",
+    "NfonStats",
+    "RefreshRefusal",
+    "StreamKind",
+]
 
 # The simulator's log lines keep the name of its public module.
 log = logging.getLogger("presence_sync.sim.nfon")
@@ -190,6 +197,16 @@ class _Failure:
     prefix: str
     status: int
     remaining: int
+    retry_after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class InjectedFailure:
+    """How to answer a request that ``fail_next`` chose."""
+
+    status: int
+    retry_after: str | None
+    """``Retry-After`` header value to send, if any."""
 
 
 def _dumps(obj: object) -> bytes:
@@ -410,19 +427,31 @@ class NfonSim:
         Refreshes keep working (use ``expire_tokens(refresh=True)`` for that)."""
         self._refuse_logins = on
 
-    def fail_next(self, path_prefix: str, status: int = 503, count: int = 1) -> None:
+    def fail_next(
+        self,
+        path_prefix: str,
+        status: int = 503,
+        count: int = 1,
+        *,
+        retry_after: float | str | None = None,
+    ) -> None:
         """Answer the next ``count`` NFON requests whose path starts with
         ``path_prefix`` (with or without ``/v1``, e.g. ``/extensions/phone/states``
         or ``/login``) with ``status``, an ``{"error": ...}`` body (none for
         401 and for login's documented empty 400) and ``X-Request-Id``.
-        Several calls queue up; the earliest matching one is used first."""
+        Several calls queue up; the earliest matching one is used first.
+
+        ``retry_after`` (seconds or an HTTP-date, sent as given) adds a
+        ``Retry-After`` header. NFON documents none, but any HTTP server or
+        the load balancer in front of it may send one with a 429 or 503."""
         if not 400 <= status <= 599:
             raise ValueError(f"status must be an HTTP error status (400-599), not {status}")
         if count < 1:
             raise ValueError("count must be at least 1")
         if not path_prefix.startswith("/"):
             raise ValueError("path_prefix must start with '/'")
-        self._failures.append(_Failure(path_prefix, status, count))
+        header = f"{retry_after:g}" if isinstance(retry_after, int | float) else retry_after
+        self._failures.append(_Failure(path_prefix, status, count, header))
 
     def expire_tokens(self, *, refresh: bool = False) -> None:
         """Invalidate every access token issued so far (the next request with
@@ -496,9 +525,9 @@ class NfonSim:
         c.distinct_user_agents.add(user_agent)
         c.requests_by_path[f"{method} {api_path}"] += 1
 
-    def take_failure(self, method: str, full_path: str, api_path: str) -> int | None:
-        """The status of an injected failure (``fail_next``) this request must
-        get, using it up; ``None`` when none matches."""
+    def take_failure(self, method: str, full_path: str, api_path: str) -> InjectedFailure | None:
+        """The injected failure (``fail_next``) this request must get, using
+        it up; ``None`` when none matches."""
         for failure in self._failures:
             if full_path.startswith(failure.prefix) or api_path.startswith(failure.prefix):
                 failure.remaining -= 1
@@ -507,7 +536,7 @@ class NfonSim:
                 self._counters.injected_failures += 1
                 if failure.status == 401 and method == "POST" and api_path == "/login":
                     self._counters.login_failures += 1
-                return failure.status
+                return InjectedFailure(failure.status, failure.retry_after)
         return None
 
     def record_unauthorized(self) -> None:

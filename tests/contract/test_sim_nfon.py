@@ -592,6 +592,16 @@ def test_fail_next_answers_matching_requests_with_the_given_status(served: Serve
     assert env.handle.sim.stats.injected_failures == 3
 
 
+def test_fail_next_can_add_retry_after(served: Serve) -> None:
+    env = served()
+    date = "Mon, 02 Mar 2026 10:02:00 GMT"
+    env.handle.sim.fail_next("/extensions/phone/data", 429, retry_after=30)
+    env.handle.sim.fail_next("/extensions/phone/data", 503, retry_after=date)
+    answers = [env.client.get("/extensions/phone/data", headers=env.auth) for _ in range(3)]
+    assert [a.status_code for a in answers] == [429, 503, 200]
+    assert [a.headers.get("Retry-After") for a in answers] == ["30", date, None]
+
+
 def test_unknown_paths_get_the_spec_error_shape(served: Serve) -> None:
     env = served()
     response = env.client.get("/extensions/phone/nothing", headers=env.auth)
