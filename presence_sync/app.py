@@ -45,6 +45,7 @@ from presence_sync.engine import Engine, check_target
 from presence_sync.errors import ConfigError, PresenceSyncError
 from presence_sync.feed import Feed
 from presence_sync.lines import Lines
+from presence_sync.net import user_agent
 from presence_sync.nfon import NfonClient
 from presence_sync.ops import logging as ops_logging
 from presence_sync.ops import systemd
@@ -110,10 +111,6 @@ def load(path: str | os.PathLike[str], *, dry_run: bool = False) -> Loaded:
         problem=settings.problem,
     )
     return Loaded(settings, rules, infos)
-
-
-def user_agent(customer: str) -> str:
-    return f"presence-sync/{__version__} ({customer})"
 
 
 # --- wiring ------------------------------------------------------------------------------

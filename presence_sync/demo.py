@@ -87,7 +87,7 @@ def demo_config(
 async def run_demo(args: argparse.Namespace) -> int:
     """Run simulators and daemon until Ctrl-C or ``args.duration`` seconds."""
     from presence_sync.app import Daemon
-    from presence_sync.sim._serve import serve_in_thread
+    from presence_sync.sim.serve import serve_in_thread
 
     people = colleagues(args.people)
     sim = NfonSim(extensions=[(ext, name) for ext, name, _ in people], keepalive=15.0)

@@ -7,7 +7,6 @@ numbers, listen addresses) live here beside the models that use them.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
@@ -37,6 +36,7 @@ from presence_sync.config.reading import Index, Position
 from presence_sync.config.secrets import ALSO_FROM_FILE, warn_if_exposed
 from presence_sync.errors import ConfigProblem, key_path
 from presence_sync.model import Person
+from presence_sync.net import parse_listen
 from presence_sync.targets.base import TargetOptions
 
 __all__ = [
@@ -259,40 +259,12 @@ def _timezone(value: str) -> str:
     return value
 
 
-_LISTEN = re.compile(
-    r"\[(?P<v6>[^\]]+)\]:(?P<port6>[0-9]{1,5})|(?P<host>[^:\[\]\s]+):(?P<port>[0-9]{1,5})"
-)
-_HOSTNAME = re.compile(
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-)
-
-
-def _split_listen(text: str) -> tuple[str, int]:
-    """``"127.0.0.1:9477"`` → ``("127.0.0.1", 9477)``; ``"[::1]:9477"`` → ``("::1", 9477)``."""
-    match = _LISTEN.fullmatch(text)
-    if match is None:
-        raise ValueError('expected host:port, e.g. "127.0.0.1:9477" or "[::1]:9477"')
-    if match["v6"] is not None:
-        host, port = match["v6"], int(match["port6"])
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host} is not an IPv6 address") from None
-    else:
-        host, port = match["host"], int(match["port"])
-        if not _HOSTNAME.fullmatch(host):
-            raise ValueError(f"{host} is not a host name or IPv4 address")
-    if port > 65535:
-        raise ValueError("the port must be 0..65535")
-    return host, port
-
-
 def _listen(value: object) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise ValueError('expected host:port, e.g. "127.0.0.1:9477"')
-    _split_listen(value.strip())
+    parse_listen(value)
     return value.strip()
 
 
@@ -471,7 +443,7 @@ class HttpSettings(_Section):
     @property
     def address(self) -> tuple[str, int] | None:
         """``(host, port)`` to bind (IPv6 without brackets), or None when off."""
-        return None if self.listen is None else _split_listen(self.listen)
+        return None if self.listen is None else parse_listen(self.listen)
 
 
 class LoggingSettings(_Section):

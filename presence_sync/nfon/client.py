@@ -20,8 +20,6 @@ The streams never raise: they reconnect (see ``nfon/stream.py``).
 from __future__ import annotations
 
 import logging
-import os
-import ssl
 from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -30,10 +28,10 @@ from typing import Any, Self
 import httpx
 from pydantic import SecretStr
 
-from presence_sync import __version__
 from presence_sync.clock import Clock, SystemClock
 from presence_sync.errors import AuthError, PermanentError, TransientError, UpstreamError
 from presence_sync.model import ExtensionInfo, StateEvent
+from presence_sync.net import retry_after, tls_context, user_agent
 from presence_sync.nfon.auth import NfonAuth
 from presence_sync.nfon.schema import FrameError, extension_from_wire, state_from_wire
 from presence_sync.nfon.stream import (
@@ -54,24 +52,6 @@ __all__ = ["NfonClient"]
 log = logging.getLogger(__name__)
 
 DATA_PATH = "extensions/phone/data"
-
-
-def _tls(verify: str | bool) -> ssl.SSLContext | bool:
-    """httpx 0.28 wants an SSLContext for a custom CA bundle (a path is deprecated)."""
-    if isinstance(verify, bool):
-        return verify
-    if os.path.isdir(verify):
-        return ssl.create_default_context(capath=verify)
-    return ssl.create_default_context(cafile=verify)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -115,14 +95,14 @@ class NfonClient:
     ) -> None:
         self.customer = customer
         self.clock: Clock = clock or SystemClock()
-        self.user_agent = f"presence-sync/{__version__} ({customer})"
+        self.user_agent = user_agent(customer)
         self.bootstrap_quiet = bootstrap_quiet
         self.expected_extensions: int | None = None
         base = base_url.rstrip("/") + "/"
         common: dict[str, Any] = {
             "base_url": base,
             "headers": {"User-Agent": self.user_agent},
-            "verify": _tls(verify),
+            "verify": tls_context(verify),
             "transport": transport,
             "event_hooks": {"response": [self._log_failure]},
         }
@@ -257,7 +237,7 @@ class NfonClient:
                     message,
                     status=status,
                     request_id=request_id,
-                    retry_after=_retry_after(response),
+                    retry_after=retry_after(response.headers.get("retry-after"), self.clock.now()),
                 )
             raise PermanentError(message, status=status, request_id=request_id)
         try:

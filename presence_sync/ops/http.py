@@ -29,7 +29,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-__all__ = ["Listener", "bind", "build_app", "parse_listen"]
+from presence_sync.net import parse_listen
+
+__all__ = ["Listener", "bind", "build_app"]
 
 Probe = Callable[[], tuple[bool, Mapping[str, Any]]]
 
@@ -44,12 +46,6 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:9477"`` or ``"[::1]:9477"`` → host and port."""
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def build_app(health: Probe, ready: Probe) -> Starlette:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,11 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from presence_sync.sim.nfon_sim import NfonSim
 from presence_sync.sim.nfon_streams import SseResponse, StreamKind
 from presence_sync.sim.nfon_tokens import Issued, TokenPair
-
-if TYPE_CHECKING:
-    from presence_sync.sim.nfon import NfonSim
 
 __all__ = ["build_app"]
 
@@ -77,11 +75,15 @@ class _Nfon:
     def __init__(self, sim: NfonSim) -> None:
         self.sim = sim
 
-    def error(self, status: int, message: str, api_path: str) -> Response:
+    def error(
+        self, status: int, message: str, api_path: str, retry_after: str | None = None
+    ) -> Response:
         """An error response shaped as the spec says for ``status`` on ``api_path``."""
         headers = {} if api_path in _NO_REQUEST_ID else _request_id()
+        if retry_after is not None:
+            headers["Retry-After"] = retry_after
         if status == 401:
-            self.sim._counters.unauthorized += 1
+            self.sim.record_unauthorized()
         if status == 401 or (api_path == "/login" and status == 400):
             return Response(status_code=status, headers=headers)
         return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -90,15 +92,17 @@ class _Nfon:
         """Record the request; an injected failure answers it at once."""
         full_path = request.url.path
         api_path = full_path[len(BASE) :] if full_path.startswith(BASE + "/") else full_path
-        self.sim._record_request(request.method, api_path, request.headers.get("user-agent"))
-        status = self.sim._take_failure(full_path, api_path)
-        if status is None:
+        self.sim.record_request(request.method, api_path, request.headers.get("user-agent"))
+        failure = self.sim.take_failure(request.method, full_path, api_path)
+        if failure is None:
             return api_path, None
-        return api_path, self.error(status, f"injected failure {status}", api_path)
+        status = failure.status
+        return api_path, self.error(
+            status, f"injected failure {status}", api_path, failure.retry_after
+        )
 
     def authenticate(self, request: Request, api_path: str) -> Issued | Response:
-        token = _bearer(request)
-        issued = None if token is None else self.sim.tokens.check_access(token)
+        issued = self.sim.authenticate(_bearer(request))
         if issued is None:
             return self.error(401, "unauthorized", api_path)
         return issued
@@ -106,47 +110,37 @@ class _Nfon:
     async def login(self, request: Request) -> Response:
         api_path, early = self.begin(request)
         if early is not None:
-            if request.method == "POST" and early.status_code == 401:
-                self.sim._counters.login_failures += 1
             return early
         if request.method == "PUT":
             return self._refresh(request, api_path)
-        counters = self.sim._counters
         try:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError):
             body = None
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("username"), str)
-            or not isinstance(body.get("password"), str)
-        ):
-            counters.login_failures += 1
+        fields = body if isinstance(body, dict) else {}
+        username, password = fields.get("username"), fields.get("password")
+        outcome = self.sim.login(
+            username if isinstance(username, str) else None,
+            password if isinstance(password, str) else None,
+        )
+        if outcome == "malformed":
             return self.error(400, "bad request body", api_path)
-        if self.sim._refuse_logins:
-            counters.refused_logins += 1
+        if outcome == "refused":
             return self.error(401, "logins refused", api_path)
-        if body["username"] != self.sim.username or body["password"] != self.sim.password:
-            counters.login_failures += 1
+        if outcome == "invalid":
             return self.error(401, "invalid user credentials", api_path)
-        counters.logins += 1
-        return self._tokens()
+        return self._tokens(outcome)
 
     def _refresh(self, request: Request, api_path: str) -> Response:
-        counters = self.sim._counters
-        if request.headers.get("authorization") is None:
-            counters.refresh_failures += 1
+        absent = request.headers.get("authorization") is None
+        outcome = self.sim.refresh(None if absent else _bearer(request) or "")
+        if outcome == "missing":
             return self.error(400, "missing refresh token", api_path)
-        token = _bearer(request)
-        pair = None if token is None else self.sim.tokens.rotate(token)
-        if pair is None:
-            counters.refresh_failures += 1
+        if outcome == "invalid":
             return self.error(401, "invalid tokens", api_path)
-        counters.refreshes += 1
-        return self._tokens(pair)
+        return self._tokens(outcome)
 
-    def _tokens(self, pair: TokenPair | None = None) -> Response:
-        pair = pair or self.sim.tokens.issue()
+    def _tokens(self, pair: TokenPair) -> Response:
         return JSONResponse({"access-token": pair.access, "refresh-token": pair.refresh})
 
     async def jwks(self, request: Request) -> Response:
@@ -162,7 +156,7 @@ class _Nfon:
         issued = self.authenticate(request, api_path)
         if isinstance(issued, Response):
             return issued
-        return JSONResponse(self.sim._directory(), headers=_request_id())
+        return JSONResponse(self.sim.directory(), headers=_request_id())
 
     async def states(self, request: Request) -> Response:
         api_path, early = self.begin(request)
@@ -178,7 +172,7 @@ class _Nfon:
             if values:
                 wanted = {item.strip() for value in values for item in value.split(",")}
                 wanted.discard("")
-            return JSONResponse(self.sim._snapshot(wanted), headers=_request_id())
+            return JSONResponse(self.sim.snapshot(wanted), headers=_request_id())
         if not accepted & _STREAM_TYPES:
             return self.error(
                 406, "Accept must allow text/event-stream or application/json", api_path
@@ -198,16 +192,12 @@ class _Nfon:
 
     def _stream(self, kind: StreamKind, request: Request, issued: Issued) -> Response:
         last_id = request.headers.get("last-event-id")
-        if last_id is not None:
-            counters = self.sim._counters
-            counters.last_event_id_headers += 1
-            counters.last_event_ids.append(last_id)
-        outlet = self.sim._open_outlet(kind, issued.deadline)
+        outlet = self.sim.open_stream(kind, issued.deadline, last_id)
         return SseResponse(
             outlet,
             headers=_request_id(),
             keepalive=self.sim.keepalive,
-            on_end=self.sim._close_outlet,
+            on_end=self.sim.close_stream,
         )
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
@@ -302,7 +292,12 @@ class _Control:
         count = body.get("count", 1)
         if not isinstance(status, int) or not isinstance(count, int):
             raise ValueError("status and count must be integers")
-        self.sim.fail_next(_str(body, "path"), status, count)
+        retry_after = body.get("retry_after")
+        if retry_after is not None and (
+            isinstance(retry_after, bool) or not isinstance(retry_after, int | float | str)
+        ):
+            raise ValueError("'retry_after' must be seconds or an HTTP date")
+        self.sim.fail_next(_str(body, "path"), status, count, retry_after=retry_after)
 
     def expire(self, body: Mapping[str, Any]) -> None:
         self.sim.expire_tokens(refresh=_bool(body, "refresh", False))

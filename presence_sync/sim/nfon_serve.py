@@ -7,163 +7,50 @@ yield and its thread-safe ``SimProxy``. Import these from
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from presence_sync.sim import _serve
-
-if TYPE_CHECKING:
-    from presence_sync.sim.nfon import NfonSim, NfonStats
+from presence_sync.sim import serve as serving
+from presence_sync.sim.nfon_http import build_app
+from presence_sync.sim.nfon_sim import NfonSim
 
 __all__ = ["Server", "SimHandle", "SimProxy", "serve", "serve_in_thread"]
 
 T = TypeVar("T")
 
+if TYPE_CHECKING:
+    # For the type checker a proxy *is* an NfonSim: every forwarded call is
+    # checked against the simulator's own signature, none is restated here.
+    _SimFace = NfonSim
+else:
+    _SimFace = object
 
-class SimProxy:
-    """Thread-safe face of a served ``NfonSim``: each method runs the
-    simulator's method on its loop (directly when already on it) and returns
-    its result or raises its exception."""
 
-    def __init__(self, sim: NfonSim, running: _serve.Running) -> None:
-        self._sim = sim
-        self._running = running
+class SimProxy(serving.LoopProxy[NfonSim], _SimFace):
+    """Thread-safe face of a served ``NfonSim``.
 
-    def __repr__(self) -> str:
-        return f"SimProxy({self._sim!r})"
+    Every public attribute of the simulator is forwarded (see
+    ``serve.LoopProxy``): reading it, or calling it if it is a method, runs on
+    the simulator's loop, directly when the caller is already there, and
+    returns the result or raises the exception of the real thing.
+    ``run(fn)`` runs ``fn(sim)`` there in one hop, e.g. a burst of changes
+    instead of one thread round trip each.
 
-    @property
-    def customer(self) -> str:
-        """The simulated K-Account."""
-        return self._sim.customer
+    Nothing is restated: the proxy is generated from the simulator at
+    runtime, and for mypy it inherits ``NfonSim``'s signatures (a base class
+    only under ``TYPE_CHECKING``). So ``isinstance(proxy, NfonSim)`` is
+    false at runtime although the type checker treats it as true; pass the
+    proxy where an ``NfonSim`` is read or driven, never where one is served.
+    """
 
-    @property
-    def username(self) -> str:
-        """The API username the simulator accepts."""
-        return self._sim.username
-
-    @property
-    def password(self) -> str:
-        """The API password the simulator accepts."""
-        return self._sim.password
+    def __init__(self, sim: NfonSim, running: serving.Running) -> None:
+        serving.LoopProxy.__init__(self, sim, running)
 
     def run(self, fn: Callable[[NfonSim], T]) -> T:
-        """Run ``fn(sim)`` on the simulator's loop, e.g. a burst of changes
-        in one hop instead of one thread round trip per change."""
-        return self._running.call(fn, self._sim)
-
-    def _do(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return self._running.call(functools.partial(fn, *args, **kwargs))
-
-    def set_state(
-        self, extension: str, line: str | None = None, presence: str | None = None
-    ) -> None:
-        """See ``NfonSim.set_state``."""
-        self._do(self._sim.set_state, extension, line, presence)
-
-    def state_of(self, extension: str) -> dict[str, str]:
-        """See ``NfonSim.state_of``."""
-        return self._do(self._sim.state_of, extension)
-
-    def states(self) -> list[dict[str, str]]:
-        """See ``NfonSim.states``."""
-        return self._do(self._sim.states)
-
-    def extensions(self) -> list[tuple[str, str]]:
-        """See ``NfonSim.extensions``."""
-        return self._do(self._sim.extensions)
-
-    def add_extension(self, number: str, name: str) -> None:
-        """See ``NfonSim.add_extension``."""
-        self._do(self._sim.add_extension, number, name)
-
-    def remove_extension(self, number: str) -> None:
-        """See ``NfonSim.remove_extension``."""
-        self._do(self._sim.remove_extension, number)
-
-    def ring(
-        self,
-        extension: str,
-        *,
-        direction: str = "inbound",
-        party: str = "4930123456",
-        external: bool = True,
-    ) -> str:
-        """See ``NfonSim.ring``."""
-        return self._do(
-            self._sim.ring, extension, direction=direction, party=party, external=external
-        )
-
-    def answer(self, uuid: str) -> None:
-        """See ``NfonSim.answer``."""
-        self._do(self._sim.answer, uuid)
-
-    def hangup(self, uuid: str) -> None:
-        """See ``NfonSim.hangup``."""
-        self._do(self._sim.hangup, uuid)
-
-    def call(
-        self,
-        extension: str,
-        *,
-        direction: str = "inbound",
-        party: str = "4930123456",
-        external: bool = True,
-    ) -> str:
-        """See ``NfonSim.call``."""
-        return self._do(
-            self._sim.call, extension, direction=direction, party=party, external=external
-        )
-
-    def active_calls(self) -> list[str]:
-        """See ``NfonSim.active_calls``."""
-        return self._do(self._sim.active_calls)
-
-    def drop_streams(self) -> None:
-        """See ``NfonSim.drop_streams``."""
-        self._do(self._sim.drop_streams)
-
-    def refuse_logins(self, on: bool = True) -> None:
-        """See ``NfonSim.refuse_logins``."""
-        self._do(self._sim.refuse_logins, on)
-
-    def fail_next(self, path_prefix: str, status: int = 503, count: int = 1) -> None:
-        """See ``NfonSim.fail_next``."""
-        self._do(self._sim.fail_next, path_prefix, status, count)
-
-    def clear_failures(self) -> None:
-        """See ``NfonSim.clear_failures``."""
-        self._do(self._sim.clear_failures)
-
-    def hold_stream(self, stream: str, on: bool = True) -> None:
-        """See ``NfonSim.hold_stream``."""
-        self._do(self._sim.hold_stream, stream, on)
-
-    def expire_tokens(self, *, refresh: bool = False) -> None:
-        """See ``NfonSim.expire_tokens``."""
-        self._do(self._sim.expire_tokens, refresh=refresh)
-
-    def inject_raw(self, stream: str, text: str) -> int:
-        """See ``NfonSim.inject_raw``."""
-        return self._do(self._sim.inject_raw, stream, text)
-
-    def start_traffic(
-        self, rate: float, *, mean_call_seconds: float = 3.0, seed: int | None = None
-    ) -> None:
-        """See ``NfonSim.start_traffic``."""
-        self._do(self._sim.start_traffic, rate, mean_call_seconds=mean_call_seconds, seed=seed)
-
-    def stop_traffic(self) -> None:
-        """See ``NfonSim.stop_traffic``."""
-        self._do(self._sim.stop_traffic)
-
-    @property
-    def stats(self) -> NfonStats:
-        """See ``NfonSim.stats``."""
-        return self._do(lambda: self._sim.stats)
+        """Run ``fn(sim)`` on the simulator's loop and return its result."""
+        return serving.LoopProxy.run(self, fn)
 
 
 @dataclass(frozen=True)
@@ -175,10 +62,10 @@ class SimHandle:
     origin: str
     """``http://127.0.0.1:PORT``: the control API lives at ``{origin}/_sim/``."""
     sim: SimProxy
-    running: _serve.Running
+    running: serving.Running
 
 
-def _handle(sim: NfonSim, running: _serve.Running) -> SimHandle:
+def _handle(sim: NfonSim, running: serving.Running) -> SimHandle:
     return SimHandle(
         base_url=f"{running.origin}/v1",
         origin=running.origin,
@@ -192,23 +79,23 @@ def serve_in_thread(sim: NfonSim, host: str = "127.0.0.1", port: int = 0) -> Ite
     """Serve ``sim`` from a thread of its own until the ``with`` block ends.
     The socket is listening when the block starts; on exit streams are
     closed and traffic stopped before the server shuts down."""
-    sim._start_serving()
-    with _serve.serve_in_thread(sim.app, host, port) as running:
+    sim.start_serving()
+    with serving.serve_in_thread(build_app(sim), host, port) as running:
         try:
             yield _handle(sim, running)
         finally:
-            running.call(sim._shutdown)
+            running.call(sim.shutdown)
 
 
 @contextlib.asynccontextmanager
 async def serve(sim: NfonSim, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[SimHandle]:
     """Serve ``sim`` on the running event loop for the ``async with`` block."""
-    sim._start_serving()
-    async with _serve.serve(sim.app, host, port) as running:
+    sim.start_serving()
+    async with serving.serve(build_app(sim), host, port) as running:
         try:
             yield _handle(sim, running)
         finally:
-            sim._shutdown()
+            sim.shutdown()
 
 
 class Server:

@@ -9,16 +9,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from presence_sync.sim.nfon import NfonSim
-
-__all__ = ["Traffic"]
+__all__ = ["Switchboard", "Traffic"]
 
 _PRESENCES = ("available", "away", "busy", "dnd", "offline")
 _PRESENCE_WEIGHTS = (50, 15, 15, 10, 10)
 _ANSWER_RATE = 0.8
+
+
+class Switchboard(Protocol):
+    """What traffic needs of a simulator (``NfonSim`` is one). Declared here,
+    not imported, because the simulator is the one that starts traffic."""
+
+    def ring(self, extension: str, *, direction: str, party: str, external: bool) -> str: ...
+    def answer(self, uuid: str) -> None: ...
+    def hangup(self, uuid: str) -> None: ...
+    def state_of(self, extension: str) -> dict[str, str]: ...
+    def set_state(
+        self, extension: str, line: str | None = None, presence: str | None = None
+    ) -> None: ...
+    def pick_any(self, rng: random.Random) -> str | None: ...
+    def pick_idle(self, rng: random.Random, exclude: str | None = None) -> str | None: ...
 
 
 class Traffic:
@@ -26,7 +38,7 @@ class Traffic:
     simulator's event loop."""
 
     def __init__(
-        self, sim: NfonSim, rate: float, *, mean_call_seconds: float, rng: random.Random
+        self, sim: Switchboard, rate: float, *, mean_call_seconds: float, rng: random.Random
     ) -> None:
         if rate <= 0:
             raise ValueError("traffic rate must be positive")
@@ -71,12 +83,12 @@ class Traffic:
         rng = self.rng
         if rng.random() < 0.3:
             return self._presence_change()
-        first = self.sim._pick_idle(rng)
+        first = self.sim.pick_idle(rng)
         if first is None:
             return self._presence_change()
         kind = rng.random()
         if kind < 0.25:
-            second = self.sim._pick_idle(rng, exclude=first)
+            second = self.sim.pick_idle(rng, exclude=first)
             if second is None:
                 return self._presence_change()
             direction, party, external = "outbound", second, False
@@ -96,7 +108,7 @@ class Traffic:
         return 2.0 + inbound
 
     def _presence_change(self) -> float:
-        number = self.sim._pick_any(self.rng)
+        number = self.sim.pick_any(self.rng)
         if number is None:
             return 1.0
         current = self.sim.state_of(number)["presence"]

@@ -80,13 +80,13 @@ from presence_sync.sim.slack_api import (
     RANK,
     Account,
     ApiError,
+    Incoming,
     IssuedToken,
     MethodSpec,
     Role,
     Status,
     Workspace,
 )
-from presence_sync.sim.slack_http import Incoming, build_app
 from presence_sync.sim.slack_limits import Budgets
 
 __all__ = [
@@ -228,7 +228,6 @@ class SlackSim:
         self._faults: dict[str, deque[_Fault]] = defaultdict(deque)
         self._hangs: dict[str, deque[float]] = defaultdict(deque)
         self._log: list[Logged] = []
-        self.app = build_app(self)
 
     @property
     def paid(self) -> bool:

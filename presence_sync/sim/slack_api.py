@@ -19,6 +19,7 @@ __all__ = [
     "RANK",
     "Account",
     "ApiError",
+    "Incoming",
     "IssuedToken",
     "MethodSpec",
     "Role",
@@ -388,3 +389,14 @@ def _profile_update(args: Mapping[str, Any], target: str) -> dict[str, Any]:
     if not isinstance(profile, dict) or len(profile) > _MAX_FIELDS:
         raise ApiError("invalid_profile", target)
     return profile
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One Web API call as read off the wire."""
+
+    args: Mapping[str, Any]
+    token: str | None
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+    """A wire error to answer with instead of calling the method."""

@@ -21,8 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
@@ -30,23 +29,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-if TYPE_CHECKING:
-    from presence_sync.sim.slack import SlackSim
+from presence_sync.sim.slack import SlackSim
+from presence_sync.sim.slack_api import Incoming
 
-__all__ = ["Incoming", "build_app", "parse"]
+__all__ = ["build_app", "parse"]
 
 JSON_TYPE = "application/json; charset=utf-8"
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """One Web API call as read off the wire."""
-
-    args: Mapping[str, Any]
-    token: str | None
-    warnings: tuple[str, ...] = ()
-    error: str | None = None
-    """A wire error to answer with instead of calling the method."""
 
 
 def _bearer(header: str | None) -> str | None:

@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from presence_sync.sim import _serve
+from presence_sync.sim import serve as _serving
 from presence_sync.sim.slack import IssuedToken, SlackSim
+from presence_sync.sim.slack_http import build_app
 
 __all__ = ["SlackHandle", "add_arguments", "populate", "run", "serve", "serve_in_thread"]
 
@@ -35,17 +36,17 @@ class SlackHandle:
     origin: str
     """``http://127.0.0.1:PORT``: the control API lives at ``{origin}/_sim/``."""
     sim: SlackSim
-    running: _serve.Running
+    running: _serving.Running
 
 
-def _handle(sim: SlackSim, running: _serve.Running) -> SlackHandle:
+def _handle(sim: SlackSim, running: _serving.Running) -> SlackHandle:
     return SlackHandle(f"{running.origin}/api/", running.origin, sim, running)
 
 
 @contextlib.contextmanager
 def serve_in_thread(sim: SlackSim, host: str = "127.0.0.1", port: int = 0) -> Iterator[SlackHandle]:
     """Serve ``sim`` from a thread of its own; listening when the block starts."""
-    with _serve.serve_in_thread(sim.app, host, port) as running:
+    with _serving.serve_in_thread(build_app(sim), host, port) as running:
         yield _handle(sim, running)
 
 
@@ -54,7 +55,7 @@ async def serve(
     sim: SlackSim, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[SlackHandle]:
     """Serve ``sim`` on the running event loop for the ``async with`` block."""
-    async with _serve.serve(sim.app, host, port) as running:
+    async with _serving.serve(build_app(sim), host, port) as running:
         yield _handle(sim, running)
 
 

@@ -6,7 +6,7 @@ with a JSON body, and, when it has a secret, a valid
 of its clock (anything else is answered 401). It records every request it
 sees, and can be told to fail or stall the next requests.
 
-Serve ``receiver.app`` with ``sim._serve.serve`` (same event loop) or
+Serve ``receiver.app`` with ``presence_sync.sim.serve.serve`` (same event loop) or
 ``serve_in_thread``; every public method is safe to call from any thread.
 """
 

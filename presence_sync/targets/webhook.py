@@ -22,13 +22,10 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import re
-import ssl
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,6 +43,7 @@ from presence_sync.model import (
     Status,
     frozen_map,
 )
+from presence_sync.net import retry_after, tls_context
 from presence_sync.ops.logging import kv
 from presence_sync.targets.base import Change, TargetEnv, TargetInfo, TargetOptions
 
@@ -179,34 +177,6 @@ def _line_doc(view: LineView | None, include_party_number: bool) -> dict[str, An
     }
 
 
-def _retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delay-seconds or an
-    HTTP date, read against ``now``); ``None`` when absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return max(0.0, (when - now).total_seconds())
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
-
-
-def _tls(verify: str | bool) -> ssl.SSLContext | bool:
-    # httpx 0.28 deprecates a CA bundle path for ``verify``; hand it a context.
-    if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
-    return verify
-
-
 class WebhookTarget:
     """POSTs one JSON document per change to the configured URL.
 
@@ -243,7 +213,7 @@ class WebhookTarget:
             options.secret.get_secret_value().encode() if options.secret is not None else None
         )
         self._client = httpx.AsyncClient(
-            verify=_tls(env.verify),
+            verify=tls_context(env.verify),
             timeout=options.timeout,
             follow_redirects=False,
             headers={"User-Agent": env.user_agent},
@@ -316,7 +286,7 @@ class WebhookTarget:
         request_id = response.headers.get("X-Request-Id")
         what = f"webhook {self.name}: receiver answered {code} {response.reason_phrase}".rstrip()
         if code in (429, 503):
-            wait = _retry_after(response.headers.get("Retry-After"), self._clock.now())
+            wait = retry_after(response.headers.get("Retry-After"), self._clock.now())
             raise TransientError(what, retry_after=wait, status=code, request_id=request_id)
         if code == 408 or code >= 500:
             raise TransientError(what, status=code, request_id=request_id)

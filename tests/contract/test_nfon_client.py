@@ -16,6 +16,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncGenerator, Iterator
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import pytest
@@ -82,8 +83,7 @@ class Follow(Generic[T]):
 
     async def nth(self, kind: type[Any], n: int = 1) -> Any:
         """The n-th item of ``kind`` (1-based), once it has arrived."""
-        found = await eventually_async(lambda: len(self.of(kind)) >= n, f"{kind.__name__} #{n}")
-        assert found
+        await eventually_async(lambda: len(self.of(kind)) >= n, f"{kind.__name__} #{n}")
         return self.of(kind)[n - 1]
 
     async def close(self) -> None:
@@ -200,6 +200,28 @@ async def test_5xx_is_transient_and_carries_the_request_id(
     assert error.request_id
     logged = [r for r in caplog.records if r.getMessage() == "nfon request failed"]
     assert [r.ctx["request_id"] for r in logged] == [error.request_id]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "wait"),
+    [
+        (429, "30", 30.0),
+        (503, "Mon, 02 Mar 2026 10:01:30 GMT", 90.0),  # an HTTP-date, read against our clock
+        (503, "Mon, 02 Mar 2026 09:00:00 GMT", 0.0),  # a date already past: now
+        (503, "later", None),
+    ],
+)
+async def test_retry_after_is_read_as_seconds_or_a_date(
+    status: int, header: str, wait: float | None
+) -> None:
+    clock = ManualClock(datetime(2026, 3, 2, 10, 0, 0, tzinfo=UTC))
+    with simulator() as h:
+        async with client_for(h, clock=clock) as client:
+            h.sim.fail_next("/extensions/phone/data", status, retry_after=header)
+            with pytest.raises(TransientError) as caught:
+                await client.directory()
+    assert caught.value.status == status
+    assert caught.value.retry_after == wait
 
 
 @pytest.mark.parametrize("status", [400, 403, 404])
@@ -573,6 +595,10 @@ async def test_watch_prints_the_directory_states_and_calls() -> None:
             call = h.sim.call("100", party="4930123456")
             h.sim.hangup(call)
             await eventually_async(lambda: "call ended" in out.getvalue(), "the hangup line")
+            # The states stream is in order: once 100 is idle again, the
+            # repeated dnd (sent before the call) has been read too.
+            idle_again = "100   Anna Example  idle     available"
+            await eventually_async(lambda: out.getvalue().count(idle_again) == 2, "100 idle again")
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -583,6 +609,7 @@ async def test_watch_prints_the_directory_states_and_calls() -> None:
         "2001  Ben           idle     available",
     ]
     assert lines[3] == "2001  Ben           idle     dnd"
+    assert lines.count("2001  Ben           idle     dnd") == 1
     assert "100   Anna Example  inbound call ringing (external)" in lines
     assert "100   Anna Example  inbound call answered (external)" in lines
     assert "100   Anna Example  inbound call ended (external)" in lines

@@ -538,6 +538,20 @@ def test_scripting_mistakes_raise_clear_errors(served: Serve) -> None:
         sim.fail_next("/login", 200)
 
 
+def test_the_thread_proxy_offers_the_public_face_only(served: Serve) -> None:
+    env = served(extensions=[("100", "Anna")])
+    proxy = env.handle.sim
+    assert proxy.set_state.__doc__ == NfonSim.set_state.__doc__
+    proxy.set_state("100", presence="away")
+    assert proxy.state_of("100")["presence"] == "away"
+    assert proxy.run(lambda sim: sim.state_of("100")["presence"]) == "away"
+    assert proxy.customer == "K1234"
+    with pytest.raises(AttributeError):
+        getattr(proxy, "_exts")  # noqa: B009 - the point is the private name
+    with pytest.raises(AttributeError):
+        getattr(proxy, "no_such_method")  # noqa: B009 - mypy would refuse the attribute
+
+
 def test_added_and_removed_extensions_show_everywhere(served: Serve) -> None:
     env = served()
     sim = env.handle.sim
@@ -576,6 +590,16 @@ def test_fail_next_answers_matching_requests_with_the_given_status(served: Serve
     assert env.client.post("/login", json=CREDENTIALS).status_code == 500
     assert env.client.post("/login", json=CREDENTIALS).status_code == 200
     assert env.handle.sim.stats.injected_failures == 3
+
+
+def test_fail_next_can_add_retry_after(served: Serve) -> None:
+    env = served()
+    date = "Mon, 02 Mar 2026 10:02:00 GMT"
+    env.handle.sim.fail_next("/extensions/phone/data", 429, retry_after=30)
+    env.handle.sim.fail_next("/extensions/phone/data", 503, retry_after=date)
+    answers = [env.client.get("/extensions/phone/data", headers=env.auth) for _ in range(3)]
+    assert [a.status_code for a in answers] == [429, 503, 200]
+    assert [a.headers.get("Retry-After") for a in answers] == ["30", date, None]
 
 
 def test_unknown_paths_get_the_spec_error_shape(served: Serve) -> None:

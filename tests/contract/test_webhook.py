@@ -35,7 +35,8 @@ from presence_sync.model import (
     Presence,
     Status,
 )
-from presence_sync.sim._serve import Running, serve
+from presence_sync.sim.serve import Running, serve
+from presence_sync.sim.tls import LoopbackTls
 from presence_sync.sim.webhook import Delivery, WebhookReceiver
 from presence_sync.targets.base import Change, TargetEnv, target_class
 from presence_sync.targets.webhook import WebhookTarget
@@ -599,8 +600,29 @@ def test_declared_metadata() -> None:
     assert info.restores is False
 
 
-async def test_ca_bundle_path_is_accepted(clock: ManualClock) -> None:
-    opts = WebhookTarget.Options.model_validate({"url": "https://hooks.example.com/x"})
-    env = TargetEnv(clock=clock, user_agent=USER_AGENT, verify=certifi.where())
-    target = WebhookTarget("hook", opts, env)
-    await target.aclose()
+async def test_a_configured_ca_bundle_is_what_lets_https_deliveries_through(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    tls = LoopbackTls.create(tmp_path)
+    receiver = WebhookReceiver()
+    async with serve(receiver.app, **tls.serve_options()) as running:
+        opts = WebhookTarget.Options.model_validate({"url": f"{running.origin}/hook"})
+        trusting = WebhookTarget(
+            "hook", opts, TargetEnv(clock=clock, user_agent=USER_AGENT, verify=str(tls.ca_file))
+        )
+        public_roots = WebhookTarget(
+            "hook", opts, TargetEnv(clock=clock, user_agent=USER_AGENT, verify=certifi.where())
+        )
+        try:
+            # Without our CA the handshake fails and nothing reaches the receiver...
+            with pytest.raises(TransientError, match="CERTIFICATE_VERIFY_FAILED"):
+                await public_roots.apply(call_change())
+            assert receiver.deliveries == ()
+            # ...with it, the delivery goes through.
+            applied = await trusting.apply(call_change())
+        finally:
+            await trusting.aclose()
+            await public_roots.aclose()
+    assert running.origin.startswith("https://127.0.0.1:")
+    assert applied.status == ON_A_CALL
+    assert [d.answered for d in receiver.deliveries] == [200]

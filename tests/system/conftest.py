@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from harness import HOOK_SECRET, PEOPLE, Daemon, Hook, Notifications
 
-from presence_sync.sim._serve import serve_in_thread
 from presence_sync.sim.nfon import NfonSim, SimHandle
 from presence_sync.sim.nfon import serve_in_thread as serve_nfon
+from presence_sync.sim.serve import serve_in_thread
 from presence_sync.sim.webhook import WebhookReceiver
 
 

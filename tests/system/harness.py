@@ -17,8 +17,8 @@ import httpx
 import pytest
 from polling import eventually
 
-from presence_sync.sim._serve import Running
 from presence_sync.sim.nfon import SimHandle
+from presence_sync.sim.serve import Running
 from presence_sync.sim.webhook import Delivery, WebhookReceiver
 
 T = TypeVar("T")

@@ -203,6 +203,7 @@ def _jwt(claims: object) -> str:
 
 
 def test_jwt_claims_are_read_without_verification() -> None:
+    # A made-up signature, and an exp long past: neither is checked.
     assert jwt_claims(_jwt({"sub": "api-user", "exp": 1700000300})) == {
         "sub": "api-user",
         "exp": 1700000300,
@@ -213,6 +214,9 @@ def test_jwt_claims_are_read_without_verification() -> None:
         "a.b.c.d",
         "x.!!!.y",
         f"x.{base64.urlsafe_b64encode(b'[1]').decode()}.y",
+        _jwt([1]),  # a readable token whose payload is not an object
+        _jwt("exp"),
+        _jwt({"exp": 1})[:-1] + "!",  # a signature that is not base64url
     ):
         assert jwt_claims(broken) is None
 

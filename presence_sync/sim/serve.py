@@ -3,25 +3,32 @@ thread of its own so that synchronous tests and other processes can use it.
 
 Both bind the socket first (port 0 picks a free port), so the URL is known
 before the first request and no test races a server that is still starting.
+``ssl_certfile``/``ssl_keyfile`` (passed through to uvicorn) serve HTTPS, and
+``Running.origin`` then says ``https``.
+
+``LoopProxy`` drives an object that lives on a server's loop from any thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import uvicorn
 
 from presence_sync.ops.http import bind
 
-__all__ = ["Running", "bind", "serve", "serve_in_thread"]
+__all__ = ["LoopProxy", "Running", "bind", "serve", "serve_in_thread"]
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 def _config(app: Any, **kwargs: Any) -> uvicorn.Config:
@@ -35,6 +42,10 @@ def _config(app: Any, **kwargs: Any) -> uvicorn.Config:
     )
 
 
+def _scheme(kwargs: dict[str, Any]) -> str:
+    return "https" if kwargs.get("ssl_certfile") else "http"
+
+
 @dataclass
 class Running:
     """A server that is accepting connections at ``host:port``."""
@@ -42,11 +53,14 @@ class Running:
     host: str
     port: int
     loop: asyncio.AbstractEventLoop
+    scheme: str = "http"
+    """``https`` when served with a certificate."""
 
     @property
     def origin(self) -> str:
+        """``scheme://host:port``, an IPv6 host in brackets."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the server's loop and return its result.
@@ -91,7 +105,7 @@ async def serve(
                 task.result()
             await asyncio.sleep(0.005)
         bound = sock.getsockname()
-        yield Running(bound[0], bound[1], asyncio.get_running_loop())
+        yield Running(bound[0], bound[1], asyncio.get_running_loop(), _scheme(kwargs))
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
@@ -135,8 +149,57 @@ def serve_in_thread(
     loop = ready.result(timeout=30)
     bound = sock.getsockname()
     try:
-        yield Running(bound[0], bound[1], loop)
+        yield Running(bound[0], bound[1], loop, _scheme(kwargs))
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+class LoopProxy(Generic[S]):
+    """Thread-safe face of an object ``target`` that must only be used on the
+    loop of ``running``.
+
+    Reading a public attribute (a property included) happens on that loop;
+    a public method comes back wrapped so that calling it runs the real one
+    there and returns its result or raises its exception (directly, with no
+    hop, when the caller is already on the loop). Names starting with ``_``
+    are not forwarded: the proxy offers what the target publishes, nothing
+    more. ``run(fn)`` runs ``fn(target)`` in one hop, e.g. a burst of
+    changes.
+
+    For a type checker a bare ``LoopProxy`` has no forwarded attributes; a
+    subclass names the target's class as a second base under
+    ``TYPE_CHECKING`` (see ``nfon_serve.SimProxy``), so every forwarded
+    call is checked against the real signature without restating it.
+    """
+
+    def __init__(self, target: S, running: Running) -> None:
+        self._target = target
+        self._running = running
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._target!r})"
+
+    def run(self, fn: Callable[[S], T]) -> T:
+        """Run ``fn(target)`` on the target's loop and return its result."""
+        return self._running.call(fn, self._target)
+
+    if not TYPE_CHECKING:
+        # Hidden from the type checker on purpose: with it, any misspelt
+        # name would type-check as Any.
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("_"):
+                raise AttributeError(name)
+            if not inspect.isfunction(inspect.getattr_static(type(self._target), name, None)):
+                # A property or plain attribute: its value is state, read on the loop.
+                return self._running.call(getattr, self._target, name)
+            # Binding a method reads no state, so only the call makes the hop.
+            method = getattr(self._target, name)
+
+            @functools.wraps(method)
+            def on_loop(*args: Any, **kwargs: Any) -> Any:
+                return self._running.call(functools.partial(method, *args, **kwargs))
+
+            return on_loop
