@@ -20,8 +20,8 @@ What is kept, per table of the SQLite schema:
 Both backends encode values the same way (JSON documents, UTC timestamps), so
 a value the memory store accepts is one the SQLite store accepts, and both
 give back values equal to what was put in. Every write is one small
-transaction: a crash between two calls leaves a state from which the next
-start converges.
+transaction (``write_applied``: one for the whole group): a crash between two
+calls leaves a state from which the next start converges.
 
 Errors: ``StoreError`` (a ``PresenceSyncError``) for everything the admin must
 act on (a database from a newer presence-sync, a file that is not a database,
@@ -36,7 +36,7 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -52,6 +52,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "AppliedRow",
+    "AppliedWrite",
     "MemoryStore",
     "SqliteStore",
     "Store",
@@ -72,6 +73,16 @@ class AppliedRow:
     applied: Applied
 
 
+@dataclass(frozen=True, slots=True)
+class AppliedWrite:
+    """One change of the applied rows, for ``Store.write_applied``:
+    ``applied`` replaces the (target, person) row, ``None`` deletes it."""
+
+    target: str
+    person: Person
+    applied: Applied | None
+
+
 class Store(Protocol):
     """Everything the engine and the targets persist. Each call is its own
     small transaction; a crash between two calls leaves a state from which
@@ -87,6 +98,14 @@ class Store(Protocol):
 
     def delete_applied(self, target: str, person_key: str) -> None:
         """Forget (target, person) once nothing of ours is left there."""
+        ...
+
+    def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
+        """Put and delete applied rows in order, in ONE transaction: when the
+        call returns all of them are committed; when it raises, none is. The
+        engine groups the records of one loop turn this way, so a commit is
+        paid per turn, not per key. ``ValueError`` for a bad value, before
+        anything is written."""
         ...
 
     def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None: ...
@@ -461,8 +480,9 @@ class SqliteStore:
 
     Threads: use one instance from one thread, the asyncio loop's (SQLite's
     ``check_same_thread`` enforces it). Calls are short (tens of microseconds),
-    so they run on the loop directly; another thread or process wanting the
-    data opens its own ``SqliteStore``.
+    so they run on the loop directly; the engine pays one commit per loop
+    turn through ``write_applied``, not one per key. Another thread or
+    process wanting the data opens its own ``SqliteStore``.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Clock | None = None) -> None:
@@ -588,6 +608,32 @@ class SqliteStore:
         self._db.execute(_DELETE_APPLIED, (target, person_key))
 
     @_guarded
+    def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
+        """Every put and delete in one transaction (see ``Store.write_applied``)."""
+        steps = [
+            (_DELETE_APPLIED, (w.target, w.person.key))
+            if w.applied is None
+            else (
+                _PUT_APPLIED,
+                _applied_row(w.target, self._persons.text(w.person), w.person, w.applied),
+            )
+            for w in writes
+        ]
+        if not steps:
+            return
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for sql, args in steps:
+                db.execute(sql, args)
+            db.execute("COMMIT")
+        except BaseException:
+            # SQLite may have rolled back already (disk full does).
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    @_guarded
     def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None:
         """The person's own status as saved by ``target`` (a fresh copy), if any."""
         row = self._db.execute(_GET_SAVED, (target, person_key)).fetchone()
@@ -686,6 +732,25 @@ class MemoryStore:
     def delete_applied(self, target: str, person_key: str) -> None:
         self._check()
         self._applied.pop((target, person_key), None)
+
+    def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
+        self._check()
+        # Encode everything first: a bad value must leave every row as it was.
+        rows = [
+            (w.target, w.person.key, None)
+            if w.applied is None
+            else (
+                w.target,
+                w.person.key,
+                _applied_row(w.target, self._persons.text(w.person), w.person, w.applied),
+            )
+            for w in writes
+        ]
+        for target, key, row in rows:
+            if row is None:
+                self._applied.pop((target, key), None)
+            else:
+                self._applied[target, key] = row
 
     def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None:
         self._check()

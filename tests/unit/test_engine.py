@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from presence_sync.model import (
     Status,
     describe,
 )
-from presence_sync.store import MemoryStore, SqliteStore, Store
+from presence_sync.store import AppliedWrite, MemoryStore, SqliteStore, Store
 from presence_sync.targets.base import Target, TargetEnv
 from presence_sync.targets.log import LogOptions, LogTarget
 
@@ -725,9 +725,9 @@ async def test_a_target_without_remote_state_writes_once_per_change(
     writes: list[Status | None] = []
 
     class CountingStore(MemoryStore):
-        def put_applied(self, target: str, person: Person, applied: Applied) -> None:
-            writes.append(applied.status)
-            super().put_applied(target, person, applied)
+        def write_applied(self, batch: Sequence[AppliedWrite]) -> None:
+            writes.extend(None if w.applied is None else w.applied.status for w in batch)
+            super().write_applied(batch)
 
     counting = CountingStore(clock=clock)
     log_target = LogTarget("log", LogOptions(muted=True), TargetEnv(clock=clock, user_agent="t"))
