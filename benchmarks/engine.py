@@ -17,7 +17,7 @@ temporary directory and the ``log`` target (muted), on the real clock:
 4. resident memory after the run, goal < 150 MB.
 
 Usage: ``python benchmarks/engine.py [--people 10000] [--events 100000]
-[--rounds 2] [--store sqlite|memory]``; ``--events`` is per configuration.
+[--rounds 4] [--store sqlite|memory]``; ``--events`` is per configuration.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class Setup:
     runner: asyncio.Task[None]
     events: int = 0
     seconds: float = 0.0
+    cpu: float = 0.0
     rates: list[float] = dataclasses.field(default_factory=list)
 
 
@@ -127,13 +128,14 @@ async def throughput(setup: Setup, people: list[Person], events: int) -> None:
     count = len(people)
     first = setup.events
     gc.collect()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for n in range(first, first + events, batch):
         for i in range(n, min(n + batch, first + events)):
             p = people[i % count]
             setup.engine.observe(line_view(p.extension, (i // count) % 2 == 0))
         await wait_idle(setup.engine)
     took = time.perf_counter() - start
+    setup.cpu += time.process_time() - cpu
     setup.events += events
     setup.seconds += took
     setup.rates.append(events / took)
@@ -169,7 +171,6 @@ async def bench(
             await throughput(setup, people, per_round)
     for setup in (plain, ahead):
         rate = setup.events / setup.seconds
-        applied = setup.target.calls
         rounds_text = ", ".join(f"{r:,.0f}" for r in setup.rates)
         report(
             f"1. events/s {setup.label} ({setup.events:,} events)",
@@ -177,9 +178,20 @@ async def bench(
             "≥ 20,000/s",
             rate >= 20_000,
         )
-        print(f"     {applied:,} applies; rounds: {rounds_text}")
+        print(
+            f"     {setup.target.calls:,} applies; {setup.events / setup.cpu:,.0f} events "
+            f"per CPU second; rounds: {rounds_text}"
+        )
     ratio = (ahead.events / ahead.seconds) / (plain.events / plain.seconds)
-    report("   ratio with / without write-ahead", f"{ratio:.3f}", "≥ 0.90", ratio >= 0.90)
+    cpu_ratio = (ahead.events / ahead.cpu) / (plain.events / plain.cpu)
+    report("   ratio with / without write-ahead (wall)", f"{ratio:.3f}", "≥ 0.90", ratio >= 0.90)
+    # CPU time is what a neighbour's load disturbs least on a shared machine.
+    report(
+        "   ratio with / without write-ahead (CPU time)",
+        f"{cpu_ratio:.3f}",
+        "≥ 0.90",
+        cpu_ratio >= 0.90,
+    )
 
     plain.engine.stop()
     await plain.runner
@@ -253,7 +265,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--people", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=100_000, help="per configuration")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds")
     parser.add_argument("--store", choices=["sqlite", "memory"], default="sqlite")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import stat
@@ -164,8 +165,10 @@ def _json_doc(doc: Mapping[str, Any], what: str) -> str:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} is not JSON-able: {exc}") from None
     # Tuples become lists and int keys become strings without complaint;
-    # comparing the decoded copy is what makes "equal after a restart" a promise.
-    if json.loads(text) != doc:
+    # comparing the decoded copy is what makes "equal after a restart" a
+    # promise. Values made only of types JSON gives back as they were need no
+    # decoding to know that (the common case, and it is on the engine's path).
+    if not _exact(doc) and json.loads(text) != doc:
         raise ValueError(
             f"{what} does not survive JSON unchanged (use dict with str keys, "
             "list, str, int, float, bool, None)"
@@ -173,9 +176,39 @@ def _json_doc(doc: Mapping[str, Any], what: str) -> str:
     return text
 
 
+def _exact(value: object) -> bool:
+    """Whether JSON gives ``value`` back equal, by its types alone: str keys,
+    and str, int, finite float, bool, None, lists and mappings of those."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if isinstance(value, float):
+        return kind is float and math.isfinite(value)
+    if isinstance(value, list):
+        return kind is list and all(_exact(item) for item in value)
+    if isinstance(value, Mapping):
+        return all(type(k) is str and _exact(v) for k, v in value.items())
+    return False
+
+
+def _status_text(status: Status) -> str:
+    """JSON of a status; the few distinct statuses are encoded once."""
+    text = _STATUS_TEXT.get(status)
+    if text is None:
+        if len(_STATUS_TEXT) >= 256:
+            _STATUS_TEXT.clear()
+        text = _STATUS_TEXT[status] = _ENCODER.encode(status.to_dict())
+    return text
+
+
+_STATUS_TEXT: dict[Status, str] = {}
+
+
 def _time_text(value: datetime, what: str) -> str:
     """UTC, fixed width, so that text order is time order (housekeeping
     compares the text in SQL)."""
+    if value.tzinfo is UTC:
+        return value.isoformat(timespec="microseconds")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware, got {value!r}")
     return value.astimezone(UTC).isoformat(timespec="microseconds")
@@ -236,16 +269,19 @@ class _PersonCache:
 def _applied_row(target: str, person_text: str, person: Person, applied: Applied) -> _Row:
     """Encode one applied row; raises ``ValueError`` for bad input."""
     status = applied.status
-    what = f"applied({target!r}, {person.key!r})"
-    return (
-        target,
-        person.key,
-        person_text,
-        None if status is None else _ENCODER.encode(status.to_dict()),
-        _time_text(applied.at, f"{what}.at"),
-        None if applied.expires is None else _time_text(applied.expires, f"{what}.expires"),
-        _json_doc(applied.data, f"{what}.data"),
-    )
+    try:
+        return (
+            target,
+            person.key,
+            person_text,
+            None if status is None else _status_text(status),
+            _time_text(applied.at, ".at"),
+            None if applied.expires is None else _time_text(applied.expires, ".expires"),
+            _json_doc(applied.data, ".data"),
+        )
+    except ValueError as exc:
+        # The name of the row is only spelled out when something is wrong.
+        raise ValueError(f"applied({target!r}, {person.key!r}){exc}") from None
 
 
 def _decode_applied(row: _Row) -> AppliedRow | None:
@@ -610,22 +646,27 @@ class SqliteStore:
     @_guarded
     def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
         """Every put and delete in one transaction (see ``Store.write_applied``)."""
-        steps = [
-            (_DELETE_APPLIED, (w.target, w.person.key))
-            if w.applied is None
-            else (
-                _PUT_APPLIED,
-                _applied_row(w.target, self._persons.text(w.person), w.person, w.applied),
-            )
-            for w in writes
-        ]
-        if not steps:
+        # Runs of puts and of deletes, in order, each one executemany: the
+        # engine's groups are written with a few calls into SQLite, not one per row.
+        runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+        args: tuple[Any, ...]
+        for w in writes:
+            if w.applied is None:
+                sql, args = _DELETE_APPLIED, (w.target, w.person.key)
+            else:
+                text = self._persons.text(w.person)
+                sql, args = _PUT_APPLIED, _applied_row(w.target, text, w.person, w.applied)
+            if runs and runs[-1][0] is sql:
+                runs[-1][1].append(args)
+            else:
+                runs.append((sql, [args]))
+        if not runs:
             return
         db = self._db
         db.execute("BEGIN")
         try:
-            for sql, args in steps:
-                db.execute(sql, args)
+            for sql, rows in runs:
+                db.executemany(sql, rows)
             db.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (disk full does).

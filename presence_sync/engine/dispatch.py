@@ -92,6 +92,8 @@ class Engine:
         }
         self._running = False
         self._draining = False
+        self._woken: dict[Lane, None] = {}
+        self._turn_scheduled = False
         self._stopped: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._load(self._lanes)
@@ -116,8 +118,7 @@ class Engine:
         self._running = True
         self._draining = False
         try:
-            for lane in self._lanes.values():
-                self._pump(lane)
+            self._dispatch(list(self._lanes.values()))
             await self._stopped
         finally:
             self._running = False
@@ -131,6 +132,14 @@ class Engine:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for lane in self._lanes.values():
+                # A worker cancelled before its first step never ran its
+                # ``finally``: its key is still to do, for the next run().
+                for key in list(lane.flights):
+                    lane.land(key)
+                    self._touch(lane, key)
+            self._woken.clear()
+            self._turn_scheduled = False
             self._stopped = None
 
     def stop(self) -> None:
@@ -177,13 +186,10 @@ class Engine:
         keys = self._book.observe(view, self._clock.now())
         if not keys:
             return
-        woken: list[Lane] = []
         for key in keys:
             for lane in self._lanes.values():
-                if self._touch(lane, key) and lane not in woken:
-                    woken.append(lane)
-        for lane in woken:
-            self._pump(lane)
+                if self._touch(lane, key):
+                    self._wake(lane)
 
     def resync(self, views: Iterable[LineView], *, complete: bool = True) -> int:
         """Take a full state: ``views`` replace what is known (with ``complete``,
@@ -235,7 +241,7 @@ class Engine:
             self._load(added)
             self._touch_keys(self._book.everyone(), [self._lanes[n] for n in added])
         for lane in self._lanes.values():
-            self._pump(lane)
+            self._wake(lane)
         return retired
 
     def pending(self) -> int:
@@ -320,7 +326,7 @@ class Engine:
             for lane in lanes:
                 count += self._touch(lane, key)
         for lane in lanes:
-            self._pump(lane)
+            self._wake(lane)
         return count
 
     def _touch(self, lane: Lane, key: str) -> bool:
@@ -340,10 +346,52 @@ class Engine:
         return lane.enqueue(key, restore=desired is None)
 
     # --- dispatch ---------------------------------------------------------------------
+    #
+    # Work starts once per loop turn: whatever marks keys dirty wakes the lane,
+    # and one callback at the end of the turn pumps every woken lane, writes
+    # the write-ahead records of every request it starts in one transaction,
+    # and only then creates those requests' workers.
 
-    def _pump(self, lane: Lane) -> None:
-        """Fire due timers, time out overdue applies, start what may start,
-        and set the lane's alarm for the next moment something changes."""
+    def _wake(self, lane: Lane) -> None:
+        """Pump ``lane`` at the end of this loop turn."""
+        if not self._running or lane.closed:
+            return
+        self._woken[lane] = None
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            assert self._loop is not None  # only while run() runs
+            self._loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._turn_scheduled = False
+        lanes = list(self._woken)
+        self._woken.clear()
+        self._dispatch(lanes)
+
+    def _dispatch(self, lanes: Iterable[Lane]) -> None:
+        starting: list[tuple[Lane, Flight]] = []
+        for lane in lanes:
+            self._pump(lane, starting)
+        if not starting:
+            return
+        # Write-ahead: a crash (even SIGKILL) during a request must not leave
+        # a status of ours at the target that the store does not know about,
+        # or nobody would ever take it away again. One commit for all of them.
+        self._ledger.write_ahead(
+            (lane.name, f.person, f.desired)
+            for lane, f in starting
+            if f.desired is not None and lane.info.remote_state
+        )
+        assert self._loop is not None  # only while run() runs
+        for lane, flight in starting:
+            task = self._loop.create_task(self._work(lane, flight), name=f"apply:{lane.name}")
+            flight.task = task
+            task.add_done_callback(self._task_done)
+
+    def _pump(self, lane: Lane, starting: list[tuple[Lane, Flight]]) -> None:
+        """Fire due timers, time out overdue applies, pick what may start
+        (into ``starting``), and set the lane's alarm for the next moment
+        something changes."""
         if not self._running or lane.closed:
             return
         now = self._clock.monotonic()
@@ -362,7 +410,7 @@ class Engine:
             if lane.dirty():
                 next_at = min(next_at, lane.paused_until)
         elif not self._draining:
-            next_at = min(next_at, self._start_work(lane, now))
+            next_at = min(next_at, self._start_work(lane, now, starting))
         for flight in lane.flights.values():
             if not flight.timed_out and not flight.answered:
                 next_at = min(next_at, flight.deadline)
@@ -371,7 +419,7 @@ class Engine:
         if next_at < math.inf:
             self._arm(lane, next_at)
 
-    def _start_work(self, lane: Lane, now: float) -> float:
+    def _start_work(self, lane: Lane, now: float, starting: list[tuple[Lane, Flight]]) -> float:
         """Start applies while the lane has room; returns when to look again
         for lack of a token (``inf`` when tokens were not the limit)."""
         while len(lane.flights) < lane.limit:
@@ -380,10 +428,11 @@ class Engine:
                 break
             person = self._book.person(key)
             desired = self._book.desired_for(key, lane.name)
+            applied = self._ledger.get(lane.name, key)
             if (
                 person is None
                 or isinstance(desired, _Unknown)
-                or not lane.needs(key, desired, self._ledger.get(lane.name, key))
+                or not lane.needs(key, desired, applied)
             ):
                 lane.drop(key)
                 lane.noted_noop(key, person, desired)
@@ -392,11 +441,8 @@ class Engine:
             if wait > 0:
                 return now + wait
             timeout = lane.info.timeout
-            flight = lane.start(key, now + timeout if timeout > 0 else math.inf)
-            assert self._loop is not None  # only called while run() runs
-            task = self._loop.create_task(self._work(lane, flight), name=f"apply:{lane.name}")
-            flight.task = task
-            task.add_done_callback(self._task_done)
+            deadline = now + timeout if timeout > 0 else math.inf
+            starting.append((lane, lane.start(key, person, desired, applied, deadline)))
         return math.inf
 
     def _arm(self, lane: Lane, when: float) -> None:
@@ -415,7 +461,7 @@ class Engine:
         await self._clock.sleep(when - self._clock.monotonic())
         lane.alarm = None
         lane.alarm_at = math.inf
-        self._pump(lane)
+        self._dispatch([lane])
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -430,24 +476,12 @@ class Engine:
     # --- one reconcile ----------------------------------------------------------------
 
     async def _work(self, lane: Lane, flight: Flight) -> None:
-        key = flight.key
+        """Send what was decided at the start (and written ahead); whatever
+        changed since is looked at once this finishes."""
+        key, person, desired, applied = flight.key, flight.person, flight.desired, flight.before
         clock = self._clock
         ledger = self._ledger
         try:
-            # Read again now that the worker runs: whatever happened since the
-            # key was picked (a reload's set_targets → set_rules → set_people,
-            # a burst of events) is seen here, not replayed after.
-            desired = self._book.desired_for(key, lane.name)
-            person = self._book.person(key)
-            applied = ledger.get(lane.name, key)
-            if (
-                person is None
-                or isinstance(desired, _Unknown)
-                or not lane.needs(key, desired, applied)
-            ):
-                lane.clear(key)
-                lane.noted_noop(key, person, desired)
-                return
             change = Change(
                 person=person,
                 desired=desired,
@@ -458,14 +492,8 @@ class Engine:
             start = clock.monotonic()
             since = lane.keys[key].since
             lane.m_latency.observe(max(0.0, start - (start if since is None else since)))
+            lane.stats.requests += 1
             try:
-                if desired is not None and lane.info.remote_state:
-                    # Write-ahead: a crash (even SIGKILL) during the request must
-                    # not leave a status of ours at the target that the store does
-                    # not know about, or nobody would ever take it away again.
-                    # The ledger resumes us once the record is committed.
-                    await ledger.uncertain(lane.name, person, desired)
-                lane.stats.requests += 1
                 result = await lane.target.apply(change)
             except asyncio.CancelledError:
                 flight.answered = True
@@ -509,7 +537,7 @@ class Engine:
         finally:
             lane.land(key)
             self._touch(lane, key)
-            self._pump(lane)
+            self._wake(lane)
 
     async def _succeeded(
         self,

@@ -113,10 +113,15 @@ class Phase(enum.Enum):
 
 @dataclass(slots=True, eq=False)
 class Flight:
-    """One running apply. ``answered``: the target has answered (or failed),
-    only the record is left, so the apply timeout no longer applies."""
+    """One running apply: ``desired`` for ``person``, decided (and written
+    ahead) when it started; ``before``: the record before the write-ahead.
+    ``answered``: the target has answered (or failed), only the record is
+    left, so the apply timeout no longer applies."""
 
     key: str
+    person: Person
+    desired: Status | None
+    before: Applied | None
     deadline: float
     task: asyncio.Task[None] | None = None
     timed_out: bool = False
@@ -295,11 +300,18 @@ class Lane:
         assert st.phase is Phase.QUEUED, st.phase
         del (self.restores if st.restore else self.writes)[key]
 
-    def start(self, key: str, deadline: float) -> Flight:
+    def start(
+        self,
+        key: str,
+        person: Person,
+        desired: Status | None,
+        before: Applied | None,
+        deadline: float,
+    ) -> Flight:
         """``QUEUED`` → ``IN_FLIGHT``."""
         st = self.keys[key]
         self._dequeue(key, st)
-        flight = Flight(key=key, deadline=deadline)
+        flight = Flight(key, person, desired, before, deadline)
         st.phase = Phase.IN_FLIGHT
         st.flight = flight
         self.flights[key] = flight

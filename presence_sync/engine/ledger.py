@@ -9,12 +9,15 @@ taking back. A request whose outcome is unknown keeps the worse case recorded
 and flagged until one request for that key succeeds; a request the target
 refused outright changed nothing, and ``rejected`` puts the record back.
 
-Writes are grouped: every record asked for during one turn of the event loop
-is committed in one ``Store.write_applied`` transaction at the end of that
-turn, and each caller resumes only once its record is committed (or failed).
-A write-ahead record is therefore durable before its request leaves, while a
-busy lane pays one commit per turn instead of one per key. The in-memory copy
-changes only once the store has the row, so both always agree.
+Writes are grouped, so a busy engine pays one commit per loop turn, not one
+per key: the engine hands ``write_ahead`` the records of every request it
+starts in one turn, committed in one ``Store.write_applied`` transaction
+before any of those requests exists; the records after an answer
+(``record``, ``rejected``) asked for during one turn are committed together
+at its end, and each caller resumes once its record is committed (or
+failed). The in-memory copy changes only once the store has the row, so both
+agree (an uncertain record is kept in memory even if the store failed: the
+key is then worked on until certain).
 """
 
 from __future__ import annotations
@@ -59,7 +62,9 @@ class _Pending:
     write: AppliedWrite
     key: str
     what: str
-    done: asyncio.Future[Exception | None]
+    done: asyncio.Future[Exception | None] | None
+    keep: bool = False
+    """Keep the row in memory even if the store fails (uncertain records)."""
 
 
 class Ledger:
@@ -106,36 +111,54 @@ class Ledger:
     # --- writing ------------------------------------------------------------------------
 
     async def record(
-        self, target: str, person: Person, row: Applied | None, what: str
+        self, target: str, person: Person, row: Applied | None, what: str, *, keep: bool = False
     ) -> Exception | None:
         """Store ``row`` for (target, person) (``None``, or nothing of ours
-        with no memo: delete it) and, once stored, keep it in memory too.
-        Returns the store's error, logged, instead of raising it."""
+        with no memo: delete it) at the end of this loop turn and, once
+        stored, keep it in memory too (with ``keep``, even if the store
+        failed). Returns the store's error, logged, instead of raising it."""
         kept = None if row is None or (row.status is None and not row.data) else row
         done: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-        self._batch.append(_Pending(AppliedWrite(target, person, kept), person.key, what, done))
+        write = AppliedWrite(target, person, kept)
+        self._batch.append(_Pending(write, person.key, what, done, keep=keep))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         return await done
 
-    async def uncertain(self, target: str, person: Person, attempted: Status | None) -> None:
-        """Remember that the remote side may now show ``attempted`` (or still
-        what it showed): the worse case, flagged, so the key is applied again."""
-        key = person.key
+    def _uncertain_row(self, target: str, key: str, attempted: Status | None) -> Applied | None:
+        """The worse case after a request for ``attempted`` (or None when the
+        record already says it, or nothing of ours can be there)."""
         old = self.get(target, key)
         status = attempted if attempted is not None else (old.status if old else None)
         if old is None and status is None:
-            return  # clearing where nothing of ours was known: nothing can be left
+            return None  # clearing where nothing of ours was known: nothing can be left
         if old is not None and old.status == status and UNCERTAIN in old.data:
-            return
+            return None
         data = {**(old.data if old else {}), UNCERTAIN: True}
         expires = old.expires if old is not None and old.status == status else None
-        row = Applied(status=status, at=self._clock.now(), expires=expires, data=frozen_map(data))
-        if await self.record(target, person, row, "an uncertain status") is not None:
-            rows = self._rows.get(target)
-            if rows is not None:
-                rows[key] = row  # the key is worked on until it is certain again
+        return Applied(status=status, at=self._clock.now(), expires=expires, data=frozen_map(data))
+
+    def write_ahead(self, requests: Iterable[tuple[str, Person, Status]]) -> None:
+        """Before requests leave: record each (target, person, status about to
+        be sent) as maybe applied, all in one transaction, committed when this
+        returns. Should the store fail (logged), the records are kept in
+        memory all the same, so the keys are worked on until certain."""
+        batch = []
+        for target, person, attempted in requests:
+            row = self._uncertain_row(target, person.key, attempted)
+            if row is not None:
+                write = AppliedWrite(target, person, row)
+                batch.append(_Pending(write, person.key, "an uncertain status", None, keep=True))
+        if batch:
+            self._write(batch)
+
+    async def uncertain(self, target: str, person: Person, attempted: Status | None) -> None:
+        """Remember that the remote side may now show ``attempted`` (or still
+        what it showed): the worse case, flagged, so the key is applied again."""
+        row = self._uncertain_row(target, person.key, attempted)
+        if row is not None:
+            await self.record(target, person, row, "an uncertain status", keep=True)
 
     async def rejected(self, target: str, person: Person, before: Applied | None) -> None:
         """The target refused the request outright (4xx, 429, auth): nothing
@@ -146,48 +169,44 @@ class Ledger:
             await self.record(target, person, before, "the record from before a refused request")
 
     def _flush(self) -> None:
-        """Commit the turn's records in one transaction. A value the store
-        refuses (``ValueError``: a target's bad memo) fails alone: the group
-        is then written one record at a time."""
+        """Commit the turn's records in one transaction."""
         batch, self._batch = self._batch, []
         self._flush_scheduled = False
+        self._write(batch)
+
+    def _write(self, batch: list[_Pending]) -> None:
+        """Commit ``batch`` in one transaction. A value the store refuses
+        (``ValueError``: a target's bad memo) fails alone: the group is then
+        written one record at a time."""
         try:
             self._store.write_applied([p.write for p in batch])
-        except ValueError:
-            for pending in batch:
-                self._commit([pending])
+        except ValueError as exc:
+            if len(batch) > 1:
+                for pending in batch:
+                    self._write([pending])
+                return
+            self._settle(batch, exc)
         except Exception as exc:
-            self._failed(batch, exc)
+            self._settle(batch, exc)
         else:
-            self._done(batch)
+            self._settle(batch, None)
 
-    def _commit(self, batch: list[_Pending]) -> None:
-        try:
-            self._store.write_applied([p.write for p in batch])
-        except Exception as exc:
-            self._failed(batch, exc)
-        else:
-            self._done(batch)
-
-    def _done(self, batch: list[_Pending]) -> None:
+    def _settle(self, batch: list[_Pending], error: Exception | None) -> None:
         for pending in batch:
             write = pending.write
+            if error is not None:
+                log.error(
+                    "could not record %s",
+                    pending.what,
+                    exc_info=error,
+                    extra=kv(target=write.target, person=write.person.email),
+                )
             rows = self._rows.get(write.target)
-            if rows is not None:  # else the target was removed meanwhile
+            if rows is not None and (error is None or pending.keep):
+                # (else the target was removed meanwhile)
                 if write.applied is None:
                     rows.pop(pending.key, None)
                 else:
                     rows[pending.key] = write.applied
-            if not pending.done.done():
-                pending.done.set_result(None)
-
-    def _failed(self, batch: list[_Pending], exc: Exception) -> None:
-        for pending in batch:
-            log.error(
-                "could not record %s",
-                pending.what,
-                exc_info=exc,
-                extra=kv(target=pending.write.target, person=pending.write.person.email),
-            )
-            if not pending.done.done():
-                pending.done.set_result(exc)
+            if pending.done is not None and not pending.done.done():
+                pending.done.set_result(error)
