@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Concatenate, Final, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, Final, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from presence_sync.clock import Clock, SystemClock
 from presence_sync.errors import StoreError
@@ -74,10 +74,10 @@ class AppliedRow:
     applied: Applied
 
 
-@dataclass(frozen=True, slots=True)
-class AppliedWrite:
+class AppliedWrite(NamedTuple):
     """One change of the applied rows, for ``Store.write_applied``:
-    ``applied`` replaces the (target, person) row, ``None`` deletes it."""
+    ``applied`` replaces the (target, person) row, ``None`` deletes it.
+    (A named tuple: the engine builds one per record, on its hot path.)"""
 
     target: str
     person: Person
@@ -160,6 +160,15 @@ def _json_doc(doc: Mapping[str, Any], what: str) -> str:
     """
     if not doc:
         return "{}"
+    # Small flat memos repeat (the engine's flag, a session id per person):
+    # their text is kept by value, types included (1, 1.0 and True are equal).
+    try:
+        key: tuple[Any, ...] | None = tuple((k, type(v), v) for k, v in doc.items())
+        hit = _DOC_TEXT.get(key)  # type: ignore[arg-type]
+    except TypeError:  # a list or dict inside: not hashable, not cached
+        key = hit = None
+    if hit is not None:
+        return hit
     try:
         text = _ENCODER.encode(dict(doc))
     except (TypeError, ValueError) as exc:
@@ -173,7 +182,14 @@ def _json_doc(doc: Mapping[str, Any], what: str) -> str:
             f"{what} does not survive JSON unchanged (use dict with str keys, "
             "list, str, int, float, bool, None)"
         )
+    if key is not None:
+        if len(_DOC_TEXT) >= 1024:
+            _DOC_TEXT.clear()
+        _DOC_TEXT[key] = text
     return text
+
+
+_DOC_TEXT: dict[tuple[Any, ...], str] = {}
 
 
 def _exact(value: object) -> bool:
@@ -193,15 +209,20 @@ def _exact(value: object) -> bool:
 
 def _status_text(status: Status) -> str:
     """JSON of a status; the few distinct statuses are encoded once."""
+    last = _LAST_STATUS[0]
+    if last[0] is status:  # rules hand out the same objects again and again
+        return last[1]
     text = _STATUS_TEXT.get(status)
     if text is None:
         if len(_STATUS_TEXT) >= 256:
             _STATUS_TEXT.clear()
         text = _STATUS_TEXT[status] = _ENCODER.encode(status.to_dict())
+    _LAST_STATUS[0] = (status, text)
     return text
 
 
 _STATUS_TEXT: dict[Status, str] = {}
+_LAST_STATUS: list[tuple[Status | None, str]] = [(None, "")]
 
 
 def _time_text(value: datetime, what: str) -> str:

@@ -80,7 +80,7 @@ class Engine:
         infos = {name: check_target(name, target) for name, target in targets.items()}
         self._clock = clock
         self._book = Book(rules)
-        self._ledger = Ledger(store, clock)
+        self._ledger = Ledger(store, clock, self._schedule_turn)
         self._backoff = Backoff(rng or random.Random(), backoff_base, backoff_cap)
         self._auth_pause = auth_pause
         self._auth_pause_cap = auth_pause_cap
@@ -139,7 +139,7 @@ class Engine:
                     lane.land(key)
                     self._touch(lane, key)
             self._woken.clear()
-            self._turn_scheduled = False
+            self._dispatch(())  # commits what the cancelled workers recorded
             self._stopped = None
 
     def stop(self) -> None:
@@ -357,10 +357,16 @@ class Engine:
         if not self._running or lane.closed:
             return
         self._woken[lane] = None
+        self._schedule_turn()
+
+    def _schedule_turn(self) -> None:
+        """Run ``_turn`` once at the end of this loop turn (also asked by the
+        ledger when a row is staged, so it is committed)."""
         if not self._turn_scheduled:
             self._turn_scheduled = True
-            assert self._loop is not None  # only while run() runs
-            self._loop.call_soon(self._turn)
+            # The loop of run(), which need not be running right now: sync
+            # methods may be called between two of its iterations.
+            (self._loop or asyncio.get_running_loop()).call_soon(self._turn)
 
     def _turn(self) -> None:
         self._turn_scheduled = False
@@ -369,20 +375,31 @@ class Engine:
         self._dispatch(lanes)
 
     def _dispatch(self, lanes: Iterable[Lane]) -> None:
+        """Pump ``lanes``, commit the turn's rows with the write-ahead records
+        of the requests about to start, then start them."""
         starting: list[tuple[Lane, Flight]] = []
         for lane in lanes:
             self._pump(lane, starting)
-        if not starting:
+        if not starting and not self._ledger.staged:
             return
         # Write-ahead: a crash (even SIGKILL) during a request must not leave
         # a status of ours at the target that the store does not know about,
         # or nobody would ever take it away again. One commit for all of them.
-        self._ledger.write_ahead(
+        failed = self._ledger.commit(
             (lane.name, f.person, f.desired)
             for lane, f in starting
             if f.desired is not None and lane.info.remote_state
         )
-        assert self._loop is not None  # only while run() runs
+        for failure in failed:
+            # The store lacks a confirmed row: apply it again later (targets
+            # are idempotent) rather than forget the difference.
+            failed_lane = self._lanes.get(failure.target)
+            if failed_lane is not None and failed_lane.phase(failure.key) is Phase.IDLE:
+                self._back_off(failed_lane, failure.key, f"store: {failure.error}")
+                self._wake(failed_lane)
+        if not starting:
+            return
+        assert self._loop is not None  # work starts only while run() runs
         for lane, flight in starting:
             task = self._loop.create_task(self._work(lane, flight), name=f"apply:{lane.name}")
             flight.task = task
@@ -497,7 +514,7 @@ class Engine:
                 result = await lane.target.apply(change)
             except asyncio.CancelledError:
                 flight.answered = True
-                await ledger.uncertain(lane.name, person, desired)
+                ledger.uncertain(lane.name, person, desired)
                 if not flight.timed_out:
                     raise
                 _uncancel()
@@ -507,18 +524,18 @@ class Engine:
             except TransientError as exc:
                 flight.answered = True
                 if exc.retry_after is None:
-                    await ledger.uncertain(lane.name, person, desired)
+                    ledger.uncertain(lane.name, person, desired)
                 else:
-                    await ledger.rejected(lane.name, person, applied)
+                    ledger.rejected(lane.name, person, applied)
                 self._transient(lane, person, key, exc, clock.monotonic() - start)
             except PermanentError as exc:
                 flight.answered = True
-                await ledger.rejected(lane.name, person, applied)
+                ledger.rejected(lane.name, person, applied)
                 lane.noted_permanent(person, desired, exc, clock.monotonic() - start)
                 lane.park(key, desired, str(exc))
             except AuthError as exc:
                 flight.answered = True
-                await ledger.rejected(lane.name, person, applied)
+                ledger.rejected(lane.name, person, applied)
                 self._requeue_front(lane, key, str(exc))
                 lane.noted_auth(
                     exc, clock.monotonic() - start, self._auth_pause, self._auth_pause_cap
@@ -527,19 +544,19 @@ class Engine:
                 # A target bug must not stop the other keys: retry it like a 5xx,
                 # with the traceback logged once per failing streak.
                 flight.answered = True
-                await ledger.uncertain(lane.name, person, desired)
+                ledger.uncertain(lane.name, person, desired)
                 self._transient(lane, person, key, exc, clock.monotonic() - start)
             else:
                 flight.answered = True
                 if flight.timed_out:
                     _uncancel()
-                await self._succeeded(lane, person, key, applied, desired, result, start)
+                self._succeeded(lane, person, key, applied, desired, result, start)
         finally:
             lane.land(key)
             self._touch(lane, key)
             self._wake(lane)
 
-    async def _succeeded(
+    def _succeeded(
         self,
         lane: Lane,
         person: Person,
@@ -551,12 +568,7 @@ class Engine:
     ) -> None:
         took = self._clock.monotonic() - start
         lane.m_duration.observe(took)
-        error = await self._ledger.record(lane.name, person, result, "an applied status")
-        if error is not None:
-            # The remote side shows it but we could not remember that: retry
-            # later (targets are idempotent) rather than forget the difference.
-            self._back_off(lane, key, f"store: {error}")
-            return
+        self._ledger.record(lane.name, person, result, "an applied status")
         lane.succeeded(key)
         lane.noted_ok(person, before, result, took)
         if result.status != desired:
@@ -584,9 +596,7 @@ class Engine:
         lane.requeue_front(key, self._book.desired_for(key, lane.name) is None, error)
 
     def _back_off(self, lane: Lane, key: str, error: str) -> None:
-        st = lane.keys[key]
-        st.failures += 1
-        lane.back_off(key, self._backoff.delay(st.failures), error)
+        lane.back_off(key, self._backoff, error)
 
 
 def _uncancel() -> None:

@@ -343,13 +343,18 @@ class Lane:
         queue[key] = None
         queue.move_to_end(key, last=False)
 
-    def back_off(self, key: str, delay: float, error: str) -> None:
-        """``IN_FLIGHT`` → ``BACKOFF`` until ``delay`` seconds from now."""
-        st = self.keys[key]
-        self._leave_flight(key, st)
+    def back_off(self, key: str, backoff: Backoff, error: str) -> None:
+        """``IN_FLIGHT`` or ``IDLE`` → ``BACKOFF``, one more failure in a row."""
+        st = self.keys.get(key)
+        if st is None:
+            st = self.keys[key] = KeyState()
+        assert st.phase in (Phase.IN_FLIGHT, Phase.IDLE), st.phase
+        if st.phase is Phase.IN_FLIGHT:
+            self._leave_flight(key, st)
+        st.failures += 1
         st.phase = Phase.BACKOFF
         st.error = error
-        st.retry_at = self.clock.monotonic() + delay
+        st.retry_at = self.clock.monotonic() + backoff.delay(st.failures)
         self.waiting += 1
         self._push_timer(st.retry_at, key)
 

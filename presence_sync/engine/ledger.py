@@ -1,46 +1,55 @@
-"""The write-ahead ledger: what each target shows per person, as the store
-knows it, and the only code that changes it.
+"""The write-ahead ledger: what each target shows per person, and the only
+code that changes it, in memory and in the store.
 
 A status counts as applied only once the target confirmed it. Before a status
 is sent to a target with remote state it is recorded as *maybe applied*
-(``uncertain``: the row flagged ``UNCERTAIN``), so a crash at any instant,
+(``write_ahead``: the row flagged ``UNCERTAIN``), so a crash at any instant,
 SIGKILL during the request included, leaves a store that knows what may need
 taking back. A request whose outcome is unknown keeps the worse case recorded
-and flagged until one request for that key succeeds; a request the target
-refused outright changed nothing, and ``rejected`` puts the record back.
+and flagged (``uncertain``) until one request for that key succeeds; a
+request the target refused outright changed nothing, and ``rejected`` puts
+the record back.
 
-Writes are grouped, so a busy engine pays one commit per loop turn, not one
-per key: the engine hands ``write_ahead`` the records of every request it
-starts in one turn, committed in one ``Store.write_applied`` transaction
-before any of those requests exists; the records after an answer
-(``record``, ``rejected``) asked for during one turn are committed together
-at its end, and each caller resumes once its record is committed (or
-failed). The in-memory copy changes only once the store has the row, so both
-agree (an uncertain record is kept in memory even if the store failed: the
-key is then worked on until certain).
+Commits are grouped, one per loop turn. A record after an answer
+(``record``, ``uncertain``, ``rejected``) is *staged*: the in-memory row
+changes at once and the store gets it with the turn's commit. The engine
+calls ``commit`` once per turn with the write-ahead records of every request
+it is about to start: staged and write-ahead rows go to the store in ONE
+``Store.write_applied`` transaction, committed before any of those requests
+exists. A crash before that commit loses only staged rows whose older store
+row is the safe one (a flagged worse case, or a row for a request that was
+refused): the next start applies such a key again. What the ledger holds in
+memory is therefore the store's content plus the staged rows.
+
+A row the store could not take (logged) stays in memory flagged
+``UNCERTAIN``, so its key is applied, and recorded, again; ``commit`` returns
+those keys for the engine to back off.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from presence_sync.clock import Clock
 from presence_sync.model import Applied, Person, Status, frozen_map
 from presence_sync.ops.logging import kv
 from presence_sync.store import AppliedRow, AppliedWrite, Store
 
-__all__ = ["UNCERTAIN", "Ledger", "as_confirmed"]
+__all__ = ["UNCERTAIN", "Ledger", "as_confirmed", "is_uncertain"]
 
 log = logging.getLogger("presence_sync.engine")
 
 UNCERTAIN: Final = "presence_sync.uncertain"
 """Key the engine sets in ``Applied.data`` of a row it is not sure about
 (see ``Engine``); targets never see it."""
+
+
+_FLAG_ONLY: Final = frozen_map({UNCERTAIN: True})
+"""The memo of an uncertain row with no memo of the target's (the common case)."""
 
 
 def as_confirmed(applied: Applied | None) -> Applied | None:
@@ -55,27 +64,30 @@ def is_uncertain(applied: Applied | None) -> bool:
     return applied is not None and UNCERTAIN in applied.data
 
 
-@dataclass(slots=True, eq=False)
-class _Pending:
-    """One record waiting for the end of the loop turn."""
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A row the store could not take: its key needs another go."""
 
-    write: AppliedWrite
+    target: str
     key: str
+    error: Exception
+
+
+class _Pending(NamedTuple):
+    write: AppliedWrite
     what: str
-    done: asyncio.Future[Exception | None] | None
-    keep: bool = False
-    """Keep the row in memory even if the store fails (uncertain records)."""
 
 
 class Ledger:
-    """Applied rows per target, in memory and in the store."""
+    """Applied rows per target, in memory and in the store. ``wake`` is
+    called when a row is staged, so the owner commits at the end of the turn."""
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: Store, clock: Clock, wake: Callable[[], None]) -> None:
         self._store = store
         self._clock = clock
+        self._wake = wake
         self._rows: dict[str, dict[str, Applied]] = {}
-        self._batch: list[_Pending] = []
-        self._flush_scheduled = False
+        self._staged: list[_Pending] = []
 
     # --- reading ------------------------------------------------------------------------
 
@@ -90,6 +102,11 @@ class Ledger:
     def held(self, key: str) -> bool:
         """Whether any target has a row for person ``key``."""
         return any(key in rows for rows in self._rows.values())
+
+    @property
+    def staged(self) -> int:
+        """Rows waiting for the turn's commit."""
+        return len(self._staged)
 
     # --- targets ------------------------------------------------------------------------
 
@@ -110,103 +127,104 @@ class Ledger:
 
     # --- writing ------------------------------------------------------------------------
 
-    async def record(
-        self, target: str, person: Person, row: Applied | None, what: str, *, keep: bool = False
-    ) -> Exception | None:
-        """Store ``row`` for (target, person) (``None``, or nothing of ours
-        with no memo: delete it) at the end of this loop turn and, once
-        stored, keep it in memory too (with ``keep``, even if the store
-        failed). Returns the store's error, logged, instead of raising it."""
+    def record(self, target: str, person: Person, row: Applied | None, what: str) -> None:
+        """Stage ``row`` for (target, person): ``None``, or nothing of ours
+        with no memo, deletes it. Memory has it now, the store at the commit."""
         kept = None if row is None or (row.status is None and not row.data) else row
-        done: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
-        write = AppliedWrite(target, person, kept)
-        self._batch.append(_Pending(write, person.key, what, done, keep=keep))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        return await done
+        self._stage(_Pending(AppliedWrite(target, person, kept), what))
+        self._wake()
+
+    def uncertain(self, target: str, person: Person, attempted: Status | None) -> None:
+        """Remember that the remote side may now show ``attempted`` (or still
+        what it showed): the worse case, flagged, so the key is applied again."""
+        row = self._uncertain_row(target, person.key, attempted)
+        if row is not None:
+            self.record(target, person, row, "an uncertain status")
+
+    def rejected(self, target: str, person: Person, before: Applied | None) -> None:
+        """The target refused the request outright (4xx, 429, auth): nothing
+        changed there, so a write-ahead record goes back to what was before."""
+        if self.get(target, person.key) is not before:
+            self.record(target, person, before, "the record from before a refused request")
+
+    def commit(self, requests: Iterable[tuple[str, Person, Status]] = ()) -> list[Failed]:
+        """Before requests leave: record each (target, person, status about
+        to be sent) as maybe applied and commit it with every staged row, in
+        one transaction. Returns the rows the store could not take (logged;
+        kept in memory flagged uncertain). Should a write-ahead record fail,
+        the request may still go: the flagged row keeps its key worked on."""
+        batch = self._staged
+        self._staged = []
+        for target, person, attempted in requests:
+            row = self._uncertain_row(target, person.key, attempted)
+            if row is not None:
+                self._stage(_Pending(AppliedWrite(target, person, row), "an uncertain status"))
+        batch, self._staged = batch + self._staged, []
+        if not batch:
+            return []
+        return self._write(batch)
+
+    def _stage(self, pending: _Pending) -> None:
+        write = pending.write
+        rows = self._rows.get(write.target)
+        if rows is not None:  # else the target was removed meanwhile
+            if write.applied is None:
+                rows.pop(write.person.key, None)
+            else:
+                rows[write.person.key] = write.applied
+        self._staged.append(pending)
 
     def _uncertain_row(self, target: str, key: str, attempted: Status | None) -> Applied | None:
-        """The worse case after a request for ``attempted`` (or None when the
-        record already says it, or nothing of ours can be there)."""
+        """The worse case after a request for ``attempted`` (None when the
+        record already says so, or when nothing of ours can be there)."""
         old = self.get(target, key)
         status = attempted if attempted is not None else (old.status if old else None)
         if old is None and status is None:
             return None  # clearing where nothing of ours was known: nothing can be left
         if old is not None and old.status == status and UNCERTAIN in old.data:
             return None
-        data = {**(old.data if old else {}), UNCERTAIN: True}
+        data = (
+            _FLAG_ONLY if old is None or not old.data else frozen_map({**old.data, UNCERTAIN: True})
+        )
         expires = old.expires if old is not None and old.status == status else None
-        return Applied(status=status, at=self._clock.now(), expires=expires, data=frozen_map(data))
+        return Applied(status=status, at=self._clock.now(), expires=expires, data=data)
 
-    def write_ahead(self, requests: Iterable[tuple[str, Person, Status]]) -> None:
-        """Before requests leave: record each (target, person, status about to
-        be sent) as maybe applied, all in one transaction, committed when this
-        returns. Should the store fail (logged), the records are kept in
-        memory all the same, so the keys are worked on until certain."""
-        batch = []
-        for target, person, attempted in requests:
-            row = self._uncertain_row(target, person.key, attempted)
-            if row is not None:
-                write = AppliedWrite(target, person, row)
-                batch.append(_Pending(write, person.key, "an uncertain status", None, keep=True))
-        if batch:
-            self._write(batch)
-
-    async def uncertain(self, target: str, person: Person, attempted: Status | None) -> None:
-        """Remember that the remote side may now show ``attempted`` (or still
-        what it showed): the worse case, flagged, so the key is applied again."""
-        row = self._uncertain_row(target, person.key, attempted)
-        if row is not None:
-            await self.record(target, person, row, "an uncertain status", keep=True)
-
-    async def rejected(self, target: str, person: Person, before: Applied | None) -> None:
-        """The target refused the request outright (4xx, 429, auth): nothing
-        changed there, so a write-ahead record goes back to what was before."""
-        if self.get(target, person.key) is not before:
-            # Should that fail, the uncertain record stays: safe, the key is
-            # simply applied again.
-            await self.record(target, person, before, "the record from before a refused request")
-
-    def _flush(self) -> None:
-        """Commit the turn's records in one transaction."""
-        batch, self._batch = self._batch, []
-        self._flush_scheduled = False
-        self._write(batch)
-
-    def _write(self, batch: list[_Pending]) -> None:
-        """Commit ``batch`` in one transaction. A value the store refuses
-        (``ValueError``: a target's bad memo) fails alone: the group is then
-        written one record at a time."""
+    def _write(self, batch: list[_Pending]) -> list[Failed]:
+        """One transaction. A value the store refuses (``ValueError``: a
+        target's bad memo) fails alone: the group is then written one row at
+        a time."""
         try:
             self._store.write_applied([p.write for p in batch])
         except ValueError as exc:
-            if len(batch) > 1:
-                for pending in batch:
-                    self._write([pending])
-                return
-            self._settle(batch, exc)
+            if len(batch) == 1:
+                return self._failed(batch, exc)
+            return [failed for pending in batch for failed in self._write([pending])]
         except Exception as exc:
-            self._settle(batch, exc)
-        else:
-            self._settle(batch, None)
+            return self._failed(batch, exc)
+        return []
 
-    def _settle(self, batch: list[_Pending], error: Exception | None) -> None:
+    def _failed(self, batch: list[_Pending], exc: Exception) -> list[Failed]:
+        failed: list[Failed] = []
         for pending in batch:
             write = pending.write
-            if error is not None:
-                log.error(
-                    "could not record %s",
-                    pending.what,
-                    exc_info=error,
-                    extra=kv(target=write.target, person=write.person.email),
-                )
+            key = write.person.key
+            log.error(
+                "could not record %s",
+                pending.what,
+                exc_info=exc,
+                extra=kv(target=write.target, person=write.person.email),
+            )
             rows = self._rows.get(write.target)
-            if rows is not None and (error is None or pending.keep):
-                # (else the target was removed meanwhile)
-                if write.applied is None:
-                    rows.pop(pending.key, None)
-                else:
-                    rows[pending.key] = write.applied
-            if pending.done is not None and not pending.done.done():
-                pending.done.set_result(error)
+            if rows is not None and rows.get(key) is write.applied:
+                # Memory must not claim what the store lacks: flag it, so the
+                # key is applied (and recorded) again.
+                row = write.applied
+                data = {**(row.data if row else {}), UNCERTAIN: True}
+                rows[key] = Applied(
+                    status=None if row is None else row.status,
+                    at=self._clock.now() if row is None else row.at,
+                    expires=None if row is None else row.expires,
+                    data=frozen_map(data),
+                )
+            failed.append(Failed(write.target, key, exc))
+        return failed
