@@ -1,6 +1,6 @@
 """The reconciler: desired status vs applied status, closed by per-target workers.
 
-This module owns the loop at the heart of presence-sync (DESIGN.md, "The one
+This package owns the loop at the heart of presence-sync (DESIGN.md, "The one
 idea"). It never forwards an event. It keeps, per person, the desired status of
 every target (computed by the rules from the person's *current* line view),
 remembers per ``(person, target)`` key what the target confirmed (the applied
@@ -46,14 +46,18 @@ The package, one piece per module, each readable alone:
   (pure);
 - ``lane``: one target's per-key state (one ``Phase`` per key), queues,
   token bucket, pause and backoff; ``check_target``;
-- ``ledger``: the applied rows and the write-ahead records, committed in one
-  store transaction per loop turn;
-- ``dispatch``: ``Engine``, the loop that runs workers over the lanes;
-- ``snapshot``: counters and pictures for tests and the status page.
+- ``ledger``: the applied rows and the write-ahead records; one store
+  transaction per loop turn;
+- ``worker``: one apply and what its answer means for the key;
+- ``dispatch``: ``Engine``, the public API and the loop that starts work
+  once per loop turn;
+- ``snapshot``, ``picture``: counters and pictures for tests and the status
+  page.
 """
 
 from __future__ import annotations
 
+# The types of ``check_target``'s signature, for callers checking a reload.
 from presence_sync.targets.base import Target, TargetInfo
 
 from .book import UNKNOWN, Decider, Desired

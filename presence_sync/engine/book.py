@@ -18,11 +18,11 @@ from typing import Final, Protocol
 
 from presence_sync.model import LineView, Person, Status
 
-__all__ = ["UNKNOWN", "Book", "Decider", "Desired"]
+__all__ = ["UNKNOWN", "Book", "Decider", "Desired", "Unknown"]
 
 
-class _Unknown:
-    """Type of ``UNKNOWN``."""
+class Unknown:
+    """Type of ``UNKNOWN`` (``isinstance(desired, Unknown)`` narrows ``Desired``)."""
 
     __slots__ = ()
 
@@ -30,11 +30,11 @@ class _Unknown:
         return "UNKNOWN"
 
 
-UNKNOWN: Final = _Unknown()
+UNKNOWN: Final = Unknown()
 """The desired status of a configured person whose line is not known yet
 (before the first full state from NFON): such keys are left alone."""
 
-Desired = Status | None | _Unknown
+Desired = Status | None | Unknown
 
 
 class Decider(Protocol):

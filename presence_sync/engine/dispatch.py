@@ -5,33 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timedelta
 
 from presence_sync.clock import Clock
-from presence_sync.errors import AuthError, PermanentError, TransientError
-from presence_sync.model import Applied, LineView, Person, Status, describe
-from presence_sync.ops.logging import kv
+from presence_sync.model import LineView, Person
 from presence_sync.store import Store, StoreMemory
-from presence_sync.targets.base import Change, Memory, Target
+from presence_sync.targets.base import Memory, Target
 
-from .book import Book, Decider, _Unknown
+from .book import Book, Decider, Unknown
 from .lane import (
     AUTH_PAUSE,
     AUTH_PAUSE_CAP,
-    MIN_RETRY_AFTER,
     Backoff,
     Flight,
     Lane,
     Phase,
     check_target,
 )
-from .ledger import Ledger, as_confirmed, is_uncertain
-from .snapshot import EngineSnapshot, KeySnapshot, TargetSnapshot, TargetStats
+from .ledger import Ledger
+from .picture import picture
+from .snapshot import EngineSnapshot, TargetStats
+from .worker import Worker
 
 __all__ = ["Engine"]
 
@@ -81,11 +78,14 @@ class Engine:
         self._clock = clock
         self._book = Book(rules)
         self._ledger = Ledger(store, clock, self._schedule_turn)
-        self._backoff = Backoff(rng or random.Random(), backoff_base, backoff_cap)
-        self._auth_pause = auth_pause
-        self._auth_pause_cap = auth_pause_cap
-        self._memory: Callable[[str, str], Memory] = memory or (
-            lambda target, key: StoreMemory(store, target, key)
+        self._worker = Worker(
+            book=self._book,
+            ledger=self._ledger,
+            clock=clock,
+            backoff=Backoff(rng or random.Random(), backoff_base, backoff_cap),
+            auth_pause=auth_pause,
+            auth_pause_cap=auth_pause_cap,
+            memory=memory or (lambda target, key: StoreMemory(store, target, key)),
         )
         self._lanes: dict[str, Lane] = {
             name: Lane(name, target, infos[name], clock) for name, target in targets.items()
@@ -251,55 +251,7 @@ class Engine:
 
     def snapshot(self) -> EngineSnapshot:
         """A consistent picture of every target and key, for the status page."""
-        mono = self._clock.monotonic()
-        wall = self._clock.now()
-
-        def at(when: float) -> datetime:
-            return wall + timedelta(seconds=when - mono)
-
-        targets: dict[str, TargetSnapshot] = {}
-        keys: list[KeySnapshot] = []
-        people = self._book.known()
-        for name, lane in self._lanes.items():
-            paused = lane.paused(mono)
-            targets[name] = TargetSnapshot(
-                name=name,
-                kind=lane.info.kind,
-                dirty=lane.dirty(),
-                in_flight=len(lane.flights),
-                backoff=lane.waiting,
-                parked=lane.parked,
-                paused_until=at(lane.paused_until) if paused else None,
-                pause_reason=lane.pause_reason if paused else None,
-                stats=dataclasses.replace(lane.stats),
-            )
-            rows = self._ledger.rows(name)
-            for key, person in people.items():
-                desired = self._book.desired_for(key, name)
-                known = not isinstance(desired, _Unknown)
-                applied = rows.get(key)
-                st = lane.state(key)
-                phase = Phase.IDLE if st is None else st.phase
-                if phase is not Phase.IDLE:
-                    state = phase.value
-                else:
-                    state = "in-sync" if known else "unknown"
-                retry = st.retry_at if st is not None and phase is Phase.BACKOFF else None
-                keys.append(
-                    KeySnapshot(
-                        person=key,
-                        email=person.email,
-                        target=name,
-                        desired=desired if not isinstance(desired, _Unknown) else None,
-                        desired_known=known,
-                        applied=as_confirmed(applied),
-                        state=state,
-                        retry_at=None if retry is None else at(retry),
-                        last_error=None if st is None else st.error,
-                        uncertain=is_uncertain(applied),
-                    )
-                )
-        return EngineSnapshot(at=wall, targets=targets, keys=tuple(keys))
+        return picture(self._clock, self._book, self._lanes, self._ledger)
 
     # --- lanes --------------------------------------------------------------------------
 
@@ -337,7 +289,7 @@ class Engine:
             # desired status of its time, not of now.
             return False
         desired = self._book.desired_for(key, lane.name)
-        if isinstance(desired, _Unknown):
+        if isinstance(desired, Unknown):
             return False
         if phase is Phase.PARKED and not lane.unpark(key, desired):
             return False
@@ -395,7 +347,7 @@ class Engine:
             # are idempotent) rather than forget the difference.
             failed_lane = self._lanes.get(failure.target)
             if failed_lane is not None and failed_lane.phase(failure.key) is Phase.IDLE:
-                self._back_off(failed_lane, failure.key, f"store: {failure.error}")
+                self._worker.back_off(failed_lane, failure.key, f"store: {failure.error}")
                 self._wake(failed_lane)
         if not starting:
             return
@@ -448,7 +400,7 @@ class Engine:
             applied = self._ledger.get(lane.name, key)
             if (
                 person is None
-                or isinstance(desired, _Unknown)
+                or isinstance(desired, Unknown)
                 or not lane.needs(key, desired, applied)
             ):
                 lane.drop(key)
@@ -493,114 +445,9 @@ class Engine:
     # --- one reconcile ----------------------------------------------------------------
 
     async def _work(self, lane: Lane, flight: Flight) -> None:
-        """Send what was decided at the start (and written ahead); whatever
-        changed since is looked at once this finishes."""
-        key, person, desired, applied = flight.key, flight.person, flight.desired, flight.before
-        clock = self._clock
-        ledger = self._ledger
         try:
-            change = Change(
-                person=person,
-                desired=desired,
-                applied=as_confirmed(applied),
-                view=self._book.view_of(key),
-                memory=self._memory(lane.name, key),
-            )
-            start = clock.monotonic()
-            since = lane.keys[key].since
-            lane.m_latency.observe(max(0.0, start - (start if since is None else since)))
-            lane.stats.requests += 1
-            try:
-                result = await lane.target.apply(change)
-            except asyncio.CancelledError:
-                flight.answered = True
-                ledger.uncertain(lane.name, person, desired)
-                if not flight.timed_out:
-                    raise
-                _uncancel()
-                lane.stats.timeouts += 1
-                error = TransientError(f"no answer within {lane.info.timeout:g} s")
-                self._transient(lane, person, key, error, clock.monotonic() - start)
-            except TransientError as exc:
-                flight.answered = True
-                if exc.retry_after is None:
-                    ledger.uncertain(lane.name, person, desired)
-                else:
-                    ledger.rejected(lane.name, person, applied)
-                self._transient(lane, person, key, exc, clock.monotonic() - start)
-            except PermanentError as exc:
-                flight.answered = True
-                ledger.rejected(lane.name, person, applied)
-                lane.noted_permanent(person, desired, exc, clock.monotonic() - start)
-                lane.park(key, desired, str(exc))
-            except AuthError as exc:
-                flight.answered = True
-                ledger.rejected(lane.name, person, applied)
-                self._requeue_front(lane, key, str(exc))
-                lane.noted_auth(
-                    exc, clock.monotonic() - start, self._auth_pause, self._auth_pause_cap
-                )
-            except Exception as exc:
-                # A target bug must not stop the other keys: retry it like a 5xx,
-                # with the traceback logged once per failing streak.
-                flight.answered = True
-                ledger.uncertain(lane.name, person, desired)
-                self._transient(lane, person, key, exc, clock.monotonic() - start)
-            else:
-                flight.answered = True
-                if flight.timed_out:
-                    _uncancel()
-                self._succeeded(lane, person, key, applied, desired, result, start)
+            await self._worker.apply(lane, flight)
         finally:
-            lane.land(key)
-            self._touch(lane, key)
+            lane.land(flight.key)
+            self._touch(lane, flight.key)
             self._wake(lane)
-
-    def _succeeded(
-        self,
-        lane: Lane,
-        person: Person,
-        key: str,
-        before: Applied | None,
-        desired: Status | None,
-        result: Applied,
-        start: float,
-    ) -> None:
-        took = self._clock.monotonic() - start
-        lane.m_duration.observe(took)
-        self._ledger.record(lane.name, person, result, "an applied status")
-        lane.succeeded(key)
-        lane.noted_ok(person, before, result, took)
-        if result.status != desired:
-            # Asking again would get the same answer: wait until we want
-            # something else rather than loop on it.
-            lane.park(key, desired, None)
-            log.warning(
-                "target shows something else than asked; not asking again until that changes",
-                extra=kv(target=lane.name, person=person.email, asked=describe(desired)),
-            )
-        # Someone who left while this apply ran: keep them until cleared everywhere.
-        self._book.settle_departed(person, self._ledger.held(key))
-
-    def _transient(self, lane: Lane, person: Person, key: str, exc: Exception, took: float) -> None:
-        lane.noted_transient(person, exc, took)
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            lane.pause(max(MIN_RETRY_AFTER, float(retry_after)), "retry-after")
-            self._requeue_front(lane, key, str(exc))
-        else:
-            self._back_off(lane, key, str(exc) or type(exc).__name__)
-
-    def _requeue_front(self, lane: Lane, key: str, error: str) -> None:
-        """Throttled or refused: the key is the lane's first request after the pause."""
-        lane.requeue_front(key, self._book.desired_for(key, lane.name) is None, error)
-
-    def _back_off(self, lane: Lane, key: str, error: str) -> None:
-        lane.back_off(key, self._backoff, error)
-
-
-def _uncancel() -> None:
-    """Take back a cancellation the engine itself caused (an apply timeout)."""
-    task = asyncio.current_task()
-    if task is not None:
-        task.uncancel()

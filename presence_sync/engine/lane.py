@@ -15,8 +15,8 @@ Every (person, target) key a lane knows has exactly one ``KeyState`` whose
 Only the methods below move a key between phases, each from the phases it
 may come from, so "queued, in flight, waiting or parked, never two at once"
 holds by construction. A refresh timer (``refresh_at``) is independent of
-the phase. The lane knows nothing of asyncio beyond holding its alarm task
-and the running applies for the engine.
+the phase. The lane holds its alarm task and running applies for the
+engine, and starts nothing itself.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from typing import Final
 from prometheus_client import Counter, Gauge, Histogram
 
 from presence_sync.clock import Clock
-from presence_sync.errors import AuthError, PermanentError, TransientError
-from presence_sync.model import Applied, Person, Status, describe
+from presence_sync.model import Applied, Person, Status
 from presence_sync.ops import metrics
 from presence_sync.ops.logging import kv
 from presence_sync.targets.base import Target, TargetInfo
@@ -432,6 +431,7 @@ class Lane:
                 keys.append(key)
             elif st.refresh_at == when:
                 st.refresh_at = None
+                self._tidy(key, st)
                 keys.append(key)
         return keys
 
@@ -482,104 +482,4 @@ class Lane:
                 self.name,
                 person.email if person else key,
                 extra=kv(target=self.name, result="noop", desired=repr(desired)),
-            )
-
-    def noted_ok(
-        self, person: Person, before: Applied | None, result: Applied, took: float
-    ) -> None:
-        self.stats.ok += 1
-        self.m_result["ok"].inc()
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "%s: %s %s → %s",
-                self.name,
-                person.email,
-                describe(None if before is None else before.status),
-                describe(result.status),
-                extra=kv(
-                    target=self.name, person=person.email, seconds=round(took, 3), result="ok"
-                ),
-            )
-        if self.failing:
-            self.failing = False
-            log.info("target recovered", extra=kv(target=self.name))
-        if self.auth_failures:
-            self.auth_failures = 0
-            log.warning("target accepts our credentials again", extra=kv(target=self.name))
-        self.probing = False
-
-    def noted_transient(self, person: Person, exc: Exception, took: float) -> None:
-        self.stats.transient += 1
-        self.m_result["transient"].inc()
-        self.m_duration.observe(took)
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            self.stats.throttled += 1
-            self.m_throttled.inc()
-            log.info(
-                "%s: asked to wait %.0f s",
-                self.name,
-                retry_after,
-                extra=kv(target=self.name, person=person.email, result="throttled"),
-            )
-            return
-        if not self.failing:
-            self.failing = True
-            log.warning(
-                "%s: target failing, backing off: %s",
-                self.name,
-                exc,
-                exc_info=None if isinstance(exc, TransientError) else exc,
-                extra=kv(target=self.name, person=person.email, result="transient"),
-            )
-        else:
-            log.debug(
-                "%s: %s failed: %s",
-                self.name,
-                person.email,
-                exc,
-                extra=kv(target=self.name, result="transient"),
-            )
-
-    def noted_permanent(
-        self, person: Person, desired: Status | None, exc: PermanentError, took: float
-    ) -> None:
-        self.stats.permanent += 1
-        self.m_result["permanent"].inc()
-        self.m_duration.observe(took)
-        log.error(
-            "%s: %s cannot be set to %s, parked until that changes: %s",
-            self.name,
-            person.email,
-            describe(desired),
-            exc,
-            extra=kv(target=self.name, person=person.email, result="permanent"),
-        )
-
-    def noted_auth(self, exc: AuthError, took: float, first: float, cap: float) -> None:
-        """Count a rejection and pause the lane: ``first`` seconds, doubling
-        per further rejection up to ``cap``; then probe with one request."""
-        self.stats.auth += 1
-        self.m_result["auth"].inc()
-        self.m_duration.observe(took)
-        if self.pause_reason == "auth" and self.paused(self.clock.monotonic()):
-            return  # another request of the same batch: the pause is already on
-        self.auth_failures += 1
-        pause = min(cap, first * 2 ** (self.auth_failures - 1))
-        self.probing = True
-        self.pause(pause, "auth")
-        if self.auth_failures == 1:
-            log.error(
-                "%s: CREDENTIALS REJECTED, pausing this target for %.0f s: %s",
-                self.name,
-                pause,
-                exc,
-                extra=kv(target=self.name, result="auth"),
-            )
-        else:
-            log.debug(
-                "%s: credentials still rejected, pausing %.0f s",
-                self.name,
-                pause,
-                extra=kv(target=self.name, result="auth"),
             )
