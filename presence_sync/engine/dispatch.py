@@ -246,8 +246,9 @@ class Engine:
 
     def pending(self) -> int:
         """Keys queued, running or waiting for a retry, over all targets (not
-        parked keys nor scheduled refreshes): 0 once the engine is idle."""
-        return sum(lane.pending() for lane in self._lanes.values())
+        parked keys nor scheduled refreshes), plus records not yet committed
+        to the store: 0 once the engine is idle."""
+        return self._ledger.staged + sum(lane.pending() for lane in self._lanes.values())
 
     def snapshot(self) -> EngineSnapshot:
         """A consistent picture of every target and key, for the status page."""
