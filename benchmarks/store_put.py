@@ -1,5 +1,7 @@
-"""Cost of one ``SqliteStore.put_applied``: the engine's write-through after
-every confirmed apply. Prints median, p99 and mean per write."""
+"""Cost of one applied row in the store: alone (``put_applied``, one
+transaction per row) and grouped (``write_applied`` with 16 rows per
+transaction, as the engine commits a busy loop turn). Prints median, p99 and
+mean per row."""
 
 from __future__ import annotations
 
@@ -11,24 +13,44 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from presence_sync.model import Applied, Person, Status, frozen_map
-from presence_sync.store import MemoryStore, SqliteStore, Store
+from presence_sync.store import AppliedWrite, MemoryStore, SqliteStore, Store
+
+AT = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+BUSY = Status(availability="Busy", activity="InACall", text="On a call")
+
+
+def row(i: int) -> Applied:
+    return Applied(
+        status=BUSY if i % 2 else None,
+        at=AT + timedelta(seconds=i),
+        expires=AT + timedelta(seconds=i + 900),
+        data=frozen_map({"session": f"s-{i}"}),
+    )
 
 
 def measure(store: Store, people: list[Person], rounds: int) -> list[float]:
-    at = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
-    busy = Status(availability="Busy", activity="InACall", text="On a call")
     costs: list[float] = []
     for i in range(rounds):
         person = people[i % len(people)]
-        applied = Applied(
-            status=busy if i % 2 else None,
-            at=at + timedelta(seconds=i),
-            expires=at + timedelta(seconds=i + 900),
-            data=frozen_map({"session": f"s-{i}"}),
-        )
+        applied = row(i)
         t0 = time.perf_counter_ns()
         store.put_applied("teams_presence", person, applied)
         costs.append((time.perf_counter_ns() - t0) / 1000)
+    return costs
+
+
+def measure_grouped(store: Store, people: list[Person], rounds: int, size: int = 16) -> list[float]:
+    """Per row, in groups of ``size`` rows per ``write_applied``."""
+    costs: list[float] = []
+    for first in range(0, rounds, size):
+        group = [
+            AppliedWrite("teams_presence", people[i % len(people)], row(i))
+            for i in range(first, min(first + size, rounds))
+        ]
+        t0 = time.perf_counter_ns()
+        store.write_applied(group)
+        took = (time.perf_counter_ns() - t0) / 1000
+        costs.extend([took / len(group)] * len(group))
     return costs
 
 
@@ -39,7 +61,7 @@ def report(name: str, costs: list[float]) -> None:
     p99 = costs[int(len(costs) * 0.99)]
     p999 = costs[int(len(costs) * 0.999)]
     print(
-        f"{name:<7} put_applied µs: median {statistics.median(costs):6.1f}  "
+        f"{name:<7} µs per row: median {statistics.median(costs):6.1f}  "
         f"mean {statistics.fmean(costs):6.1f}  p99 {p99:7.1f}  p99.9 {p999:8.1f}  "
         f"max {costs[-1]:8.1f}  (n={len(costs)})"
     )
@@ -62,6 +84,7 @@ def main() -> None:
         store = SqliteStore(Path(tmp) / "state.db")
         measure(store, people, 2000)  # warm-up: statement cache, pages
         report("sqlite", measure(store, people, rounds))
+        report("grouped", measure_grouped(store, people, rounds))
         store.close()
     report("memory", measure(MemoryStore(), people, rounds))
 

@@ -20,8 +20,8 @@ What is kept, per table of the SQLite schema:
 Both backends encode values the same way (JSON documents, UTC timestamps), so
 a value the memory store accepts is one the SQLite store accepts, and both
 give back values equal to what was put in. Every write is one small
-transaction: a crash between two calls leaves a state from which the next
-start converges.
+transaction (``write_applied``: one for the whole group): a crash between two
+calls leaves a state from which the next start converges.
 
 Errors: ``StoreError`` (a ``PresenceSyncError``) for everything the admin must
 act on (a database from a newer presence-sync, a file that is not a database,
@@ -33,15 +33,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Concatenate, Final, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, Final, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from presence_sync.clock import Clock, SystemClock
 from presence_sync.errors import StoreError
@@ -52,6 +53,7 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "AppliedRow",
+    "AppliedWrite",
     "MemoryStore",
     "SqliteStore",
     "Store",
@@ -72,6 +74,16 @@ class AppliedRow:
     applied: Applied
 
 
+class AppliedWrite(NamedTuple):
+    """One change of the applied rows, for ``Store.write_applied``:
+    ``applied`` replaces the (target, person) row, ``None`` deletes it.
+    (A named tuple: the engine builds one per record, on its hot path.)"""
+
+    target: str
+    person: Person
+    applied: Applied | None
+
+
 class Store(Protocol):
     """Everything the engine and the targets persist. Each call is its own
     small transaction; a crash between two calls leaves a state from which
@@ -87,6 +99,14 @@ class Store(Protocol):
 
     def delete_applied(self, target: str, person_key: str) -> None:
         """Forget (target, person) once nothing of ours is left there."""
+        ...
+
+    def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
+        """Put and delete applied rows in order, in ONE transaction: when the
+        call returns all of them are committed; when it raises, none is. The
+        engine groups the records of one loop turn this way, so a commit is
+        paid per turn, not per key. ``ValueError`` for a bad value, before
+        anything is written."""
         ...
 
     def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None: ...
@@ -140,23 +160,76 @@ def _json_doc(doc: Mapping[str, Any], what: str) -> str:
     """
     if not doc:
         return "{}"
+    # Small flat memos repeat (the engine's flag, a session id per person):
+    # their text is kept by value, types included (1, 1.0 and True are equal).
+    try:
+        key: tuple[Any, ...] | None = tuple((k, type(v), v) for k, v in doc.items())
+        hit = _DOC_TEXT.get(key)  # type: ignore[arg-type]
+    except TypeError:  # a list or dict inside: not hashable, not cached
+        key = hit = None
+    if hit is not None:
+        return hit
     try:
         text = _ENCODER.encode(dict(doc))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} is not JSON-able: {exc}") from None
     # Tuples become lists and int keys become strings without complaint;
-    # comparing the decoded copy is what makes "equal after a restart" a promise.
-    if json.loads(text) != doc:
+    # comparing the decoded copy is what makes "equal after a restart" a
+    # promise. Values made only of types JSON gives back as they were need no
+    # decoding to know that (the common case, and it is on the engine's path).
+    if not _exact(doc) and json.loads(text) != doc:
         raise ValueError(
             f"{what} does not survive JSON unchanged (use dict with str keys, "
             "list, str, int, float, bool, None)"
         )
+    if key is not None:
+        if len(_DOC_TEXT) >= 1024:
+            _DOC_TEXT.clear()
+        _DOC_TEXT[key] = text
     return text
+
+
+_DOC_TEXT: dict[tuple[Any, ...], str] = {}
+
+
+def _exact(value: object) -> bool:
+    """Whether JSON gives ``value`` back equal, by its types alone: str keys,
+    and str, int, finite float, bool, None, lists and mappings of those."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if isinstance(value, float):
+        return kind is float and math.isfinite(value)
+    if isinstance(value, list):
+        return kind is list and all(_exact(item) for item in value)
+    if isinstance(value, Mapping):
+        return all(type(k) is str and _exact(v) for k, v in value.items())
+    return False
+
+
+def _status_text(status: Status) -> str:
+    """JSON of a status; the few distinct statuses are encoded once."""
+    last = _LAST_STATUS[0]
+    if last[0] is status:  # rules hand out the same objects again and again
+        return last[1]
+    text = _STATUS_TEXT.get(status)
+    if text is None:
+        if len(_STATUS_TEXT) >= 256:
+            _STATUS_TEXT.clear()
+        text = _STATUS_TEXT[status] = _ENCODER.encode(status.to_dict())
+    _LAST_STATUS[0] = (status, text)
+    return text
+
+
+_STATUS_TEXT: dict[Status, str] = {}
+_LAST_STATUS: list[tuple[Status | None, str]] = [(None, "")]
 
 
 def _time_text(value: datetime, what: str) -> str:
     """UTC, fixed width, so that text order is time order (housekeeping
     compares the text in SQL)."""
+    if value.tzinfo is UTC:
+        return value.isoformat(timespec="microseconds")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware, got {value!r}")
     return value.astimezone(UTC).isoformat(timespec="microseconds")
@@ -217,16 +290,19 @@ class _PersonCache:
 def _applied_row(target: str, person_text: str, person: Person, applied: Applied) -> _Row:
     """Encode one applied row; raises ``ValueError`` for bad input."""
     status = applied.status
-    what = f"applied({target!r}, {person.key!r})"
-    return (
-        target,
-        person.key,
-        person_text,
-        None if status is None else _ENCODER.encode(status.to_dict()),
-        _time_text(applied.at, f"{what}.at"),
-        None if applied.expires is None else _time_text(applied.expires, f"{what}.expires"),
-        _json_doc(applied.data, f"{what}.data"),
-    )
+    try:
+        return (
+            target,
+            person.key,
+            person_text,
+            None if status is None else _status_text(status),
+            _time_text(applied.at, ".at"),
+            None if applied.expires is None else _time_text(applied.expires, ".expires"),
+            _json_doc(applied.data, ".data"),
+        )
+    except ValueError as exc:
+        # The name of the row is only spelled out when something is wrong.
+        raise ValueError(f"applied({target!r}, {person.key!r}){exc}") from None
 
 
 def _decode_applied(row: _Row) -> AppliedRow | None:
@@ -461,8 +537,9 @@ class SqliteStore:
 
     Threads: use one instance from one thread, the asyncio loop's (SQLite's
     ``check_same_thread`` enforces it). Calls are short (tens of microseconds),
-    so they run on the loop directly; another thread or process wanting the
-    data opens its own ``SqliteStore``.
+    so they run on the loop directly; the engine pays one commit per loop
+    turn through ``write_applied``, not one per key. Another thread or
+    process wanting the data opens its own ``SqliteStore``.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Clock | None = None) -> None:
@@ -588,6 +665,37 @@ class SqliteStore:
         self._db.execute(_DELETE_APPLIED, (target, person_key))
 
     @_guarded
+    def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
+        """Every put and delete in one transaction (see ``Store.write_applied``)."""
+        # Runs of puts and of deletes, in order, each one executemany: the
+        # engine's groups are written with a few calls into SQLite, not one per row.
+        runs: list[tuple[str, list[tuple[Any, ...]]]] = []
+        args: tuple[Any, ...]
+        for w in writes:
+            if w.applied is None:
+                sql, args = _DELETE_APPLIED, (w.target, w.person.key)
+            else:
+                text = self._persons.text(w.person)
+                sql, args = _PUT_APPLIED, _applied_row(w.target, text, w.person, w.applied)
+            if runs and runs[-1][0] is sql:
+                runs[-1][1].append(args)
+            else:
+                runs.append((sql, [args]))
+        if not runs:
+            return
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for sql, rows in runs:
+                db.executemany(sql, rows)
+            db.execute("COMMIT")
+        except BaseException:
+            # SQLite may have rolled back already (disk full does).
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    @_guarded
     def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None:
         """The person's own status as saved by ``target`` (a fresh copy), if any."""
         row = self._db.execute(_GET_SAVED, (target, person_key)).fetchone()
@@ -686,6 +794,25 @@ class MemoryStore:
     def delete_applied(self, target: str, person_key: str) -> None:
         self._check()
         self._applied.pop((target, person_key), None)
+
+    def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
+        self._check()
+        # Encode everything first: a bad value must leave every row as it was.
+        rows = [
+            (w.target, w.person.key, None)
+            if w.applied is None
+            else (
+                w.target,
+                w.person.key,
+                _applied_row(w.target, self._persons.text(w.person), w.person, w.applied),
+            )
+            for w in writes
+        ]
+        for target, key, row in rows:
+            if row is None:
+                self._applied.pop((target, key), None)
+            else:
+                self._applied[target, key] = row
 
     def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None:
         self._check()

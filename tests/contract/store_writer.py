@@ -4,7 +4,8 @@ Usage: ``python store_writer.py DB_PATH FIRST``. Prints ``open`` before it
 opens the store, ``ready`` after, then the number ``i`` of every iteration
 once all of its writes have returned, i.e. committed. Iteration ``i`` writes
 one row of kind ``i % 4`` (applied, saved, object, id) under key ``p{i}``, and
-replaces the ``hot`` applied row with ``{"n": i}``.
+replaces the ``hot`` applied row with ``{"n": i}``; an applied row and its
+``hot`` row go in one ``write_applied`` transaction, as the engine groups them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 
 from presence_sync.model import Applied, Person, Status, frozen_map
-from presence_sync.store import SqliteStore
+from presence_sync.store import AppliedWrite, SqliteStore
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
@@ -38,8 +39,13 @@ def main() -> None:
             data=frozen_map({"n": i}),
         )
         if kind == 0:
-            store.put_applied("crash", person(key), applied)
-        elif kind == 1:
+            store.write_applied(
+                [AppliedWrite("crash", person(key), applied), AppliedWrite("hot", hot, applied)]
+            )
+            print(i, flush=True)
+            i += 1
+            continue
+        if kind == 1:
             store.put_saved("crash", key, {"n": i})
         elif kind == 2:
             store.put_object("crash", key, "event", f"e{i}")

@@ -33,6 +33,7 @@ from presence_sync.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     AppliedRow,
+    AppliedWrite,
     MemoryStore,
     SqliteStore,
     Store,
@@ -177,6 +178,43 @@ class StoreContract:
         store.delete_applied("teams_presence", "nobody@example.com")
 
         assert reopen().load_applied() == [AppliedRow("slack_status", ANNA, ON_A_CALL)]
+
+    def test_write_applied_puts_and_deletes_in_order(
+        self, store: Store, reopen: Callable[[], Store]
+    ) -> None:
+        carl = Person(key="carl@example.com", email="carl@example.com", extension="102")
+        store.put_applied("teams_presence", ANNA, RESTORED)
+        store.put_applied("teams_presence", BOB, ON_A_CALL)
+        store.write_applied(
+            [
+                AppliedWrite("teams_presence", ANNA, ON_A_CALL),
+                AppliedWrite("teams_presence", BOB, None),
+                AppliedWrite("slack_status", carl, RESTORED),
+                AppliedWrite("slack_status", carl, None),
+                AppliedWrite("slack_status", BOB, RESTORED),
+            ]
+        )
+        store.write_applied([])
+
+        assert by_key(reopen().load_applied()) == {
+            ("teams_presence", ANNA.key): AppliedRow("teams_presence", ANNA, ON_A_CALL),
+            ("slack_status", BOB.key): AppliedRow("slack_status", BOB, RESTORED),
+        }
+
+    def test_write_applied_with_a_bad_value_writes_none_of_it(
+        self, store: Store, reopen: Callable[[], Store]
+    ) -> None:
+        store.put_applied("teams_presence", BOB, ON_A_CALL)
+        naive = Applied(status=None, at=datetime(2026, 1, 5, 9, 0))
+        with pytest.raises(ValueError, match=r"teams_presence.*bob@example\.com.*timezone-aware"):
+            store.write_applied(
+                [
+                    AppliedWrite("teams_presence", ANNA, ON_A_CALL),
+                    AppliedWrite("teams_presence", BOB, None),
+                    AppliedWrite("teams_presence", BOB, naive),
+                ]
+            )
+        assert reopen().load_applied() == [AppliedRow("teams_presence", BOB, ON_A_CALL)]
 
     def test_a_person_removed_from_the_config_still_comes_back(
         self, store: Store, reopen: Callable[[], Store]
@@ -616,6 +654,32 @@ def test_a_row_that_no_longer_decodes_is_skipped_and_kept(
     assert read_back(path, "SELECT count(*) FROM applied") == [(2,)]
 
 
+def test_a_failing_write_applied_commits_none_of_it(tmp_path: Path) -> None:
+    """The database refuses the third row (a trigger standing in for a full
+    disk): the first two, in the same call, must not be there either."""
+    path = tmp_path / "state.db"
+    store = SqliteStore(path)
+    store.put_applied("teams_presence", BOB, ON_A_CALL)
+    db = raw(path)
+    db.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON applied WHEN NEW.target = 'slack_status'"
+        " BEGIN SELECT RAISE(ABORT, 'disk full, say'); END"
+    )
+    db.close()
+    with pytest.raises(StoreError, match="disk full, say"):
+        store.write_applied(
+            [
+                AppliedWrite("teams_presence", ANNA, ON_A_CALL),
+                AppliedWrite("teams_presence", BOB, None),
+                AppliedWrite("slack_status", ANNA, ON_A_CALL),
+            ]
+        )
+    assert store.load_applied() == [AppliedRow("teams_presence", BOB, ON_A_CALL)]
+    store.write_applied([AppliedWrite("teams_presence", ANNA, ON_A_CALL)])  # usable after
+    assert len(store.load_applied()) == 2
+    store.close()
+
+
 # --- SQLite only: a kill at any moment -------------------------------------------------
 
 
@@ -681,6 +745,10 @@ def check_after_crash(path: Path, reported: list[int]) -> None:
                 assert store.get_id("crash", key) == f"v{i}", i
         if reported:
             assert applied["hot", "hot"].applied.data["n"] >= max(reported)
+        # Written together or not at all, reported or not: no applied row
+        # without the hot row of its transaction.
+        hot = applied["hot", "hot"].applied.data["n"] if ("hot", "hot") in applied else -1
+        assert all(row.applied.data["n"] <= hot for (t, _), row in applied.items() if t == "crash")
     finally:
         store.close()
 

@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -32,8 +32,8 @@ from engine_helpers import (
 from prometheus_client import REGISTRY
 
 from presence_sync.clock import ManualClock
-from presence_sync.engine import UNCERTAIN, Engine
-from presence_sync.errors import AuthError, PermanentError, TransientError
+from presence_sync.engine import UNCERTAIN, Engine, check_target
+from presence_sync.errors import AuthError, PermanentError, StoreError, TransientError
 from presence_sync.model import (
     Applied,
     Call,
@@ -45,7 +45,7 @@ from presence_sync.model import (
     Status,
     describe,
 )
-from presence_sync.store import MemoryStore, SqliteStore, Store
+from presence_sync.store import AppliedWrite, MemoryStore, SqliteStore, Store
 from presence_sync.targets.base import Target, TargetEnv
 from presence_sync.targets.log import LogOptions, LogTarget
 
@@ -195,16 +195,31 @@ async def test_a_failing_target_backs_off_exponentially_then_recovers(
     assert engine.stats["teams"].transient == 5
 
 
-async def test_backoff_jitter_stays_under_the_doubling_ceiling(
+class ScriptedJitter(random.Random):
+    """Jitter that returns a scripted fraction of the range it is asked for,
+    and remembers every range."""
+
+    def __init__(self, fractions: list[float]) -> None:
+        super().__init__(0)
+        self.fractions = itertools.cycle(fractions)
+        self.ranges: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.ranges.append((a, b))
+        return a + (b - a) * next(self.fractions)
+
+
+async def test_backoff_draws_full_jitter_under_a_doubling_capped_ceiling(
     clock: ManualClock, store: MemoryStore
 ) -> None:
     remote = Remote(clock)
-    remote.fail_next.extend(TransientError("timeout") for _ in range(12))
+    remote.fail_next.extend(TransientError("timeout") for _ in range(8))
+    rng = ScriptedJitter([0.5, 0.0, 1.0, 0.25])
     engine = engine_for(
         clock,
         store,
         {"teams": make_target("teams", remote)},
-        rng=random.Random(4),
+        rng=rng,
         backoff_base=2.0,
         backoff_cap=60.0,
     )
@@ -212,11 +227,11 @@ async def test_backoff_jitter_stays_under_the_doubling_ceiling(
         engine.observe(in_call("100"))
         await run_until_idle(engine, clock)
 
-    times = remote.times()
-    waits = [b - a for a, b in itertools.pairwise(times)]
-    assert len(waits) == 12
-    for attempt, wait in enumerate(waits, start=1):
-        assert 0 <= wait <= min(60.0, 2.0 * 2 ** (attempt - 1)) + 1e-9
+    ceilings = [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+    assert rng.ranges == [(0.0, c) for c in ceilings]
+    waits = [b - a for a, b in itertools.pairwise(remote.times())]
+    fractions = [0.5, 0.0, 1.0, 0.25] * 2
+    assert waits == pytest.approx([f * c for f, c in zip(fractions, ceilings, strict=True)])
     assert remote.shows == {ANNA.key: BUSY}
 
 
@@ -273,6 +288,48 @@ async def test_restores_go_before_new_writes_when_throttled(
         (DORA.key, BUSY),
     ]
     assert remote.times() == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("queue", ["writes", "restores"])
+@pytest.mark.parametrize(
+    ("refusal", "pause"),
+    [
+        (TransientError("429 Too Many Requests", retry_after=30, status=429), 30.0),
+        (AuthError("401 invalid client secret"), 300.0),
+    ],
+    ids=["retry-after", "auth"],
+)
+async def test_a_throttled_key_is_the_first_request_after_the_pause(
+    clock: ManualClock, store: MemoryStore, queue: str, refusal: Exception, pause: float
+) -> None:
+    """Anna was first in line and was refused; Bob and Carl queued behind her
+    must not overtake her when the pause ends."""
+    remote = Remote(clock)
+    first = [in_call("100"), in_call("101"), in_call("102")]
+    then = [idle("100"), idle("101"), idle("102")]
+    if queue == "writes":
+        first, then = [idle("100"), idle("101"), idle("102")], first
+    engine = engine_for(clock, store, {"teams": make_target("teams", remote, concurrency=1)})
+    engine.resync([*first, idle("103")])
+    async with running(engine):
+        await run_until_idle(engine, clock)
+        before = len(remote.requests)
+        remote.fail_next.append(refusal)
+        for event in then:
+            engine.observe(event)
+        await tick(clock, pause - 0.1)
+        assert [who for who, _ in remote.asked()[before:]] == [ANNA.key]  # all wait
+        await tick(clock, 0.1)
+        await run_until_idle(engine, clock)
+
+    wanted = BUSY if queue == "writes" else None
+    assert remote.asked()[before:] == [
+        (ANNA.key, wanted),
+        (ANNA.key, wanted),
+        (BOB.key, wanted),
+        (CARL.key, wanted),
+    ]
+    assert remote.times()[before + 1] == remote.times()[before] + pause
 
 
 async def test_a_slow_target_does_not_delay_another(clock: ManualClock, store: MemoryStore) -> None:
@@ -719,15 +776,102 @@ async def test_a_refused_request_takes_its_write_ahead_record_back(
         assert stored(store) == {}
 
 
+class JournalStore(MemoryStore):
+    """A memory store that keeps every ``write_applied`` call (one
+    transaction each) and can refuse the next ``refuse`` of them."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__(clock=clock)
+        self.transactions: list[list[tuple[str, str, Applied | None]]] = []
+        self.refuse = 0
+
+    def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
+        if self.refuse:
+            self.refuse -= 1
+            raise StoreError("state database: disk I/O error")
+        super().write_applied(writes)
+        self.transactions.append([(w.target, w.person.key, w.applied) for w in writes])
+
+
+async def test_requests_started_together_are_written_ahead_in_one_transaction(
+    clock: ManualClock,
+) -> None:
+    store = JournalStore(clock)
+    remote = Remote(clock, gate=asyncio.Event())
+    engine = engine_for(clock, store, {"teams": make_target("teams", remote)})
+    async with running(engine):
+        for p in PEOPLE:
+            engine.observe(in_call(p.extension))
+        await until(lambda: len(remote.active) == 4)
+        # Every request left after one commit holding all four records.
+        assert len(store.transactions) == 1
+        [ahead] = store.transactions
+        assert {key for _, key, _ in ahead} == {p.key for p in PEOPLE}
+        assert all(row is not None and row.data == {UNCERTAIN: True} for _, _, row in ahead)
+        assert remote.gate is not None
+        remote.gate.set()
+        await run_until_idle(engine, clock)
+    # ... and their confirmations went to the store together too.
+    assert len(store.transactions) == 2
+    assert stored(store) == {("teams", p.key): BUSY for p in PEOPLE}
+    assert all(r.applied.data == {} for r in store.load_applied())
+
+
+async def test_a_status_the_store_could_not_record_is_applied_again(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = JournalStore(clock)
+    remote = Remote(clock)
+    engine = engine_for(clock, store, {"teams": make_target("teams", remote)}, rng=MaxJitter())
+    store.refuse = 2  # the write-ahead record, then the confirmation
+    with caplog.at_level(logging.ERROR, logger="presence_sync.engine"):
+        async with running(engine):
+            engine.observe(in_call("100"))
+            await settle()
+            [key] = [k for k in engine.snapshot().keys if k.person == ANNA.key]
+            assert key.state == "backoff"
+            assert key.uncertain
+            assert key.last_error == "store: state database: disk I/O error"
+            await run_until_idle(engine, clock)
+    assert remote.times() == [0, 1]  # sent despite the failed record, then again
+    assert stored(store) == {("teams", ANNA.key): BUSY}
+    assert [r.applied.data for r in store.load_applied()] == [{}]
+    assert len([r for r in caplog.records if "could not record" in r.getMessage()]) == 2
+
+
+async def test_one_bad_memo_does_not_keep_other_rows_from_the_store(
+    clock: ManualClock,
+) -> None:
+    class BadMemo(Remote):
+        async def apply(self, key: str, desired: Status | None) -> Applied:
+            applied = await super().apply(key, desired)
+            if key == ANNA.key:  # a target bug: a tuple cannot come back from JSON
+                return Applied(status=desired, at=applied.at, data={"ids": (1, 2)})
+            return applied
+
+    store = JournalStore(clock)
+    remote = BadMemo(clock)
+    engine = engine_for(clock, store, {"teams": make_target("teams", remote)}, rng=MaxJitter())
+    async with running(engine):
+        engine.observe(in_call("100"))
+        engine.observe(in_call("101"))
+        await settle()
+        keys = {k.person: k for k in engine.snapshot().keys}
+    assert stored(store)[("teams", BOB.key)] == BUSY
+    assert keys[BOB.key].state == "in-sync"
+    assert keys[ANNA.key].state == "backoff"
+    assert keys[ANNA.key].uncertain
+
+
 async def test_a_target_without_remote_state_writes_once_per_change(
     clock: ManualClock, store: MemoryStore
 ) -> None:
     writes: list[Status | None] = []
 
     class CountingStore(MemoryStore):
-        def put_applied(self, target: str, person: Person, applied: Applied) -> None:
-            writes.append(applied.status)
-            super().put_applied(target, person, applied)
+        def write_applied(self, batch: Sequence[AppliedWrite]) -> None:
+            writes.extend(None if w.applied is None else w.applied.status for w in batch)
+            super().write_applied(batch)
 
     counting = CountingStore(clock=clock)
     log_target = LogTarget("log", LogOptions(muted=True), TargetEnv(clock=clock, user_agent="t"))
@@ -874,10 +1018,16 @@ def test_limits_the_engine_cannot_honour_are_refused(
     good, bad = make_target("teams", remote), make_target("odd", remote, **limits)
     with pytest.raises(ValueError, match=f"'odd'.*{message}"):
         Engine(targets={"odd": bad}, store=store, rules=CallRules(["odd"]), clock=clock)
+    with pytest.raises(ValueError, match=f"'odd'.*{message}"):
+        check_target("odd", bad)
+    assert check_target("teams", good) is type(good).info
     engine = Engine(targets={"teams": good}, store=store, rules=CallRules(["teams"]), clock=clock)
+    replacement = make_target("teams", remote)
     with pytest.raises(ValueError, match=message):
-        engine.set_targets({"teams": make_target("teams", remote), "odd": bad})
+        engine.set_targets({"teams": replacement, "odd": bad})
+    # Nothing changed, not even the target checked before the bad one.
     assert set(engine.stats) == {"teams"}
+    assert engine.set_targets({"teams": replacement}) == [good]
 
 
 # --- what operators see ---------------------------------------------------------------

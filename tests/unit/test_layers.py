@@ -155,11 +155,19 @@ def test_nothing_below_the_composition_root_imports_it() -> None:
     + ["presence_sync.rules", "presence_sync.directory", "presence_sync.store"],
 )
 def test_adapters_do_not_know_the_engine(module: str) -> None:
-    assert "presence_sync.engine" not in MODULES[module]
+    assert not in_package(MODULES[module], "presence_sync.engine")
     if module != "presence_sync.rules":
         assert "presence_sync.rules" not in MODULES[module]
 
 
+def in_package(names: set[str], package: str) -> set[str]:
+    """The names among ``names`` that are ``package`` or one of its modules."""
+    return {n for n in names if n == package or n.startswith(package + ".")}
+
+
 def test_the_engine_knows_targets_only_through_their_protocol() -> None:
-    targets = {m for m in MODULES["presence_sync.engine"] if m.startswith("presence_sync.targets")}
-    assert targets == {"presence_sync.targets.base"}
+    engine = in_package(set(MODULES), "presence_sync.engine")
+    assert len(engine) > 1, "the engine is a package: every module of it is checked"
+    imported = set().union(*(MODULES[m] for m in engine))
+    assert in_package(imported, "presence_sync.targets") == {"presence_sync.targets.base"}
+    assert not imported & {"presence_sync.rules", "presence_sync.nfon", "presence_sync.config"}

@@ -1,0 +1,87 @@
+"""The reconciler: desired status vs applied status, closed by per-target workers.
+
+This package owns the loop at the heart of presence-sync (DESIGN.md, "The one
+idea"). It never forwards an event. It keeps, per person, the desired status of
+every target (computed by the rules from the person's *current* line view),
+remembers per ``(person, target)`` key what the target confirmed (the applied
+rows of the store), and works on keys whose two differ:
+
+- a key that differs is *dirty*; the dirty set is de-duplicated, so it never
+  grows past people × targets, and a worker reads the desired status when it
+  picks the key up: a call that starts and ends while its key waits costs no
+  request at all;
+- each target has its own lane: its own dirty queue, concurrency bound
+  (``TargetInfo.concurrency``), token bucket (``rate``/``burst``), pause (a
+  ``Retry-After`` or rejected credentials) and apply timeout, so a failing,
+  paused or slow target never delays another;
+- when a lane cannot keep up, restores (desired ``None``: giving a person
+  their own status back) go before new writes, first-in first-out within each;
+- a key is worked by one worker at a time; a key that changes while in flight
+  is looked at again when its worker finishes;
+- ``TransientError`` backs the key off exponentially with full jitter
+  (``retry_after`` pauses the whole lane instead), ``PermanentError`` parks
+  the key until its desired status changes, ``AuthError`` pauses the lane for
+  minutes (doubling up to an hour) and then probes with one request at a time;
+- an applied status that the remote side forgets by itself
+  (``Applied.expires``) is applied again ``TargetInfo.refresh_before`` seconds
+  before it lapses, through the same dirty queue;
+- a status counts as applied only once the target confirmed it. Before a
+  status is sent to a target with remote state, it is recorded as *maybe
+  applied* (write-ahead, flagged ``UNCERTAIN``), so a crash at any instant,
+  SIGKILL during the request included, leaves a store that knows what may
+  need taking back. A request whose outcome is unknown (a timeout, a 5xx, a
+  cancelled apply) keeps the key uncertain: the worse case (what it asked
+  for, or what was there) stays recorded and the engine does not rest until
+  one request for that key succeeds, even if the desired status comes back
+  to what the store says. A request the target refused outright (4xx, 429,
+  auth) changed nothing, and the record goes back to what it was.
+
+Every wait goes through the injected ``Clock``; nothing polls. The engine
+knows targets and the store only through their protocols, and the rules
+through ``Decider``.
+
+The package, one piece per module, each readable alone:
+
+- ``book``: people, departed people, line views and rules → desired status
+  (pure);
+- ``lane``: one target's per-key state (one ``Phase`` per key), queues,
+  token bucket, pause and backoff; ``check_target``;
+- ``ledger``: the applied rows and the write-ahead records; one store
+  transaction per loop turn;
+- ``worker``: one apply and what its answer means for the key;
+- ``dispatch``: ``Engine``, the public API and the loop that starts work
+  once per loop turn;
+- ``snapshot``, ``picture``: counters and pictures for tests and the status
+  page.
+"""
+
+from __future__ import annotations
+
+# The types of ``check_target``'s signature, for callers checking a reload.
+from presence_sync.targets.base import Target, TargetInfo
+
+from .book import UNKNOWN, Decider, Desired
+from .dispatch import Engine
+from .lane import AUTH_PAUSE, AUTH_PAUSE_CAP, MIN_REFRESH, MIN_RETRY_AFTER, Backoff, check_target
+from .ledger import UNCERTAIN
+from .snapshot import EngineSnapshot, KeySnapshot, TargetSnapshot, TargetStats
+
+__all__ = [
+    "AUTH_PAUSE",
+    "AUTH_PAUSE_CAP",
+    "MIN_REFRESH",
+    "MIN_RETRY_AFTER",
+    "UNCERTAIN",
+    "UNKNOWN",
+    "Backoff",
+    "Decider",
+    "Desired",
+    "Engine",
+    "EngineSnapshot",
+    "KeySnapshot",
+    "Target",
+    "TargetInfo",
+    "TargetSnapshot",
+    "TargetStats",
+    "check_target",
+]

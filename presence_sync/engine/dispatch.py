@@ -1,0 +1,454 @@
+"""The dispatch loop: ``Engine`` ties the book, the lanes and the ledger
+together and runs the workers (see the package docstring for the contract)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import random
+from collections.abc import Callable, Iterable, Mapping
+
+from presence_sync.clock import Clock
+from presence_sync.model import LineView, Person
+from presence_sync.store import Store, StoreMemory
+from presence_sync.targets.base import Memory, Target
+
+from .book import Book, Decider, Unknown
+from .lane import (
+    AUTH_PAUSE,
+    AUTH_PAUSE_CAP,
+    Backoff,
+    Flight,
+    Lane,
+    Phase,
+    check_target,
+)
+from .ledger import Ledger
+from .picture import picture
+from .snapshot import EngineSnapshot, TargetStats
+from .worker import Worker
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("presence_sync.engine")
+
+
+class Engine:
+    """The reconciler. Build it, give it people (``set_people``), feed it line
+    views (``resync``, ``observe``) and ``await run()``.
+
+    All methods except ``run`` and ``drain`` are synchronous and cheap; they
+    only mark keys dirty and, while ``run()`` is active, start workers. Call
+    them from the event loop that runs ``run()``. Targets' errors other than
+    the three of ``errors`` are treated as transient and logged with their
+    traceback; a bug inside the engine itself ends ``run()`` with it.
+
+    A configured person is left alone until their line is known (an
+    ``observe`` of their extension, or the first ``resync``): a restart does
+    not clear everyone's "On a call" before NFON has said who is on a call.
+    People known only from the store's rows are cleared once ``set_people``
+    has said who is configured.
+
+    ``rng`` draws the backoff jitter (a delay in ``[0, min(backoff_cap,
+    backoff_base × 2^(n-1))]`` after the n-th failure in a row);
+    ``memory(target, person_key)`` builds the ``Memory`` handed to targets
+    (default: ``store.StoreMemory`` over ``store``); ``auth_pause`` and
+    ``auth_pause_cap`` bound the pause after rejected credentials. Raises
+    ``ValueError`` for a target whose limits cannot be honoured (see
+    ``check_target``).
+    """
+
+    def __init__(
+        self,
+        *,
+        targets: Mapping[str, Target],
+        store: Store,
+        rules: Decider,
+        clock: Clock,
+        rng: random.Random | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        memory: Callable[[str, str], Memory] | None = None,
+        auth_pause: float = AUTH_PAUSE,
+        auth_pause_cap: float = AUTH_PAUSE_CAP,
+    ) -> None:
+        infos = {name: check_target(name, target) for name, target in targets.items()}
+        self._clock = clock
+        self._book = Book(rules)
+        self._ledger = Ledger(store, clock, self._schedule_turn)
+        self._worker = Worker(
+            book=self._book,
+            ledger=self._ledger,
+            clock=clock,
+            backoff=Backoff(rng or random.Random(), backoff_base, backoff_cap),
+            auth_pause=auth_pause,
+            auth_pause_cap=auth_pause_cap,
+            memory=memory or (lambda target, key: StoreMemory(store, target, key)),
+        )
+        self._lanes: dict[str, Lane] = {
+            name: Lane(name, target, infos[name], clock) for name, target in targets.items()
+        }
+        self._running = False
+        self._draining = False
+        self._woken: dict[Lane, None] = {}
+        self._turn_scheduled = False
+        self._stopped: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._load(self._lanes)
+
+    # --- public API -------------------------------------------------------------------
+
+    @property
+    def stats(self) -> Mapping[str, TargetStats]:
+        """Live counters per target name."""
+        return {name: lane.stats for name, lane in self._lanes.items()}
+
+    async def run(self) -> None:
+        """Dispatch until cancelled or ``stop()``. On the way out every running
+        apply is cancelled (its key stays as the store knows it, so the next
+        start converges). Raises ``RuntimeError`` if already running, and
+        re-raises an unexpected error of the engine's own workers."""
+        if self._running:
+            raise RuntimeError("Engine.run() is already running")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopped = loop.create_future()
+        self._running = True
+        self._draining = False
+        try:
+            self._dispatch(list(self._lanes.values()))
+            await self._stopped
+        finally:
+            self._running = False
+            tasks: list[asyncio.Task[None]] = []
+            for lane in self._lanes.values():
+                if lane.alarm is not None:
+                    tasks.append(lane.alarm)
+                    lane.alarm = None
+                    lane.alarm_at = math.inf
+                tasks.extend(f.task for f in lane.flights.values() if f.task is not None)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for lane in self._lanes.values():
+                # A worker cancelled before its first step never ran its
+                # ``finally``: its key is still to do, for the next run().
+                for key in list(lane.flights):
+                    lane.land(key)
+                    self._touch(lane, key)
+            self._woken.clear()
+            self._dispatch(())  # commits what the cancelled workers recorded
+            self._stopped = None
+
+    def stop(self) -> None:
+        """Make ``run()`` return (running applies are cancelled; ``drain`` first
+        to let them finish)."""
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    # The timeout runs on the injected clock, which asyncio.timeout cannot follow.
+    async def drain(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Start no new work and wait up to ``timeout`` seconds (on the clock)
+        for running applies. True when none is left running."""
+        self._draining = True
+        running = {
+            f.task
+            for lane in self._lanes.values()
+            for f in lane.flights.values()
+            if f.task is not None and not f.task.done()
+        }
+        if not running:
+            return True
+        timer = asyncio.get_running_loop().create_task(self._clock.sleep(timeout))
+        try:
+            while running and not timer.done():
+                done, _ = await asyncio.wait({*running, timer}, return_when=asyncio.FIRST_COMPLETED)
+                running -= done
+        finally:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+        return not running
+
+    def set_people(self, people: Iterable[Person]) -> None:
+        """Who is configured now. A person no longer listed (including one
+        known only from the store's applied rows) gets nothing from us at every
+        target; a new or changed person is evaluated against their line."""
+        keys = self._book.set_people(people, self._clock.now(), self._ledger.held)
+        self._touch_keys(keys, self._lanes.values())
+
+    def observe(self, view: LineView) -> None:
+        """The newest view of one extension. Re-evaluates the people on it and
+        marks the keys whose desired status now differs from the applied one;
+        costs O(people on the extension × targets), never a request by itself."""
+        keys = self._book.observe(view, self._clock.now())
+        if not keys:
+            return
+        for key in keys:
+            for lane in self._lanes.values():
+                if self._touch(lane, key):
+                    self._wake(lane)
+
+    def resync(self, views: Iterable[LineView], *, complete: bool = True) -> int:
+        """Take a full state: ``views`` replace what is known (with ``complete``,
+        an extension missing from them counts as an unknown line and presence).
+        Marks every key whose desired status differs from the applied one, or
+        whose applied status expires soon. Returns how many keys became dirty;
+        a resync that finds nothing to do costs no request."""
+        keys = self._book.resync(views, complete, self._clock.now())
+        return self._touch_keys(keys, self._lanes.values())
+
+    def reevaluate(self) -> int:
+        """Compute every desired status again (time windows in rules) and
+        look at every key, refreshes included. Returns how many keys became dirty."""
+        return self._touch_keys(self._book.reevaluate(self._clock.now()), self._lanes.values())
+
+    def set_rules(self, rules: Decider) -> None:
+        """Use new rules (configuration reload) and re-evaluate everyone."""
+        self._touch_keys(self._book.set_rules(rules, self._clock.now()), self._lanes.values())
+
+    def set_targets(self, targets: Mapping[str, Target]) -> list[Target]:
+        """Use a new set of targets (configuration reload). Returns the target
+        objects that were removed or replaced, for the caller to ``aclose()``.
+        Raises ``ValueError`` (and changes nothing) if any target declares
+        limits the engine cannot honour (see ``check_target``, which a caller
+        may run first).
+
+        A target under a known name but a new object keeps everything the
+        engine knows about that name (applied, queue, backoff); applies still
+        running on the old object finish there. A removed target's running
+        applies are cancelled and its keys forgotten (its store rows stay). A
+        new name starts from its rows in the store.
+        """
+        infos = {name: check_target(name, target) for name, target in targets.items()}
+        retired: list[Target] = []
+        for name, lane in list(self._lanes.items()):
+            new = targets.get(name)
+            if new is None:
+                retired.append(lane.target)
+                self._close_lane(lane)
+                del self._lanes[name]
+                self._ledger.drop(name)
+            elif new is not lane.target:
+                retired.append(lane.target)
+                lane.replace_target(new, infos[name])
+        added = [name for name in targets if name not in self._lanes]
+        for name in added:
+            self._lanes[name] = Lane(name, targets[name], infos[name], self._clock)
+        if added:
+            self._load(added)
+            self._touch_keys(self._book.everyone(), [self._lanes[n] for n in added])
+        for lane in self._lanes.values():
+            self._wake(lane)
+        return retired
+
+    def pending(self) -> int:
+        """Keys queued, running or waiting for a retry, over all targets (not
+        parked keys nor scheduled refreshes), plus records not yet committed
+        to the store: 0 once the engine is idle."""
+        return self._ledger.staged + sum(lane.pending() for lane in self._lanes.values())
+
+    def snapshot(self) -> EngineSnapshot:
+        """A consistent picture of every target and key, for the status page."""
+        return picture(self._clock, self._book, self._lanes, self._ledger)
+
+    # --- lanes --------------------------------------------------------------------------
+
+    def _load(self, names: Iterable[str]) -> None:
+        for row in self._ledger.load(names):
+            self._book.add_departed(row.person)
+
+    def _close_lane(self, lane: Lane) -> None:
+        lane.closed = True
+        if lane.alarm is not None:
+            lane.alarm.cancel()
+            lane.alarm = None
+        for flight in lane.flights.values():
+            if flight.task is not None:
+                flight.task.cancel()
+        lane.m_dirty.set(0)
+
+    # --- the dirty set ----------------------------------------------------------------
+
+    def _touch_keys(self, keys: Iterable[str], lanes: Iterable[Lane]) -> int:
+        lanes = list(lanes)
+        count = 0
+        for key in keys:
+            for lane in lanes:
+                count += self._touch(lane, key)
+        for lane in lanes:
+            self._wake(lane)
+        return count
+
+    def _touch(self, lane: Lane, key: str) -> bool:
+        """Queue ``key`` on ``lane`` if it needs work. True when it was not queued before."""
+        phase = lane.phase(key)
+        if phase is Phase.IN_FLIGHT or phase is Phase.BACKOFF:
+            # The worker looks again when it finishes; the retry reads the
+            # desired status of its time, not of now.
+            return False
+        desired = self._book.desired_for(key, lane.name)
+        if isinstance(desired, Unknown):
+            return False
+        if phase is Phase.PARKED and not lane.unpark(key, desired):
+            return False
+        if not lane.needs(key, desired, self._ledger.get(lane.name, key)):
+            return False
+        return lane.enqueue(key, restore=desired is None)
+
+    # --- dispatch ---------------------------------------------------------------------
+    #
+    # Work starts once per loop turn: whatever marks keys dirty wakes the lane,
+    # and one callback at the end of the turn pumps every woken lane, writes
+    # the write-ahead records of every request it starts in one transaction,
+    # and only then creates those requests' workers.
+
+    def _wake(self, lane: Lane) -> None:
+        """Pump ``lane`` at the end of this loop turn."""
+        if not self._running or lane.closed:
+            return
+        self._woken[lane] = None
+        self._schedule_turn()
+
+    def _schedule_turn(self) -> None:
+        """Run ``_turn`` once at the end of this loop turn (also asked by the
+        ledger when a row is staged, so it is committed)."""
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            # The loop of run(), which need not be running right now: sync
+            # methods may be called between two of its iterations.
+            (self._loop or asyncio.get_running_loop()).call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._turn_scheduled = False
+        lanes = list(self._woken)
+        self._woken.clear()
+        self._dispatch(lanes)
+
+    def _dispatch(self, lanes: Iterable[Lane]) -> None:
+        """Pump ``lanes``, commit the turn's rows with the write-ahead records
+        of the requests about to start, then start them."""
+        starting: list[tuple[Lane, Flight]] = []
+        for lane in lanes:
+            self._pump(lane, starting)
+        if not starting and not self._ledger.staged:
+            return
+        # Write-ahead: a crash (even SIGKILL) during a request must not leave
+        # a status of ours at the target that the store does not know about,
+        # or nobody would ever take it away again. One commit for all of them.
+        failed = self._ledger.commit(
+            (lane.name, f.person, f.desired)
+            for lane, f in starting
+            if f.desired is not None and lane.info.remote_state
+        )
+        for failure in failed:
+            # The store lacks a confirmed row: apply it again later (targets
+            # are idempotent) rather than forget the difference.
+            failed_lane = self._lanes.get(failure.target)
+            if failed_lane is not None and failed_lane.phase(failure.key) is Phase.IDLE:
+                self._worker.back_off(failed_lane, failure.key, f"store: {failure.error}")
+                self._wake(failed_lane)
+        if not starting:
+            return
+        assert self._loop is not None  # work starts only while run() runs
+        for lane, flight in starting:
+            task = self._loop.create_task(self._work(lane, flight), name=f"apply:{lane.name}")
+            flight.task = task
+            task.add_done_callback(self._task_done)
+
+    def _pump(self, lane: Lane, starting: list[tuple[Lane, Flight]]) -> None:
+        """Fire due timers, time out overdue applies, pick what may start
+        (into ``starting``), and set the lane's alarm for the next moment
+        something changes."""
+        if not self._running or lane.closed:
+            return
+        now = self._clock.monotonic()
+        for key in lane.due(now):
+            self._touch(lane, key)
+        for flight in lane.flights.values():
+            if flight.timed_out or flight.answered:
+                continue
+            if flight.deadline > now:
+                break
+            flight.timed_out = True
+            if flight.task is not None:
+                flight.task.cancel()
+        next_at = lane.next_timer()
+        if lane.paused(now):
+            if lane.dirty():
+                next_at = min(next_at, lane.paused_until)
+        elif not self._draining:
+            next_at = min(next_at, self._start_work(lane, now, starting))
+        for flight in lane.flights.values():
+            if not flight.timed_out and not flight.answered:
+                next_at = min(next_at, flight.deadline)
+                break
+        lane.m_dirty.set(lane.dirty() + lane.waiting)
+        if next_at < math.inf:
+            self._arm(lane, next_at)
+
+    def _start_work(self, lane: Lane, now: float, starting: list[tuple[Lane, Flight]]) -> float:
+        """Start applies while the lane has room; returns when to look again
+        for lack of a token (``inf`` when tokens were not the limit)."""
+        while len(lane.flights) < lane.limit:
+            key = lane.head()
+            if key is None:
+                break
+            person = self._book.person(key)
+            desired = self._book.desired_for(key, lane.name)
+            applied = self._ledger.get(lane.name, key)
+            if (
+                person is None
+                or isinstance(desired, Unknown)
+                or not lane.needs(key, desired, applied)
+            ):
+                lane.drop(key)
+                lane.noted_noop(key, person, desired)
+                continue
+            wait = lane.take_token(now)
+            if wait > 0:
+                return now + wait
+            timeout = lane.info.timeout
+            deadline = now + timeout if timeout > 0 else math.inf
+            starting.append((lane, lane.start(key, person, desired, applied, deadline)))
+        return math.inf
+
+    def _arm(self, lane: Lane, when: float) -> None:
+        if lane.alarm is not None and lane.alarm_at <= when:
+            return
+        if lane.alarm is not None:
+            lane.alarm.cancel()
+        lane.alarm_at = when
+        assert self._loop is not None  # only called while run() runs
+        lane.alarm = self._loop.create_task(self._ring(lane, when), name=f"alarm:{lane.name}")
+        lane.alarm.add_done_callback(self._task_done)
+
+    async def _ring(self, lane: Lane, when: float) -> None:
+        # Measured when the task first runs, not when it was created: the
+        # clock may have moved in between.
+        await self._clock.sleep(when - self._clock.monotonic())
+        lane.alarm = None
+        lane.alarm_at = math.inf
+        self._dispatch([lane])
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        log.critical("reconciler task failed", exc_info=exc)
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_exception(exc)
+
+    # --- one reconcile ----------------------------------------------------------------
+
+    async def _work(self, lane: Lane, flight: Flight) -> None:
+        try:
+            await self._worker.apply(lane, flight)
+        finally:
+            lane.land(flight.key)
+            self._touch(lane, flight.key)
+            self._wake(lane)

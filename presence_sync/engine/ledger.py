@@ -1,0 +1,230 @@
+"""The write-ahead ledger: what each target shows per person, and the only
+code that changes it, in memory and in the store.
+
+A status counts as applied only once the target confirmed it. Before a status
+is sent to a target with remote state it is recorded as *maybe applied*
+(``write_ahead``: the row flagged ``UNCERTAIN``), so a crash at any instant,
+SIGKILL during the request included, leaves a store that knows what may need
+taking back. A request whose outcome is unknown keeps the worse case recorded
+and flagged (``uncertain``) until one request for that key succeeds; a
+request the target refused outright changed nothing, and ``rejected`` puts
+the record back.
+
+Commits are grouped, one per loop turn. A record after an answer
+(``record``, ``uncertain``, ``rejected``) is *staged*: the in-memory row
+changes at once and the store gets it with the turn's commit. The engine
+calls ``commit`` once per turn with the write-ahead records of every request
+it is about to start: staged and write-ahead rows go to the store in ONE
+``Store.write_applied`` transaction, committed before any of those requests
+exists. A crash before that commit loses only staged rows whose older store
+row is the safe one (a flagged worse case, or a row for a request that was
+refused): the next start applies such a key again. What the ledger holds in
+memory is therefore the store's content plus the staged rows.
+
+A row the store could not take (logged) stays in memory flagged
+``UNCERTAIN``, so its key is applied, and recorded, again; ``commit`` returns
+those keys for the engine to back off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+from presence_sync.clock import Clock
+from presence_sync.model import Applied, Person, Status, frozen_map
+from presence_sync.ops.logging import kv
+from presence_sync.store import AppliedRow, AppliedWrite, Store
+
+__all__ = ["UNCERTAIN", "Ledger", "as_confirmed", "is_uncertain"]
+
+log = logging.getLogger("presence_sync.engine")
+
+UNCERTAIN: Final = "presence_sync.uncertain"
+"""Key the engine sets in ``Applied.data`` of a row it is not sure about
+(see ``Engine``); targets never see it."""
+
+
+_FLAG_ONLY: Final = frozen_map({UNCERTAIN: True})
+"""The memo of an uncertain row with no memo of the target's (the common case)."""
+
+
+def as_confirmed(applied: Applied | None) -> Applied | None:
+    """``applied`` as a target should see it: without the engine's own flag."""
+    if applied is None or UNCERTAIN not in applied.data:
+        return applied
+    data = {k: v for k, v in applied.data.items() if k != UNCERTAIN}
+    return dataclasses.replace(applied, data=frozen_map(data))
+
+
+def is_uncertain(applied: Applied | None) -> bool:
+    return applied is not None and UNCERTAIN in applied.data
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A row the store could not take: its key needs another go."""
+
+    target: str
+    key: str
+    error: Exception
+
+
+class _Pending(NamedTuple):
+    write: AppliedWrite
+    what: str
+
+
+class Ledger:
+    """Applied rows per target, in memory and in the store. ``wake`` is
+    called when a row is staged, so the owner commits at the end of the turn."""
+
+    def __init__(self, store: Store, clock: Clock, wake: Callable[[], None]) -> None:
+        self._store = store
+        self._clock = clock
+        self._wake = wake
+        self._rows: dict[str, dict[str, Applied]] = {}
+        self._staged: list[_Pending] = []
+
+    # --- reading ------------------------------------------------------------------------
+
+    def rows(self, target: str) -> Mapping[str, Applied]:
+        """Person key → applied row of one target (read only)."""
+        return self._rows.get(target, {})
+
+    def get(self, target: str, key: str) -> Applied | None:
+        rows = self._rows.get(target)
+        return None if rows is None else rows.get(key)
+
+    def held(self, key: str) -> bool:
+        """Whether any target has a row for person ``key``."""
+        return any(key in rows for rows in self._rows.values())
+
+    @property
+    def staged(self) -> int:
+        """Rows waiting for the turn's commit."""
+        return len(self._staged)
+
+    # --- targets ------------------------------------------------------------------------
+
+    def load(self, targets: Iterable[str]) -> list[AppliedRow]:
+        """Start following ``targets`` from their rows in the store; returns
+        those rows (the caller learns departed people from them)."""
+        names = set(targets)
+        for name in names:
+            self._rows.setdefault(name, {})
+        loaded = [row for row in self._store.load_applied() if row.target in names]
+        for row in loaded:
+            self._rows[row.target][row.person.key] = row.applied
+        return loaded
+
+    def drop(self, target: str) -> None:
+        """Forget a target's rows in memory (its store rows stay)."""
+        self._rows.pop(target, None)
+
+    # --- writing ------------------------------------------------------------------------
+
+    def record(self, target: str, person: Person, row: Applied | None, what: str) -> None:
+        """Stage ``row`` for (target, person): ``None``, or nothing of ours
+        with no memo, deletes it. Memory has it now, the store at the commit."""
+        kept = None if row is None or (row.status is None and not row.data) else row
+        self._stage(_Pending(AppliedWrite(target, person, kept), what))
+        self._wake()
+
+    def uncertain(self, target: str, person: Person, attempted: Status | None) -> None:
+        """Remember that the remote side may now show ``attempted`` (or still
+        what it showed): the worse case, flagged, so the key is applied again."""
+        row = self._uncertain_row(target, person.key, attempted)
+        if row is not None:
+            self.record(target, person, row, "an uncertain status")
+
+    def rejected(self, target: str, person: Person, before: Applied | None) -> None:
+        """The target refused the request outright (4xx, 429, auth): nothing
+        changed there, so a write-ahead record goes back to what was before."""
+        if self.get(target, person.key) is not before:
+            self.record(target, person, before, "the record from before a refused request")
+
+    def commit(self, requests: Iterable[tuple[str, Person, Status]] = ()) -> list[Failed]:
+        """Before requests leave: record each (target, person, status about
+        to be sent) as maybe applied and commit it with every staged row, in
+        one transaction. Returns the rows the store could not take (logged;
+        kept in memory flagged uncertain). Should a write-ahead record fail,
+        the request may still go: the flagged row keeps its key worked on."""
+        batch = self._staged
+        self._staged = []
+        for target, person, attempted in requests:
+            row = self._uncertain_row(target, person.key, attempted)
+            if row is not None:
+                self._stage(_Pending(AppliedWrite(target, person, row), "an uncertain status"))
+        batch, self._staged = batch + self._staged, []
+        if not batch:
+            return []
+        return self._write(batch)
+
+    def _stage(self, pending: _Pending) -> None:
+        write = pending.write
+        rows = self._rows.get(write.target)
+        if rows is not None:  # else the target was removed meanwhile
+            if write.applied is None:
+                rows.pop(write.person.key, None)
+            else:
+                rows[write.person.key] = write.applied
+        self._staged.append(pending)
+
+    def _uncertain_row(self, target: str, key: str, attempted: Status | None) -> Applied | None:
+        """The worse case after a request for ``attempted`` (None when the
+        record already says so, or when nothing of ours can be there)."""
+        old = self.get(target, key)
+        status = attempted if attempted is not None else (old.status if old else None)
+        if old is None and status is None:
+            return None  # clearing where nothing of ours was known: nothing can be left
+        if old is not None and old.status == status and UNCERTAIN in old.data:
+            return None
+        data = (
+            _FLAG_ONLY if old is None or not old.data else frozen_map({**old.data, UNCERTAIN: True})
+        )
+        expires = old.expires if old is not None and old.status == status else None
+        return Applied(status=status, at=self._clock.now(), expires=expires, data=data)
+
+    def _write(self, batch: list[_Pending]) -> list[Failed]:
+        """One transaction. A value the store refuses (``ValueError``: a
+        target's bad memo) fails alone: the group is then written one row at
+        a time."""
+        try:
+            self._store.write_applied([p.write for p in batch])
+        except ValueError as exc:
+            if len(batch) == 1:
+                return self._failed(batch, exc)
+            return [failed for pending in batch for failed in self._write([pending])]
+        except Exception as exc:
+            return self._failed(batch, exc)
+        return []
+
+    def _failed(self, batch: list[_Pending], exc: Exception) -> list[Failed]:
+        failed: list[Failed] = []
+        for pending in batch:
+            write = pending.write
+            key = write.person.key
+            log.error(
+                "could not record %s",
+                pending.what,
+                exc_info=exc,
+                extra=kv(target=write.target, person=write.person.email),
+            )
+            rows = self._rows.get(write.target)
+            if rows is not None and rows.get(key) is write.applied:
+                # Memory must not claim what the store lacks: flag it, so the
+                # key is applied (and recorded) again.
+                row = write.applied
+                data = {**(row.data if row else {}), UNCERTAIN: True}
+                rows[key] = Applied(
+                    status=None if row is None else row.status,
+                    at=self._clock.now() if row is None else row.at,
+                    expires=None if row is None else row.expires,
+                    data=frozen_map(data),
+                )
+            failed.append(Failed(write.target, key, exc))
+        return failed

@@ -1,0 +1,83 @@
+"""What the reconciler shows of itself: counters and point-in-time pictures
+(tests, benchmarks, the status page). Pure data."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from presence_sync.model import Applied, Status
+
+__all__ = ["EngineSnapshot", "KeySnapshot", "TargetSnapshot", "TargetStats"]
+
+
+@dataclass(slots=True)
+class TargetStats:
+    """Counters of one target since the engine started (tests, benchmarks).
+
+    ``requests`` counts calls of ``Target.apply``; ``noops`` keys that were
+    dirty but needed nothing by the time a worker looked; the failure
+    counters split ``requests`` that did not succeed (``timeouts`` are also
+    counted in ``transient``).
+    """
+
+    requests: int = 0
+    ok: int = 0
+    noops: int = 0
+    transient: int = 0
+    permanent: int = 0
+    auth: int = 0
+    throttled: int = 0
+    timeouts: int = 0
+
+    @property
+    def failures(self) -> int:
+        """Requests that did not succeed."""
+        return self.transient + self.permanent + self.auth
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSnapshot:
+    """One lane at one instant. ``dirty``: keys queued; ``backoff``: keys
+    waiting for a retry; ``paused_until``/``pause_reason`` (``"retry-after"``
+    or ``"auth"``) while the whole target waits."""
+
+    name: str
+    kind: str
+    dirty: int
+    in_flight: int
+    backoff: int
+    parked: int
+    paused_until: datetime | None
+    pause_reason: str | None
+    stats: TargetStats
+
+
+@dataclass(frozen=True, slots=True)
+class KeySnapshot:
+    """One (person, target) key. ``desired_known`` is False while the person's
+    line is not known yet (``desired`` is then ``None`` and meaningless).
+    ``state``: ``in-sync``, ``dirty``, ``in-flight``, ``backoff``, ``parked``
+    or ``unknown``. ``uncertain``: the last request's outcome is unknown and
+    ``applied`` is the worse case."""
+
+    person: str
+    email: str
+    target: str
+    desired: Status | None
+    desired_known: bool
+    applied: Applied | None
+    state: str
+    retry_at: datetime | None
+    last_error: str | None
+    uncertain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSnapshot:
+    """Everything the status page shows about the reconciler."""
+
+    at: datetime
+    targets: Mapping[str, TargetSnapshot]
+    keys: tuple[KeySnapshot, ...]
