@@ -82,6 +82,12 @@ def _cmd_sim_nfon(args: argparse.Namespace) -> int:
     return asyncio.run(nfon.run(args))
 
 
+def _cmd_sim_microsoft(args: argparse.Namespace) -> int:
+    from presence_sync.sim import graph
+
+    return asyncio.run(graph.run(args))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from presence_sync.demo import run_demo
 
@@ -131,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim_nfon_module.add_arguments(sim_nfon)
     sim_nfon.set_defaults(func=_cmd_sim_nfon)
+    sim_microsoft = sim_cmds.add_parser(
+        "microsoft", help="Entra ID and Microsoft Graph (Teams presence, Outlook) over HTTPS"
+    )
+    from presence_sync.sim import graph as sim_graph_module
+
+    sim_graph_module.add_arguments(sim_microsoft)
+    sim_microsoft.set_defaults(func=_cmd_sim_microsoft)
 
     demo = commands.add_parser(
         "demo", help="the whole system on this machine against the built-in simulators"
