@@ -1,7 +1,6 @@
 """HTTP face of the Graph simulator: Entra ID's token endpoints under
-``/{tenant}/``, Graph v1.0 under ``/v1.0/``, and the ``/_sim/`` control API
-(not part of any Microsoft contract) for driving a simulator in another
-process.
+``/{tenant}/``, Graph v1.0 under ``/v1.0/``, and the ``/_sim/`` control API from
+``graph_control.py``.
 
 Every Microsoft request is recorded, then may wait (``hang_next``) or fail
 (``fail_next``) before it is handled. Graph requests need a bearer token of
@@ -18,7 +17,6 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -27,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from presence_sync.sim.graph_control import control_routes
 from presence_sync.sim.graph_identity import Principal, TokenRejected
 from presence_sync.sim.graph_presence import StatusMessage
 from presence_sync.sim.graph_wire import (
@@ -402,145 +401,9 @@ class _Graph:
         )
 
 
-class _Control:
-    """``/_sim/``: set-up and inspection for another process (JSON in and out)."""
-
-    def __init__(self, sim: GraphSim) -> None:
-        self.sim = sim
-
-    async def _call(self, request: Request, action: Callable[[dict[str, Any]], Any]) -> Response:
-        try:
-            raw = await request.body()
-            body = json.loads(raw) if raw else {}
-            if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
-            result = action(body)
-        except (ValueError, KeyError, TypeError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse(result if result is not None else {"ok": True})
-
-    async def users(self, request: Request) -> Response:
-        if request.method == "GET":
-            return JSONResponse([u.resource() for u in self.sim.users()])
-        return await self._call(
-            request,
-            lambda b: {
-                "id": self.sim.add_user(
-                    b["userPrincipalName"],
-                    mail=b.get("mail", ""),
-                    user_id=b.get("id"),
-                    display_name=b.get("displayName"),
-                )
-            },
-        )
-
-    async def apps(self, request: Request) -> Response:
-        return await self._call(
-            request,
-            lambda b: {
-                "client_id": self.sim.register_app(
-                    b.get("client_id"),
-                    tenant=b.get("tenant"),
-                    secret=b.get("secret"),
-                    certificate_pem=(b["certificate_pem"].encode() if b.get("certificate_pem")
-                                     else None),
-                    roles=b.get("roles", ("Presence.ReadWrite.All", "User.Read.All",
-                                          "Calendars.ReadWrite")),
-                )
-            },
-        )  # fmt: skip
-
-    async def preferred(self, request: Request) -> Response:
-        user = request.path_params["user"]
-        if request.method == "DELETE":
-            return await self._call(request, lambda _b: self.sim.clear_preferred(user))
-
-        def act(b: dict[str, Any]) -> None:
-            minutes = b.get("expiration_minutes")
-            expiration = None if minutes is None else timedelta(minutes=float(minutes))
-            self.sim.set_preferred(user, b["availability"], b["activity"], expiration)
-
-        return await self._call(request, act)
-
-    async def status_message(self, request: Request) -> Response:
-        user = request.path_params["user"]
-
-        def act(b: dict[str, Any]) -> None:
-            expires = b.get("expires")
-            moment = None if expires is None else datetime.fromisoformat(expires)
-            self.sim.set_status_message(user, b["content"], moment)
-
-        return await self._call(request, act)
-
-    async def client(self, request: Request) -> Response:
-        user = request.path_params["user"]
-        return await self._call(
-            request,
-            lambda b: self.sim.sign_in_client(user, b.get("availability"), b.get("activity")),
-        )
-
-    async def presence(self, request: Request) -> Response:
-        user = request.path_params["user"]
-        return await self._call(
-            request,
-            lambda _b: {**self.sim.presence(user), "sessions": self.sim.sessions(user)},
-        )
-
-    async def events(self, request: Request) -> Response:
-        user = request.path_params["user"]
-        return await self._call(request, lambda _b: {"value": self.sim.events(user)})
-
-    async def fail(self, request: Request) -> Response:
-        return await self._call(
-            request,
-            lambda b: self.sim.fail_next(
-                b.get("path", ""),
-                int(b.get("status", 429)),
-                int(b.get("count", 1)),
-                b.get("retry_after", 1.0),
-            ),
-        )
-
-    async def hang(self, request: Request) -> Response:
-        return await self._call(
-            request,
-            lambda b: self.sim.hang_next(
-                float(b["seconds"]), b.get("path", ""), int(b.get("count", 1))
-            ),
-        )
-
-    async def requests(self, request: Request) -> Response:
-        if request.method == "DELETE":
-            self.sim.clear_requests()
-            return JSONResponse({"ok": True})
-        prefix = request.query_params.get("path", "")
-        return JSONResponse(
-            [
-                {
-                    "method": r.method,
-                    "path": r.path,
-                    "query": r.query,
-                    "body": r.body,
-                    "status": r.status,
-                    "at": r.at.isoformat(),
-                    "client_id": r.client_id,
-                }
-                for r in self.sim.requests(prefix)
-            ]
-        )
-
-    async def advance(self, request: Request) -> Response:
-        clock = self.sim.clock
-        advance = getattr(clock, "advance", None)
-        if advance is None:
-            return JSONResponse({"error": "this simulator runs on the system clock"}, 409)
-        return await self._call(request, lambda b: advance(float(b["seconds"])))
-
-
 def build_app(sim: GraphSim) -> Starlette:
     """The simulator's ASGI app."""
     g = _Graph(sim)
-    c = _Control(sim)
     user = GRAPH + "/users/{user}"
     routes = [
         Route(GRAPH + "/users", g.graph(g.list_users), methods=["GET"]),
@@ -563,17 +426,7 @@ def build_app(sim: GraphSim) -> Starlette:
             methods=["GET", "PATCH", "DELETE"],
         ),
         Route(GRAPH + "/{rest:path}", g.graph(g.unknown)),
-        Route("/_sim/users", c.users, methods=["GET", "POST"]),
-        Route("/_sim/apps", c.apps, methods=["POST"]),
-        Route("/_sim/users/{user}/preferred", c.preferred, methods=["POST", "DELETE"]),
-        Route("/_sim/users/{user}/status-message", c.status_message, methods=["POST"]),
-        Route("/_sim/users/{user}/client", c.client, methods=["POST"]),
-        Route("/_sim/users/{user}/presence", c.presence, methods=["GET"]),
-        Route("/_sim/users/{user}/events", c.events, methods=["GET"]),
-        Route("/_sim/fail", c.fail, methods=["POST"]),
-        Route("/_sim/hang", c.hang, methods=["POST"]),
-        Route("/_sim/requests", c.requests, methods=["GET", "DELETE"]),
-        Route("/_sim/clock/advance", c.advance, methods=["POST"]),
+        *control_routes(sim),
         Route("/common/discovery/instance", g.identity(g.instance), methods=["GET"]),
         Route(
             "/{tenant}/v2.0/.well-known/openid-configuration",
