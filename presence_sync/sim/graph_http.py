@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from presence_sync.sim.graph_control import control_routes
-from presence_sync.sim.graph_identity import Principal, TokenRejected
+from presence_sync.sim.graph_identity import Principal, TokenRejected, aadsts
 from presence_sync.sim.graph_presence import StatusMessage
 from presence_sync.sim.graph_wire import (
     GraphError,
@@ -109,7 +109,7 @@ class _Graph:
         except ValueError:
             return raw.decode("utf-8", "replace")
 
-    async def _prelude(self, request: Request) -> tuple[Any, Response | None]:
+    async def _prelude(self, request: Request) -> tuple[Any, GraphError | None]:
         """Body for the log; the injected hang and failure."""
         body = await self._body(request)
         path = request.url.path
@@ -121,7 +121,7 @@ class _Graph:
             status, retry_after = failure
             headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
             code = _STATUS_CODES.get(status, "ServiceError")
-            return body, self.error(GraphError(status, code, "Injected failure.", headers))
+            return body, GraphError(status, code, "Injected failure.", headers)
         return body, None
 
     def _record(self, request: Request, body: Any, status: int, client_id: str | None) -> None:
@@ -160,7 +160,7 @@ class _Graph:
             body, failed = await self._prelude(request)
             client_id = None
             if failed is not None:
-                response = failed
+                response = self.error(failed)
             else:
                 try:
                     who = self.principal(request)
@@ -185,7 +185,13 @@ class _Graph:
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             body, failed = await self._prelude(request)
-            response = failed if failed is not None else await handler(request)
+            if failed is not None:
+                status, reply = aadsts(
+                    failed.status, "temporarily_unavailable", 90033, failed.message, self.sim.now()
+                )
+                response: Response = JSONResponse(reply, status_code=status, headers=failed.headers)
+            else:
+                response = await handler(request)
             client_id = body.get("client_id") if isinstance(body, dict) else None
             self._record(request, body, response.status_code, client_id)
             return response

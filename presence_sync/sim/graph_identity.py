@@ -43,6 +43,7 @@ __all__ = [
     "Identity",
     "Principal",
     "TokenRejected",
+    "aadsts",
 ]
 
 GRAPH_RESOURCE = "https://graph.microsoft.com"
@@ -107,7 +108,9 @@ def _normalized(thumbprint: str) -> str:
     return thumbprint.rstrip("=").replace("+", "-").replace("/", "_")
 
 
-def _aadsts(status: int, error: str, code: int, message: str, now: datetime) -> Reply:
+def aadsts(status: int, error: str, code: int, message: str, now: datetime) -> Reply:
+    """An Entra error reply: ``error``, ``error_description`` starting
+    ``AADSTS<code>: ``, ``error_codes``, trace and correlation ids."""
     trace, correlation = str(uuid.uuid4()), str(uuid.uuid4())
     stamp = now.strftime("%Y-%m-%d %H:%M:%SZ")
     return status, {
@@ -170,7 +173,7 @@ class Identity:
         """The discovery document for ``tenant``; 400 for an unknown one."""
         now = self._clock()
         if tenant not in self._tenants:
-            return _aadsts(400, "invalid_tenant", 90002, f"Tenant '{tenant}' not found.", now)
+            return aadsts(400, "invalid_tenant", 90002, f"Tenant '{tenant}' not found.", now)
         base = f"{origin}/{tenant}"
         return 200, {
             "issuer": f"{base}/v2.0",
@@ -212,10 +215,10 @@ class Identity:
         sent to (what a client assertion's ``aud`` must name)."""
         now = self._clock()
         if tenant not in self._tenants:
-            return _aadsts(400, "invalid_request", 90002, f"Tenant '{tenant}' not found.", now)
+            return aadsts(400, "invalid_request", 90002, f"Tenant '{tenant}' not found.", now)
         grant = form.get("grant_type")
         if grant != "client_credentials":
-            return _aadsts(
+            return aadsts(
                 400,
                 "unsupported_grant_type",
                 70003,
@@ -225,7 +228,7 @@ class Identity:
         client_id = form.get("client_id", "")
         app = self._apps.get((tenant, client_id))
         if app is None:
-            return _aadsts(
+            return aadsts(
                 400,
                 "unauthorized_client",
                 700016,
@@ -235,7 +238,7 @@ class Identity:
             )
         resource = self._resource(form.get("scope", ""))
         if resource is None:
-            return _aadsts(
+            return aadsts(
                 400,
                 "invalid_scope",
                 1002012,
@@ -271,7 +274,7 @@ class Identity:
         if secret is not None:
             if app.secret is not None and hmac.compare_digest(secret, app.secret):
                 return None
-            return _aadsts(
+            return aadsts(
                 401,
                 "invalid_client",
                 7000215,
@@ -282,7 +285,7 @@ class Identity:
             )
         if assertion is not None:
             if form.get("client_assertion_type") != ASSERTION_TYPE:
-                return _aadsts(
+                return aadsts(
                     400,
                     "invalid_request",
                     50027,
@@ -290,7 +293,7 @@ class Identity:
                     now,
                 )
             return self._check_assertion(app, assertion, token_endpoint, now)
-        return _aadsts(
+        return aadsts(
             401,
             "invalid_client",
             7000218,
@@ -303,7 +306,7 @@ class Identity:
         self, app: App, assertion: str, token_endpoint: str, now: datetime
     ) -> Reply | None:
         def bad(code: int, message: str) -> Reply:
-            return _aadsts(401, "invalid_client", code, message, now)
+            return aadsts(401, "invalid_client", code, message, now)
 
         try:
             header = jwt.get_unverified_header(assertion)

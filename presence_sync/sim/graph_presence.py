@@ -65,6 +65,16 @@ CLIENT_SESSION = "teams-client"
 _RANK = {"DoNotDisturb": 4, "Busy": 3, "Available": 2, "Away": 1}
 
 
+def _own_session(body: Mapping[str, Any], client_id: str) -> str:
+    """The body's ``sessionId``, which must be the calling app's client id."""
+    session = body.get("sessionId")
+    if not isinstance(session, str) or not session:
+        raise bad_request("sessionId is required.")
+    if session.lower() != client_id.lower():
+        raise bad_request("The sessionId must be the application (client) id of the calling app.")
+    return session
+
+
 @dataclass
 class _Session:
     availability: str
@@ -108,13 +118,7 @@ class Presence:
     # -- writes from Graph -------------------------------------------------
     def set_presence(self, body: Mapping[str, Any], client_id: str, now: datetime) -> None:
         """``setPresence`` for the app ``client_id``; raises GraphError 400."""
-        session = body.get("sessionId")
-        if not isinstance(session, str) or not session:
-            raise bad_request("sessionId is required.")
-        if session.lower() != client_id.lower():
-            raise bad_request(
-                "The sessionId must be the application (client) id of the calling app."
-            )
+        session = _own_session(body, client_id)
         pair = (body.get("availability"), body.get("activity"))
         if pair not in SETTABLE_PAIRS:
             raise bad_request(
@@ -139,13 +143,7 @@ class Presence:
     def clear_presence(self, body: Mapping[str, Any], client_id: str, now: datetime) -> None:
         """``clearPresence``; 400 for a foreign session id, 404 if the app
         has no live session for this user."""
-        session = body.get("sessionId")
-        if not isinstance(session, str) or not session:
-            raise bad_request("sessionId is required.")
-        if session.lower() != client_id.lower():
-            raise bad_request(
-                "The sessionId must be the application (client) id of the calling app."
-            )
+        session = _own_session(body, client_id)
         self.expire(now)
         if self.sessions.pop(session.lower(), None) is None:
             raise GraphError(404, "NotFound", f"The presence session {session} was not found.")

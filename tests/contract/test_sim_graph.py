@@ -612,6 +612,40 @@ def test_presence_budget_is_1500_per_30_seconds_per_app(
     assert api.get(f"/users/{anna}/presence").status_code == 200
 
 
+def test_token_endpoint_failures_are_entra_shaped(
+    sim: GraphSim, handle: GraphHandle, client_id: str, make_app: MakeApp
+) -> None:
+    token_path = f"/{sim.tenant}/oauth2/v2.0/token"
+    sim.fail_next(token_path, status=503, retry_after=3)
+    # MSAL raises on a 5xx from the token endpoint rather than returning an error.
+    with pytest.raises(msal.exceptions.MsalServiceError, match="503"):
+        make_app(client_id, SECRET).acquire_token_for_client([handle.scope])
+    sim.fail_next(token_path, status=429, retry_after=3)
+    with httpx.Client(verify=_trust(handle)) as client:
+        response = client.post(
+            handle.origin + token_path,
+            data={"grant_type": "client_credentials", "client_id": client_id,
+                  "client_secret": SECRET, "scope": handle.scope},
+        )  # fmt: skip
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "3"
+    assert response.json()["error_description"].startswith("AADSTS")
+    assert [r.status for r in sim.requests(token_path)] == [503, 429]
+
+
+def test_presences_by_user_id_reads_many_and_skips_unknown_ids(
+    sim: GraphSim, api: httpx.Client, anna: str, ben: str, client_id: str
+) -> None:
+    set_presence(api, anna, client_id, "Busy/InACall")
+    unknown = "0b9e6bd4-6fd0-4d6f-9b5e-123456789abc"
+    response = api.post("/communications/getPresencesByUserId", json={"ids": [anna, ben, unknown]})
+    assert response.status_code == 200
+    seen = {p["id"]: f"{p['availability']}/{p['activity']}" for p in response.json()["value"]}
+    assert seen == {anna: "Busy/InACall", ben: "Offline/Offline"}
+    too_many = {"ids": [anna] * 651}
+    graph_error(api.post("/communications/getPresencesByUserId", json=too_many), 400)
+
+
 # -- control API -----------------------------------------------------------------
 
 
