@@ -18,7 +18,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -239,7 +239,7 @@ class _Graph:
         # ``instance_discovery`` at this host instead of turning it off.
         origin = f"{request.url.scheme}://{request.url.netloc}"
         endpoint = request.query_params.get("authorization_endpoint", "")
-        tenant = endpoint.removeprefix(origin).strip("/").split("/")[0] or self.sim.tenant
+        tenant = urlsplit(endpoint).path.strip("/").split("/")[0] or self.sim.tenant
         return JSONResponse(
             {
                 "tenant_discovery_endpoint": (

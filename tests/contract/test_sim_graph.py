@@ -203,6 +203,24 @@ def test_certificate_credentials_work(
         assert api.get(f"/users/{anna}").status_code == 200
 
 
+def test_instance_discovery_pointed_at_the_simulator_works(
+    sim: GraphSim, handle: GraphHandle, client_id: str
+) -> None:
+    session = _session(str(handle.ca_path))
+    try:
+        app = msal.ConfidentialClientApplication(
+            client_id,
+            client_credential=SECRET,
+            authority=handle.authority(),
+            instance_discovery=f"{handle.origin}/common/discovery/instance",
+            http_client=session,
+        )
+        assert "access_token" in app.acquire_token_for_client([handle.scope])
+    finally:
+        session.close()
+    assert sim.requests()[0].path == "/common/discovery/instance"
+
+
 def test_a_certificate_not_on_the_app_is_refused(
     sim: GraphSim, handle: GraphHandle, make_app: MakeApp
 ) -> None:
