@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import math
+import sys
 import tempfile
 import threading
 import uuid
@@ -486,10 +487,17 @@ def _count(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _count(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``presence-sync sim microsoft``."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=_count, default=8443, help="port (0 = any free port)")
+    parser.add_argument("--port", type=_port, default=8443, help="port (0 = any free port)")
     parser.add_argument("--tenant", default="00000000-0000-4000-8000-000000000001",
                         help="tenant id")  # fmt: skip
     parser.add_argument("--client-id", default="00000000-0000-4000-8000-0000000000a1",
@@ -520,12 +528,19 @@ def config_block(handle: GraphHandle, client_id: str, secret: str) -> str:
 
 async def run(args: argparse.Namespace) -> int:
     """Serve a simulator built from ``args`` until cancelled; prints where it
-    is, its CA and a configuration block. Returns 0."""
+    is, its CA and a configuration block. Returns 0, or 1 (with a message)
+    when it cannot listen or write its certificates."""
     sim = GraphSim(tenant=args.tenant, token_lifetime=args.token_lifetime)
     client_id = sim.register_app(args.client_id, secret=args.client_secret)
     for n in range(1, args.users + 1):
         sim.add_user(f"user{n}@example.com", user_id=str(uuid.UUID(int=n)))
-    async with serve(sim, args.host, args.port, args.tls_dir) as handle:
+    try:
+        server = serve(sim, args.host, args.port, args.tls_dir)
+        handle = await server.__aenter__()
+    except OSError as exc:
+        print(f"presence-sync: cannot start the Graph simulator: {exc}", file=sys.stderr)
+        return 1
+    try:
         print(
             f"Graph simulator: authority={handle.authority()} graph_url={handle.graph_url}\n"
             f"CA certificate: {handle.ca_path}\n"
@@ -534,4 +549,6 @@ async def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         await asyncio.Event().wait()
+    finally:
+        await server.__aexit__(None, None, None)
     return 0
