@@ -83,9 +83,9 @@ def _cmd_sim_nfon(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim_microsoft(args: argparse.Namespace) -> int:
-    from presence_sync.sim import graph
+    from presence_sync.sim import graph_cli
 
-    return asyncio.run(graph.run(args))
+    return asyncio.run(graph_cli.run(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -140,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim_microsoft = sim_cmds.add_parser(
         "microsoft", help="Entra ID and Microsoft Graph (Teams presence, Outlook) over HTTPS"
     )
-    from presence_sync.sim import graph as sim_graph_module
+    from presence_sync.sim import graph_cli as sim_graph_cli
 
-    sim_graph_module.add_arguments(sim_microsoft)
+    sim_graph_cli.add_arguments(sim_microsoft)
     sim_microsoft.set_defaults(func=_cmd_sim_microsoft)
 
     demo = commands.add_parser(
