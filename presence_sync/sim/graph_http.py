@@ -58,6 +58,16 @@ _STATUS_CODES = {429: "TooManyRequests", 503: "ServiceUnavailable", 500: "Intern
 Handler = Callable[[Request, Principal, Any], Awaitable[Response]]
 
 
+def _guid(key: str) -> None:
+    """Presence endpoints take object ids (GUIDs) only, not UPNs."""
+    try:
+        uuid.UUID(key)
+    except ValueError:
+        raise bad_request(
+            f"'{key}' is not a valid user id: presence needs the object id (a GUID)."
+        ) from None
+
+
 def _form(raw: bytes) -> dict[str, str]:
     """An ``application/x-www-form-urlencoded`` body (last value wins)."""
     return dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
@@ -205,12 +215,7 @@ class _Graph:
 
     def user(self, key: str, *, guid: bool = False) -> str:
         if guid:
-            try:
-                uuid.UUID(key)
-            except ValueError:
-                raise bad_request(
-                    f"'{key}' is not a valid user id: presence needs the object id (a GUID)."
-                ) from None
+            _guid(key)
         user = self.sim.find_user(key)
         if user is None:
             raise GraphError(
@@ -328,6 +333,8 @@ class _Graph:
         ids = body.get("ids") if isinstance(body, dict) else None
         if not isinstance(ids, list) or not ids or len(ids) > 650:
             raise bad_request("ids must be a list of 1 to 650 user ids.")
+        for key in ids:
+            _guid(str(key))
         with self.sim.lock():
             now = self.sim.now()
             found = [str(i) for i in ids if self.sim.find_user(str(i)) is not None]

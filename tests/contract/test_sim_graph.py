@@ -661,6 +661,7 @@ def test_presences_by_user_id_reads_many_and_skips_unknown_ids(
     assert response.status_code == 200
     seen = {p["id"]: f"{p['availability']}/{p['activity']}" for p in response.json()["value"]}
     assert seen == {anna: "Busy/InACall", ben: "Offline/Offline"}
+    graph_error(api.post("/communications/getPresencesByUserId", json={"ids": [ANNA_UPN]}), 400)
     too_many = {"ids": [anna] * 651}
     graph_error(api.post("/communications/getPresencesByUserId", json=too_many), 400)
 
