@@ -38,7 +38,7 @@ from presence_sync.sim.graph_events import Calendar
 from presence_sync.sim.graph_http import build_app
 from presence_sync.sim.graph_identity import GRAPH_RESOURCE, App, Identity, Principal
 from presence_sync.sim.graph_presence import Presence, StatusMessage
-from presence_sync.sim.graph_wire import GraphError, RecordedRequest, format_datetime_tz
+from presence_sync.sim.graph_wire import GraphError, RecordedRequest, SimClock, format_datetime_tz
 
 __all__ = [
     "ALL_ROLES",
@@ -59,22 +59,6 @@ PRESENCE_WINDOW = timedelta(seconds=30)
 
 class WallClock(Protocol):
     def now(self) -> datetime: ...
-
-
-class SimClock:
-    """A wall clock that moves only when told to; thread-safe."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self._lock = threading.Lock()
-        self._now = start or datetime.now(UTC)
-
-    def now(self) -> datetime:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += timedelta(seconds=seconds)
 
 
 class _SystemClock:

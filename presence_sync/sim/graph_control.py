@@ -27,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from presence_sync.sim.graph_wire import SimClock
+
 if TYPE_CHECKING:
     from presence_sync.sim.graph import GraphSim
 
@@ -161,10 +163,9 @@ class _Control:
 
     async def advance(self, request: Request) -> Response:
         clock = self.sim.clock
-        advance = getattr(clock, "advance", None)
-        if advance is None:
-            return JSONResponse({"error": "this simulator runs on the system clock"}, 409)
-        return await self._call(request, lambda b: advance(float(b["seconds"])))
+        if not isinstance(clock, SimClock):
+            return JSONResponse({"error": "this simulator's clock cannot be moved"}, 409)
+        return await self._call(request, lambda b: clock.advance(float(b["seconds"])))
 
 
 def control_routes(sim: GraphSim) -> list[Route]:

@@ -1,11 +1,13 @@
-"""Wire-level pieces the Graph simulator's modules share: Graph's error
-(``{"error": {"code", "message", "innerError"}}``), ISO-8601 durations and
-Graph's ``dateTimeTimeZone`` values.
+"""Pieces the Graph simulator's modules share: Graph's error
+(``{"error": {"code", "message", "innerError"}}``), ISO-8601 durations,
+Graph's ``dateTimeTimeZone`` values, the request log's record and the
+settable clock.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 __all__ = [
     "GraphError",
     "RecordedRequest",
+    "SimClock",
     "format_datetime_tz",
     "parse_datetime_tz",
     "parse_duration",
@@ -50,6 +53,22 @@ class RecordedRequest:
     status: int
     at: datetime
     client_id: str | None
+
+
+class SimClock:
+    """A wall clock that moves only when told to; thread-safe."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._lock = threading.Lock()
+        self._now = start or datetime.now(UTC)
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += timedelta(seconds=seconds)
 
 
 class GraphError(Exception):

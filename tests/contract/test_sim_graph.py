@@ -688,7 +688,9 @@ def test_http_control_api(handle: GraphHandle, sim: GraphSim, api: httpx.Client)
         assert [(r["method"], r["status"]) for r in log] == [("GET", 200)]
         bad = control.post(f"/users/{cara}/preferred", json={"availability": "Busy"})
         assert bad.status_code == 400
+        before = sim.now()
         assert control.post("/clock/advance", json={"seconds": 60}).is_success
+        assert sim.now() - before == timedelta(seconds=60)
 
 
 # -- command line ------------------------------------------------------------------
