@@ -25,7 +25,7 @@ import requests
 from polling import eventually
 
 from presence_sync.sim.certs import KeyPair, client_certificate
-from presence_sync.sim.graph import GraphHandle, GraphSim, SimClock, serve_in_thread
+from presence_sync.sim.graph import GraphHandle, GraphSim, SimClock, serve, serve_in_thread
 
 SECRET = "s3cret-value"
 ANNA_UPN = "anna@contoso.example"
@@ -664,6 +664,22 @@ def test_presences_by_user_id_reads_many_and_skips_unknown_ids(
     graph_error(api.post("/communications/getPresencesByUserId", json={"ids": [ANNA_UPN]}), 400)
     too_many = {"ids": [anna] * 651}
     graph_error(api.post("/communications/getPresencesByUserId", json=too_many), 400)
+
+
+async def test_served_on_the_running_loop_with_an_async_client(sim: GraphSim) -> None:
+    client_id = sim.register_app(secret=SECRET)
+    anna = sim.add_user(ANNA_UPN)
+    async with serve(sim) as running, httpx.AsyncClient(verify=_trust(running)) as client:
+        token = await client.post(
+            f"{running.authority()}/oauth2/v2.0/token",
+            data={"grant_type": "client_credentials", "client_id": client_id,
+                  "client_secret": SECRET, "scope": running.scope},
+        )  # fmt: skip
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        body = {"sessionId": client_id, "availability": "Busy", "activity": "InACall"}
+        url = f"{running.graph_url}/v1.0/users/{anna}/presence"
+        assert (await client.post(f"{url}/setPresence", json=body, headers=headers)).is_success
+        assert (await client.get(url, headers=headers)).json()["activity"] == "InACall"
 
 
 # -- control API -----------------------------------------------------------------
