@@ -250,6 +250,40 @@ def test_an_assertion_signed_by_another_key_is_refused(
     assert "signature" in result["error_description"]
 
 
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [({}, None), ({"aud": "https://elsewhere.example/token"}, 700212),
+     ({"iss": "someone-else"}, 700021), ({"exp_offset": -1200}, 700024)],
+)  # fmt: skip
+def test_client_assertion_claims_are_checked(
+    sim: GraphSim, handle: GraphHandle, change: dict[str, Any], code: int | None
+) -> None:
+    pair = client_certificate()
+    client_id = sim.register_app(certificate_pem=pair.cert_pem)
+    endpoint = f"{handle.authority()}/oauth2/v2.0/token"
+    now = int(sim.now().timestamp())
+    claims = {"aud": endpoint, "iss": client_id, "sub": client_id, "jti": "1",
+              "nbf": now, "exp": now + 600 + change.pop("exp_offset", 0), **change}  # fmt: skip
+    assertion = jwt.encode(claims, pair.key_pem, algorithm="RS256", headers={"x5t": pair.x5t})
+    with httpx.Client(verify=_trust(handle)) as client:
+        response = client.post(
+            endpoint,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": client_id,
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": assertion,
+                "scope": handle.scope,
+            },
+        )
+    if code is None:
+        assert response.status_code == 200
+        assert response.json()["token_type"] == "Bearer"
+    else:
+        assert response.status_code == 401
+        assert response.json()["error_codes"] == [code]
+
+
 def test_wrong_secret_gets_an_aadsts_error(
     handle: GraphHandle, client_id: str, make_app: MakeApp
 ) -> None:
