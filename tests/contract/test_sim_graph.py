@@ -780,15 +780,19 @@ def test_sim_microsoft_command_prints_a_working_config(tmp_path: Any) -> None:
         assert proc.wait(timeout=10) in (0, 130)
 
 
-@pytest.mark.parametrize("args", [["--port", "x"], ["--port", "70000"], ["--users", "-1"]])
-def test_sim_microsoft_bad_arguments_print_usage(args: list[str]) -> None:
-    done = subprocess.run(
+def _sim_microsoft(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "presence_sync", "sim", "microsoft", *args],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+@pytest.mark.parametrize("args", [["--port", "x"], ["--port", "70000"], ["--users", "-1"]])
+def test_sim_microsoft_bad_arguments_print_usage(args: list[str]) -> None:
+    done = _sim_microsoft(*args)
     assert done.returncode == 2
     assert "usage:" in done.stderr
     assert "Traceback" not in done.stderr
@@ -798,14 +802,7 @@ def test_sim_microsoft_on_a_busy_port_says_so() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        port = busy.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "presence_sync", "sim", "microsoft", "--port", str(port)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        done = _sim_microsoft("--port", str(busy.getsockname()[1]))
     assert done.returncode == 1
     assert "cannot start the Graph simulator" in done.stderr
     assert "Traceback" not in done.stderr
