@@ -91,6 +91,12 @@ def _cmd_sim_slack(args: argparse.Namespace) -> int:
     return asyncio.run(slack_serve.run(args))
 
 
+def _cmd_sim_microsoft(args: argparse.Namespace) -> int:
+    from presence_sync.sim import graph_cli
+
+    return asyncio.run(graph_cli.run(args))
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from presence_sync.demo import run_demo
 
@@ -145,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim_slack_module.add_arguments(sim_slack)
     sim_slack.set_defaults(func=_cmd_sim_slack)
+
+    sim_microsoft = sim_cmds.add_parser(
+        "microsoft", help="Entra ID and Microsoft Graph (Teams presence, Outlook) over HTTPS"
+    )
+    from presence_sync.sim import graph_cli as sim_graph_cli
+
+    sim_graph_cli.add_arguments(sim_microsoft)
+    sim_microsoft.set_defaults(func=_cmd_sim_microsoft)
 
     demo = commands.add_parser(
         "demo", help="the whole system on this machine against the built-in simulators"

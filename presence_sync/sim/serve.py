@@ -118,6 +118,7 @@ def serve_in_thread(
     app: Any,
     host: str = "127.0.0.1",
     port: int = 0,
+    *,
     on_start: Callable[[asyncio.AbstractEventLoop], None] | None = None,
     **kwargs: Any,
 ) -> Iterator[Running]:

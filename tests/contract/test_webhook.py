@@ -35,8 +35,8 @@ from presence_sync.model import (
     Presence,
     Status,
 )
+from presence_sync.sim.certs import LoopbackTls
 from presence_sync.sim.serve import Running, serve
-from presence_sync.sim.tls import LoopbackTls
 from presence_sync.sim.webhook import Delivery, WebhookReceiver
 from presence_sync.targets.base import Change, TargetEnv, target_class
 from presence_sync.targets.webhook import WebhookTarget

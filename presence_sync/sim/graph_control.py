@@ -1,0 +1,184 @@
+"""The Graph simulator's ``/_sim/`` control API: not part of any Microsoft
+contract; JSON in and out, for driving a simulator in another process
+(``presence-sync sim microsoft``). Each route calls one public ``GraphSim``
+method; a bad request answers 400 ``{"error": "..."}``.
+
+- ``GET|POST /_sim/users``: list; add ``{userPrincipalName, mail?, id?, displayName?}``
+- ``POST /_sim/apps``: register ``{client_id?, tenant?, secret?, certificate_pem?, roles?}``
+- ``POST|DELETE /_sim/users/{id}/preferred``: ``{availability, activity, expiration_minutes?}``
+- ``POST /_sim/users/{id}/status-message``: ``{content, expires? (ISO 8601)}``
+- ``POST /_sim/users/{id}/client``: a Teams client signs in ``{availability?, activity?}``
+  (``{}`` signs it out)
+- ``GET /_sim/users/{id}/presence``, ``GET /_sim/users/{id}/events``
+- ``POST /_sim/fail``: ``{path?, status?, count?, retry_after?}``
+- ``POST /_sim/hang``: ``{seconds, path?, count?}``
+- ``GET|DELETE /_sim/requests`` (``?path=`` prefix)
+- ``POST /_sim/clock/advance``: ``{seconds}`` (only with a ``SimClock``)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from presence_sync.sim.graph_sim import GraphSim
+from presence_sync.sim.graph_wire import SimClock
+
+__all__ = ["control_routes"]
+
+
+class _Control:
+    """``/_sim/``: set-up and inspection for another process (JSON in and out)."""
+
+    def __init__(self, sim: GraphSim) -> None:
+        self.sim = sim
+
+    async def _call(self, request: Request, action: Callable[[dict[str, Any]], Any]) -> Response:
+        try:
+            raw = await request.body()
+            body = json.loads(raw) if raw else {}
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+            result = action(body)
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(result if result is not None else {"ok": True})
+
+    async def users(self, request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse([u.resource() for u in self.sim.users()])
+        return await self._call(
+            request,
+            lambda b: {
+                "id": self.sim.add_user(
+                    b["userPrincipalName"],
+                    mail=b.get("mail", ""),
+                    user_id=b.get("id"),
+                    display_name=b.get("displayName"),
+                )
+            },
+        )
+
+    async def apps(self, request: Request) -> Response:
+        def act(b: dict[str, Any]) -> dict[str, str]:
+            pem = b.get("certificate_pem")
+            extra = {"roles": b["roles"]} if "roles" in b else {}
+            client_id = self.sim.register_app(
+                b.get("client_id"),
+                tenant=b.get("tenant"),
+                secret=b.get("secret"),
+                certificate_pem=pem.encode() if pem else None,
+                **extra,
+            )
+            return {"client_id": client_id}
+
+        return await self._call(request, act)
+
+    async def preferred(self, request: Request) -> Response:
+        user = request.path_params["user"]
+        if request.method == "DELETE":
+            return await self._call(request, lambda _b: self.sim.clear_preferred(user))
+
+        def act(b: dict[str, Any]) -> None:
+            minutes = b.get("expiration_minutes")
+            expiration = None if minutes is None else timedelta(minutes=float(minutes))
+            self.sim.set_preferred(user, b["availability"], b["activity"], expiration)
+
+        return await self._call(request, act)
+
+    async def status_message(self, request: Request) -> Response:
+        user = request.path_params["user"]
+
+        def act(b: dict[str, Any]) -> None:
+            expires = b.get("expires")
+            moment = None if expires is None else datetime.fromisoformat(expires)
+            self.sim.set_status_message(user, b["content"], moment)
+
+        return await self._call(request, act)
+
+    async def client(self, request: Request) -> Response:
+        user = request.path_params["user"]
+        return await self._call(
+            request,
+            lambda b: self.sim.sign_in_client(user, b.get("availability"), b.get("activity")),
+        )
+
+    async def presence(self, request: Request) -> Response:
+        user = request.path_params["user"]
+        return await self._call(
+            request,
+            lambda _b: {**self.sim.presence(user), "sessions": self.sim.sessions(user)},
+        )
+
+    async def events(self, request: Request) -> Response:
+        user = request.path_params["user"]
+        return await self._call(request, lambda _b: {"value": self.sim.events(user)})
+
+    async def fail(self, request: Request) -> Response:
+        return await self._call(
+            request,
+            lambda b: self.sim.fail_next(
+                b.get("path", ""),
+                int(b.get("status", 429)),
+                int(b.get("count", 1)),
+                b.get("retry_after", 1.0),
+            ),
+        )
+
+    async def hang(self, request: Request) -> Response:
+        return await self._call(
+            request,
+            lambda b: self.sim.hang_next(
+                float(b["seconds"]), b.get("path", ""), int(b.get("count", 1))
+            ),
+        )
+
+    async def requests(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.sim.clear_requests()
+            return JSONResponse({"ok": True})
+        prefix = request.query_params.get("path", "")
+        return JSONResponse(
+            [
+                {
+                    "method": r.method,
+                    "path": r.path,
+                    "query": r.query,
+                    "body": r.body,
+                    "status": r.status,
+                    "at": r.at.isoformat(),
+                    "client_id": r.client_id,
+                }
+                for r in self.sim.requests(prefix)
+            ]
+        )
+
+    async def advance(self, request: Request) -> Response:
+        clock = self.sim.clock
+        if not isinstance(clock, SimClock):
+            return JSONResponse({"error": "this simulator's clock cannot be moved"}, 409)
+        return await self._call(request, lambda b: clock.advance(float(b["seconds"])))
+
+
+def control_routes(sim: GraphSim) -> list[Route]:
+    """The ``/_sim/`` routes for ``sim``."""
+    c = _Control(sim)
+    return [
+        Route("/_sim/users", c.users, methods=["GET", "POST"]),
+        Route("/_sim/apps", c.apps, methods=["POST"]),
+        Route("/_sim/users/{user}/preferred", c.preferred, methods=["POST", "DELETE"]),
+        Route("/_sim/users/{user}/status-message", c.status_message, methods=["POST"]),
+        Route("/_sim/users/{user}/client", c.client, methods=["POST"]),
+        Route("/_sim/users/{user}/presence", c.presence, methods=["GET"]),
+        Route("/_sim/users/{user}/events", c.events, methods=["GET"]),
+        Route("/_sim/fail", c.fail, methods=["POST"]),
+        Route("/_sim/hang", c.hang, methods=["POST"]),
+        Route("/_sim/requests", c.requests, methods=["GET", "DELETE"]),
+        Route("/_sim/clock/advance", c.advance, methods=["POST"]),
+    ]
