@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from presence_sync.sim.control import Conflict, json_route
 from presence_sync.sim.nfon_sim import NfonSim
 from presence_sync.sim.nfon_streams import SseResponse, StreamKind
 from presence_sync.sim.nfon_tokens import Issued, TokenPair
@@ -219,29 +220,9 @@ class _Control:
     def __init__(self, sim: NfonSim) -> None:
         self.sim = sim
 
-    def route(self, path: str, fn: Callable[[dict[str, Any]], Any], method: str) -> Route:
-        async def endpoint(request: Request) -> Response:
-            body: dict[str, Any] = {}
-            raw = await request.body()
-            if raw.strip():
-                try:
-                    parsed = json.loads(raw)
-                except ValueError:
-                    return JSONResponse({"error": "body is not JSON"}, status_code=400)
-                if not isinstance(parsed, dict):
-                    return JSONResponse({"error": "body must be a JSON object"}, status_code=400)
-                body = parsed
-            try:
-                result = fn(body)
-            except KeyError as exc:
-                return JSONResponse({"error": str(exc.args[0])}, status_code=404)
-            except _Conflict as exc:
-                return JSONResponse({"error": str(exc)}, status_code=409)
-            except (ValueError, TypeError) as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
-            return JSONResponse({"ok": True} if result is None else result)
-
-        return Route(path, endpoint, methods=[method])
+    @staticmethod
+    def route(path: str, fn: Callable[[dict[str, Any]], Any], method: str) -> Route:
+        return json_route(path, lambda body, _params: fn(body), method)
 
     def routes(self) -> list[Route]:
         sim = self.sim
@@ -282,7 +263,7 @@ class _Control:
         try:
             step(call_id)
         except ValueError as exc:
-            raise _Conflict(str(exc)) from None
+            raise Conflict(str(exc)) from None
 
     def logins(self, body: Mapping[str, Any]) -> None:
         self.sim.refuse_logins(_bool(body, "refuse", True))
@@ -320,10 +301,6 @@ class _Control:
 
     def remove_extension(self, body: Mapping[str, Any]) -> None:
         self.sim.remove_extension(_str(body, "extension"))
-
-
-class _Conflict(Exception):
-    pass
 
 
 def _str(body: Mapping[str, Any], key: str) -> str:

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
+from presence_sync.sim.control import json_route
 from presence_sync.sim.slack import SlackSim
 from presence_sync.sim.slack_api import Incoming
 
@@ -107,32 +108,6 @@ def build_app(sim: SlackSim) -> Starlette:
     return Starlette(routes=[Route("/api/{method}", api, methods=["GET", "POST"]), *_control(sim)])
 
 
-Handler = Callable[[dict[str, Any], Mapping[str, str]], Any]
-
-
-def _route(path: str, fn: Handler, method: str) -> Route:
-    async def endpoint(request: Request) -> Response:
-        body: dict[str, Any] = {}
-        raw = await request.body()
-        if raw.strip():
-            try:
-                parsed = json.loads(raw)
-            except ValueError:
-                return JSONResponse({"error": "body is not JSON"}, status_code=400)
-            if not isinstance(parsed, dict):
-                return JSONResponse({"error": "body is not a JSON object"}, status_code=400)
-            body = parsed
-        try:
-            result = fn(body, request.path_params)
-        except KeyError as exc:
-            return JSONResponse({"error": str(exc.args[0])}, status_code=404)
-        except (TypeError, ValueError) as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse(result if result is not None else {"ok": True})
-
-    return Route(path, endpoint, methods=[method])
-
-
 def _need(body: Mapping[str, Any], key: str) -> Any:
     if key not in body:
         raise ValueError(f"missing {key!r}")
@@ -172,26 +147,30 @@ def _control(sim: SlackSim) -> list[Route]:
                       retry_after=int(retry) if retry is not None else None)  # fmt: skip
 
     return [
-        _route("/_sim/people", lambda b, p: [x.as_dict() for x in sim.people()], "GET"),
-        _route("/_sim/requests", lambda b, p: [e.as_dict() for e in sim.requests()], "GET"),
-        _route("/_sim/users", add_user, "POST"),
-        _route(
+        json_route("/_sim/people", lambda b, p: [x.as_dict() for x in sim.people()], "GET"),
+        json_route("/_sim/requests", lambda b, p: [e.as_dict() for e in sim.requests()], "GET"),
+        json_route("/_sim/users", add_user, "POST"),
+        json_route(
             "/_sim/users/{user}/deactivate", lambda b, p: sim.deactivate_user(p["user"]), "POST"
         ),
-        _route("/_sim/users/{user}/status", status, "POST"),
-        _route("/_sim/users/{user}/snooze", snooze, "POST"),
-        _route("/_sim/users/{user}/snooze", lambda b, p: sim.end_snooze(p["user"]), "DELETE"),
-        _route("/_sim/tokens", add_token, "POST"),
-        _route("/_sim/tokens/{token}/revoke", lambda b, p: sim.revoke_token(p["token"]), "POST"),
-        _route("/_sim/tokens/{token}/expire", lambda b, p: sim.expire_token(p["token"]), "POST"),
-        _route("/_sim/fail", fail, "POST"),
-        _route(
+        json_route("/_sim/users/{user}/status", status, "POST"),
+        json_route("/_sim/users/{user}/snooze", snooze, "POST"),
+        json_route("/_sim/users/{user}/snooze", lambda b, p: sim.end_snooze(p["user"]), "DELETE"),
+        json_route("/_sim/tokens", add_token, "POST"),
+        json_route(
+            "/_sim/tokens/{token}/revoke", lambda b, p: sim.revoke_token(p["token"]), "POST"
+        ),
+        json_route(
+            "/_sim/tokens/{token}/expire", lambda b, p: sim.expire_token(p["token"]), "POST"
+        ),
+        json_route("/_sim/fail", fail, "POST"),
+        json_route(
             "/_sim/hang",
             lambda b, p: sim.hang_next(
                 str(_need(b, "method")), float(_need(b, "seconds")), count=int(b.get("count", 1))
             ),
             "POST",
         ),
-        _route("/_sim/advance", lambda b, p: sim.advance(float(_need(b, "seconds"))), "POST"),
-        _route("/_sim/budgets/reset", lambda b, p: sim.reset_budgets(), "POST"),
+        json_route("/_sim/advance", lambda b, p: sim.advance(float(_need(b, "seconds"))), "POST"),
+        json_route("/_sim/budgets/reset", lambda b, p: sim.reset_budgets(), "POST"),
     ]
