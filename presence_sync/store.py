@@ -31,13 +31,16 @@ is written (a naive datetime, ``data`` JSON cannot carry exactly).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -107,6 +110,14 @@ class Store(Protocol):
         engine groups the records of one loop turn this way, so a commit is
         paid per turn, not per key. ``ValueError`` for a bad value, before
         anything is written."""
+        ...
+
+    async def awrite_applied(self, writes: Sequence[AppliedWrite]) -> None:
+        """``write_applied`` without blocking the event loop while the
+        database waits for a lock or a checkpoint: same contract, same
+        errors (``ValueError`` before anything is written). Calls are
+        committed in the order they were made. If the awaiting task is
+        cancelled, the write may still complete."""
         ...
 
     def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None: ...
@@ -511,6 +522,72 @@ def _open_failure(path: Path, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"cannot open state database {path}: {exc}")
 
 
+def _commit_runs(db: sqlite3.Connection, runs: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    """Execute ``runs`` (statement, rows) in one transaction on ``db``."""
+    if not runs:
+        return
+    db.execute("BEGIN")
+    try:
+        for sql, rows in runs:
+            db.executemany(sql, rows)
+        db.execute("COMMIT")
+    except BaseException:
+        # SQLite may have rolled back already (disk full does).
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+class _Writer:
+    """One thread with its own connection to ``path``, committing groups of
+    applied rows in the order they are given. A ``sqlite3`` connection is
+    bound to the thread that opened it, so the thread opens it itself."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presence-sync-store")
+
+    def _connection(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(
+                self._path,
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                cached_statements=64,
+            )
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA journal_size_limit = 4194304")
+            self._local.db = db
+        return db
+
+    def _commit(self, runs: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        try:
+            _commit_runs(self._connection(), runs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database {self._path}: {exc}") from exc
+
+    async def commit(self, runs: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        try:
+            future = self._pool.submit(self._commit, runs)
+        except RuntimeError as exc:  # shut down meanwhile
+            raise StoreError(f"state database {self._path}: store is closed") from exc
+        await asyncio.wrap_future(future)
+
+    def _close_connection(self) -> None:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None:
+            self._local.db = None
+            db.close()
+
+    def close(self) -> None:
+        """Finish the queued commits, close the connection, end the thread."""
+        self._pool.submit(self._close_connection)
+        self._pool.shutdown(wait=True)
+
+
 class SqliteStore:
     """The daemon's store: one SQLite database file.
 
@@ -536,16 +613,21 @@ class SqliteStore:
     the module docstring) and changes nothing.
 
     Threads: use one instance from one thread, the asyncio loop's (SQLite's
-    ``check_same_thread`` enforces it). Calls are short (tens of microseconds),
-    so they run on the loop directly; the engine pays one commit per loop
-    turn through ``write_applied``, not one per key. Another thread or
-    process wanting the data opens its own ``SqliteStore``.
+    ``check_same_thread`` enforces it). Calls are short (tens of microseconds)
+    and run on the loop directly, except ``awrite_applied``: the engine's
+    grouped commits go to one writer thread with its own connection (opened
+    at the first call), so another process holding the write lock (up to
+    ``busy_timeout``) or a WAL checkpoint never stalls the loop. Once that
+    writer exists, WAL checkpoints run only there. Another thread or process
+    wanting the data opens its own ``SqliteStore``.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Clock | None = None) -> None:
         self.path = Path(path)
         self._clock: Clock = clock or SystemClock()
         self._persons = _PersonCache()
+        self._writer: _Writer | None = None
+        self._closed = False
         try:
             with _private_umask():
                 _make_dirs(self.path.parent)
@@ -667,6 +749,26 @@ class SqliteStore:
     @_guarded
     def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
         """Every put and delete in one transaction (see ``Store.write_applied``)."""
+        _commit_runs(self._db, self._runs(writes))
+
+    async def awrite_applied(self, writes: Sequence[AppliedWrite]) -> None:
+        """Every put and delete in one transaction on the writer thread (see
+        ``Store.awrite_applied``): values are encoded here, on the caller's
+        thread, so a ``ValueError`` comes before anything is queued."""
+        runs = self._runs(writes)
+        if not runs:
+            return
+        writer = self._writer
+        if writer is None:
+            if self._closed:
+                raise StoreError(f"state database {self.path}: store is closed")
+            writer = self._writer = _Writer(self.path)
+            # Checkpoints now run where the applied rows are committed, off the
+            # loop; this connection's few other writes only append to the WAL.
+            self._db.execute("PRAGMA wal_autocheckpoint = 0")
+        await writer.commit(runs)
+
+    def _runs(self, writes: Sequence[AppliedWrite]) -> list[tuple[str, list[tuple[Any, ...]]]]:
         # Runs of puts and of deletes, in order, each one executemany: the
         # engine's groups are written with a few calls into SQLite, not one per row.
         runs: list[tuple[str, list[tuple[Any, ...]]]] = []
@@ -681,19 +783,7 @@ class SqliteStore:
                 runs[-1][1].append(args)
             else:
                 runs.append((sql, [args]))
-        if not runs:
-            return
-        db = self._db
-        db.execute("BEGIN")
-        try:
-            for sql, rows in runs:
-                db.executemany(sql, rows)
-            db.execute("COMMIT")
-        except BaseException:
-            # SQLite may have rolled back already (disk full does).
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        return runs
 
     @_guarded
     def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None:
@@ -749,7 +839,12 @@ class SqliteStore:
         return self._db.execute(_EXPIRE_IDS, (_time_text(cutoff, "cutoff"),)).rowcount
 
     def close(self) -> None:
-        """Close the database (idempotent); later calls raise ``StoreError``."""
+        """Close the database (idempotent); later calls raise ``StoreError``.
+        Waits for the writer thread to finish what it was given."""
+        self._closed = True
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
         self._db.close()
 
 
@@ -813,6 +908,10 @@ class MemoryStore:
                 self._applied.pop((target, key), None)
             else:
                 self._applied[target, key] = row
+
+    async def awrite_applied(self, writes: Sequence[AppliedWrite]) -> None:
+        # Nothing here can wait for a lock: the write happens at once.
+        self.write_applied(writes)
 
     def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None:
         self._check()

@@ -46,11 +46,12 @@ The package, one piece per module, each readable alone:
   (pure);
 - ``lane``: one target's per-key state (one ``Phase`` per key), queues,
   token bucket, pause and backoff; ``check_target``;
-- ``ledger``: the applied rows and the write-ahead records; one store
-  transaction per loop turn;
+- ``ledger``: the applied rows and the write-ahead records; group commits,
+  off the event loop, retried while the store cannot write;
 - ``worker``: one apply and what its answer means for the key;
-- ``dispatch``: ``Engine``, the public API and the loop that starts work
-  once per loop turn;
+- ``dispatch``: ``Engine``, the public API, the loop that picks work once
+  per loop turn and the commit loop that sends a request once its
+  write-ahead record is stored;
 - ``snapshot``, ``picture``: counters and pictures for tests and the status
   page.
 """
@@ -61,7 +62,7 @@ from __future__ import annotations
 from presence_sync.targets.base import Target, TargetInfo
 
 from .book import UNKNOWN, Decider, Desired
-from .dispatch import Engine
+from .dispatch import STORE_RETRY, Engine
 from .lane import AUTH_PAUSE, AUTH_PAUSE_CAP, MIN_REFRESH, MIN_RETRY_AFTER, Backoff, check_target
 from .ledger import UNCERTAIN
 from .snapshot import EngineSnapshot, KeySnapshot, TargetSnapshot, TargetStats
@@ -71,6 +72,7 @@ __all__ = [
     "AUTH_PAUSE_CAP",
     "MIN_REFRESH",
     "MIN_RETRY_AFTER",
+    "STORE_RETRY",
     "UNCERTAIN",
     "UNKNOWN",
     "Backoff",

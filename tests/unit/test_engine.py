@@ -32,7 +32,7 @@ from engine_helpers import (
 from prometheus_client import REGISTRY
 
 from presence_sync.clock import ManualClock
-from presence_sync.engine import UNCERTAIN, Engine, check_target
+from presence_sync.engine import STORE_RETRY, UNCERTAIN, Engine, check_target
 from presence_sync.errors import AuthError, PermanentError, StoreError, TransientError
 from presence_sync.model import (
     Applied,
@@ -817,26 +817,51 @@ async def test_requests_started_together_are_written_ahead_in_one_transaction(
     assert all(r.applied.data == {} for r in store.load_applied())
 
 
-async def test_a_status_the_store_could_not_record_is_applied_again(
+async def test_a_write_ahead_the_store_could_not_take_is_retried_before_sending(
     clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = JournalStore(clock)
     remote = Remote(clock)
     engine = engine_for(clock, store, {"teams": make_target("teams", remote)}, rng=MaxJitter())
-    store.refuse = 2  # the write-ahead record, then the confirmation
-    with caplog.at_level(logging.ERROR, logger="presence_sync.engine"):
+    store.refuse = 2  # the write-ahead record, and its first retry
+    with caplog.at_level(logging.WARNING, logger="presence_sync.engine"):
         async with running(engine):
             engine.observe(in_call("100"))
             await settle()
             [key] = [k for k in engine.snapshot().keys if k.person == ANNA.key]
-            assert key.state == "backoff"
-            assert key.uncertain
-            assert key.last_error == "store: state database: disk I/O error"
+            assert key.state == "starting"
+            assert remote.requests == []  # nothing leaves before its record is stored
+            await tick(clock, STORE_RETRY)
+            assert remote.requests == []
+            await tick(clock, STORE_RETRY)
+            assert remote.times() == [2 * STORE_RETRY]
             await run_until_idle(engine, clock)
-    assert remote.times() == [0, 1]  # sent despite the failed record, then again
     assert stored(store) == {("teams", ANNA.key): BUSY}
     assert [r.applied.data for r in store.load_applied()] == [{}]
-    assert len([r for r in caplog.records if "could not record" in r.getMessage()]) == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("cannot write the state database; records are kept and retried") == 1
+    assert messages.count("state database writable again") == 1
+
+
+async def test_a_confirmation_the_store_could_not_take_is_kept_and_retried(
+    clock: ManualClock,
+) -> None:
+    store = JournalStore(clock)
+    gate = asyncio.Event()
+    remote = Remote(clock, gate=gate)
+    engine = engine_for(clock, store, {"teams": make_target("teams", remote)}, rng=MaxJitter())
+    async with running(engine):
+        engine.observe(in_call("100"))
+        await until(lambda: len(remote.active) == 1)
+        assert store.load_applied()[0].applied.data == {UNCERTAIN: True}
+        store.refuse = 1  # the confirmation
+        gate.set()
+        await settle()
+        assert engine.pending() == 1  # the record, kept for the retry
+        await tick(clock, STORE_RETRY)
+        await run_until_idle(engine, clock)
+    assert remote.times() == [0]  # one request: the record was not lost
+    assert [r.applied.data for r in store.load_applied()] == [{}]
 
 
 async def test_one_bad_memo_does_not_keep_other_rows_from_the_store(
