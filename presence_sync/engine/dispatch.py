@@ -426,8 +426,7 @@ class Engine:
                 finally:
                     self._retry = None
                     self._settled.clear()
-                if not self._running:
-                    return
+                # Cut short by the end of run(): one last try, then return.
                 continue
             self._committed(group, failed)
         # No row staged while the last group committed: memory equals the
