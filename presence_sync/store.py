@@ -543,8 +543,9 @@ class _Writer:
     applied rows in the order they are given. A ``sqlite3`` connection is
     bound to the thread that opened it, so the thread opens it itself."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_ms: int) -> None:
         self._path = path
+        self._busy_ms = busy_ms
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presence-sync-store")
 
@@ -554,10 +555,10 @@ class _Writer:
             db = sqlite3.connect(
                 self._path,
                 isolation_level=None,
-                timeout=BUSY_TIMEOUT_MS / 1000,
+                timeout=self._busy_ms / 1000,
                 cached_statements=64,
             )
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
             db.execute("PRAGMA synchronous = NORMAL")
             db.execute("PRAGMA journal_size_limit = 4194304")
             self._local.db = db
@@ -595,8 +596,9 @@ class SqliteStore:
     committed to the WAL file when the call returns, so it survives a crash
     or kill of the process at any instant; a power loss or kernel crash may
     lose the last few commits but never leaves a damaged database (the
-    reconciler converges from an older state). ``busy_timeout`` is 5 s, for
-    a second process (``presence-sync check``) reading the same file.
+    reconciler converges from an older state). ``busy_timeout`` (seconds,
+    default 5) is how long a write waits for a second process holding the
+    file (``presence-sync status``, a backup) before it fails.
 
     Files: the database and its ``-wal``/``-shm`` files are created 0600 and
     missing parent directories 0700, whatever the umask. An existing directory
@@ -622,10 +624,17 @@ class SqliteStore:
     wanting the data opens its own ``SqliteStore``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        busy_timeout: float = BUSY_TIMEOUT_MS / 1000,
+    ) -> None:
         self.path = Path(path)
         self._clock: Clock = clock or SystemClock()
         self._persons = _PersonCache()
+        self._busy_ms = round(busy_timeout * 1000)
         self._writer: _Writer | None = None
         self._closed = False
         try:
@@ -635,7 +644,7 @@ class SqliteStore:
                 self._db = sqlite3.connect(
                     self.path,
                     isolation_level=None,
-                    timeout=BUSY_TIMEOUT_MS / 1000,
+                    timeout=self._busy_ms / 1000,
                     cached_statements=64,
                 )
                 try:
@@ -650,7 +659,7 @@ class SqliteStore:
 
     def _open(self) -> None:
         db = self._db
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         # Reading the header first is what tells a foreign or newer file apart
         # before this process changes anything in it.
         version = self._check_identity()
@@ -762,7 +771,7 @@ class SqliteStore:
         if writer is None:
             if self._closed:
                 raise StoreError(f"state database {self.path}: store is closed")
-            writer = self._writer = _Writer(self.path)
+            writer = self._writer = _Writer(self.path, self._busy_ms)
             # Checkpoints now run where the applied rows are committed, off the
             # loop; this connection's few other writes only append to the WAL.
             self._db.execute("PRAGMA wal_autocheckpoint = 0")

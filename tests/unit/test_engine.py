@@ -7,6 +7,8 @@ import asyncio
 import itertools
 import logging
 import random
+import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,6 +31,7 @@ from engine_helpers import (
     until,
     view,
 )
+from polling import eventually_async
 from prometheus_client import REGISTRY
 
 from presence_sync.clock import ManualClock
@@ -941,6 +944,80 @@ async def test_a_restart_converges_without_redundant_requests(
     second_store.close()
     assert teams.asked()[sent // 2 :] == [(CARL.key, BUSY)]
     assert slack.asked()[sent // 2 :] == [(CARL.key, BUSY)]
+
+
+async def test_a_held_write_lock_does_not_freeze_the_loop(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "state.db"
+    store = SqliteStore(path, clock=clock)
+    teams, hook = Remote(clock), Remote(clock)
+    targets = {
+        "teams": make_target("teams", teams),
+        "hook": make_target("hook", hook, remote_state=False),
+    }
+    engine = engine_for(clock, store, targets)
+    backup = sqlite3.connect(path, isolation_level=None)
+    backup.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        async with running(engine):
+            engine.observe(in_call("100"))
+            # A target that needs no write-ahead record is served at once...
+            await eventually_async(lambda: hook.requests, "the request needing no record")
+            # ... and the loop keeps ticking while the writer waits for the lock.
+            gaps = []
+            for _ in range(40):
+                before = time.monotonic()
+                await asyncio.sleep(0.01)
+                gaps.append(time.monotonic() - before)
+            assert max(gaps) < 1.0  # a blocked loop would stall for the 5 s busy timeout
+            assert teams.requests == []  # not sent before its record is stored
+            keys = {(k.target, k.person): k.state for k in engine.snapshot().keys}
+            assert keys["teams", ANNA.key] == "starting"
+            backup.execute("ROLLBACK")
+            await eventually_async(lambda: teams.requests, "the request once its record is in")
+            await run_until_idle(engine, clock)
+    finally:
+        backup.close()
+    store.close()
+    reopened = SqliteStore(path, clock=clock)
+    assert stored(reopened) == {("teams", ANNA.key): BUSY, ("hook", ANNA.key): BUSY}
+    assert all(not r.applied.data for r in reopened.load_applied())
+    reopened.close()
+
+
+async def test_a_lock_held_past_the_busy_timeout_delays_requests_but_loses_nothing(
+    clock: ManualClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    store = SqliteStore(path, clock=clock, busy_timeout=0.05)
+    teams = Remote(clock)
+    engine = engine_for(clock, store, {"teams": make_target("teams", teams)})
+    backup = sqlite3.connect(path, isolation_level=None)
+    backup.execute("BEGIN IMMEDIATE")
+    failing = "cannot write the state database; records are kept and retried"
+    try:
+        with caplog.at_level(logging.WARNING, logger="presence_sync.engine"):
+            async with running(engine):
+                engine.observe(in_call("100"))
+                await eventually_async(lambda: failing in caplog.messages, "the failed commit")
+                await settle(engine=engine)
+                await tick(clock, STORE_RETRY)  # the retry fails too
+                await settle(engine=engine)
+                assert teams.requests == []
+                assert engine.pending() == 2  # the key, and its record
+                backup.execute("ROLLBACK")
+                await tick(clock, STORE_RETRY)
+                await settle(engine=engine)
+                assert teams.times() == [2 * STORE_RETRY]
+                await run_until_idle(engine, clock)
+    finally:
+        backup.close()
+    assert caplog.messages.count(failing) == 1
+    assert caplog.messages.count("state database writable again") == 1
+    assert stored(store) == {("teams", ANNA.key): BUSY}
+    assert [r.applied.data for r in store.load_applied()] == [{}]
+    store.close()
 
 
 # --- reloads ------------------------------------------------------------------------
