@@ -216,6 +216,41 @@ class StoreContract:
             )
         assert reopen().load_applied() == [AppliedRow("teams_presence", BOB, ON_A_CALL)]
 
+    async def test_awrite_applied_puts_and_deletes_in_order(
+        self, store: Store, reopen: Callable[[], Store]
+    ) -> None:
+        store.put_applied("teams_presence", BOB, ON_A_CALL)
+        await store.awrite_applied(
+            [
+                AppliedWrite("teams_presence", ANNA, RESTORED),
+                AppliedWrite("teams_presence", BOB, None),
+                AppliedWrite("teams_presence", ANNA, ON_A_CALL),
+            ]
+        )
+        await store.awrite_applied([AppliedWrite("slack_status", BOB, RESTORED)])
+        await store.awrite_applied([])
+
+        # The store's own reads see them at once, and so does a restart.
+        expected = {
+            ("teams_presence", ANNA.key): AppliedRow("teams_presence", ANNA, ON_A_CALL),
+            ("slack_status", BOB.key): AppliedRow("slack_status", BOB, RESTORED),
+        }
+        assert by_key(store.load_applied()) == expected
+        assert by_key(reopen().load_applied()) == expected
+
+    async def test_awrite_applied_with_a_bad_value_writes_none_of_it(
+        self, store: Store, reopen: Callable[[], Store]
+    ) -> None:
+        naive = Applied(status=None, at=datetime(2026, 1, 5, 9, 0))
+        with pytest.raises(ValueError, match=r"timezone-aware"):
+            await store.awrite_applied(
+                [
+                    AppliedWrite("teams_presence", ANNA, ON_A_CALL),
+                    AppliedWrite("teams_presence", BOB, naive),
+                ]
+            )
+        assert reopen().load_applied() == []
+
     def test_a_person_removed_from_the_config_still_comes_back(
         self, store: Store, reopen: Callable[[], Store]
     ) -> None:
@@ -284,6 +319,13 @@ class StoreContract:
             store.load_applied()
         with pytest.raises(StoreError):
             store.put_id("slack:user", ANNA.email, "U0ANNA")
+
+    async def test_a_closed_store_refuses_awrite_applied(self, store: Store) -> None:
+        await store.awrite_applied([AppliedWrite("teams_presence", ANNA, ON_A_CALL)])
+        store.close()
+
+        with pytest.raises(StoreError):
+            await store.awrite_applied([AppliedWrite("teams_presence", BOB, ON_A_CALL)])
 
     # --- saved statuses ------------------------------------------------------------
 
