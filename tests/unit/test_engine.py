@@ -430,6 +430,8 @@ async def test_rejected_credentials_pause_the_target_and_probe_with_one_request(
             await settle()
             first_batch = len(teams.requests)  # up to the concurrency, all rejected
             assert engine.snapshot().targets["teams"].pause_reason == "auth"
+            assert engine.target_states() == engine.snapshot().targets
+            assert engine.target_states()["slack"].pause_reason is None
             assert slack.shows == {p.key: BUSY for p in PEOPLE}
 
             await tick(clock, 299)
