@@ -387,7 +387,9 @@ class Engine:
             ledger.write_ahead(lane.name, flight.person, flight.desired)
         # While rows are staged or committing, memory is ahead of the store:
         # such a request waits for the next group even if it staged nothing.
-        behind = bool(ledger.staged or ledger.committing)
+        # The common case needs no wait: the store takes the group at once.
+        idle = self._committer is None or self._committer.done()
+        behind = not (idle and ledger.try_commit())
         for lane, flight in starting:
             if behind and flight.desired is not None and lane.info.remote_state:
                 self._ahead.append((lane, flight))

@@ -10,12 +10,14 @@ and flagged (``uncertain``) until one request for that key succeeds; a
 request the target refused outright changed nothing, and ``rejected`` puts
 the record back.
 
-Commits are grouped, and made off the event loop. A record after an answer
-(``record``, ``uncertain``, ``rejected``) or before a request
+Commits are grouped, and never wait on the event loop. A record after an
+answer (``record``, ``uncertain``, ``rejected``) or before a request
 (``write_ahead``) is *staged*: the in-memory row changes at once and the
-store gets it with the next group. ``commit`` writes every staged row in ONE
-``Store.awrite_applied`` transaction, which a SQLite store runs on its writer
-thread; rows staged meanwhile go in the next group. The engine sends a
+store gets it with the next group, in ONE transaction: ``try_commit`` at the
+end of the loop turn if the store can take it without waiting for a lock
+(the common case, cheap), else ``commit`` through ``Store.awrite_applied``,
+which a SQLite store runs on its writer thread; rows staged meanwhile go in
+the next group. The engine sends a
 request only after a group holding its write-ahead record has committed
 (``Phase.STARTING`` until then). A crash before a commit loses only staged
 rows whose older store row is the safe one (a flagged worse case, or a row
@@ -168,6 +170,22 @@ class Ledger:
         if row is not None:
             self._stage(_Pending(AppliedWrite(target, person, row), "an uncertain status"))
 
+    def try_commit(self) -> bool:
+        """Write every staged row now if the store can without waiting for
+        a lock (``Store.try_write_applied``). False, with every row still
+        staged, otherwise, and on any error: ``commit`` then writes them,
+        reports what fails and logs it."""
+        if self._committing or not self._staged:
+            return not self._staged
+        try:
+            done = self._store.try_write_applied([p.write for p in self._staged])
+        except Exception:
+            return False
+        if done:
+            self._staged = []
+            self._recovered()
+        return done
+
     async def commit(self) -> list[Failed] | None:
         """Write every staged row in one transaction (one ``commit`` at a
         time). Returns the rows the store refused as bad values (logged;
@@ -197,13 +215,16 @@ class Ledger:
             return None
         finally:
             self._committing = 0
+        self._recovered()
+        return failed
+
+    def _recovered(self) -> None:
         if self._down_since is not None:
             log.warning(
                 "state database writable again",
                 extra=kv(after_s=round(self._clock.monotonic() - self._down_since, 3)),
             )
             self._down_since = None
-        return failed
 
     def _stage(self, pending: _Pending) -> None:
         write = pending.write

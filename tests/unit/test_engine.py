@@ -790,6 +790,11 @@ class JournalStore(MemoryStore):
         self.transactions: list[list[tuple[str, str, Applied | None]]] = []
         self.refuse = 0
 
+    def try_write_applied(self, writes: Sequence[AppliedWrite]) -> bool:
+        # A refusing store is one that cannot write right now: the engine
+        # then hands the group to awrite_applied, where the failure counts.
+        return not self.refuse and super().try_write_applied(writes)
+
     def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
         if self.refuse:
             self.refuse -= 1
