@@ -35,6 +35,12 @@ rows of the store), and works on keys whose two differ:
   one request for that key succeeds, even if the desired status comes back
   to what the store says. A request the target refused outright (4xx, 429,
   auth) changed nothing, and the record goes back to what it was.
+- records are committed in groups and never make the event loop wait: a
+  group the store cannot take at once (another process holds the database,
+  a checkpoint runs) is written by the store's writer thread, and a request
+  whose write-ahead record is in it waits (``starting``) until it is stored.
+  A store that cannot write is retried every ``STORE_RETRY`` seconds and
+  logged once; nothing recorded is dropped.
 
 Every wait goes through the injected ``Clock``; nothing polls. The engine
 knows targets and the store only through their protocols, and the rules
