@@ -45,7 +45,8 @@ class Engine:
     """The reconciler. Build it, give it people (``set_people``), feed it line
     views (``resync``, ``observe``) and ``await run()``.
 
-    All methods except ``run`` and ``drain`` are synchronous and cheap; they
+    All methods except ``run``, ``drain`` and ``committed`` are synchronous
+    and cheap; they
     only mark keys dirty and, while ``run()`` is active, start workers. Call
     them from the event loop that runs ``run()``. Targets' errors other than
     the three of ``errors`` are treated as transient and logged with their
@@ -341,10 +342,13 @@ class Engine:
     # --- dispatch ---------------------------------------------------------------------
     #
     # Work starts once per loop turn: whatever marks keys dirty wakes the lane,
-    # and one callback at the end of the turn pumps every woken lane. A
-    # request that needs a write-ahead record waits (STARTING) for a group
-    # commit holding it; the commits run one after another in ``_commit_loop``,
-    # off the event loop, and each takes every row staged meanwhile.
+    # and one callback at the end of the turn pumps every woken lane and
+    # commits the turn's rows in one transaction if the store can take them
+    # without waiting (the common case: requests then start in the same
+    # turn). Otherwise a request that needs a write-ahead record waits
+    # (STARTING) for a group holding it: ``_commit_loop`` writes the groups
+    # one after another, off the event loop, each with every row staged
+    # meanwhile, and retries while the store cannot write.
 
     def _wake(self, lane: Lane) -> None:
         """Pump ``lane`` at the end of this loop turn."""
