@@ -100,8 +100,11 @@ def line_view(extension: str, busy: bool) -> LineView:
 
 
 async def wait_idle(engine: Engine) -> None:
-    # Yielding is the point: the engine's own tasks run in between.
-    while engine.pending():  # noqa: ASYNC110
+    # Yielding is the point: the engine's own tasks run in between. While a
+    # commit runs in the store's writer thread, wait for it rather than spin
+    # (spinning would take the GIL from that thread).
+    while engine.pending():
+        await engine.committed()
         await asyncio.sleep(0)
 
 

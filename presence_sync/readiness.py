@@ -76,7 +76,7 @@ def readiness(
         if refused is None
         else {"ok": False, "reason": f"NFON login refused since {_clock_time(refused)}"}
     )
-    for name, target in engine.snapshot().targets.items():
+    for name, target in engine.target_states().items():
         if target.pause_reason == "auth":
             until = target.paused_until
             reason = f"{name} rejects our credentials"

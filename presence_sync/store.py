@@ -31,13 +31,17 @@ is written (a naive datetime, ``data`` JSON cannot carry exactly).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import math
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -107,6 +111,21 @@ class Store(Protocol):
         engine groups the records of one loop turn this way, so a commit is
         paid per turn, not per key. ``ValueError`` for a bad value, before
         anything is written."""
+        ...
+
+    def try_write_applied(self, writes: Sequence[AppliedWrite]) -> bool:
+        """``write_applied`` if it needs no wait: False, with nothing
+        written, when it would have to wait for a lock held elsewhere (or
+        for ``awrite_applied`` calls still under way, to keep the order).
+        Same errors as ``write_applied`` otherwise."""
+        ...
+
+    async def awrite_applied(self, writes: Sequence[AppliedWrite]) -> None:
+        """``write_applied`` without blocking the event loop while the
+        database waits for a lock or a checkpoint: same contract, same
+        errors (``ValueError`` before anything is written). Calls are
+        committed in the order they were made. If the awaiting task is
+        cancelled, the write may still complete."""
         ...
 
     def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None: ...
@@ -380,6 +399,9 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The schema version this presence-sync writes."""
 
 BUSY_TIMEOUT_MS: Final = 5000
+CHECKPOINT_EVERY: Final = 200
+"""Group commits between two WAL checkpoints (a few pages each; SQLite's
+own automatic checkpoint comes every 1,000 pages)."""
 """How long a statement waits for another process's lock (``presence-sync
 check`` reading while the daemon writes) before it fails."""
 
@@ -511,6 +533,87 @@ def _open_failure(path: Path, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"cannot open state database {path}: {exc}")
 
 
+def _commit_runs(
+    db: sqlite3.Connection, runs: list[tuple[str, list[tuple[Any, ...]]]], begin: str = "BEGIN"
+) -> None:
+    """Execute ``runs`` (statement, rows) in one transaction on ``db``."""
+    if not runs:
+        return
+    db.execute(begin)
+    try:
+        for sql, rows in runs:
+            db.executemany(sql, rows)
+        db.execute("COMMIT")
+    except BaseException:
+        # SQLite may have rolled back already (disk full does).
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+class _Writer:
+    """One thread with its own connection to ``path``, committing groups of
+    applied rows in the order they are given. A ``sqlite3`` connection is
+    bound to the thread that opened it, so the thread opens it itself."""
+
+    def __init__(self, path: Path, busy_ms: int) -> None:
+        self._path = path
+        self._busy_ms = busy_ms
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presence-sync-store")
+
+    def _connection(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(
+                self._path,
+                isolation_level=None,
+                timeout=self._busy_ms / 1000,
+                cached_statements=64,
+            )
+            db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA journal_size_limit = 4194304")
+            self._local.db = db
+        return db
+
+    def _commit(self, runs: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        try:
+            _commit_runs(self._connection(), runs)
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database {self._path}: {exc}") from exc
+
+    async def commit(self, runs: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        try:
+            future = self._pool.submit(self._commit, runs)
+        except RuntimeError as exc:  # shut down meanwhile
+            raise StoreError(f"state database {self._path}: store is closed") from exc
+        await asyncio.wrap_future(future)
+
+    def _checkpoint(self) -> None:
+        try:
+            self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            # The next one, or the next commit here, tries again.
+            log.warning("WAL checkpoint failed", extra=kv(path=str(self._path), error=str(exc)))
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file, in the thread, unawaited."""
+        with contextlib.suppress(RuntimeError):  # shut down meanwhile
+            self._pool.submit(self._checkpoint)
+
+    def _close_connection(self) -> None:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is not None:
+            self._local.db = None
+            db.close()
+
+    def close(self) -> None:
+        """Finish the queued commits, close the connection, end the thread."""
+        self._pool.submit(self._close_connection)
+        self._pool.shutdown(wait=True)
+
+
 class SqliteStore:
     """The daemon's store: one SQLite database file.
 
@@ -518,8 +621,9 @@ class SqliteStore:
     committed to the WAL file when the call returns, so it survives a crash
     or kill of the process at any instant; a power loss or kernel crash may
     lose the last few commits but never leaves a damaged database (the
-    reconciler converges from an older state). ``busy_timeout`` is 5 s, for
-    a second process (``presence-sync check``) reading the same file.
+    reconciler converges from an older state). ``busy_timeout`` (seconds,
+    default 5) is how long a write waits for a second process holding the
+    file (``presence-sync status``, a backup) before it fails.
 
     Files: the database and its ``-wal``/``-shm`` files are created 0600 and
     missing parent directories 0700, whatever the umask. An existing directory
@@ -536,16 +640,32 @@ class SqliteStore:
     the module docstring) and changes nothing.
 
     Threads: use one instance from one thread, the asyncio loop's (SQLite's
-    ``check_same_thread`` enforces it). Calls are short (tens of microseconds),
-    so they run on the loop directly; the engine pays one commit per loop
-    turn through ``write_applied``, not one per key. Another thread or
-    process wanting the data opens its own ``SqliteStore``.
+    ``check_same_thread`` enforces it). Calls are short (tens of microseconds)
+    and run on the loop directly, except that the engine's grouped commits
+    never wait there: ``try_write_applied`` commits only if the write lock is
+    free at once, and ``awrite_applied`` hands a group to a writer thread
+    with its own connection, so another process holding the lock (up to
+    ``busy_timeout``) never stalls the loop. Once either was first called,
+    WAL checkpoints run only in that thread. Another thread or process wanting
+    the data opens its own ``SqliteStore``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        busy_timeout: float = BUSY_TIMEOUT_MS / 1000,
+    ) -> None:
         self.path = Path(path)
         self._clock: Clock = clock or SystemClock()
         self._persons = _PersonCache()
+        self._busy_ms = round(busy_timeout * 1000)
+        self._writer: _Writer | None = None
+        self._now: sqlite3.Connection | None = None
+        self._backlog = 0
+        self._commits = 0
+        self._closed = False
         try:
             with _private_umask():
                 _make_dirs(self.path.parent)
@@ -553,7 +673,7 @@ class SqliteStore:
                 self._db = sqlite3.connect(
                     self.path,
                     isolation_level=None,
-                    timeout=BUSY_TIMEOUT_MS / 1000,
+                    timeout=self._busy_ms / 1000,
                     cached_statements=64,
                 )
                 try:
@@ -568,7 +688,7 @@ class SqliteStore:
 
     def _open(self) -> None:
         db = self._db
-        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
         # Reading the header first is what tells a foreign or newer file apart
         # before this process changes anything in it.
         version = self._check_identity()
@@ -667,6 +787,73 @@ class SqliteStore:
     @_guarded
     def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
         """Every put and delete in one transaction (see ``Store.write_applied``)."""
+        _commit_runs(self._db, self._runs(writes))
+
+    def try_write_applied(self, writes: Sequence[AppliedWrite]) -> bool:
+        """Every put and delete in one transaction, now, if the write lock is
+        free (see ``Store.try_write_applied``). In WAL mode with
+        ``synchronous=NORMAL`` such a commit only appends to the WAL file
+        (tens of microseconds, no fsync): cheaper on the loop than a thread
+        hop. False, with nothing written, while another connection holds the
+        lock or groups given to ``awrite_applied`` are still being written."""
+        runs = self._runs(writes)
+        if not runs:
+            return True
+        if self._backlog:
+            return False
+        writer = self._start_writer()
+        try:
+            _commit_runs(self._now_db(), runs, begin="BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return False
+            raise StoreError(f"state database {self.path}: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"state database {self.path}: {exc}") from exc
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY == 0:
+            writer.checkpoint()
+        return True
+
+    async def awrite_applied(self, writes: Sequence[AppliedWrite]) -> None:
+        """Every put and delete in one transaction on the writer thread, which
+        waits up to ``busy_timeout`` for the lock (see
+        ``Store.awrite_applied``). Values are encoded here, so a
+        ``ValueError`` comes before anything is queued."""
+        runs = self._runs(writes)
+        if not runs:
+            return
+        writer = self._start_writer()
+        self._backlog += 1
+        try:
+            await writer.commit(runs)
+        finally:
+            self._backlog -= 1
+
+    def _start_writer(self) -> _Writer:
+        writer = self._writer
+        if writer is None:
+            if self._closed:
+                raise StoreError(f"state database {self.path}: store is closed")
+            writer = self._writer = _Writer(self.path, self._busy_ms)
+            # Checkpoints now run in the writer thread, off the loop; this
+            # connection's few other writes only append to the WAL.
+            self._db.execute("PRAGMA wal_autocheckpoint = 0")
+        return writer
+
+    def _now_db(self) -> sqlite3.Connection:
+        """The loop's connection for commits that must not wait: busy timeout 0."""
+        db = self._now
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=0, cached_statements=64)
+            db.execute("PRAGMA busy_timeout = 0")
+            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute("PRAGMA wal_autocheckpoint = 0")
+            self._now = db
+        return db
+
+    def _runs(self, writes: Sequence[AppliedWrite]) -> list[tuple[str, list[tuple[Any, ...]]]]:
         # Runs of puts and of deletes, in order, each one executemany: the
         # engine's groups are written with a few calls into SQLite, not one per row.
         runs: list[tuple[str, list[tuple[Any, ...]]]] = []
@@ -681,19 +868,7 @@ class SqliteStore:
                 runs[-1][1].append(args)
             else:
                 runs.append((sql, [args]))
-        if not runs:
-            return
-        db = self._db
-        db.execute("BEGIN")
-        try:
-            for sql, rows in runs:
-                db.executemany(sql, rows)
-            db.execute("COMMIT")
-        except BaseException:
-            # SQLite may have rolled back already (disk full does).
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        return runs
 
     @_guarded
     def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None:
@@ -749,7 +924,15 @@ class SqliteStore:
         return self._db.execute(_EXPIRE_IDS, (_time_text(cutoff, "cutoff"),)).rowcount
 
     def close(self) -> None:
-        """Close the database (idempotent); later calls raise ``StoreError``."""
+        """Close the database (idempotent); later calls raise ``StoreError``.
+        Waits for the writer thread to finish what it was given."""
+        self._closed = True
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        now, self._now = self._now, None
+        if now is not None:
+            now.close()
         self._db.close()
 
 
@@ -813,6 +996,14 @@ class MemoryStore:
                 self._applied.pop((target, key), None)
             else:
                 self._applied[target, key] = row
+
+    def try_write_applied(self, writes: Sequence[AppliedWrite]) -> bool:
+        # Nothing here can wait for a lock: the write happens at once.
+        self.write_applied(writes)
+        return True
+
+    async def awrite_applied(self, writes: Sequence[AppliedWrite]) -> None:
+        self.write_applied(writes)
 
     def get_saved(self, target: str, person_key: str) -> Mapping[str, Any] | None:
         self._check()

@@ -35,6 +35,12 @@ rows of the store), and works on keys whose two differ:
   one request for that key succeeds, even if the desired status comes back
   to what the store says. A request the target refused outright (4xx, 429,
   auth) changed nothing, and the record goes back to what it was.
+- records are committed in groups and never make the event loop wait: a
+  group the store cannot take at once (another process holds the database,
+  a checkpoint runs) is written by the store's writer thread, and a request
+  whose write-ahead record is in it waits (``starting``) until it is stored.
+  A store that cannot write is retried every ``STORE_RETRY`` seconds and
+  logged once; nothing recorded is dropped.
 
 Every wait goes through the injected ``Clock``; nothing polls. The engine
 knows targets and the store only through their protocols, and the rules
@@ -46,11 +52,12 @@ The package, one piece per module, each readable alone:
   (pure);
 - ``lane``: one target's per-key state (one ``Phase`` per key), queues,
   token bucket, pause and backoff; ``check_target``;
-- ``ledger``: the applied rows and the write-ahead records; one store
-  transaction per loop turn;
+- ``ledger``: the applied rows and the write-ahead records; group commits,
+  off the event loop, retried while the store cannot write;
 - ``worker``: one apply and what its answer means for the key;
-- ``dispatch``: ``Engine``, the public API and the loop that starts work
-  once per loop turn;
+- ``dispatch``: ``Engine``, the public API, the loop that picks work once
+  per loop turn and the commit loop that sends a request once its
+  write-ahead record is stored;
 - ``snapshot``, ``picture``: counters and pictures for tests and the status
   page.
 """
@@ -61,7 +68,7 @@ from __future__ import annotations
 from presence_sync.targets.base import Target, TargetInfo
 
 from .book import UNKNOWN, Decider, Desired
-from .dispatch import Engine
+from .dispatch import STORE_RETRY, Engine
 from .lane import AUTH_PAUSE, AUTH_PAUSE_CAP, MIN_REFRESH, MIN_RETRY_AFTER, Backoff, check_target
 from .ledger import UNCERTAIN
 from .snapshot import EngineSnapshot, KeySnapshot, TargetSnapshot, TargetStats
@@ -71,6 +78,7 @@ __all__ = [
     "AUTH_PAUSE_CAP",
     "MIN_REFRESH",
     "MIN_RETRY_AFTER",
+    "STORE_RETRY",
     "UNCERTAIN",
     "UNKNOWN",
     "Backoff",

@@ -9,9 +9,11 @@ import logging
 import math
 import random
 from collections.abc import Callable, Iterable, Mapping
+from typing import Final
 
 from presence_sync.clock import Clock
 from presence_sync.model import LineView, Person
+from presence_sync.ops.logging import kv
 from presence_sync.store import Store, StoreMemory
 from presence_sync.targets.base import Memory, Target
 
@@ -25,21 +27,26 @@ from .lane import (
     Phase,
     check_target,
 )
-from .ledger import Ledger
-from .picture import picture
-from .snapshot import EngineSnapshot, TargetStats
+from .ledger import Failed, Ledger
+from .picture import picture, target_pictures
+from .snapshot import EngineSnapshot, TargetSnapshot, TargetStats
 from .worker import Worker
 
-__all__ = ["Engine"]
+__all__ = ["STORE_RETRY", "Engine"]
 
 log = logging.getLogger("presence_sync.engine")
+
+STORE_RETRY: Final = 1.0
+"""Seconds between two attempts to commit records the store could not take
+(on top of the store's own wait for a lock)."""
 
 
 class Engine:
     """The reconciler. Build it, give it people (``set_people``), feed it line
     views (``resync``, ``observe``) and ``await run()``.
 
-    All methods except ``run`` and ``drain`` are synchronous and cheap; they
+    All methods except ``run``, ``drain`` and ``committed`` are synchronous
+    and cheap; they
     only mark keys dirty and, while ``run()`` is active, start workers. Call
     them from the event loop that runs ``run()``. Targets' errors other than
     the three of ``errors`` are treated as transient and logged with their
@@ -96,6 +103,13 @@ class Engine:
         self._turn_scheduled = False
         self._stopped: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ahead: list[tuple[Lane, Flight]] = []
+        """Flights ``STARTING``: sent once the next group has committed."""
+        self._committer: asyncio.Task[None] | None = None
+        self._retry: asyncio.Task[None] | None = None
+        self._settled = asyncio.Event()
+        """Set while no commit is under way or about to start."""
+        self._settled.set()
         self._load(self._lanes)
 
     # --- public API -------------------------------------------------------------------
@@ -133,14 +147,23 @@ class Engine:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             for lane in self._lanes.values():
-                # A worker cancelled before its first step never ran its
-                # ``finally``: its key is still to do, for the next run().
+                # A worker cancelled before its first step, or a request
+                # never sent, left its key still to do, for the next run().
                 for key in list(lane.flights):
                     lane.land(key)
                     self._touch(lane, key)
             self._woken.clear()
-            self._dispatch(())  # commits what the cancelled workers recorded
+            self._ahead.clear()
+            await self._last_commit()
             self._stopped = None
+
+    async def committed(self) -> None:
+        """Return once no commit is under way or about to start: the records
+        made so far are in the store, or the store could not take them and
+        the engine waits ``STORE_RETRY`` seconds (on the clock) to try again
+        (``pending()`` still counts them). For tests and benchmarks that
+        must not move a ``ManualClock`` while a commit runs in a thread."""
+        await self._settled.wait()
 
     def stop(self) -> None:
         """Make ``run()`` return (running applies are cancelled; ``drain`` first
@@ -153,24 +176,34 @@ class Engine:
         """Start no new work and wait up to ``timeout`` seconds (on the clock)
         for running applies. True when none is left running."""
         self._draining = True
-        running = {
-            f.task
-            for lane in self._lanes.values()
-            for f in lane.flights.values()
-            if f.task is not None and not f.task.done()
-        }
-        if not running:
-            return True
-        timer = asyncio.get_running_loop().create_task(self._clock.sleep(timeout))
+        timer: asyncio.Task[None] | None = None
         try:
-            while running and not timer.done():
-                done, _ = await asyncio.wait({*running, timer}, return_when=asyncio.FIRST_COMPLETED)
-                running -= done
+            while True:
+                # Requests still STARTING go out once their group commits.
+                waits: set[asyncio.Future[None]] = {
+                    f.task
+                    for lane in self._lanes.values()
+                    for f in lane.flights.values()
+                    if f.task is not None and not f.task.done()
+                }
+                if self._ahead and self._committer is not None and not self._committer.done():
+                    waits.add(self._committer)
+                if not waits:
+                    return True
+                if timer is None:
+                    timer = asyncio.get_running_loop().create_task(self._clock.sleep(timeout))
+                await asyncio.wait({*waits, timer}, return_when=asyncio.FIRST_COMPLETED)
+                if timer.done():
+                    return not any(
+                        f.task is None or not f.task.done()
+                        for lane in self._lanes.values()
+                        for f in lane.flights.values()
+                    )
         finally:
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
-        return not running
+            if timer is not None:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
 
     def set_people(self, people: Iterable[Person]) -> None:
         """Who is configured now. A person no longer listed (including one
@@ -248,11 +281,19 @@ class Engine:
         """Keys queued, running or waiting for a retry, over all targets (not
         parked keys nor scheduled refreshes), plus records not yet committed
         to the store: 0 once the engine is idle."""
-        return self._ledger.staged + sum(lane.pending() for lane in self._lanes.values())
+        ledger = self._ledger
+        return (
+            ledger.staged + ledger.committing + sum(lane.pending() for lane in self._lanes.values())
+        )
 
     def snapshot(self) -> EngineSnapshot:
         """A consistent picture of every target and key, for the status page."""
         return picture(self._clock, self._book, self._lanes, self._ledger)
+
+    def target_states(self) -> Mapping[str, TargetSnapshot]:
+        """``snapshot().targets`` without the keys: costs O(targets), not
+        O(people × targets), for callers that ask often (readiness)."""
+        return target_pictures(self._clock, self._lanes)
 
     # --- lanes --------------------------------------------------------------------------
 
@@ -285,7 +326,7 @@ class Engine:
     def _touch(self, lane: Lane, key: str) -> bool:
         """Queue ``key`` on ``lane`` if it needs work. True when it was not queued before."""
         phase = lane.phase(key)
-        if phase is Phase.IN_FLIGHT or phase is Phase.BACKOFF:
+        if phase is Phase.IN_FLIGHT or phase is Phase.STARTING or phase is Phase.BACKOFF:
             # The worker looks again when it finishes; the retry reads the
             # desired status of its time, not of now.
             return False
@@ -301,9 +342,13 @@ class Engine:
     # --- dispatch ---------------------------------------------------------------------
     #
     # Work starts once per loop turn: whatever marks keys dirty wakes the lane,
-    # and one callback at the end of the turn pumps every woken lane, writes
-    # the write-ahead records of every request it starts in one transaction,
-    # and only then creates those requests' workers.
+    # and one callback at the end of the turn pumps every woken lane and
+    # commits the turn's rows in one transaction if the store can take them
+    # without waiting (the common case: requests then start in the same
+    # turn). Otherwise a request that needs a write-ahead record waits
+    # (STARTING) for a group holding it: ``_commit_loop`` writes the groups
+    # one after another, off the event loop, each with every row staged
+    # meanwhile, and retries while the store cannot write.
 
     def _wake(self, lane: Lane) -> None:
         """Pump ``lane`` at the end of this loop turn."""
@@ -328,35 +373,126 @@ class Engine:
         self._dispatch(lanes)
 
     def _dispatch(self, lanes: Iterable[Lane]) -> None:
-        """Pump ``lanes``, commit the turn's rows with the write-ahead records
-        of the requests about to start, then start them."""
+        """Pump ``lanes``, stage the write-ahead records of the requests
+        picked, send those that need none (or whose record the store has
+        already), and have the staged rows committed."""
         starting: list[tuple[Lane, Flight]] = []
         for lane in lanes:
             self._pump(lane, starting)
-        if not starting and not self._ledger.staged:
-            return
+        ledger = self._ledger
         # Write-ahead: a crash (even SIGKILL) during a request must not leave
         # a status of ours at the target that the store does not know about,
-        # or nobody would ever take it away again. One commit for all of them.
-        failed = self._ledger.commit(
-            (lane.name, f.person, f.desired)
-            for lane, f in starting
-            if f.desired is not None and lane.info.remote_state
-        )
-        for failure in failed:
+        # or nobody would ever take it away again.
+        ahead = [
+            (lane, f) for lane, f in starting if f.desired is not None and lane.info.remote_state
+        ]
+        for lane, flight in ahead:
+            assert flight.desired is not None
+            ledger.write_ahead(lane.name, flight.person, flight.desired)
+        # While rows are staged or committing, memory is ahead of the store:
+        # such a request waits for the next group even if it staged nothing.
+        # The common case needs no wait: the store takes the group at once.
+        idle = self._committer is None or self._committer.done()
+        behind = not (idle and ledger.try_commit())
+        for lane, flight in starting:
+            if behind and flight.desired is not None and lane.info.remote_state:
+                self._ahead.append((lane, flight))
+            else:
+                self._launch(lane, flight)
+        if ledger.staged and self._running:
+            self._commit_soon()
+
+    def _commit_soon(self) -> None:
+        if self._committer is None or self._committer.done():
+            assert self._loop is not None  # only called while run() runs
+            self._settled.clear()
+            self._committer = self._loop.create_task(self._commit_loop(), name="commit")
+            self._committer.add_done_callback(self._task_done)
+
+    async def _commit_loop(self) -> None:
+        """Commit group after group while rows are staged; send each
+        group's requests once it is in the store."""
+        try:
+            await self._commit_groups()
+        finally:
+            self._settled.set()
+
+    async def _commit_groups(self) -> None:
+        ledger = self._ledger
+        while ledger.staged:
+            group, self._ahead = self._ahead, []
+            failed = await ledger.commit()
+            if failed is None:
+                # Nothing written (logged once by the ledger): the rows are
+                # staged again, the requests keep waiting.
+                self._ahead[:0] = group
+                if not self._running:
+                    return
+                assert self._loop is not None
+                # A task of its own, so that the end of run() can cut it short.
+                self._retry = self._loop.create_task(self._clock.sleep(STORE_RETRY))
+                self._settled.set()
+                try:
+                    await asyncio.wait({self._retry})
+                finally:
+                    self._retry = None
+                    self._settled.clear()
+                # Cut short by the end of run(): one last try, then return.
+                continue
+            self._committed(group, failed)
+        # No row staged while the last group committed: memory equals the
+        # store, so requests queued meanwhile need nothing more.
+        group, self._ahead = self._ahead, []
+        self._committed(group, [])
+
+    def _committed(self, group: list[tuple[Lane, Flight]], failed: list[Failed]) -> None:
+        """A group is in the store: send its requests, except those whose
+        write-ahead record the store refused, and back off the keys of the
+        refused rows."""
+        refused = {(f.target, f.key): f for f in failed}
+        for lane, flight in group:
+            if not self._running or lane.closed or lane.flights.get(flight.key) is not flight:
+                continue  # stopped or target removed meanwhile: nothing was sent
+            failure = refused.pop((lane.name, flight.key), None)
+            if failure is None:
+                self._launch(lane, flight)
+            else:
+                self._worker.back_off(lane, flight.key, f"store: {failure.error}")
+                self._wake(lane)
+        for failure in refused.values():
             # The store lacks a confirmed row: apply it again later (targets
             # are idempotent) rather than forget the difference.
             failed_lane = self._lanes.get(failure.target)
             if failed_lane is not None and failed_lane.phase(failure.key) is Phase.IDLE:
                 self._worker.back_off(failed_lane, failure.key, f"store: {failure.error}")
                 self._wake(failed_lane)
-        if not starting:
-            return
+
+    def _launch(self, lane: Lane, flight: Flight) -> None:
+        """Send the request of a ``STARTING`` flight: its worker starts now."""
         assert self._loop is not None  # work starts only while run() runs
-        for lane, flight in starting:
-            task = self._loop.create_task(self._work(lane, flight), name=f"apply:{lane.name}")
-            flight.task = task
-            task.add_done_callback(self._task_done)
+        lane.launch(flight.key, self._clock.monotonic())
+        task = self._loop.create_task(self._work(lane, flight), name=f"apply:{lane.name}")
+        flight.task = task
+        task.add_done_callback(self._task_done)
+        if flight.deadline < math.inf:
+            self._arm(lane, flight.deadline)
+
+    async def _last_commit(self) -> None:
+        """At the end of ``run()``: finish the commit under way (a wait for a
+        retry is cut short), then try once more for what is left."""
+        committer, self._committer = self._committer, None
+        if self._retry is not None:
+            self._retry.cancel()
+        if committer is not None and not committer.done():
+            await asyncio.wait({committer})
+        if self._ledger.staged:
+            left = self._ledger.staged
+            if await self._ledger.commit() is None:
+                log.error(
+                    "stopping with records the state database did not take; "
+                    "the next start applies those keys again",
+                    extra=kv(records=left),
+                )
 
     def _pump(self, lane: Lane, starting: list[tuple[Lane, Flight]]) -> None:
         """Fire due timers, time out overdue applies, pick what may start
@@ -367,24 +503,23 @@ class Engine:
         now = self._clock.monotonic()
         for key in lane.due(now):
             self._touch(lane, key)
+        # A STARTING flight's deadline is inf; its timeout runs once sent.
+        first_deadline = math.inf
         for flight in lane.flights.values():
             if flight.timed_out or flight.answered:
                 continue
             if flight.deadline > now:
-                break
+                first_deadline = min(first_deadline, flight.deadline)
+                continue
             flight.timed_out = True
             if flight.task is not None:
                 flight.task.cancel()
-        next_at = lane.next_timer()
+        next_at = min(lane.next_timer(), first_deadline)
         if lane.paused(now):
             if lane.dirty():
                 next_at = min(next_at, lane.paused_until)
         elif not self._draining:
             next_at = min(next_at, self._start_work(lane, now, starting))
-        for flight in lane.flights.values():
-            if not flight.timed_out and not flight.answered:
-                next_at = min(next_at, flight.deadline)
-                break
         lane.m_dirty.set(lane.dirty() + lane.waiting)
         if next_at < math.inf:
             self._arm(lane, next_at)
@@ -410,9 +545,7 @@ class Engine:
             wait = lane.take_token(now)
             if wait > 0:
                 return now + wait
-            timeout = lane.info.timeout
-            deadline = now + timeout if timeout > 0 else math.inf
-            starting.append((lane, lane.start(key, person, desired, applied, deadline)))
+            starting.append((lane, lane.start(key, person, desired, applied)))
         return math.inf
 
     def _arm(self, lane: Lane, when: float) -> None:

@@ -6,6 +6,10 @@ Every (person, target) key a lane knows has exactly one ``KeyState`` whose
 - ``IDLE``: nothing to do (in sync, or not looked at since it last changed);
 - ``QUEUED``: dirty, in the restore queue or the write queue (restores, i.e.
   desired ``None``, go first; first-in first-out within each);
+- ``STARTING``: picked for a request (``flight``) whose write-ahead record
+  is still being committed; nothing is sent until it is. It holds a slot
+  of the lane's concurrency, and a change meanwhile is looked at once the
+  request has finished, as for ``IN_FLIGHT``;
 - ``IN_FLIGHT``: one worker applies it (``flight``); a change meanwhile is
   looked at when the worker finishes;
 - ``BACKOFF``: a failed request waits for ``retry_at``;
@@ -105,6 +109,7 @@ class Phase(enum.Enum):
 
     IDLE = "in-sync"
     QUEUED = "dirty"
+    STARTING = "starting"
     IN_FLIGHT = "in-flight"
     BACKOFF = "backoff"
     PARKED = "parked"
@@ -112,8 +117,9 @@ class Phase(enum.Enum):
 
 @dataclass(slots=True, eq=False)
 class Flight:
-    """One running apply: ``desired`` for ``person``, decided (and written
-    ahead) when it started; ``before``: the record before the write-ahead.
+    """One apply: ``desired`` for ``person``, decided (and written ahead)
+    when it started; ``before``: the record before the write-ahead.
+    ``deadline`` is ``inf`` until the request is sent (``launch``).
     ``answered``: the target has answered (or failed), only the record is
     left, so the apply timeout no longer applies."""
 
@@ -135,7 +141,7 @@ class KeyState:
     restore: bool = False
     """While ``QUEUED``: in the restore queue (else the write queue)."""
     flight: Flight | None = None
-    """While ``IN_FLIGHT``."""
+    """While ``STARTING`` or ``IN_FLIGHT``."""
     retry_at: float = math.inf
     """While ``BACKOFF``: monotonic time of the retry."""
     parked_for: Status | None = None
@@ -171,7 +177,7 @@ class Lane:
     restores: OrderedDict[str, None] = field(default_factory=OrderedDict)
     writes: OrderedDict[str, None] = field(default_factory=OrderedDict)
     flights: dict[str, Flight] = field(default_factory=dict)
-    """Running applies in start order (so the first one times out first)."""
+    """Applies starting or running, in start order."""
     waiting: int = 0
     parked: int = 0
     timers: list[tuple[float, int, str]] = field(default_factory=list)
@@ -305,28 +311,39 @@ class Lane:
         person: Person,
         desired: Status | None,
         before: Applied | None,
-        deadline: float,
     ) -> Flight:
-        """``QUEUED`` → ``IN_FLIGHT``."""
+        """``QUEUED`` → ``STARTING``: a slot and the decision are taken, the
+        request is not sent yet (``launch``)."""
         st = self.keys[key]
         self._dequeue(key, st)
-        flight = Flight(key, person, desired, before, deadline)
-        st.phase = Phase.IN_FLIGHT
+        flight = Flight(key, person, desired, before, math.inf)
+        st.phase = Phase.STARTING
         st.flight = flight
         self.flights[key] = flight
         return flight
 
-    def land(self, key: str) -> None:
-        """The worker is done: a key still ``IN_FLIGHT`` becomes ``IDLE`` (the
-        engine then looks at it again)."""
+    def launch(self, key: str, now: float) -> Flight:
+        """``STARTING`` → ``IN_FLIGHT``: the request is sent now; its timeout runs."""
         st = self.keys[key]
-        if st.phase is Phase.IN_FLIGHT:
+        assert st.phase is Phase.STARTING, st.phase
+        assert st.flight is not None
+        timeout = self.info.timeout
+        st.flight.deadline = now + timeout if timeout > 0 else math.inf
+        st.phase = Phase.IN_FLIGHT
+        return st.flight
+
+    def land(self, key: str) -> None:
+        """The worker is done, or the request was never sent: a key still
+        ``IN_FLIGHT`` or ``STARTING`` becomes ``IDLE`` (the engine then looks
+        at it again)."""
+        st = self.keys[key]
+        if st.phase is Phase.IN_FLIGHT or st.phase is Phase.STARTING:
             self._leave_flight(key, st)
             st.phase = Phase.IDLE
             self._tidy(key, st)
 
     def _leave_flight(self, key: str, st: KeyState) -> None:
-        assert st.phase is Phase.IN_FLIGHT, st.phase
+        assert st.phase is Phase.IN_FLIGHT or st.phase is Phase.STARTING, st.phase
         del self.flights[key]
         st.flight = None
 
@@ -343,12 +360,12 @@ class Lane:
         queue.move_to_end(key, last=False)
 
     def back_off(self, key: str, backoff: Backoff, error: str) -> None:
-        """``IN_FLIGHT`` or ``IDLE`` → ``BACKOFF``, one more failure in a row."""
+        """``IN_FLIGHT``, ``STARTING`` or ``IDLE`` → ``BACKOFF``, one more failure in a row."""
         st = self.keys.get(key)
         if st is None:
             st = self.keys[key] = KeyState()
-        assert st.phase in (Phase.IN_FLIGHT, Phase.IDLE), st.phase
-        if st.phase is Phase.IN_FLIGHT:
+        assert st.phase in (Phase.IN_FLIGHT, Phase.STARTING, Phase.IDLE), st.phase
+        if st.phase is not Phase.IDLE:
             self._leave_flight(key, st)
         st.failures += 1
         st.phase = Phase.BACKOFF

@@ -10,24 +10,32 @@ and flagged (``uncertain``) until one request for that key succeeds; a
 request the target refused outright changed nothing, and ``rejected`` puts
 the record back.
 
-Commits are grouped, one per loop turn. A record after an answer
-(``record``, ``uncertain``, ``rejected``) is *staged*: the in-memory row
-changes at once and the store gets it with the turn's commit. The engine
-calls ``commit`` once per turn with the write-ahead records of every request
-it is about to start: staged and write-ahead rows go to the store in ONE
-``Store.write_applied`` transaction, committed before any of those requests
-exists. A crash before that commit loses only staged rows whose older store
-row is the safe one (a flagged worse case, or a row for a request that was
-refused): the next start applies such a key again. What the ledger holds in
-memory is therefore the store's content plus the staged rows.
+Commits are grouped, and never wait on the event loop. A record after an
+answer (``record``, ``uncertain``, ``rejected``) or before a request
+(``write_ahead``) is *staged*: the in-memory row changes at once and the
+store gets it with the next group, in ONE transaction: ``try_commit`` at the
+end of the loop turn if the store can take it without waiting for a lock
+(the common case, cheap), else ``commit`` through ``Store.awrite_applied``,
+which a SQLite store runs on its writer thread; rows staged meanwhile go in
+the next group. The engine sends a
+request only after a group holding its write-ahead record has committed
+(``Phase.STARTING`` until then). A crash before a commit loses only staged
+rows whose older store row is the safe one (a flagged worse case, or a row
+for a request that was refused or never sent): the next start applies such
+a key again. What the ledger holds in memory is therefore the store's
+content plus the staged and committing rows.
 
-A row the store could not take (logged) stays in memory flagged
+A store that cannot write (locked past its busy timeout, disk full) loses
+nothing: the group goes back in front of the staged rows, ``commit`` says
+so, and the failure is logged once until a commit succeeds again. A row the
+store refuses as a bad value (``ValueError``, logged) stays in memory flagged
 ``UNCERTAIN``, so its key is applied, and recorded, again; ``commit`` returns
 those keys for the engine to back off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -88,6 +96,8 @@ class Ledger:
         self._wake = wake
         self._rows: dict[str, dict[str, Applied]] = {}
         self._staged: list[_Pending] = []
+        self._committing = 0
+        self._down_since: float | None = None
 
     # --- reading ------------------------------------------------------------------------
 
@@ -105,8 +115,13 @@ class Ledger:
 
     @property
     def staged(self) -> int:
-        """Rows waiting for the turn's commit."""
+        """Rows waiting for the next commit."""
         return len(self._staged)
+
+    @property
+    def committing(self) -> int:
+        """Rows of the commit under way."""
+        return self._committing
 
     # --- targets ------------------------------------------------------------------------
 
@@ -147,22 +162,69 @@ class Ledger:
         if self.get(target, person.key) is not before:
             self.record(target, person, before, "the record from before a refused request")
 
-    def commit(self, requests: Iterable[tuple[str, Person, Status]] = ()) -> list[Failed]:
-        """Before requests leave: record each (target, person, status about
-        to be sent) as maybe applied and commit it with every staged row, in
-        one transaction. Returns the rows the store could not take (logged;
-        kept in memory flagged uncertain). Should a write-ahead record fail,
-        the request may still go: the flagged row keeps its key worked on."""
-        batch = self._staged
-        self._staged = []
-        for target, person, attempted in requests:
-            row = self._uncertain_row(target, person.key, attempted)
-            if row is not None:
-                self._stage(_Pending(AppliedWrite(target, person, row), "an uncertain status"))
-        batch, self._staged = batch + self._staged, []
+    def write_ahead(self, target: str, person: Person, attempted: Status) -> None:
+        """Before a request for ``attempted`` leaves: stage the record that
+        the target may now show it (flagged uncertain), unless the record
+        already says so. The request may go once ``commit`` has written it."""
+        row = self._uncertain_row(target, person.key, attempted)
+        if row is not None:
+            self._stage(_Pending(AppliedWrite(target, person, row), "an uncertain status"))
+
+    def try_commit(self) -> bool:
+        """Write every staged row now if the store can without waiting for
+        a lock (``Store.try_write_applied``). False, with every row still
+        staged, otherwise, and on any error: ``commit`` then writes them,
+        reports what fails and logs it."""
+        if self._committing or not self._staged:
+            return not self._staged
+        try:
+            done = self._store.try_write_applied([p.write for p in self._staged])
+        except Exception:
+            return False
+        if done:
+            self._staged = []
+            self._recovered()
+        return done
+
+    async def commit(self) -> list[Failed] | None:
+        """Write every staged row in one transaction (one ``commit`` at a
+        time). Returns the rows the store refused as bad values (logged;
+        kept in memory flagged uncertain), or ``None`` when the store could
+        not write at all: then every row is staged again, for the next call.
+        Cancelled, the rows are staged again too (writing them twice is
+        harmless: each replaces or deletes a whole row)."""
+        assert not self._committing, "one commit at a time"
+        batch, self._staged = self._staged, []
         if not batch:
             return []
-        return self._write(batch)
+        self._committing = len(batch)
+        try:
+            failed = await self._write(batch)
+        except asyncio.CancelledError:
+            self._staged[:0] = batch
+            raise
+        except Exception as exc:
+            self._staged[:0] = batch
+            if self._down_since is None:
+                self._down_since = self._clock.monotonic()
+                log.error(
+                    "cannot write the state database; records are kept and retried",
+                    exc_info=exc,
+                    extra=kv(records=len(self._staged)),
+                )
+            return None
+        finally:
+            self._committing = 0
+        self._recovered()
+        return failed
+
+    def _recovered(self) -> None:
+        if self._down_since is not None:
+            log.warning(
+                "state database writable again",
+                extra=kv(after_s=round(self._clock.monotonic() - self._down_since, 3)),
+            )
+            self._down_since = None
 
     def _stage(self, pending: _Pending) -> None:
         write = pending.write
@@ -189,18 +251,16 @@ class Ledger:
         expires = old.expires if old is not None and old.status == status else None
         return Applied(status=status, at=self._clock.now(), expires=expires, data=data)
 
-    def _write(self, batch: list[_Pending]) -> list[Failed]:
+    async def _write(self, batch: list[_Pending]) -> list[Failed]:
         """One transaction. A value the store refuses (``ValueError``: a
         target's bad memo) fails alone: the group is then written one row at
-        a time."""
+        a time. Any other error is raised, with nothing written."""
         try:
-            self._store.write_applied([p.write for p in batch])
+            await self._store.awrite_applied([p.write for p in batch])
         except ValueError as exc:
             if len(batch) == 1:
                 return self._failed(batch, exc)
-            return [failed for pending in batch for failed in self._write([pending])]
-        except Exception as exc:
-            return self._failed(batch, exc)
+            return [failed for pending in batch for failed in await self._write([pending])]
         return []
 
     def _failed(self, batch: list[_Pending], exc: Exception) -> list[Failed]:

@@ -14,7 +14,28 @@ from .lane import Lane, Phase
 from .ledger import Ledger, as_confirmed, is_uncertain
 from .snapshot import EngineSnapshot, KeySnapshot, TargetSnapshot
 
-__all__ = ["picture"]
+__all__ = ["picture", "target_pictures"]
+
+
+def target_pictures(clock: Clock, lanes: Mapping[str, Lane]) -> dict[str, TargetSnapshot]:
+    """Every target at this instant, without its keys: O(targets)."""
+    mono = clock.monotonic()
+    wall = clock.now()
+    targets: dict[str, TargetSnapshot] = {}
+    for name, lane in lanes.items():
+        paused = lane.paused(mono)
+        targets[name] = TargetSnapshot(
+            name=name,
+            kind=lane.info.kind,
+            dirty=lane.dirty(),
+            in_flight=len(lane.flights),
+            backoff=lane.waiting,
+            parked=lane.parked,
+            paused_until=wall + timedelta(seconds=lane.paused_until - mono) if paused else None,
+            pause_reason=lane.pause_reason if paused else None,
+            stats=dataclasses.replace(lane.stats),
+        )
+    return targets
 
 
 def picture(clock: Clock, book: Book, lanes: Mapping[str, Lane], ledger: Ledger) -> EngineSnapshot:
@@ -25,22 +46,10 @@ def picture(clock: Clock, book: Book, lanes: Mapping[str, Lane], ledger: Ledger)
     def at(when: float) -> datetime:
         return wall + timedelta(seconds=when - mono)
 
-    targets: dict[str, TargetSnapshot] = {}
+    targets = target_pictures(clock, lanes)
     keys: list[KeySnapshot] = []
     people = book.known()
     for name, lane in lanes.items():
-        paused = lane.paused(mono)
-        targets[name] = TargetSnapshot(
-            name=name,
-            kind=lane.info.kind,
-            dirty=lane.dirty(),
-            in_flight=len(lane.flights),
-            backoff=lane.waiting,
-            parked=lane.parked,
-            paused_until=at(lane.paused_until) if paused else None,
-            pause_reason=lane.pause_reason if paused else None,
-            stats=dataclasses.replace(lane.stats),
-        )
         rows = ledger.rows(name)
         for key, person in people.items():
             desired = book.desired_for(key, name)

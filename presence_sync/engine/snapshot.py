@@ -39,9 +39,10 @@ class TargetStats:
 
 @dataclass(frozen=True, slots=True)
 class TargetSnapshot:
-    """One lane at one instant. ``dirty``: keys queued; ``backoff``: keys
-    waiting for a retry; ``paused_until``/``pause_reason`` (``"retry-after"``
-    or ``"auth"``) while the whole target waits."""
+    """One lane at one instant. ``dirty``: keys queued; ``in_flight``:
+    requests running or starting; ``backoff``: keys waiting for a retry;
+    ``paused_until``/``pause_reason`` (``"retry-after"`` or ``"auth"``)
+    while the whole target waits."""
 
     name: str
     kind: str
@@ -58,9 +59,10 @@ class TargetSnapshot:
 class KeySnapshot:
     """One (person, target) key. ``desired_known`` is False while the person's
     line is not known yet (``desired`` is then ``None`` and meaningless).
-    ``state``: ``in-sync``, ``dirty``, ``in-flight``, ``backoff``, ``parked``
-    or ``unknown``. ``uncertain``: the last request's outcome is unknown and
-    ``applied`` is the worse case."""
+    ``state``: ``in-sync``, ``dirty``, ``starting`` (its write-ahead record
+    is being stored), ``in-flight``, ``backoff``, ``parked`` or ``unknown``.
+    ``uncertain``: the last request's outcome is unknown and ``applied`` is
+    the worse case."""
 
     person: str
     email: str

@@ -5,11 +5,13 @@ opens the store, ``ready`` after, then the number ``i`` of every iteration
 once all of its writes have returned, i.e. committed. Iteration ``i`` writes
 one row of kind ``i % 4`` (applied, saved, object, id) under key ``p{i}``, and
 replaces the ``hot`` applied row with ``{"n": i}``; an applied row and its
-``hot`` row go in one ``write_applied`` transaction, as the engine groups them.
+``hot`` row go in one ``awrite_applied`` transaction (the writer thread), as
+the engine groups them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from datetime import UTC, datetime, timedelta
 
@@ -23,7 +25,7 @@ def person(key: str) -> Person:
     return Person(key=key, email=f"{key}@example.com", extension="100")
 
 
-def main() -> None:
+async def main() -> None:
     path, first = sys.argv[1], int(sys.argv[2])
     print("open", flush=True)
     store = SqliteStore(path)
@@ -39,7 +41,7 @@ def main() -> None:
             data=frozen_map({"n": i}),
         )
         if kind == 0:
-            store.write_applied(
+            await store.awrite_applied(
                 [AppliedWrite("crash", person(key), applied), AppliedWrite("hot", hot, applied)]
             )
             print(i, flush=True)
@@ -57,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    asyncio.run(main())

@@ -8,6 +8,7 @@ and surviving a SIGKILL at random moments (``store_writer.py`` is the child).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -216,6 +217,48 @@ class StoreContract:
             )
         assert reopen().load_applied() == [AppliedRow("teams_presence", BOB, ON_A_CALL)]
 
+    async def test_awrite_applied_puts_and_deletes_in_order(
+        self, store: Store, reopen: Callable[[], Store]
+    ) -> None:
+        store.put_applied("teams_presence", BOB, ON_A_CALL)
+        await store.awrite_applied(
+            [
+                AppliedWrite("teams_presence", ANNA, RESTORED),
+                AppliedWrite("teams_presence", BOB, None),
+                AppliedWrite("teams_presence", ANNA, ON_A_CALL),
+            ]
+        )
+        await store.awrite_applied([AppliedWrite("slack_status", BOB, RESTORED)])
+        await store.awrite_applied([])
+
+        # The store's own reads see them at once, and so does a restart.
+        expected = {
+            ("teams_presence", ANNA.key): AppliedRow("teams_presence", ANNA, ON_A_CALL),
+            ("slack_status", BOB.key): AppliedRow("slack_status", BOB, RESTORED),
+        }
+        assert by_key(store.load_applied()) == expected
+        assert by_key(reopen().load_applied()) == expected
+
+    async def test_awrite_applied_with_a_bad_value_writes_none_of_it(
+        self, store: Store, reopen: Callable[[], Store]
+    ) -> None:
+        naive = Applied(status=None, at=datetime(2026, 1, 5, 9, 0))
+        with pytest.raises(ValueError, match=r"timezone-aware"):
+            await store.awrite_applied(
+                [
+                    AppliedWrite("teams_presence", ANNA, ON_A_CALL),
+                    AppliedWrite("teams_presence", BOB, naive),
+                ]
+            )
+        assert reopen().load_applied() == []
+
+    def test_try_write_applied_writes_at_once_when_nothing_holds_the_store(
+        self, store: Store, reopen: Callable[[], Store]
+    ) -> None:
+        assert store.try_write_applied([AppliedWrite("teams_presence", ANNA, ON_A_CALL)])
+        assert store.try_write_applied([])
+        assert reopen().load_applied() == [AppliedRow("teams_presence", ANNA, ON_A_CALL)]
+
     def test_a_person_removed_from_the_config_still_comes_back(
         self, store: Store, reopen: Callable[[], Store]
     ) -> None:
@@ -284,6 +327,13 @@ class StoreContract:
             store.load_applied()
         with pytest.raises(StoreError):
             store.put_id("slack:user", ANNA.email, "U0ANNA")
+
+    async def test_a_closed_store_refuses_awrite_applied(self, store: Store) -> None:
+        await store.awrite_applied([AppliedWrite("teams_presence", ANNA, ON_A_CALL)])
+        store.close()
+
+        with pytest.raises(StoreError):
+            await store.awrite_applied([AppliedWrite("teams_presence", BOB, ON_A_CALL)])
 
     # --- saved statuses ------------------------------------------------------------
 
@@ -751,6 +801,36 @@ def check_after_crash(path: Path, reported: list[int]) -> None:
         assert all(row.applied.data["n"] <= hot for (t, _), row in applied.items() if t == "crash")
     finally:
         store.close()
+
+
+async def test_a_held_write_lock_sends_the_group_to_the_writer_thread(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SqliteStore(path, busy_timeout=10.0)
+    backup = sqlite3.connect(path, isolation_level=None)
+    backup.execute("BEGIN IMMEDIATE")
+    try:
+        # Nothing is written, and the call returns at once instead of waiting.
+        started = time.monotonic()
+        assert not store.try_write_applied([AppliedWrite("teams_presence", ANNA, ON_A_CALL)])
+        assert time.monotonic() - started < 1.0
+        writing = asyncio.get_running_loop().create_task(
+            store.awrite_applied([AppliedWrite("teams_presence", ANNA, ON_A_CALL)])
+        )
+        ticks = 0
+        while ticks < 20:  # the loop keeps running while the thread waits
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert not writing.done()
+        backup.execute("ROLLBACK")
+        await writing
+    finally:
+        backup.close()
+    assert store.try_write_applied([AppliedWrite("slack_status", BOB, RESTORED)])
+    assert by_key(store.load_applied()) == {
+        ("teams_presence", ANNA.key): AppliedRow("teams_presence", ANNA, ON_A_CALL),
+        ("slack_status", BOB.key): AppliedRow("slack_status", BOB, RESTORED),
+    }
+    store.close()
 
 
 def test_every_reported_write_survives_sigkill(tmp_path: Path) -> None:

@@ -187,10 +187,14 @@ async def running(engine: Engine) -> AsyncIterator[asyncio.Task[None]]:
             raise task.exception()  # type: ignore[misc]
 
 
-async def settle(rounds: int = 50) -> None:
-    """Let every runnable task run until all wait for something (the clock)."""
+async def settle(rounds: int = 50, engine: Engine | None = None) -> None:
+    """Let every runnable task run until all wait for something (the clock).
+    With ``engine``, also wait for each of its commits to the store (a
+    ``SqliteStore`` commits in a thread, which loop turns do not measure)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+        if engine is not None:
+            await engine.committed()
 
 
 async def until(condition: Callable[[], bool], rounds: int = 500) -> None:
@@ -206,12 +210,13 @@ async def until(condition: Callable[[], bool], rounds: int = 500) -> None:
 async def run_until_idle(engine: Engine, clock: ManualClock, limit: float = 7200.0) -> None:
     """Advance the clock until the engine has nothing queued, running or
     backing off (at most ``limit`` seconds)."""
-    await settle()
+    await settle(engine=engine)
     spent = 0.0
     while engine.pending() and spent < limit:
         deadline = clock.next_deadline
         step = 1.0 if deadline is None else max(0.001, deadline - clock.monotonic())
         await clock.advance(step)
+        await settle(engine=engine)
         spent += step
     assert not engine.pending(), f"engine still busy after {limit} s"
 

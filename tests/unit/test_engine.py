@@ -7,6 +7,8 @@ import asyncio
 import itertools
 import logging
 import random
+import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,10 +31,11 @@ from engine_helpers import (
     until,
     view,
 )
+from polling import eventually_async
 from prometheus_client import REGISTRY
 
 from presence_sync.clock import ManualClock
-from presence_sync.engine import UNCERTAIN, Engine, check_target
+from presence_sync.engine import STORE_RETRY, UNCERTAIN, Engine, check_target
 from presence_sync.errors import AuthError, PermanentError, StoreError, TransientError
 from presence_sync.model import (
     Applied,
@@ -427,6 +430,8 @@ async def test_rejected_credentials_pause_the_target_and_probe_with_one_request(
             await settle()
             first_batch = len(teams.requests)  # up to the concurrency, all rejected
             assert engine.snapshot().targets["teams"].pause_reason == "auth"
+            assert engine.target_states() == engine.snapshot().targets
+            assert engine.target_states()["slack"].pause_reason is None
             assert slack.shows == {p.key: BUSY for p in PEOPLE}
 
             await tick(clock, 299)
@@ -785,6 +790,11 @@ class JournalStore(MemoryStore):
         self.transactions: list[list[tuple[str, str, Applied | None]]] = []
         self.refuse = 0
 
+    def try_write_applied(self, writes: Sequence[AppliedWrite]) -> bool:
+        # A refusing store is one that cannot write right now: the engine
+        # then hands the group to awrite_applied, where the failure counts.
+        return not self.refuse and super().try_write_applied(writes)
+
     def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
         if self.refuse:
             self.refuse -= 1
@@ -817,26 +827,51 @@ async def test_requests_started_together_are_written_ahead_in_one_transaction(
     assert all(r.applied.data == {} for r in store.load_applied())
 
 
-async def test_a_status_the_store_could_not_record_is_applied_again(
+async def test_a_write_ahead_the_store_could_not_take_is_retried_before_sending(
     clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = JournalStore(clock)
     remote = Remote(clock)
     engine = engine_for(clock, store, {"teams": make_target("teams", remote)}, rng=MaxJitter())
-    store.refuse = 2  # the write-ahead record, then the confirmation
-    with caplog.at_level(logging.ERROR, logger="presence_sync.engine"):
+    store.refuse = 2  # the write-ahead record, and its first retry
+    with caplog.at_level(logging.WARNING, logger="presence_sync.engine"):
         async with running(engine):
             engine.observe(in_call("100"))
             await settle()
             [key] = [k for k in engine.snapshot().keys if k.person == ANNA.key]
-            assert key.state == "backoff"
-            assert key.uncertain
-            assert key.last_error == "store: state database: disk I/O error"
+            assert key.state == "starting"
+            assert remote.requests == []  # nothing leaves before its record is stored
+            await tick(clock, STORE_RETRY)
+            assert remote.requests == []
+            await tick(clock, STORE_RETRY)
+            assert remote.times() == [2 * STORE_RETRY]
             await run_until_idle(engine, clock)
-    assert remote.times() == [0, 1]  # sent despite the failed record, then again
     assert stored(store) == {("teams", ANNA.key): BUSY}
     assert [r.applied.data for r in store.load_applied()] == [{}]
-    assert len([r for r in caplog.records if "could not record" in r.getMessage()]) == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("cannot write the state database; records are kept and retried") == 1
+    assert messages.count("state database writable again") == 1
+
+
+async def test_a_confirmation_the_store_could_not_take_is_kept_and_retried(
+    clock: ManualClock,
+) -> None:
+    store = JournalStore(clock)
+    gate = asyncio.Event()
+    remote = Remote(clock, gate=gate)
+    engine = engine_for(clock, store, {"teams": make_target("teams", remote)}, rng=MaxJitter())
+    async with running(engine):
+        engine.observe(in_call("100"))
+        await until(lambda: len(remote.active) == 1)
+        assert store.load_applied()[0].applied.data == {UNCERTAIN: True}
+        store.refuse = 1  # the confirmation
+        gate.set()
+        await settle()
+        assert engine.pending() == 1  # the record, kept for the retry
+        await tick(clock, STORE_RETRY)
+        await run_until_idle(engine, clock)
+    assert remote.times() == [0]  # one request: the record was not lost
+    assert [r.applied.data for r in store.load_applied()] == [{}]
 
 
 async def test_one_bad_memo_does_not_keep_other_rows_from_the_store(
@@ -916,6 +951,80 @@ async def test_a_restart_converges_without_redundant_requests(
     second_store.close()
     assert teams.asked()[sent // 2 :] == [(CARL.key, BUSY)]
     assert slack.asked()[sent // 2 :] == [(CARL.key, BUSY)]
+
+
+async def test_a_held_write_lock_does_not_freeze_the_loop(
+    clock: ManualClock, tmp_path: Path
+) -> None:
+    path = tmp_path / "state.db"
+    store = SqliteStore(path, clock=clock)
+    teams, hook = Remote(clock), Remote(clock)
+    targets = {
+        "teams": make_target("teams", teams),
+        "hook": make_target("hook", hook, remote_state=False),
+    }
+    engine = engine_for(clock, store, targets)
+    backup = sqlite3.connect(path, isolation_level=None)
+    backup.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        async with running(engine):
+            engine.observe(in_call("100"))
+            # A target that needs no write-ahead record is served at once...
+            await eventually_async(lambda: hook.requests, "the request needing no record")
+            # ... and the loop keeps ticking while the writer waits for the lock.
+            gaps = []
+            for _ in range(40):
+                before = time.monotonic()
+                await asyncio.sleep(0.01)
+                gaps.append(time.monotonic() - before)
+            assert max(gaps) < 1.0  # a blocked loop would stall for the 5 s busy timeout
+            assert teams.requests == []  # not sent before its record is stored
+            keys = {(k.target, k.person): k.state for k in engine.snapshot().keys}
+            assert keys["teams", ANNA.key] == "starting"
+            backup.execute("ROLLBACK")
+            await eventually_async(lambda: teams.requests, "the request once its record is in")
+            await run_until_idle(engine, clock)
+    finally:
+        backup.close()
+    store.close()
+    reopened = SqliteStore(path, clock=clock)
+    assert stored(reopened) == {("teams", ANNA.key): BUSY, ("hook", ANNA.key): BUSY}
+    assert all(not r.applied.data for r in reopened.load_applied())
+    reopened.close()
+
+
+async def test_a_lock_held_past_the_busy_timeout_delays_requests_but_loses_nothing(
+    clock: ManualClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    store = SqliteStore(path, clock=clock, busy_timeout=0.05)
+    teams = Remote(clock)
+    engine = engine_for(clock, store, {"teams": make_target("teams", teams)})
+    backup = sqlite3.connect(path, isolation_level=None)
+    backup.execute("BEGIN IMMEDIATE")
+    failing = "cannot write the state database; records are kept and retried"
+    try:
+        with caplog.at_level(logging.WARNING, logger="presence_sync.engine"):
+            async with running(engine):
+                engine.observe(in_call("100"))
+                await eventually_async(lambda: failing in caplog.messages, "the failed commit")
+                await settle(engine=engine)
+                await tick(clock, STORE_RETRY)  # the retry fails too
+                await settle(engine=engine)
+                assert teams.requests == []
+                assert engine.pending() == 2  # the key, and its record
+                backup.execute("ROLLBACK")
+                await tick(clock, STORE_RETRY)
+                await settle(engine=engine)
+                assert teams.times() == [2 * STORE_RETRY]
+                await run_until_idle(engine, clock)
+    finally:
+        backup.close()
+    assert caplog.messages.count(failing) == 1
+    assert caplog.messages.count("state database writable again") == 1
+    assert stored(store) == {("teams", ANNA.key): BUSY}
+    assert [r.applied.data for r in store.load_applied()] == [{}]
+    store.close()
 
 
 # --- reloads ------------------------------------------------------------------------
