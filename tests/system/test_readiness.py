@@ -49,6 +49,8 @@ def test_an_nfon_outage_makes_the_daemon_not_ready_until_nfon_is_back(
     assert stream["reason"].startswith("NFON stream down since")
     assert body["status"].startswith("Degraded: NFON stream down since")
     notify.wait(r"STATUS=Degraded: NFON stream down since")
+    # Logged once, however long the outage lasts (stdout may trail the notify socket).
+    daemon.wait_line(r"not ready")
     assert daemon.count(r"not ready") == 1
 
     mark = notify.mark()
@@ -56,5 +58,6 @@ def test_an_nfon_outage_makes_the_daemon_not_ready_until_nfon_is_back(
     body = daemon.wait_ready(timeout=30)
     assert all(component["ok"] for component in body["components"].values())
     notify.wait(r"^STATUS=Ready: following NFON$", after=mark)
+    daemon.wait_line(r"ready again")
     assert daemon.count(r"ready again") == 1
     assert daemon.proc.poll() is None
