@@ -751,33 +751,40 @@ def test_sim_microsoft_command_prints_a_working_config(tmp_path: Any) -> None:
     command = [sys.executable, "-m", "presence_sync", "sim", "microsoft", "--port", "0",
                "--tls-dir", str(tmp_path)]  # fmt: skip
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as proc:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if line.startswith("  ca_bundle:"):
-                break
-        output = "".join(lines)
-        assert "microsoft:\n" in output
-        config = dict(
-            line.strip().split(": ", 1) for line in output.splitlines() if line.startswith("  ")
-        )
-        assert (tmp_path / "graph-sim-ca.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE")
-        session = requests.Session()
-        session.trust_env = False
-        session.verify = config["ca_bundle"]
-        app = msal.ConfidentialClientApplication(
-            config["client_id"],
-            client_credential=config["client_secret"],
-            authority=f"{config['authority']}/{config['tenant_id']}",
-            instance_discovery=False,
-            http_client=session,
-        )
-        assert "access_token" in app.acquire_token_for_client(
-            ["https://graph.microsoft.com/.default"]
-        )
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=10) in (0, 130)
+        try:
+            _check_printed_config(proc, tmp_path)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _check_printed_config(proc: subprocess.Popen[str], tmp_path: Any) -> None:
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("  ca_bundle:"):
+            break
+    output = "".join(lines)
+    assert "microsoft:\n" in output
+    config = dict(
+        line.strip().split(": ", 1) for line in output.splitlines() if line.startswith("  ")
+    )
+    assert (tmp_path / "graph-sim-ca.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE")
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = config["ca_bundle"]
+    app = msal.ConfidentialClientApplication(
+        config["client_id"],
+        client_credential=config["client_secret"],
+        authority=f"{config['authority']}/{config['tenant_id']}",
+        instance_discovery=False,
+        http_client=session,
+    )
+    assert "access_token" in app.acquire_token_for_client(["https://graph.microsoft.com/.default"])
+    session.close()  # no keep-alive connection for the server to wait out
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) in (0, 130)
 
 
 def _sim_microsoft(*args: str) -> subprocess.CompletedProcess[str]:
