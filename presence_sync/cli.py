@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from presence_sync import __version__
 from presence_sync.errors import EX_CONFIG, ConfigError, PresenceSyncError
@@ -47,6 +50,39 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _until_stopped(work: Coroutine[Any, Any, int]) -> int:
+    """Run ``work`` until it returns, or until SIGINT or SIGTERM cancels it
+    (exit 130). Handlers of our own, so Ctrl-C also works when whoever
+    started us ignored SIGINT (a shell's background job, some CI runners)."""
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(work)
+        signalled = False
+
+        def stop() -> None:
+            nonlocal signalled
+            signalled = True
+            task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            if signalled:
+                return 130
+            raise
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(ValueError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+        # Some commands end quietly when cancelled; a signal still means 130.
+        return 130 if signalled else result
+
+    return asyncio.run(main())
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from presence_sync.app import STREAM_GRACE, Daemon
 
@@ -63,7 +99,7 @@ def _cmd_nfon_watch(args: argparse.Namespace) -> int:
     if args.sim:
         from presence_sync.demo import watch_simulator
 
-        return asyncio.run(watch_simulator(sys.stdout, rate=args.rate))
+        return _until_stopped(watch_simulator(sys.stdout, rate=args.rate))
     from presence_sync.app import load
 
     settings = load(args.config).settings
@@ -76,25 +112,25 @@ def _cmd_nfon_watch(args: argparse.Namespace) -> int:
             await watch(client, sys.stdout)
         return 0
 
-    return asyncio.run(go())
+    return _until_stopped(go())
 
 
 def _cmd_sim_nfon(args: argparse.Namespace) -> int:
     from presence_sync.sim import nfon
 
-    return asyncio.run(nfon.run(args))
+    return _until_stopped(nfon.run(args))
 
 
 def _cmd_sim_slack(args: argparse.Namespace) -> int:
     from presence_sync.sim import slack_serve
 
-    return asyncio.run(slack_serve.run(args))
+    return _until_stopped(slack_serve.run(args))
 
 
 def _cmd_sim_microsoft(args: argparse.Namespace) -> int:
     from presence_sync.sim import graph_cli
 
-    return asyncio.run(graph_cli.run(args))
+    return _until_stopped(graph_cli.run(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
