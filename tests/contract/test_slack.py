@@ -8,14 +8,16 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
 from pydantic import SecretStr
 
 from presence_sync.clock import ManualClock
+from presence_sync.config import load
 from presence_sync.config.models import SlackSettings, SlackUserToken, TlsSettings
-from presence_sync.errors import AuthError, PermanentError, TransientError
+from presence_sync.errors import AuthError, ConfigError, PermanentError, TransientError
 from presence_sync.model import Applied, Person, Status
 from presence_sync.sim.slack import SlackSim
 from presence_sync.sim.slack import Status as SlackShown
@@ -354,3 +356,67 @@ async def test_dnd_without_own_token_names_what_to_configure(slack: Slack) -> No
 def test_dnd_without_any_own_token_cannot_be_built(slack: Slack) -> None:
     with pytest.raises(ValueError, match=r"slack\.user_tokens"):
         slack.dnd_target(own=())
+
+
+# --- configuration: slack.user_tokens -----------------------------------------------------
+
+CONFIG = """\
+nfon:
+  customer: K1234
+  username: api-user
+  password: nfon-secret-pw
+slack:
+  token_file: admin.token
+  user_tokens:
+    - email: Anna@Example.com
+      token_file: anna.token
+    - email: otto@example.com
+      token_file: {otto}
+people:
+  - extension: "100"
+    email: anna@example.com
+targets:
+  slack_status: {{}}
+  slack_dnd: {{minutes: 30}}
+"""
+
+
+def write_config(tmp_path: Path, otto: str = "otto.token") -> Path:
+    for name, secret in (("admin", "xoxp-admin"), ("anna", "xoxp-anna"), ("otto", "xoxp-otto")):
+        token = tmp_path / f"{name}.token"
+        token.write_text(secret + "\n")
+        token.chmod(0o600)
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG.format(otto=otto))
+    return path
+
+
+def test_user_tokens_are_read_like_every_secret_file(tmp_path: Path) -> None:
+    settings = load(write_config(tmp_path))
+    assert settings.slack is not None
+    assert settings.slack.user_token("anna@example.com") == "xoxp-anna"
+    assert settings.slack.user_token("otto@example.com") == "xoxp-otto"
+    assert settings.slack.user_token("ben@example.com") is None
+    assert "xoxp" not in repr(settings)
+    options = settings.targets["slack_dnd"].options
+    assert isinstance(options, SlackDndOptions)
+    assert options.minutes == 30
+
+
+def test_missing_user_token_file_names_file_line_and_key(tmp_path: Path) -> None:
+    path = write_config(tmp_path, otto="gone.token")
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    (problem,) = caught.value.problems
+    assert problem.key == "slack.user_tokens[1].token_file"
+    lines = path.read_text().splitlines()
+    assert problem.line == next(i for i, t in enumerate(lines, 1) if "gone.token" in t)
+    assert "gone.token" in problem.message
+
+
+def test_slack_section_without_any_token_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG.split("slack:")[0] + "slack:\n  base_url: https://slack.com/api/\n"
+                    + "targets:\n  slack_status: {}\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"config\.yaml:5.*slack: no token"):
+        load(path)

@@ -754,7 +754,8 @@ def test_unknown_target_kind_lists_known_kinds(write: Callable[[str], Path]) -> 
 
     assert (found.key, found.line) == ("targets.pager", line_of(path, "pager"))
     assert (
-        found.message == 'unknown target kind "pager" (expected one of: broken, fake, log, webhook)'
+        found.message == 'unknown target kind "pager" (expected one of: broken, fake, log, '
+        "slack_dnd, slack_status, webhook)"
     )
 
 
