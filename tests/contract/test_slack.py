@@ -4,6 +4,7 @@ the store's real ``Memory``."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ from pydantic import SecretStr
 from presence_sync.clock import ManualClock
 from presence_sync.config import load
 from presence_sync.config.models import SlackSettings, SlackUserToken, TlsSettings
+from presence_sync.engine import Engine
 from presence_sync.errors import AuthError, ConfigError, PermanentError, TransientError
-from presence_sync.model import Applied, Person, Status
+from presence_sync.model import Applied, Line, LineView, Person, Presence, Status
 from presence_sync.sim.slack import SlackSim
 from presence_sync.sim.slack import Status as SlackShown
 from presence_sync.sim.slack_serve import SlackHandle, serve_in_thread
@@ -420,3 +422,75 @@ def test_slack_section_without_any_token_is_refused(tmp_path: Path) -> None:
                     + "targets:\n  slack_status: {}\n")  # fmt: skip
     with pytest.raises(ConfigError, match=r"config\.yaml:5.*slack: no token"):
         load(path)
+
+
+# --- a burst: 300 people pick up within one second ---------------------------------------
+
+
+class CallRules:
+    """In use → "On a call" in Slack; anything else → nothing from us."""
+
+    def evaluate(self, person: Person, view: LineView, now: datetime) -> dict[str, Status | None]:
+        return {"slack_status": ON_A_CALL if view.line is Line.IN_USE else None}
+
+
+async def test_burst_of_300_converges_within_budgets_with_no_stale_writes() -> None:
+    """300 people pick up within one second; every third hangs up 20 s later.
+    The real engine and target against the simulator's published budgets
+    (admin token: 30 profiles a minute): nothing is refused, everyone ends
+    up right, and nobody gets a write for a state that was over before their
+    turn came."""
+    clock = ManualClock(START)
+    sim = SlackSim(clock=clock)
+    admin = sim.add_user("adam", "it-admin@example.com", role="admin")
+    secret = sim.add_token(admin).secret
+    people = [Person(key=f"p{i}@example.com", email=f"p{i}@example.com", extension=str(1000 + i))
+              for i in range(300)]  # fmt: skip
+    uid = {p.key: sim.add_user(p.key, p.email) for p in people}
+    with serve_in_thread(sim) as handle:
+        settings = SlackSettings(token=SecretStr(secret), base_url=handle.base_url)
+        sections = MappingProxyType({"slack": settings, "tls": TlsSettings()})
+        env = TargetEnv(clock=clock, user_agent="presence-sync/test", sections=sections)
+        target = SlackStatusTarget("slack_status", SlackStatusOptions(), env)
+        store = MemoryStore(clock=clock)
+        engine = Engine(targets={"slack_status": target}, store=store, rules=CallRules(),
+                        clock=clock)  # fmt: skip
+        engine.set_people(people)
+        engine.resync([LineView(p.extension, Line.IDLE, Presence.AVAILABLE) for p in people])
+        task = asyncio.get_running_loop().create_task(engine.run())
+        try:
+            for i, p in enumerate(people):
+                engine.observe(LineView(p.extension, Line.IN_USE, Presence.AVAILABLE))
+                if i % 100 == 99:
+                    await clock.advance(0.3)
+            hangups = people[::3]
+            hung_up_at = 0.0
+            while engine.pending():
+                if clock.monotonic() >= 20 and not hung_up_at:
+                    hung_up_at = clock.now().timestamp()
+                    for p in hangups:
+                        engine.observe(LineView(p.extension, Line.IDLE, Presence.AVAILABLE))
+                # The requests run in threads on real time: let them answer,
+                # then move the injected clock to the engine's next deadline.
+                await asyncio.sleep(0.002)
+                deadline = clock.next_deadline
+                step = 0.5 if deadline is None else max(0.001, deadline - clock.monotonic())
+                await clock.advance(min(step, 0.5))
+                assert clock.monotonic() < 3600, "no convergence within an hour"
+        finally:
+            engine.stop()
+            await task
+    refused = [r for r in sim.requests() if not r.ok]
+    assert refused == []
+    for p in people:
+        shown = sim.status_of(uid[p.key])
+        writes = sim.writes_to(uid[p.key])
+        if p in hangups:
+            assert shown.empty, p.key
+            early = [r for r in sim.requests("users.profile.set")
+                     if r.target == uid[p.key] and r.at < hung_up_at]  # fmt: skip
+            # A call over before its turn costs nothing; one written before
+            # the hang-up costs its write and the restore.
+            assert writes == 2 * len(early), p.key
+        else:
+            assert (shown.text, writes) == ("On a call", 1), p.key
