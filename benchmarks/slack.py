@@ -191,7 +191,8 @@ async def main(argv: list[str]) -> None:
     print(f"burst: {args.people} pick up within 1 s, {hangups} hang up at {args.hangup:g} s; "
           f"bucket {BURST} + {RATE}/s (admin token, 30 profiles/min)")  # fmt: skip
     print(f"  presence-sync: right after {ours['converged_s']:.0f} s, {ours['writes']} writes, "
-          f"{ours['reads']} reads + {ours['lookups']} lookups, {ours['refused']} refused")  # fmt: skip
+          f"{ours['reads']} reads + {ours['lookups']} lookups, "
+          f"{ours['refused']} refused")  # fmt: skip
     print(f"  naive forwarder: right after {naive['converged_s']:.0f} s, {naive['writes']} "
           f"writes, {naive['refused']} refused (and nobody's own status restored)")  # fmt: skip
 
