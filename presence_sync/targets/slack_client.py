@@ -58,6 +58,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# slack_sdk logs every request and answer body at DEBUG: profiles, e-mail
+# addresses and status texts, which may carry a caller's number. Its records
+# go to a logger of ours that passes warnings only, whatever the log level.
+_sdk_log = logging.getLogger(__name__ + ".sdk")
+_sdk_log.setLevel(logging.WARNING)
+
 DEFAULT_RATELIMIT_WAIT = 30.0
 """Pause when Slack says ``ratelimited`` without a ``Retry-After`` (the
 HTTP 200 case): the reference's 30-60 s, at its short end."""
@@ -124,6 +130,7 @@ class SlackClient:
             ssl=context,
             user_agent_prefix=env.user_agent,
             retry_handlers=[],
+            logger=_sdk_log,
         )
         self.timeout = settings.request_timeout
 

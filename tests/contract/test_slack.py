@@ -494,3 +494,22 @@ async def test_burst_of_300_converges_within_budgets_with_no_stale_writes() -> N
             assert writes == 2 * len(early), p.key
         else:
             assert (shown.text, writes) == ("On a call", 1), p.key
+
+
+async def test_debug_logs_carry_no_token_number_or_profile(
+    slack: Slack, caplog: pytest.LogCaptureFixture
+) -> None:
+    number = "+49 30 1234567"
+    target = slack.status_target()
+    with caplog.at_level(logging.DEBUG):
+        applied = await target.apply(
+            slack.change("slack_status", "anna", Status(text=f"Call with {number}"))
+        )
+        await target.apply(slack.change("slack_status", "anna", None, applied))
+        slack.sim.fail_next("users.profile.get", "invalid_auth")
+        with pytest.raises(AuthError):
+            await target.apply(slack.change("slack_status", "anna", ON_A_CALL))
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert slack.secrets["anna"] not in text
+    assert "1234567" not in text
+    assert "anna@example.com" not in text
