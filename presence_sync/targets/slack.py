@@ -192,14 +192,16 @@ class SlackStatusTarget:
 
     async def _current(self, person: Person, who: Who) -> SlackStatus:
         args = {} if who.user is None else {"user": who.user}
-        answer = await self._client.call("users.profile.get", who.token, person, **args)
+        answer = await self._client.call(
+            "users.profile.get", who.token, person, own=who.own, **args
+        )
         return SlackStatus.from_profile(answer.get("profile"))
 
     async def _write(self, person: Person, who: Who, status: SlackStatus) -> None:
         args: dict[str, Any] = {"profile": status.profile()}
         if who.user is not None:
             args["user"] = who.user
-        await self._client.call("users.profile.set", who.token, person, **args)
+        await self._client.call("users.profile.set", who.token, person, own=who.own, **args)
 
     async def _show(self, change: Change, wanted: SlackStatus, who: Who) -> Applied:
         person, memory = change.person, change.memory

@@ -13,11 +13,12 @@ owns retries, backoff and the lane-wide pause a rate limit asks for.
 
 Errors become ``errors`` types here, once for both targets:
 
-==============================================================  =============================
+==============================================================  ================================
 Slack answers                                                   raised
-==============================================================  =============================
-``invalid_auth``, ``token_revoked``, ``token_expired``,          ``AuthError`` (what to do)
-``not_authed``, ``missing_scope``, ``not_allowed_token_type``
+==============================================================  ================================
+``invalid_auth``, ``token_revoked``, ``token_expired``,          ``AuthError`` (what to do);
+``not_authed``, ``missing_scope``, ``not_allowed_token_type``    for a person's own token,
+                                                                ``PermanentError`` naming them
 HTTP 429, or ``ratelimited`` inside an HTTP 200                  ``TransientError(retry_after)``
 ``user_not_found``, ``account_inactive``,                        ``PermanentError`` naming the
 ``cannot_update_admin_user``, ``not_admin``, ``paid_only``,      person (the key is parked)
@@ -25,7 +26,7 @@ HTTP 429, or ``ratelimited`` inside an HTTP 200                  ``TransientErro
 HTTP 5xx, ``internal_error``, ``fatal_error``,                   ``TransientError``
 ``service_unavailable``, ``request_timeout``; timeouts and
 connection errors
-==============================================================  =============================
+==============================================================  ================================
 
 Tokens never reach a log line, an error message or a ``repr``.
 """
@@ -178,15 +179,19 @@ class SlackClient:
         memory.cache_id("user", person.email.lower(), user_id)
         return Who(token=token, user=user_id, own=False)
 
-    async def call(self, method: str, token: str, person: Person, **args: Any) -> Mapping[str, Any]:
+    async def call(
+        self, method: str, token: str, person: Person, *, own: bool = False, **args: Any
+    ) -> Mapping[str, Any]:
         """``method`` with ``args`` (JSON body) as ``token``; the answer's
-        data when ``ok``. Raises as in the module table."""
+        data when ``ok``. ``own``: ``token`` is the person's own (from
+        ``slack.user_tokens``), so its rejection concerns them alone. Raises
+        as in the module table."""
         try:
             response = await asyncio.to_thread(
                 self._web.api_call, method, json={**args, "token": token}
             )
         except SlackApiError as exc:
-            raise self._failure(method, person, exc) from None
+            raise self._failure(method, person, exc, own=own) from None
         except (TimeoutError, OSError) as exc:
             # urllib's URLError is an OSError; a read timeout is TimeoutError.
             raise TransientError(
@@ -202,7 +207,7 @@ class SlackClient:
         return data
 
     def _failure(
-        self, method: str, person: Person, exc: SlackApiError
+        self, method: str, person: Person, exc: SlackApiError, *, own: bool
     ) -> AuthError | TransientError | PermanentError:
         response = exc.response
         status = response.status_code
@@ -215,6 +220,13 @@ class SlackClient:
             return TransientError(
                 f"{what}: ratelimited",
                 retry_after=wait if wait is not None else DEFAULT_RATELIMIT_WAIT,
+                status=status,
+            )
+        if error in _AUTH and own:
+            # One person's token (revoked, say) must not stop everyone else.
+            return PermanentError(
+                f"{what}: the own token of {person.email} in slack.user_tokens was refused: "
+                f"{error}: {_AUTH[error]}",
                 status=status,
             )
         if error in _AUTH:

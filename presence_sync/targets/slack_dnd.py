@@ -98,7 +98,7 @@ class SlackDndTarget:
         saved = memory.saved() or {}
         ours = saved.get("end")
         ours_end = int(ours) if isinstance(ours, int | float) else None
-        info = await self._client.call("dnd.info", token, person)
+        info = await self._client.call("dnd.info", token, person, own=True)
         active = bool(info.get("snooze_enabled"))
         end = _int(info.get("snooze_endtime"))
         is_ours = (
@@ -107,7 +107,7 @@ class SlackDndTarget:
         now = self._clock.now()
         if change.desired is None or not change.desired.dnd:
             if is_ours:
-                await self._client.call("dnd.endSnooze", token, person)
+                await self._client.call("dnd.endSnooze", token, person, own=True)
             if saved:
                 memory.save(None)
             return Applied(status=change.desired, at=now)
@@ -121,7 +121,9 @@ class SlackDndTarget:
             return Applied(status=change.desired, at=now, expires=datetime.fromtimestamp(end, UTC))
         minutes = self._options.minutes
         memory.save({"end": int(now.timestamp()) + minutes * 60})
-        answer = await self._client.call("dnd.setSnooze", token, person, num_minutes=minutes)
+        answer = await self._client.call(
+            "dnd.setSnooze", token, person, own=True, num_minutes=minutes
+        )
         end = _int(answer.get("snooze_endtime")) or int(now.timestamp()) + minutes * 60
         memory.save({"end": end})
         return Applied(status=change.desired, at=now, expires=datetime.fromtimestamp(end, UTC))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -269,13 +270,54 @@ async def test_ratelimited_inside_a_200_pauses_too(slack: Slack) -> None:
 
 
 @pytest.mark.parametrize("error", ["invalid_auth", "token_revoked", "token_expired"])
-async def test_rejected_token_is_an_auth_error(slack: Slack, error: str) -> None:
+async def test_rejected_admin_token_is_an_auth_error(slack: Slack, error: str) -> None:
     slack.sim.fail_next("users.profile.get", error)
     target = slack.status_target()
     with pytest.raises(AuthError) as caught:
+        await target.apply(slack.change("slack_status", "ben", ON_A_CALL))
+    assert error in str(caught.value)
+    assert slack.secrets["adam"] not in str(caught.value)
+
+
+@pytest.mark.parametrize("error", ["invalid_auth", "token_revoked", "token_expired"])
+async def test_rejected_own_token_parks_only_its_person(slack: Slack, error: str) -> None:
+    slack.sim.fail_next("users.profile.get", error)
+    target = slack.status_target()
+    with pytest.raises(PermanentError) as caught:
         await target.apply(slack.change("slack_status", "anna", ON_A_CALL))
     assert error in str(caught.value)
+    assert re.search(r"anna@example\.com.*slack\.user_tokens", str(caught.value))
     assert slack.secrets["anna"] not in str(caught.value)
+    # Everyone else goes on.
+    await target.apply(slack.change("slack_status", "ben", ON_A_CALL))
+    assert slack.shown("ben").text == "On a call"
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "raised"),
+    [
+        ("not_authed", 200, AuthError),
+        ("missing_scope", 200, AuthError),
+        ("not_allowed_token_type", 200, AuthError),
+        ("account_inactive", 200, PermanentError),
+        ("user_not_found", 200, PermanentError),
+        ("not_admin", 200, PermanentError),
+        ("paid_only", 200, PermanentError),
+        ("invalid_emoji_not_allowed", 200, PermanentError),
+        ("service_unavailable", 503, TransientError),
+        ("fatal_error", 200, TransientError),
+    ],
+)
+async def test_slack_errors_translated(
+    slack: Slack, error: str, status: int, raised: type[Exception]
+) -> None:
+    slack.sim.fail_next("users.profile.set", error, status=status)
+    target = slack.status_target()
+    with pytest.raises(raised) as caught:
+        await target.apply(slack.change("slack_status", "ben", ON_A_CALL))
+    assert error in str(caught.value)
+    if raised is PermanentError:
+        assert "ben@example.com" in str(caught.value)
 
 
 async def test_revoked_admin_token_is_an_auth_error(slack: Slack) -> None:
@@ -507,7 +549,7 @@ async def test_debug_logs_carry_no_token_number_or_profile(
         )
         await target.apply(slack.change("slack_status", "anna", None, applied))
         slack.sim.fail_next("users.profile.get", "invalid_auth")
-        with pytest.raises(AuthError):
+        with pytest.raises(PermanentError):
             await target.apply(slack.change("slack_status", "anna", ON_A_CALL))
     text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert slack.secrets["anna"] not in text
