@@ -28,6 +28,7 @@ from pydantic import (
     SecretStr,
     SerializeAsAny,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import core_schema
@@ -546,6 +547,24 @@ class Settings(_Section):
             data = {k: v for k, v in data.items() if not (k in _DEFAULTED_SECTIONS and v is None)}
             data.setdefault("state", {})
         return data
+
+    @field_validator("targets")
+    @classmethod
+    def _slack_dnd_has_own_tokens(
+        cls, value: dict[str, TargetSpec], info: ValidationInfo
+    ) -> dict[str, TargetSpec]:
+        # Slack's dnd.* act only on the token's own user: without any own
+        # token, slack_dnd could never do anything. (``slack`` is declared
+        # before ``targets``, so it is validated already.)
+        slack = info.data.get("slack")
+        if isinstance(slack, SlackSettings) and not slack.user_tokens:
+            for name, spec in value.items():
+                if spec.kind == "slack_dnd":
+                    raise ValueError(
+                        f"{name} (slack_dnd) needs people's own Slack tokens under "
+                        "slack.user_tokens: Slack's dnd methods act only on the token's own user"
+                    )
+        return value
 
     @model_validator(mode="after")
     def _remember_the_file(self, info: ValidationInfo) -> Self:

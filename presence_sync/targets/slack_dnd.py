@@ -4,7 +4,8 @@ while a rule sets ``dnd``, ended afterwards only if the snooze is ours.
 Slack's ``dnd.*`` methods act on the token's own user only, so this target
 needs each person's own user token (``slack.user_tokens``); a person without
 one is refused with a ``PermanentError`` saying what to configure, and a
-``slack:`` section without any user token fails when the target is built.
+``slack:`` section without any user token is a configuration error
+(``config.Settings``; the constructor checks it again).
 
 Desired ``dnd``: ``dnd.info`` first. A snooze the person started themselves
 is left alone (not lengthened, never ended by us). Otherwise

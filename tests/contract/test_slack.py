@@ -555,3 +555,16 @@ async def test_debug_logs_carry_no_token_number_or_profile(
     assert slack.secrets["anna"] not in text
     assert "1234567" not in text
     assert "anna@example.com" not in text
+
+
+def test_slack_dnd_without_any_own_token_is_a_config_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    text = path.read_text()
+    cut = text[text.index("  user_tokens:") : text.index("people:")]
+    path.write_text(text.replace(cut, ""))
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    (problem,) = caught.value.problems
+    assert problem.key == "targets"
+    assert problem.line == path.read_text().splitlines().index("targets:") + 1
+    assert "slack.user_tokens" in problem.message
