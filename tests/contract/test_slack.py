@@ -22,8 +22,11 @@ from presence_sync.config.models import SlackSettings, SlackUserToken, TlsSettin
 from presence_sync.engine import Engine
 from presence_sync.errors import AuthError, ConfigError, PermanentError, TransientError
 from presence_sync.model import Applied, Line, LineView, Person, Presence, Status
+from presence_sync.sim.certs import LoopbackTls
+from presence_sync.sim.serve import serve_in_thread as serve_app_in_thread
 from presence_sync.sim.slack import SlackSim
 from presence_sync.sim.slack import Status as SlackShown
+from presence_sync.sim.slack_http import build_app as build_slack_app
 from presence_sync.sim.slack_serve import SlackHandle, serve_in_thread
 from presence_sync.store import MemoryStore, StoreMemory
 from presence_sync.targets.base import Change, TargetEnv, target_class
@@ -568,3 +571,31 @@ def test_slack_dnd_without_any_own_token_is_a_config_error(tmp_path: Path) -> No
     assert problem.key == "targets"
     assert problem.line == path.read_text().splitlines().index("targets:") + 1
     assert "slack.user_tokens" in problem.message
+
+
+async def test_tls_ca_bundle_is_trusted(tmp_path: Path) -> None:
+    """Over HTTPS with a private CA: trusted through ``tls.ca_bundle``
+    (``TargetEnv.verify``), refused without it."""
+    tls = LoopbackTls.create(tmp_path)
+    clock = ManualClock(START)
+    sim = SlackSim(clock=clock)
+    ben = sim.add_user("ben", "ben@example.com")
+    secret = sim.add_token(ben).secret
+    with serve_app_in_thread(build_slack_app(sim), **tls.serve_options()) as running:
+        own = SlackUserToken(email="ben@example.com", token=SecretStr(secret))
+        settings = SlackSettings(base_url=f"{running.origin}/api/", user_tokens=[own])
+        sections = MappingProxyType({"slack": settings, "tls": TlsSettings()})
+        person = Person(key="ben@example.com", email="ben@example.com", extension="101")
+        for verify in (True, str(tls.ca_file)):
+            env = TargetEnv(clock=clock, user_agent="t", sections=sections, verify=verify)
+            target = SlackStatusTarget("slack_status", SlackStatusOptions(), env)
+            memory = StoreMemory(MemoryStore(clock=clock), "slack_status", person.key)
+            change = Change(person, ON_A_CALL, None, None, memory)
+            if verify is True:
+                with pytest.raises(TransientError):
+                    await target.apply(change)
+                assert sim.requests() == ()
+            else:
+                await target.apply(change)
+    assert running.origin.startswith("https://")
+    assert sim.status_of(ben).text == "On a call"
