@@ -46,7 +46,7 @@ from presence_sync.config.models import SlackSettings
 from presence_sync.model import Applied, Person, Status
 from presence_sync.ops.logging import kv
 from presence_sync.targets.base import Change, Memory, TargetEnv, TargetInfo, TargetOptions
-from presence_sync.targets.slack_client import SlackClient, Who
+from presence_sync.targets.slack_client import SlackClient, SlackRefused, Who
 
 __all__ = ["MAX_TEXT", "RATE", "SlackStatus", "SlackStatusOptions", "SlackStatusTarget"]
 
@@ -168,8 +168,18 @@ class SlackStatusTarget:
         person, memory = change.person, change.memory
         wanted = self._wanted(change.desired)
         who = await self._client.who(person, memory, ids=self._ids())
+        try:
+            return await self._apply(change, wanted, who)
+        except SlackRefused as exc:
+            if not (who.cached and exc.error == "user_not_found"):
+                raise
+        # A cached id Slack no longer knows (they left and came back): ask once more.
+        who = await self._client.who(person, memory, ids=self._ids(), fresh=True)
+        return await self._apply(change, wanted, who)
+
+    async def _apply(self, change: Change, wanted: SlackStatus | None, who: Who) -> Applied:
         if wanted is None:
-            await self._restore(person, memory, who)
+            await self._restore(change.person, change.memory, who)
             return Applied(status=change.desired, at=self._clock.now())
         return await self._show(change, wanted, who)
 

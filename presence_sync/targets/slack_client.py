@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_RATELIMIT_WAIT",
     "ID_MAX_AGE",
     "SlackClient",
+    "SlackRefused",
     "Who",
 ]
 
@@ -108,9 +109,19 @@ class Who:
     token: str
     user: str | None
     own: bool
+    cached: bool = False
+    """``user`` came from the id cache (it may be stale: ask again once)."""
 
     def __repr__(self) -> str:
-        return f"Who(user={self.user!r}, own={self.own})"
+        return f"Who(user={self.user!r}, own={self.own}, cached={self.cached})"
+
+
+class SlackRefused(PermanentError):
+    """Slack refused the request for this person; ``error`` is Slack's code."""
+
+    def __init__(self, message: str, *, error: str, status: int | None = None) -> None:
+        self.error = error
+        super().__init__(message, status=status)
 
 
 class SlackClient:
@@ -148,12 +159,14 @@ class SlackClient:
         """The person's own user token, if configured."""
         return self._settings.user_token(person.email.lower())
 
-    async def who(self, person: Person, memory: Memory, *, ids: tuple[str, ...]) -> Who:
+    async def who(
+        self, person: Person, memory: Memory, *, ids: tuple[str, ...], fresh: bool = False
+    ) -> Who:
         """How to reach ``person``: their own token when configured, else the
         admin token with their user id: from ``person.ids`` under one of
         ``ids`` (target names), else ``users.lookupByEmail`` cached through
-        ``memory`` for ``ID_MAX_AGE``. Raises like ``call``, and
-        ``PermanentError`` when neither token exists for them."""
+        ``memory`` for ``ID_MAX_AGE`` (``fresh``: asked again). Raises like
+        ``call``, and ``PermanentError`` when neither token exists for them."""
         own = self.own_token(person)
         if own is not None:
             return Who(token=own, user=None, own=True)
@@ -168,9 +181,9 @@ class SlackClient:
             configured = person.ids.get(name)
             if configured:
                 return Who(token=token, user=configured, own=False)
-        cached = memory.cached_id("user", person.email.lower(), ID_MAX_AGE)
+        cached = None if fresh else memory.cached_id("user", person.email.lower(), ID_MAX_AGE)
         if cached is not None:
-            return Who(token=token, user=cached, own=False)
+            return Who(token=token, user=cached, own=False, cached=True)
         answer = await self.call("users.lookupByEmail", token, person, email=person.email)
         user = answer.get("user")
         user_id = user.get("id") if isinstance(user, Mapping) else None
@@ -234,8 +247,9 @@ class SlackClient:
         if status >= 500 or error in _TRANSIENT:
             return TransientError(f"{what}: {error or 'HTTP ' + str(status)}", status=status)
         hint = _PERSON.get(error, "Slack refused it")
-        return PermanentError(
-            f"{what} for {person.email}: {error or status}: {hint}", status=status
+        reason = error or f"HTTP {status}"
+        return SlackRefused(
+            f"{what} for {person.email}: {reason}: {hint}", error=error, status=status
         )
 
     def _now(self) -> datetime:

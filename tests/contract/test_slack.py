@@ -599,3 +599,13 @@ async def test_tls_ca_bundle_is_trusted(tmp_path: Path) -> None:
                 await target.apply(change)
     assert running.origin.startswith("https://")
     assert sim.status_of(ben).text == "On a call"
+
+
+async def test_stale_cached_user_id_is_looked_up_again(slack: Slack) -> None:
+    target = slack.status_target()
+    memory = StoreMemory(slack.store, "slack_status", "clara@example.com")
+    memory.cache_id("user", "clara@example.com", "UGONE0001")
+    await target.apply(slack.change("slack_status", "clara", ON_A_CALL))
+    assert slack.shown("clara").text == "On a call"
+    assert slack.calls("users.lookupByEmail") == 1
+    assert memory.cached_id("user", "clara@example.com") == slack.ids["clara"]
