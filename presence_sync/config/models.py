@@ -364,7 +364,9 @@ class SlackSettings(_Section):
 
     token: _Secret | None = None
     base_url: HttpURL = "https://slack.com/api/"
-    request_timeout: Annotated[Duration, Field(gt=0, le=20)] = 10.0
+    # An apply makes up to three requests in a row (lookup, read, write)
+    # within the targets' 60 s apply timeout.
+    request_timeout: Annotated[Duration, Field(gt=0, le=15)] = 10.0
     user_tokens: list[SlackUserToken] = []
 
     @model_validator(mode="after")

@@ -143,7 +143,8 @@ class SlackStatusTarget:
         concurrency=4,
         restores=True,
         refresh_before=120.0,
-        timeout=30.0,
+        # Up to three requests of at most slack.request_timeout (15 s) each.
+        timeout=60.0,
         requires=("slack", "tls"),
     )
     Options: ClassVar[type[SlackStatusOptions]] = SlackStatusOptions

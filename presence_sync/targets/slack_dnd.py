@@ -63,6 +63,8 @@ class SlackDndTarget:
         concurrency=4,
         restores=True,
         refresh_before=120.0,
+        # Two requests of at most slack.request_timeout (15 s) each.
+        timeout=60.0,
         requires=("slack", "tls"),
     )
     Options: ClassVar[type[SlackDndOptions]] = SlackDndOptions
