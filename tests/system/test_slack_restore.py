@@ -103,3 +103,43 @@ def test_sigkill_mid_call_then_hangup_while_down_gives_their_status_back(
     daemons("run", "-c", str(config))
     back = eventually(shows(slack, anna, theirs.text), "anna's own status back", 15)
     assert back == theirs
+
+
+def test_dnd_and_status_with_own_tokens_through_the_daemon(
+    tmp_path: Path,
+    nfon: SimHandle,
+    hook: Hook,
+    slack: SlackHandle,
+    daemons: Callable[..., Daemon],
+) -> None:
+    """People's own tokens from files: Anna's snooze follows her NFON DND and
+    ends with it; Ben's own snooze is left alone."""
+    anna, ben = user_id(slack, "anna"), user_id(slack, "ben")
+    tokens = ""
+    for name, uid in (("anna", anna), ("ben", ben)):
+        (tmp_path / f"{name}.token").write_text(slack.sim.add_token(uid).secret + "\n")
+        (tmp_path / f"{name}.token").chmod(0o600)
+        tokens += f"    - email: {name}@example.com\n      token_file: {name}.token\n"
+    extra = f"slack:\n  base_url: {slack.base_url}\n  user_tokens:\n{tokens}"
+    rules = RULES + "  - when: {presence: dnd}\n    set: {slack_dnd: {dnd: true}}\n"
+    config = write_config(tmp_path / "config.yaml", nfon, hook, rules=rules, extra=extra,
+                          targets="  slack_status: {}\n  slack_dnd: {minutes: 30}\n")  # fmt: skip
+    own_end = slack.sim.snooze(ben, 90)
+    daemons("run", "-c", str(config)).wait_ready()
+
+    nfon.sim.set_state("100", presence="dnd")
+    nfon.sim.set_state("101", presence="dnd")
+    snoozed = eventually(lambda: slack.sim.person(anna).snooze_endtime, "anna snoozed", 15)
+    assert abs(snoozed - (time.time() + 30 * 60)) < 120
+    nfon.sim.set_state("100", presence="available")
+    nfon.sim.set_state("101", presence="available")
+    eventually(lambda: slack.sim.person(anna).snooze_endtime is None or None, "anna's ended", 15)
+    assert slack.sim.person(ben).snooze_endtime == own_end
+    call = nfon.sim.call("101")
+    eventually(shows(slack, ben, "On a call"), "ben on a call", 15)
+    nfon.sim.hangup(call)
+    eventually(lambda: slack.sim.status_of(ben).empty or None, "ben's status cleared", 15)
+    # No admin token is configured: every call about Ben was made with his own.
+    about_ben = [r for r in slack.sim.requests() if r.target == ben]
+    assert {r.method for r in about_ben} >= {"dnd.info", "users.profile.set"}
+    assert {r.user_id for r in about_ben} == {ben}
