@@ -28,6 +28,7 @@ from pydantic import (
     SecretStr,
     SerializeAsAny,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 from pydantic_core import core_schema
@@ -338,11 +339,56 @@ class MicrosoftSettings(_Section):
         return self
 
 
-class SlackSettings(_Section):
-    """``slack:``, the Slack app token for the Slack targets."""
+class SlackUserToken(_Section):
+    """One entry of ``slack.user_tokens``: a person's own user token
+    (``xoxp-``), usually as ``token_file`` (resolved like every secret file:
+    relative to ``$CREDENTIALS_DIRECTORY`` when set, else the config file)."""
 
+    email: _Email
     token: _Secret
+
+
+class SlackSettings(_Section):
+    """``slack:``, the Slack tokens for the Slack targets.
+
+    ``token`` is an admin's user token that sets other people's statuses with
+    ``user=`` (paid plans; never admins or owners). ``user_tokens`` gives
+    people their own user token, one file each; it wins over ``token`` for
+    that person, and it is the only way for ``slack_dnd`` (Slack's ``dnd.*``
+    act on the token's own user). At least one of the two is needed.
+    ``request_timeout`` bounds every Web API request.
+    """
+
+    # Validation errors would otherwise quote token values.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    token: _Secret | None = None
     base_url: HttpURL = "https://slack.com/api/"
+    # An apply makes up to three requests in a row (lookup, read, write)
+    # within the targets' 60 s apply timeout.
+    request_timeout: Annotated[Duration, Field(gt=0, le=15)] = 10.0
+    user_tokens: list[SlackUserToken] = []
+
+    @model_validator(mode="after")
+    def _some_token(self) -> Self:
+        if self.token is None and not self.user_tokens:
+            raise ValueError(
+                "no token: give token (an admin's user token) or user_tokens "
+                "(people's own tokens), or both"
+            )
+        seen: set[str] = set()
+        for entry in self.user_tokens:
+            if entry.email in seen:
+                raise ValueError(f"user_tokens: {entry.email} is listed twice")
+            seen.add(entry.email)
+        return self
+
+    def user_token(self, email: str) -> str | None:
+        """The own user token of the person with ``email`` (lower-cased), if given."""
+        for entry in self.user_tokens:
+            if entry.email == email:
+                return entry.token.get_secret_value()
+        return None
 
 
 class TlsSettings(_Section):
@@ -503,6 +549,24 @@ class Settings(_Section):
             data = {k: v for k, v in data.items() if not (k in _DEFAULTED_SECTIONS and v is None)}
             data.setdefault("state", {})
         return data
+
+    @field_validator("targets")
+    @classmethod
+    def _slack_dnd_has_own_tokens(
+        cls, value: dict[str, TargetSpec], info: ValidationInfo
+    ) -> dict[str, TargetSpec]:
+        # Slack's dnd.* act only on the token's own user: without any own
+        # token, slack_dnd could never do anything. (``slack`` is declared
+        # before ``targets``, so it is validated already.)
+        slack = info.data.get("slack")
+        if isinstance(slack, SlackSettings) and not slack.user_tokens:
+            for name, spec in value.items():
+                if spec.kind == "slack_dnd":
+                    raise ValueError(
+                        f"{name} (slack_dnd) needs people's own Slack tokens under "
+                        "slack.user_tokens: Slack's dnd methods act only on the token's own user"
+                    )
+        return value
 
     @model_validator(mode="after")
     def _remember_the_file(self, info: ValidationInfo) -> Self:

@@ -51,6 +51,8 @@ ENTRY_POINT_GROUP = "presence_sync.targets"
 
 BUILTIN: Mapping[str, str] = {
     "log": "presence_sync.targets.log:LogTarget",
+    "slack_dnd": "presence_sync.targets.slack_dnd:SlackDndTarget",
+    "slack_status": "presence_sync.targets.slack:SlackStatusTarget",
     "webhook": "presence_sync.targets.webhook:WebhookTarget",
 }
 

@@ -754,7 +754,8 @@ def test_unknown_target_kind_lists_known_kinds(write: Callable[[str], Path]) -> 
 
     assert (found.key, found.line) == ("targets.pager", line_of(path, "pager"))
     assert (
-        found.message == 'unknown target kind "pager" (expected one of: broken, fake, log, webhook)'
+        found.message == 'unknown target kind "pager" (expected one of: broken, fake, log, '
+        "slack_dnd, slack_status, webhook)"
     )
 
 
@@ -901,6 +902,8 @@ def test_example_config_loads(tmp_path: Path) -> None:
 def test_example_config_commented_sections_are_valid(tmp_path: Path) -> None:
     for name in ("nfon-password", "ms-client-secret", "slack-token"):
         (tmp_path / name).write_text("s3cret\n")
+    (tmp_path / "slack").mkdir()
+    (tmp_path / "slack" / "anna.token").write_text("xoxp-anna\n")
     text = (REPO / "config.example.yaml").read_text()
     for block in ("microsoft:", "slack:", "- name: VIP calls"):
         text = _uncomment(text, block)
@@ -912,6 +915,7 @@ def test_example_config_commented_sections_are_valid(tmp_path: Path) -> None:
 
     assert settings.microsoft is not None
     assert settings.slack is not None
+    assert settings.slack.user_token("anna@example.com") == "xoxp-anna"
     assert settings.rules is not None
     assert [rule["name"] for rule in settings.rules] == ["on a call", "do not disturb", "VIP calls"]
     infos = {n: base.target_class(s.kind).info for n, s in settings.targets.items()}
