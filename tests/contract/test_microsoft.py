@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 
 from presence_sync.config import MicrosoftSettings, TlsSettings
-from presence_sync.errors import AuthError, PermanentError, TransientError
+from presence_sync.errors import AuthError, ConfigError, PermanentError, TransientError
 from presence_sync.model import Applied, Call, Direction, Line, LineView, Person, Status
+from presence_sync.rules import compile_rules
 from presence_sync.sim.certs import client_certificate
 from presence_sync.sim.graph import GraphHandle, GraphSim, SimClock, serve
 from presence_sync.store import MemoryStore, StoreMemory
 from presence_sync.targets.base import Change, Target, target_class, target_env
-from presence_sync.targets.teams import TeamsPresenceOptions
+from presence_sync.targets.teams import TeamsPresenceOptions, TeamsPresenceTarget
 
 SECRET = "graph-secret-0123"
 ANNA = "anna@contoso.example"
@@ -528,3 +529,35 @@ async def test_an_event_left_open_is_closed_by_the_next_start(world: World) -> N
     await world.apply(second, None, applied)
     assert len(world.sim.events(world.anna)) == 1
     assert not _open_events(world)
+
+
+# --- rules: what teams_presence can show -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        (("Busy", "InAMeeting"), "Teams does not accept Busy/InAMeeting"),
+        (("Available", "Available"), "never posted"),
+        (("DoNotDisturb", "DoNotDisturb"), "accepted: Away/Away, Busy/InACall"),
+    ],
+)
+def test_a_rule_with_a_pair_teams_refuses_is_a_config_error(
+    pair: tuple[str, str], message: str
+) -> None:
+    raw = [
+        {
+            "line": "in-use",
+            "set": {"teams_presence": dict(zip(("availability", "activity"), pair, strict=True))},
+        }
+    ]
+    with pytest.raises(ConfigError) as error:
+        compile_rules(raw, targets={"teams_presence": TeamsPresenceTarget.info})
+    [problem] = error.value.problems
+    assert problem.key == "rules[0].set.teams_presence"
+    assert message in problem.message
+
+
+def test_the_default_rules_pass_the_teams_check() -> None:
+    rules = compile_rules(None, targets={"teams_presence": TeamsPresenceTarget.info})
+    assert rules is not None
