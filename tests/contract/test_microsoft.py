@@ -547,7 +547,7 @@ def test_a_rule_with_a_pair_teams_refuses_is_a_config_error(
 ) -> None:
     raw = [
         {
-            "line": "in-use",
+            "when": {"line": "in-use"},
             "set": {"teams_presence": dict(zip(("availability", "activity"), pair, strict=True))},
         }
     ]
