@@ -146,7 +146,7 @@ def test_outlook_event_left_open_by_sigkill_is_closed_after_restart(
     def closed() -> bool:
         [event] = graph.sim.events(anna)
         end = event["end"]["dateTime"][:19]
-        return end <= graph.sim.now().strftime("%Y-%m-%dT%H:%M:%S")
+        return bool(end <= graph.sim.now().strftime("%Y-%m-%dT%H:%M:%S"))
 
     eventually(closed, "the event closed after restart")
     [event] = graph.sim.events(anna)
