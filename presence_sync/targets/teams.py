@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Final
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from presence_sync.config import Duration
 from presence_sync.errors import PermanentError
@@ -88,7 +88,15 @@ def _expiration(value: Any) -> Any:
     return value
 
 
-_Expiration = Annotated[Duration, BeforeValidator(_expiration), Field(ge=300, le=4 * 3600)]
+def _session_range(seconds: float) -> float:
+    if not 300 <= seconds <= 4 * 3600:
+        raise ValueError(
+            f"{iso_duration(seconds)} is outside what Teams accepts: PT5M (5m) to PT4H (4h)"
+        )
+    return seconds
+
+
+_Expiration = Annotated[Duration, BeforeValidator(_expiration), AfterValidator(_session_range)]
 
 
 class TeamsPresenceOptions(GraphOptions):
