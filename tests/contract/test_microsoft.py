@@ -9,6 +9,7 @@ expirations move together.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -561,3 +562,50 @@ def test_a_rule_with_a_pair_teams_refuses_is_a_config_error(
 def test_the_default_rules_pass_the_teams_check() -> None:
     rules = compile_rules(None, targets={"teams_presence": TeamsPresenceTarget.info})
     assert rules is not None
+
+
+# --- the shared Graph access --------------------------------------------------------
+
+
+async def test_one_token_serves_every_target_until_shortly_before_it_expires(
+    world: World,
+) -> None:
+    presence = world.target("teams_presence")
+    message = world.target("teams_status_message")
+    applied = await world.apply(presence, Status(availability="Busy", activity="InACall"))
+    await world.apply(message, Status(text="On a call"))
+    assert world.sim.tokens_issued == 1
+    world.clock.advance(3600 - 200)  # the token has 200 s left: too little
+    await world.apply(presence, None, applied)
+    assert world.sim.tokens_issued == 2
+    assert not [r for r in world.sim.requests("/v1.0/") if r.status == 401]
+
+
+async def test_a_slow_token_endpoint_does_not_block_the_loop(world: World) -> None:
+    target = world.target("teams_presence")
+    world.sim.hang_next(0.5, f"/{world.sim.tenant}/oauth2/v2.0/token")
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    ticker = asyncio.create_task(tick())
+    await world.apply(target, Status(availability="Busy", activity="InACall"))
+    ticker.cancel()
+    assert ticks >= 20  # the loop ran on while MSAL waited 0.5 s
+    assert _presence_shows(world)
+
+
+async def test_tls_ca_bundle_wins_over_requests_ca_bundle(
+    world: World, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(client_certificate("not the simulator").cert_pem)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other))
+    monkeypatch.setenv("SSL_CERT_FILE", str(other))
+    target = world.target("teams_presence")
+    await world.apply(target, Status(availability="Busy", activity="InACall"))
+    assert _presence_shows(world)
