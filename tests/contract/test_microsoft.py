@@ -18,8 +18,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from polling import eventually_async
 
+from presence_sync.clock import ManualClock
 from presence_sync.config import MicrosoftSettings, TlsSettings
+from presence_sync.engine import Engine
 from presence_sync.errors import AuthError, ConfigError, PermanentError, TransientError
 from presence_sync.model import Applied, Call, Direction, Line, LineView, Person, Status
 from presence_sync.rules import compile_rules
@@ -609,3 +612,54 @@ async def test_tls_ca_bundle_wins_over_requests_ca_bundle(
     target = world.target("teams_presence")
     await world.apply(target, Status(availability="Busy", activity="InACall"))
     assert _presence_shows(world)
+
+
+# --- with the engine: a three-hour call on a manual clock ----------------------------
+
+
+async def test_the_engine_keeps_a_three_hour_call_alive_and_clears_it() -> None:
+    clock = ManualClock(datetime.now(UTC))
+    sim = GraphSim(clock=clock)
+    client_id = sim.register_app(secret=SECRET)
+    anna = sim.add_user(ANNA)
+    async with serve(sim) as handle:
+        settings = _settings(handle, sim, client_id)
+        cls = target_class("teams_presence")
+        env = target_env(cls.info, settings, clock=clock, user_agent="t")
+        target = cls("teams_presence", cls.Options(), env)
+        engine = Engine(
+            targets={"teams_presence": target},
+            store=MemoryStore(clock=clock),
+            rules=compile_rules(None, targets={"teams_presence": cls.info}),
+            clock=clock,
+        )
+        engine.set_people([PERSON])
+        task = asyncio.get_running_loop().create_task(engine.run())
+
+        async def step(seconds: float) -> None:
+            await clock.advance(seconds)
+            for _ in range(50):
+                await asyncio.sleep(0)
+            await eventually_async(lambda: engine.pending() == 0, "the engine idle")
+
+        def sets() -> int:
+            return len(sim.requests(f"/v1.0/users/{anna}/presence/setPresence"))
+
+        try:
+            engine.resync([LineView("100", line=Line.IN_USE)])
+            await step(0)
+            assert sets() == 1
+            for minute in range(180):
+                await step(60)
+                shown = sim.presence(anna)
+                assert (shown["availability"], shown["activity"]) == ("Busy", "InACall"), minute
+            # 3 h / 15 min, each refreshed 2 min before it ran out: every 13 min.
+            assert 1 + 12 <= sets() <= 1 + 14
+            engine.resync([LineView("100", line=Line.IDLE)])
+            await step(0)
+            assert client_id not in sim.sessions(anna)
+            assert len(sim.requests(f"/v1.0/users/{anna}/presence/clearPresence")) == 1
+        finally:
+            engine.stop()
+            await task
+            await target.aclose()
