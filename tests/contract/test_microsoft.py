@@ -10,6 +10,8 @@ expirations move together.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -663,3 +665,47 @@ async def test_the_engine_keeps_a_three_hour_call_alive_and_clears_it() -> None:
             engine.stop()
             await task
             await target.aclose()
+
+
+async def test_an_unknown_tenant_is_an_auth_error_naming_it(world: World) -> None:
+    microsoft = world.settings.microsoft.model_copy(
+        update={"tenant_id": "99999999-9999-9999-9999-999999999999"}
+    )
+    settings = SimpleNamespace(microsoft=microsoft, tls=world.settings.tls)
+    target = world.target("teams_presence", settings=settings)
+    with pytest.raises(AuthError, match="99999999-9999-9999-9999-999999999999"):
+        await world.apply(target, Status(availability="Busy", activity="InACall"))
+
+
+def test_a_bad_teams_option_or_pair_in_the_file_exits_78_with_its_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "nfon: {customer: K1, username: u, password: p}\n"
+        "microsoft: {tenant_id: t, client_id: c, client_secret: s}\n"
+        'people: [{extension: "100", email: a@example.com}]\n'
+        "targets:\n"
+        "  teams_presence:\n"
+        "    expiration: PT3M\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "presence_sync", "run", "-c", str(config), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 78
+    assert "config.yaml:6:17: targets.teams_presence.expiration: PT3M is outside" in run.stderr
+    config.write_text(
+        config.read_text().replace("PT3M", "PT10M")
+        + "rules:\n"
+        + "  - when: {line: in-use}\n"
+        + "    set: {teams_presence: {availability: Busy, activity: InAMeeting}}\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "presence_sync", "run", "-c", str(config), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 78
+    assert "config.yaml:9:27: rules[0].set.teams_presence: Teams does not accept" in run.stderr
