@@ -791,6 +791,10 @@ class _Compiler:
                     fixed[field] = "".join(text for text, _, _ in parts)
                 else:
                     texts[field] = parts
+        if info is not None and info.check is not None:
+            problem = info.check(fixed)
+            if problem is not None:
+                self.fail(path, problem)
         if not texts:
             return Status(**fixed)
         used = sorted({name for parts in texts.values() for _, name, _ in parts if name})

@@ -16,7 +16,7 @@ entry-point group ``presence_sync.targets``::
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import MappingProxyType
@@ -54,6 +54,9 @@ BUILTIN: Mapping[str, str] = {
     "slack_dnd": "presence_sync.targets.slack_dnd:SlackDndTarget",
     "slack_status": "presence_sync.targets.slack:SlackStatusTarget",
     "webhook": "presence_sync.targets.webhook:WebhookTarget",
+    "teams_presence": "presence_sync.targets.teams:TeamsPresenceTarget",
+    "teams_status_message": "presence_sync.targets.teams:TeamsStatusMessageTarget",
+    "outlook_calendar": "presence_sync.targets.outlook:OutlookCalendarTarget",
 }
 
 
@@ -104,6 +107,11 @@ class TargetInfo:
       it (write-ahead), so a crash during the request still leaves the store
       knowing what may need taking back. Only a target with nothing to take
       back (``log``) turns it off;
+    - ``check``: an optional check of the fixed values a rule sets for this
+      target (a mapping of field → value, templated fields left out): it
+      returns a message when the target cannot show them (Teams takes only
+      five presence pairs), which the rules compiler reports at the rule's
+      line; ``None`` when they are fine;
     - ``requires``: the configuration sections it is handed (names from
       ``SHARED_SECTIONS``, e.g. ``("microsoft", "tls")``). It gets these and
       its own options, nothing else; a section that is optional in the file
@@ -121,6 +129,7 @@ class TargetInfo:
     timeout: float = 30.0
     remote_state: bool = True
     requires: tuple[str, ...] = ()
+    check: Callable[[Mapping[str, Any]], str | None] | None = None
 
 
 class UndeclaredSectionError(LookupError):

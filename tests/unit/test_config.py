@@ -753,9 +753,9 @@ def test_unknown_target_kind_lists_known_kinds(write: Callable[[str], Path]) -> 
     found = one_problem(path)
 
     assert (found.key, found.line) == ("targets.pager", line_of(path, "pager"))
-    assert (
-        found.message == 'unknown target kind "pager" (expected one of: broken, fake, log, '
-        "slack_dnd, slack_status, webhook)"
+    assert found.message == (
+        'unknown target kind "pager" (expected one of: broken, fake, log, outlook_calendar, '
+        "slack_dnd, slack_status, teams_presence, teams_status_message, webhook)"
     )
 
 
