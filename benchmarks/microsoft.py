@@ -135,7 +135,6 @@ class NaiveForwarder:
             timeout=10.0,
         )
         self.lock = threading.Lock()
-        self.received = 0
         self.stream: httpx.Response | None = None
         self.thread = threading.Thread(target=self._follow, daemon=True)
         self.thread.start()
@@ -175,7 +174,6 @@ class NaiveForwarder:
                 self.stream = response
                 for line in response.iter_lines():
                     if line.startswith("data:"):
-                        self.received += 1
                         self.forward(json.loads(line[5:]))
         except (httpx.HTTPError, RuntimeError):
             return  # closed by stop(), or the simulator went away
@@ -312,21 +310,24 @@ class Figures:
     first: list[float]
     again: list[float]
     per_call: float
+    call_refused: int
+    """Presence requests during the calls the Graph simulator answered 429."""
     lookups: int
     resync_writes: int
     resync_refused: int
     """Resync writes the Graph simulator answered 429 (its per-app budget)."""
 
 
-def drive_calls(side: Side, calls: int) -> tuple[list[float], list[float], float, int]:
+def drive_calls(side: Side, calls: int) -> tuple[list[float], list[float], float, int, int]:
     """Each person's first call (their object id may be looked up), then a
-    second round; latencies of both rounds, presence requests per call and
-    user lookups."""
+    second round; latencies of both rounds, presence requests per call, how
+    many of them were answered 429, and user lookups."""
     before, lookups = len(side.presence()), side.lookups()
     first = [one_call(side, i) for i in range(calls)]
     again = [one_call(side, i) for i in range(calls)]
-    per_call = (len(side.presence()) - before) / (2 * calls)
-    return first, again, per_call, side.lookups() - lookups
+    new = side.presence()[before:]
+    refused = sum(1 for r in new if r.status == 429)
+    return first, again, len(new) / (2 * calls), refused, side.lookups() - lookups
 
 
 @contextmanager
@@ -365,7 +366,7 @@ def run_ours(n: int, calls: int) -> Figures:
         resyncs = r"full state from NFON|\bresync\b"
         try:
             wait(lambda: daemon.count(r"full state from NFON"), "the daemon's first resync")
-            first, again, per_call, lookups = drive_calls(side, calls)
+            first, again, per_call, call_refused, lookups = drive_calls(side, calls)
             with hold_calls(side, n):
                 done = daemon.count(resyncs)
                 wait(lambda: daemon.count(resyncs) >= done + 1, "resync")
@@ -374,7 +375,7 @@ def run_ours(n: int, calls: int) -> Figures:
                 writes, refused = resync_counts(side, before)
         finally:
             daemon.stop()
-    return Figures(first, again, per_call, lookups, writes, refused)
+    return Figures(first, again, per_call, call_refused, lookups, writes, refused)
 
 
 def run_naive(n: int, calls: int) -> Figures:
@@ -390,7 +391,7 @@ def run_naive(n: int, calls: int) -> Figures:
         try:
             # The stream's bootstrap: one write per person before any call.
             wait(lambda: len(side.writes()) >= n, "the naive bootstrap", poll=0.05)
-            first, again, per_call, lookups = drive_calls(side, calls)
+            first, again, per_call, call_refused, lookups = drive_calls(side, calls)
             with hold_calls(side, n):
                 before = side.writes()
                 for _ in range(RESYNCS):
@@ -398,12 +399,12 @@ def run_naive(n: int, calls: int) -> Figures:
                 writes, refused = resync_counts(side, before)
         finally:
             naive.stop()
-    return Figures(first, again, per_call, lookups, writes, refused)
+    return Figures(first, again, per_call, call_refused, lookups, writes, refused)
 
 
 def ratio(ours: float, naive: float) -> str:
     if ours == 0:
-        return "n/a (ours 0)" if naive else "1"
+        return f"+{naive:g} (ours 0)" if naive else "1.0x"
     return f"{naive / ours:.1f}x"
 
 
@@ -432,7 +433,8 @@ def main() -> None:
     print(
         f"Graph presence requests per call: {ours.per_call:.2f} | {naive.per_call:.2f} | "
         f"{ratio(ours.per_call, naive.per_call)} "
-        f"(user lookups: {ours.lookups} | {naive.lookups} for {calls} new people)"
+        f"(answered 429: {ours.call_refused} | {naive.call_refused}; "
+        f"user lookups: {ours.lookups} | {naive.lookups} for {calls} new people)"
     )
     print(
         f"Graph writes in {RESYNCS} resyncs of {n} people, nothing changed: "
