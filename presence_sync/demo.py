@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -143,13 +142,10 @@ async def watch_simulator(out: TextIO, *, rate: float) -> int:
     with serve_nfon(sim) as handle:
         handle.sim.start_traffic(rate)
         client = NfonClient(handle.base_url, "K1234", "api-user", "api-secret")
-        task = asyncio.ensure_future(watch(client, out))
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signal.SIGINT, task.cancel)
-            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        # Ctrl-C cancels this coroutine (the CLI's handlers): the watch ends
+        # and the simulator is still shut down in order.
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await watch(client, out)
         await client.aclose()
         handle.sim.stop_traffic()
     print("", file=sys.stdout)

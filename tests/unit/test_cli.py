@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,41 @@ def test_default_config_follows_systemd_configuration_directory(
     assert default_config() == "/etc/presence-sync/config.yaml"
     monkeypatch.setenv("PRESENCE_SYNC_CONFIG", "/srv/ps.yaml")
     assert default_config() == "/srv/ps.yaml"
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sim", "nfon", "--port", "0"],
+        ["sim", "slack", "--port", "0"],
+        ["sim", "microsoft", "--port", "0"],
+        ["nfon", "watch", "--sim"],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_long_running_commands_stop_on_a_signal_with_130(
+    args: list[str], sig: signal.Signals
+) -> None:
+    # Started the way a shell starts a background job: with SIGINT ignored,
+    # so Python's own KeyboardInterrupt cannot be what stops it.
+    with subprocess.Popen(
+        [sys.executable, "-m", "presence_sync", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_ignore_sigint,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline()  # it is up and has said where
+            proc.send_signal(sig)
+            assert proc.wait(timeout=30) == 130
+            assert "Traceback" not in proc.stdout.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
