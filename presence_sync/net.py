@@ -5,6 +5,9 @@ the configuration and the simulators would otherwise write again.
 - ``retry_after``: seconds to wait from a ``Retry-After`` header.
 - ``user_agent``: the ``User-Agent`` every outbound request carries.
 - ``parse_listen``: ``host:port`` / ``[v6]:port`` → ``(host, port)``.
+- ``describe_error`` / ``error_cause``: why an outbound request failed, in
+  words an admin can act on (which host; refused, DNS, TLS, timeout, reset),
+  for httpx, requests (MSAL) and urllib (slack_sdk) alike.
 
 Imports only the standard library and ``presence_sync.__version__``, so that
 a leaf may use it without pulling in anything of ours.
@@ -16,13 +19,24 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import ssl
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 from presence_sync import __version__
 
-__all__ = ["parse_listen", "retry_after", "tls_context", "user_agent"]
+__all__ = [
+    "ERROR_CAUSES",
+    "describe_error",
+    "error_cause",
+    "parse_listen",
+    "retry_after",
+    "tls_context",
+    "user_agent",
+]
 
 
 def tls_context(ca_bundle: str | os.PathLike[str] | bool | None = None) -> ssl.SSLContext | bool:
@@ -113,3 +127,124 @@ def parse_listen(text: str) -> tuple[str, int]:
     if port > 65535:
         raise ValueError("the port must be 0..65535")
     return host, port
+
+
+# --- why a connection failed -------------------------------------------------------------
+
+ERROR_CAUSES = ("refused", "dns", "tls", "timeout", "reset", "network")
+"""What ``error_cause`` returns; a small fixed set, fit for a log field."""
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps, outermost first. The libraries keep
+    the socket's own error in different places: httpx and requests in
+    ``__cause__``/``__context__``, urllib's ``URLError`` and urllib3's
+    ``MaxRetryError`` in ``reason``, urllib3's ``ProtocolError`` in ``args``."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        link = todo.pop(0)
+        if id(link) in seen:
+            continue
+        seen.add(id(link))
+        yield link
+        nested = [link.__cause__, link.__context__, getattr(link, "reason", None), *link.args]
+        todo.extend(n for n in nested if isinstance(n, BaseException))
+
+
+def error_cause(exc: BaseException) -> str:
+    """One of ``ERROR_CAUSES`` for a failed request: ``refused`` (nothing
+    listens, or a firewall rejects), ``dns`` (the name does not resolve),
+    ``tls`` (the handshake or the certificate failed), ``timeout``,
+    ``reset`` (the peer dropped the connection), else ``network``."""
+    links = list(_chain(exc))
+    for link in links:
+        if isinstance(link, ssl.SSLError):
+            return "tls"
+        if isinstance(link, socket.gaierror):
+            return "dns"
+        if isinstance(link, ConnectionRefusedError):
+            return "refused"
+        if isinstance(link, TimeoutError):
+            return "timeout"
+        if isinstance(link, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+            return "reset"
+    # Errors raised by the libraries themselves, with no socket error inside
+    # (httpx's pool timeout, a server that closed without answering).
+    for link in links:
+        name = type(link).__name__
+        if "Timeout" in name:
+            return "timeout"
+        if name in ("RemoteProtocolError", "RemoteDisconnected"):
+            return "reset"
+    return "network"
+
+
+def _where(exc: BaseException, url: object) -> str:
+    """``host:port`` of ``url``, else of the request the error carries."""
+    if url is None:
+        for link in _chain(exc):
+            try:
+                url = getattr(link, "request", None)
+            except RuntimeError:  # httpx: an error raised outside a request
+                continue
+            url = getattr(url, "url", None)
+            if url is not None:
+                break
+    if url is None:
+        return ""
+    try:
+        parts = urlsplit(str(url))
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return ""
+    if not host:
+        return ""
+    port = port or {"https": 443, "http": 80}.get(parts.scheme)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}" if port else shown
+
+
+def _tls_detail(exc: BaseException) -> str:
+    for link in _chain(exc):
+        if isinstance(link, ssl.SSLCertVerificationError):
+            why = link.verify_message or link.reason or "not trusted"
+            return (
+                f"TLS certificate not accepted ({why}); if a company CA signs it, "
+                "point tls.ca_bundle at that CA"
+            )
+    for link in _chain(exc):
+        if isinstance(link, ssl.SSLError):
+            return f"TLS handshake failed ({link.reason or link})"
+    return "TLS failed"
+
+
+def _text(link: BaseException) -> str:
+    text = str(link).strip()
+    return f"{type(link).__name__}: {text}" if text else type(link).__name__
+
+
+def describe_error(exc: BaseException, url: object = None) -> str:
+    """Where and why a request failed, e.g. ``api.example.com:443:
+    connection refused`` or ``nfon.invalid:443: host name not found
+    (DNS)``. ``url`` is what was asked for (a string or ``httpx.URL``);
+    without it the request the error carries is used, if any. Never raises
+    and never includes credentials (only scheme-less ``host:port``)."""
+    try:
+        where = _where(exc, url)
+    except Exception:  # a describer must never hide the error it describes
+        where = ""
+    cause = error_cause(exc)
+    if cause == "refused":
+        what = "connection refused (nothing listens there, or a firewall rejects it)"
+    elif cause == "dns":
+        what = "host name not found (DNS)"
+    elif cause == "tls":
+        what = _tls_detail(exc)
+    elif cause == "timeout":
+        what = "no answer in time (timeout)"
+    elif cause == "reset":
+        what = "the connection was closed or reset by the other side"
+    else:
+        what = _text(exc)
+    return f"{where}: {what}" if where else what
