@@ -47,7 +47,7 @@ from slack_sdk.errors import SlackApiError
 from presence_sync.config.models import SlackSettings
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.model import Person
-from presence_sync.net import retry_after, tls_context
+from presence_sync.net import describe_error, retry_after, tls_context
 from presence_sync.targets.base import Memory, TargetEnv
 
 __all__ = [
@@ -208,8 +208,7 @@ class SlackClient:
         except (TimeoutError, OSError) as exc:
             # urllib's URLError is an OSError; a read timeout is TimeoutError.
             raise TransientError(
-                f"slack {self._target}: {method}: no answer ({type(exc).__name__}) "
-                f"within {self.timeout:g} s"
+                f"slack {self._target}: {method}: {describe_error(exc, self._web.base_url)}"
             ) from None
         except ValueError as exc:
             # A body that is not JSON (a proxy's error page).

@@ -133,9 +133,13 @@ def test_a_reset_connection_says_so() -> None:
             # Linger 0: closing sends RST instead of FIN.
             peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             peer.close()
-            with pytest.raises(ConnectionResetError) as info:
+
+            def exchange() -> None:
                 client.sendall(b"GET / HTTP/1.1\r\n\r\n")
                 client.recv(10)
+
+            with pytest.raises(ConnectionResetError) as info:
+                exchange()
     assert describe_error(info.value, f"http://127.0.0.1:{port}") == (
         f"127.0.0.1:{port}: the connection was closed or reset by the other side"
     )
