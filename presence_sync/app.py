@@ -16,8 +16,10 @@ dropping the NFON streams (unless the NFON settings themselves changed). A
 reload builds and checks everything first (the file, the people, every new
 target and its limits, a new NFON client) and then switches in one step; if
 anything fails the running configuration stays, what was built for the
-refused reload is closed, and the reason is logged once and shown in
-systemd's ``STATUS=``.
+refused reload is closed, and the reason is logged once, as one entry
+(``event=reload_refused`` with ``reason`` and, for an invalid file, every
+``problems`` line), and shown in systemd's ``STATUS=``. Reloads are counted
+by result (``presence_sync_config_reloads_total``).
 
 Readiness (``/readyz`` and ``STATUS=``) means working *now*; see
 ``presence_sync.readiness``.
@@ -31,7 +33,7 @@ import dataclasses
 import logging
 import os
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,7 @@ from presence_sync.lines import Lines
 from presence_sync.net import user_agent
 from presence_sync.nfon import NfonClient
 from presence_sync.ops import logging as ops_logging
-from presence_sync.ops import systemd
+from presence_sync.ops import metrics, systemd
 from presence_sync.ops.http import Listener, build_app
 from presence_sync.ops.logging import kv
 from presence_sync.readiness import STREAM_GRACE, Readiness, readiness
@@ -344,6 +346,7 @@ class Daemon:
             ops_logging.configure(settings.logging.level, settings.logging.format)
         runtime = await wire(loaded, clock=self.clock, dry_run=self.dry_run)
         self._runtime = runtime
+        metrics.CONFIG_LAST_RELOAD_SUCCESS.set(self.clock.now().timestamp())
         try:
             listener = self._listener(settings)
             return await self._run(listener)
@@ -474,7 +477,7 @@ class Daemon:
         try:
             loaded = load(self.config_path, dry_run=self.dry_run)
         except ConfigError as exc:
-            return self._refuse("invalid configuration", f"\n{exc}")
+            return self._refuse("invalid configuration", [str(p) for p in exc.problems])
         try:
             new, nfon_changed = await self._prepare(old, loaded)
         except _Refused as exc:
@@ -485,7 +488,12 @@ class Daemon:
         if nfon_changed:
             with contextlib.suppress(Exception):
                 await old.nfon.aclose()
-        log.info("configuration reloaded", extra=kv(targets=",".join(new.targets)))
+        metrics.CONFIG_RELOADS.labels(result="ok").inc()
+        metrics.CONFIG_LAST_RELOAD_SUCCESS.set(self.clock.now().timestamp())
+        log.info(
+            "configuration reloaded",
+            extra=kv(event="reload_ok", targets=",".join(new.targets)),
+        )
         systemd.notify("READY=1", f"STATUS={self.readiness().status}")
         return True
 
@@ -553,9 +561,18 @@ class Daemon:
             new.schedules.reschedule("directory", settings.resync.directory_interval)
         self._runtime = new
 
-    def _refuse(self, why: str, details: str = "") -> bool:
-        log.error("reload refused, keeping the running configuration: %s%s", why, details)
-        systemd.notify("READY=1", f"STATUS=Reload refused: {why}")
+    def _refuse(self, why: str, problems: Sequence[str] = ()) -> bool:
+        """Log a refused reload as one entry (journald splits a message at
+        its line ends, so ``problems`` go into one field) and show it."""
+        metrics.CONFIG_RELOADS.labels(result="refused").inc()
+        fields: dict[str, Any] = {"event": "reload_refused", "reason": why}
+        shown = why
+        if problems:
+            fields["problems"] = list(problems)
+            more = f" (and {len(problems) - 1} more, see the log)" if len(problems) > 1 else ""
+            shown = f"{why}: {problems[0]}{more}"
+        log.error("reload refused, keeping the running configuration", extra=kv(**fields))
+        systemd.notify("READY=1", f"STATUS=Reload refused: {shown}")
         return False
 
     # --- health ---------------------------------------------------------------------
@@ -569,11 +586,14 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def readiness(self) -> Readiness:
-        """Whether the daemon works now (see ``presence_sync.readiness``)."""
+        """Whether the daemon works now (see ``presence_sync.readiness``);
+        each answer is also what ``presence_sync_ready`` shows."""
         runtime = self.runtime
-        return readiness(
+        now = readiness(
             runtime.nfon, runtime.feed, runtime.engine, clock=self.clock, grace=self.stream_grace
         )
+        metrics.set_readiness(now.components)
+        return now
 
     async def _watch_readiness(self) -> None:
         """Tell systemd (``STATUS=``) when readiness or its reasons change,
@@ -586,10 +606,13 @@ class Daemon:
             now = self.readiness()
             if now.ok != last.ok:
                 if now.ok:
-                    log.info("ready again" if been_ready else "ready", extra=kv(status=now.status))
+                    log.info(
+                        "ready again" if been_ready else "ready",
+                        extra=kv(event="ready", status=now.status),
+                    )
                     been_ready = True
                 else:
-                    log.warning("not ready", extra=kv(status=now.status))
+                    log.warning("not ready", extra=kv(event="not_ready", status=now.status))
             if now.status != last.status:
                 systemd.notify(f"STATUS={now.status}")
             last = now

@@ -284,7 +284,12 @@ class NfonAuth(httpx.Auth):
             self._access = self._refresh = None
             log.error(
                 "NFON rejected the API credentials; check nfon.username and nfon.password",
-                extra=kv(user=self._username, status=status, retry_in=self._backoff),
+                extra=kv(
+                    event="nfon_login_refused",
+                    user=self._username,
+                    status=status,
+                    retry_in=self._backoff,
+                ),
             )
             raise CredentialsRejected(
                 f"NFON rejected the API credentials (HTTP {status})",

@@ -438,6 +438,7 @@ class _Connection:
                 log.info(
                     "nfon stream recovered",
                     extra=kv(
+                        event="nfon_stream_recovered",
                         stream=self.name,
                         down_s=round(self.clock.monotonic() - self._failing_since, 3),
                     ),
@@ -494,15 +495,21 @@ class _Connection:
         ceiling = min(self.settings.reconnect_max_delay, base * 2 ** min(self._attempt, 30))
         self._delay = max(self._rng.uniform(0, ceiling), failure.wait_at_least)
         self._attempt += 1
-        context = kv(stream=self.name, reason=failure.reason, detail=failure.detail)
+        fields = {"stream": self.name, "reason": failure.reason, "detail": failure.detail}
         if delivered and failure.reason == "eof":
             # Servers end long streams now and then; that is no failure.
-            log.info("nfon stream closed by the server; reconnecting", extra=context)
+            log.info(
+                "nfon stream closed by the server; reconnecting",
+                extra=kv(event="nfon_stream_closed", **fields),
+            )
         elif self._failing_since is None:
             self._failing_since = self.clock.monotonic()
-            log.warning("nfon stream lost; reconnecting with backoff", extra=context)
+            log.warning(
+                "nfon stream lost; reconnecting with backoff",
+                extra=kv(event="nfon_stream_lost", **fields),
+            )
         else:
-            log.debug("nfon stream still down", extra=context)
+            log.debug("nfon stream still down", extra=kv(event="nfon_stream_down", **fields))
 
     async def receive(self, session: _Session, deadline: float) -> list[ServerSentEvent] | None:
         """The events completed by the next chunk (``[]`` for keep-alives

@@ -55,7 +55,8 @@ def _context(record: logging.LogRecord) -> Mapping[str, Any]:
 
 
 def _fmt_value(value: Any) -> str:
-    text = str(value)
+    # A list (several problems) stays one line: "a; b" (JSON keeps the array).
+    text = "; ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
     if not text or any(c in text for c in ' "=\n'):
         return json.dumps(text, ensure_ascii=False)
     return text
