@@ -405,6 +405,8 @@ async def test_connection_refused_is_transient(make_target: MakeTarget) -> None:
             await target.apply(call_change())
 
     assert caught.value.status is None
+    # Where and why, not just "ConnectError".
+    assert f"127.0.0.1:{port}: connection refused" in str(caught.value)
 
 
 # --- the receiver checks what the docs tell receivers to check --------------------------
