@@ -1,5 +1,6 @@
-"""``CallMeter``: calls counted once when they end, by direction and result,
-with ring and talk times measured on the injected clock."""
+"""Metrics fed by the daemon: ``CallMeter`` counts calls once when they end,
+by direction and result, with ring and talk times measured on the injected
+clock; ``set_readiness`` shows /readyz's components."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from prometheus_client import REGISTRY
 
 from presence_sync.clock import ManualClock
 from presence_sync.model import CallEvent, CallState, Direction
+from presence_sync.ops import metrics
 from presence_sync.ops.calls import CallMeter, call_result
 
 
@@ -129,3 +131,15 @@ async def test_legs_whose_end_never_came_are_forgotten(calls: Calls) -> None:
     await calls.wait(3600)
     calls.event("next", CallState.RING)
     assert len(calls.meter) == 1
+
+
+def test_readiness_gauges_follow_the_components_and_drop_removed_ones() -> None:
+    metrics.set_readiness(
+        {"nfon_stream": {"ok": True}, "nfon_login": {"ok": False}, "target:old": {"ok": True}}
+    )
+    assert value("presence_sync_ready", component="nfon_stream") == 1
+    assert REGISTRY.get_sample_value("presence_sync_ready", {"component": "nfon_login"}) == 0
+    assert value("presence_sync_ready", component="target:old") == 1
+    metrics.set_readiness({"nfon_stream": {"ok": False}, "nfon_login": {"ok": True}})
+    assert REGISTRY.get_sample_value("presence_sync_ready", {"component": "target:old"}) is None
+    assert value("presence_sync_ready", component="nfon_login") == 1
