@@ -5,6 +5,7 @@ the configuration and the simulators would otherwise write again.
 - ``retry_after``: seconds to wait from a ``Retry-After`` header.
 - ``user_agent``: the ``User-Agent`` every outbound request carries.
 - ``parse_listen``: ``host:port`` / ``[v6]:port`` → ``(host, port)``.
+- ``proxy_for``: the outbound proxy for a URL, from ``HTTPS_PROXY``/``NO_PROXY``.
 
 Imports only the standard library and ``presence_sync.__version__``, so that
 a leaf may use it without pulling in anything of ours.
@@ -17,12 +18,15 @@ import math
 import os
 import re
 import ssl
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from presence_sync import __version__
 
-__all__ = ["parse_listen", "retry_after", "tls_context", "user_agent"]
+__all__ = ["parse_listen", "proxy_for", "retry_after", "tls_context", "user_agent"]
 
 
 def tls_context(ca_bundle: str | os.PathLike[str] | bool | None = None) -> ssl.SSLContext | bool:
@@ -43,6 +47,41 @@ def tls_context(ca_bundle: str | os.PathLike[str] | bool | None = None) -> ssl.S
     if os.path.isdir(path):
         return ssl.create_default_context(capath=path)
     return ssl.create_default_context(cafile=path)
+
+
+def proxy_for(url: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The proxy to reach ``url`` through, or None to connect directly.
+
+    One rule for every client, as curl and httpx read it: ``HTTPS_PROXY``
+    for ``https://`` URLs, ``HTTP_PROXY`` for ``http://`` ones (lower-case
+    names win over upper-case), unless ``NO_PROXY`` names the host (a
+    comma-separated list of hosts or domains; ``example.com`` also covers
+    its subdomains; ``*`` covers all). httpx applies the same variables
+    itself; MSAL's ``requests`` session and ``slack_sdk`` are handed the
+    answer explicitly, because on their own the first ignores the
+    environment (``trust_env`` is off for ``tls.ca_bundle``'s sake) and the
+    second ignores ``NO_PROXY``. ``environ`` defaults to ``os.environ``.
+    """
+    env = os.environ if environ is None else environ
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    proxy = env.get(f"{scheme}_proxy") or env.get(f"{scheme.upper()}_PROXY")
+    if not proxy:
+        return None
+    no_proxy = env.get("no_proxy") or env.get("NO_PROXY") or ""
+    if no_proxy and _bypassed(parts.hostname, parts.port, no_proxy):
+        return None
+    return proxy
+
+
+def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    # The standard library's reading of NO_PROXY (a patterns list, port optional).
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc = f"{netloc}:{port}"
+    return bool(urllib.request.proxy_bypass_environment(netloc, {"no": no_proxy}))
 
 
 def retry_after(value: str | None, now: datetime) -> float | None:
