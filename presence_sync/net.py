@@ -19,7 +19,6 @@ import os
 import re
 import ssl
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -60,7 +59,8 @@ def proxy_for(url: str, environ: Mapping[str, str] | None = None) -> str | None:
     itself; MSAL's ``requests`` session and ``slack_sdk`` are handed the
     answer explicitly, because on their own the first ignores the
     environment (``trust_env`` is off for ``tls.ca_bundle``'s sake) and the
-    second ignores ``NO_PROXY``. ``environ`` defaults to ``os.environ``.
+    second also sends ``https://`` requests to ``HTTP_PROXY``. ``environ``
+    defaults to ``os.environ``.
     """
     env = os.environ if environ is None else environ
     parts = urllib.parse.urlsplit(url)
@@ -71,17 +71,30 @@ def proxy_for(url: str, environ: Mapping[str, str] | None = None) -> str | None:
     if not proxy:
         return None
     no_proxy = env.get("no_proxy") or env.get("NO_PROXY") or ""
-    if no_proxy and _bypassed(parts.hostname, parts.port, no_proxy):
+    port = parts.port or (443 if scheme == "https" else 80)
+    if no_proxy and _bypassed(parts.hostname, port, no_proxy):
         return None
     return proxy
 
 
-def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
-    # The standard library's reading of NO_PROXY (a patterns list, port optional).
-    netloc = f"[{host}]" if ":" in host else host
-    if port is not None:
-        netloc = f"{netloc}:{port}"
-    return bool(urllib.request.proxy_bypass_environment(netloc, {"no": no_proxy}))
+def _bypassed(host: str, port: int, no_proxy: str) -> bool:
+    # As the standard library reads NO_PROXY: names compared without a
+    # leading dot, a name covers its subdomains, an entry may add :port.
+    host = host.lower().rstrip(".")
+    for entry in no_proxy.split(","):
+        name = entry.strip().lower()
+        if name == "*":
+            return True
+        wanted: int | None = None
+        match = re.fullmatch(r"(.+):([0-9]{1,5})", name)
+        if match and (match[1].startswith("[") or ":" not in match[1]):
+            name, wanted = match[1], int(match[2])
+        name = name.strip("[]").lstrip(".").rstrip(".")
+        if not name or (wanted is not None and wanted != port):
+            continue
+        if host == name or host.endswith("." + name):
+            return True
+    return False
 
 
 def retry_after(value: str | None, now: datetime) -> float | None:

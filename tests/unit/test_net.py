@@ -117,6 +117,10 @@ PROXY = "http://proxy.example.net:3128"
         ("https://crm.corp:8443/x", {"HTTPS_PROXY": PROXY, "no_proxy": "a, .corp"}, None),
         ("https://crm.corp/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "*"}, None),
         ("https://[::1]:9/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "example.com"}, PROXY),
+        ("https://[::1]:9/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "::1"}, None),
+        ("https://10.0.0.5:8443/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "10.0.0.5:8443"}, None),
+        ("https://10.0.0.5/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "10.0.0.5:8443"}, PROXY),
+        ("https://10.0.0.5/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "10.0.0.5:443"}, None),
     ],
 )
 def test_proxy_for_reads_https_proxy_and_no_proxy(
