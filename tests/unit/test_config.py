@@ -744,6 +744,24 @@ def test_microsoft_certificate(
     assert ms.certificate_thumbprint == "ABCD" + "0" * 36
 
 
+def test_microsoft_certificate_relative_path_is_a_systemd_credential(
+    write: Callable[[str], Path], tmp_path: Path
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "ms-certificate").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (credentials / "ms-certificate").chmod(0o400)
+    path = write(
+        BASE + "microsoft:\n  tenant_id: t\n  client_id: c\n  certificate_file: ms-certificate\n"
+        "  certificate_thumbprint: '" + "0" * 40 + "'\n"
+    )
+
+    ms = load(path, {"CREDENTIALS_DIRECTORY": str(credentials)}).microsoft
+
+    assert ms is not None
+    assert ms.certificate_file == credentials / "ms-certificate"
+
+
 # --- targets -------------------------------------------------------------------
 
 
