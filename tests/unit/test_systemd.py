@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path, PurePosixPath
 
@@ -315,3 +316,92 @@ def test_the_guide_keeps_secrets_root_only() -> None:
     writes = [line for line in lines if f"> {CREDSTORE}/" in line]
     assert writes
     assert all(line.startswith("(umask 077;") for line in writes)
+
+
+# --- as the dynamic user: the modes the guide gives work ---------------------------------
+
+NOBODY = 65534
+
+
+def _load_as_nobody(config: Path, credentials_dir: Path) -> int:
+    """Load ``config`` in a forked child that dropped to an unprivileged
+    user, as the service's dynamic user is: 0 when it loads, 78 for a
+    configuration error (what ``presence-sync run`` exits with), else 1."""
+    from presence_sync.app import load
+    from presence_sync.errors import EX_CONFIG, ConfigError
+
+    # Once as root first: every module the loader imports lazily is then in
+    # memory (this Python's own files may be out of the other user's reach).
+    previous = os.environ.get("CREDENTIALS_DIRECTORY")
+    os.environ["CREDENTIALS_DIRECTORY"] = str(credentials_dir)
+    try:
+        load(config)
+    finally:
+        if previous is None:
+            del os.environ["CREDENTIALS_DIRECTORY"]
+        else:
+            os.environ["CREDENTIALS_DIRECTORY"] = previous
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.environ["CREDENTIALS_DIRECTORY"] = str(credentials_dir)
+            load(config)
+            code = 0
+        except ConfigError:
+            code = EX_CONFIG
+        except BaseException as exc:
+            print(f"as user {NOBODY}: {exc!r}", file=sys.stderr)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+@pytest.mark.parametrize(
+    ("modes", "code"),
+    [
+        pytest.param("guide", 0, id="as-the-guide-says"),
+        pytest.param((0o750, 0o640), 78, id="root-only-as-the-guide-had-it"),
+    ],
+)
+def test_the_dynamic_user_reads_the_guides_configuration(
+    modes: str | tuple[int, int], code: int
+) -> None:
+    if modes == "guide":
+        lines = guide_install_block()
+        [made] = [line for line in lines if line.endswith(" /etc/presence-sync")]
+        [copied] = [
+            line
+            for line in lines
+            if line.startswith("install ") and line.endswith(" /etc/presence-sync/config.yaml")
+        ]
+        dir_mode, file_mode = int(shlex.split(made)[3], 8), int(shlex.split(copied)[2], 8)
+    else:
+        assert isinstance(modes, tuple)
+        dir_mode, file_mode = modes
+    # Not under pytest's tmp_path: its parents are root-only.
+    root = Path(tempfile.mkdtemp(prefix="presence-sync-guide-"))
+    try:
+        root.chmod(0o755)
+        (root / "etc").mkdir(mode=0o755)
+        _build_guide_layout(root)
+        config = _moved("/etc/presence-sync/config.yaml", root)
+        config.parent.chmod(dir_mode)
+        config.chmod(file_mode)
+        # systemd's copy of each credential: the service's own, 0400.
+        run_dir = root / "credentials"
+        run_dir.mkdir(mode=0o700)
+        for name, source in credentials().items():
+            shutil.copy(_moved(source, root), run_dir / name)
+            (run_dir / name).chmod(0o400)
+            os.chown(run_dir / name, NOBODY, NOBODY)
+        os.chown(run_dir, NOBODY, NOBODY)
+
+        assert _load_as_nobody(config, run_dir) == code
+    finally:
+        shutil.rmtree(root)
