@@ -8,6 +8,7 @@ the configuration and the simulators would otherwise write again.
 - ``describe_error`` / ``error_cause``: why an outbound request failed, in
   words an admin can act on (which host; refused, DNS, TLS, timeout, reset),
   for httpx, requests (MSAL) and urllib (slack_sdk) alike.
+- ``proxy_for``: the outbound proxy for a URL, from ``HTTPS_PROXY``/``NO_PROXY``.
 
 Imports only the standard library and ``presence_sync.__version__``, so that
 a leaf may use it without pulling in anything of ours.
@@ -21,7 +22,7 @@ import os
 import re
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ __all__ = [
     "describe_error",
     "error_cause",
     "parse_listen",
+    "proxy_for",
     "retry_after",
     "tls_context",
     "user_agent",
@@ -57,6 +59,55 @@ def tls_context(ca_bundle: str | os.PathLike[str] | bool | None = None) -> ssl.S
     if os.path.isdir(path):
         return ssl.create_default_context(capath=path)
     return ssl.create_default_context(cafile=path)
+
+
+def proxy_for(url: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The proxy to reach ``url`` through, or None to connect directly.
+
+    One rule for every client, as curl and httpx read it: ``HTTPS_PROXY``
+    for ``https://`` URLs, ``HTTP_PROXY`` for ``http://`` ones (lower-case
+    names win over upper-case), unless ``NO_PROXY`` names the host (a
+    comma-separated list of hosts or domains; ``example.com`` also covers
+    its subdomains; ``*`` covers all). httpx applies the same variables
+    itself; MSAL's ``requests`` session and ``slack_sdk`` are handed the
+    answer explicitly, because on their own the first ignores the
+    environment (``trust_env`` is off for ``tls.ca_bundle``'s sake) and the
+    second also sends ``https://`` requests to ``HTTP_PROXY``. ``environ``
+    defaults to ``os.environ``.
+    """
+    env = os.environ if environ is None else environ
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    proxy = env.get(f"{scheme}_proxy") or env.get(f"{scheme.upper()}_PROXY")
+    if not proxy:
+        return None
+    no_proxy = env.get("no_proxy") or env.get("NO_PROXY") or ""
+    port = parts.port or (443 if scheme == "https" else 80)
+    if no_proxy and _bypassed(parts.hostname, port, no_proxy):
+        return None
+    return proxy
+
+
+def _bypassed(host: str, port: int, no_proxy: str) -> bool:
+    # As the standard library reads NO_PROXY: names compared without a
+    # leading dot, a name covers its subdomains, an entry may add :port.
+    host = host.lower().rstrip(".")
+    for entry in no_proxy.split(","):
+        name = entry.strip().lower()
+        if name == "*":
+            return True
+        wanted: int | None = None
+        match = re.fullmatch(r"(.+):([0-9]{1,5})", name)
+        if match and (match[1].startswith("[") or ":" not in match[1]):
+            name, wanted = match[1], int(match[2])
+        name = name.strip("[]").lstrip(".").rstrip(".")
+        if not name or (wanted is not None and wanted != port):
+            continue
+        if host == name or host.endswith("." + name):
+            return True
+    return False
 
 
 def retry_after(value: str | None, now: datetime) -> float | None:

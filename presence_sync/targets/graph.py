@@ -44,7 +44,7 @@ from presence_sync.clock import Clock
 from presence_sync.config import Duration, MicrosoftSettings
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.model import Person
-from presence_sync.net import describe_error, retry_after, tls_context
+from presence_sync.net import describe_error, proxy_for, retry_after, tls_context
 from presence_sync.targets.base import Memory, TargetEnv, TargetOptions
 
 __all__ = [
@@ -174,6 +174,11 @@ class Credential:
         session = requests.Session()
         session.trust_env = False
         session.verify = self.verify
+        # With trust_env off, requests no longer reads HTTPS_PROXY either: the
+        # proxy is set explicitly, by the rule every other client follows.
+        proxy = proxy_for(self._authority)
+        if proxy is not None:
+            session.proxies = {"https": proxy, "http": proxy}
         self._session = session
         host = (urlsplit(self._authority).hostname or "").lower()
         return msal.ConfidentialClientApplication(

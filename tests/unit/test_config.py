@@ -744,6 +744,24 @@ def test_microsoft_certificate(
     assert ms.certificate_thumbprint == "ABCD" + "0" * 36
 
 
+def test_microsoft_certificate_relative_path_is_a_systemd_credential(
+    write: Callable[[str], Path], tmp_path: Path
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "ms-certificate").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (credentials / "ms-certificate").chmod(0o400)
+    path = write(
+        BASE + "microsoft:\n  tenant_id: t\n  client_id: c\n  certificate_file: ms-certificate\n"
+        "  certificate_thumbprint: '" + "0" * 40 + "'\n"
+    )
+
+    ms = load(path, {"CREDENTIALS_DIRECTORY": str(credentials)}).microsoft
+
+    assert ms is not None
+    assert ms.certificate_file == credentials / "ms-certificate"
+
+
 # --- targets -------------------------------------------------------------------
 
 
@@ -883,7 +901,7 @@ def _uncomment(text: str, first: str) -> str:
 
 def test_example_config_loads(tmp_path: Path) -> None:
     (tmp_path / "nfon-password").write_text("pw\n")
-    env = {"NFON_API_USERNAME": "api", "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
 
     settings = load(REPO / "config.example.yaml", env)
 
@@ -902,14 +920,13 @@ def test_example_config_loads(tmp_path: Path) -> None:
 def test_example_config_commented_sections_are_valid(tmp_path: Path) -> None:
     for name in ("nfon-password", "ms-client-secret", "slack-token"):
         (tmp_path / name).write_text("s3cret\n")
-    (tmp_path / "slack").mkdir()
-    (tmp_path / "slack" / "anna.token").write_text("xoxp-anna\n")
+    (tmp_path / "slack-anna").write_text("xoxp-anna\n")
     text = (REPO / "config.example.yaml").read_text()
     for block in ("microsoft:", "slack:", "- name: VIP calls"):
         text = _uncomment(text, block)
     path = tmp_path / "config.yaml"
     path.write_text(text)
-    env = {"NFON_API_USERNAME": "api", "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
 
     settings = load(path, env)
 
