@@ -531,10 +531,7 @@ def _wanted(key: str, value: Any) -> str:
         span = f"{value.get('from', '00:00')}-{value.get('to', '24:00')}"
         zone = f" {value['timezone']}" if "timezone" in value else ""
         return f"{days} {span}{zone}"
-    if key == "party_in":
-        prefix = "the other party on list "
-    else:
-        prefix = ""
+    prefix = "the other party on list " if key == "party_in" else ""
     if isinstance(value, list | tuple):
         return prefix + " or ".join("null" if v is None else str(v) for v in value)
     return prefix + ("null" if value is None else str(value))
@@ -963,7 +960,8 @@ class _Compiler:
         if not isinstance(value, Mapping) or not value:
             self.fail(
                 path,
-                f"must be a status ({', '.join(STATUS_FIELDS)}) or null (cleared, the person's own status)",
+                f"must be a status ({', '.join(STATUS_FIELDS)}) "
+                "or null (cleared, the person's own status)",
             )
             return None
         fixed: dict[str, Any] = {}
