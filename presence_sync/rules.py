@@ -467,8 +467,8 @@ def _verdict(rule: _Rule, person: Person, view: LineView, now: datetime) -> str 
             actual = _ACTUAL[condition.key](person, view, now, condition.holds)
             return f"{condition.key}: wants {condition.wanted}, but {actual}"
     if rule.exceptions and all(c.holds(person, view, now) for c in rule.exceptions):
-        matched = "; ".join(f"{c.key} is {c.wanted}" for c in rule.exceptions)
-        return f"unless: {matched}"
+        matched = "; ".join(f"{c.key}: {c.wanted}" for c in rule.exceptions)
+        return f"its unless matches ({matched})"
     return None
 
 
