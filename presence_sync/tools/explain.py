@@ -165,9 +165,13 @@ def render(
     return "\n".join(out)
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """The command; raises ``ConfigError`` for an invalid file (exit 78)."""
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """The command (``out``/``err`` default to the standard streams); raises
+    ``ConfigError`` for an invalid file (exit 78)."""
     from presence_sync.app import load
+
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
 
     call_given = args.direction is not None or args.party is not None
     if call_given and args.line is not None and Line(args.line) not in _CALL_LINES:
