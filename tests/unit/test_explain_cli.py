@@ -83,7 +83,7 @@ def test_default_rules_for_a_call_and_for_an_idle_line(
         "  no rule decides it, so the person keeps their own status",
         "  rules tried:",
         '    rule "on a call": line: wants in-use, but the line is idle',
-        '    rule "do not disturb": presence: wants dnd, but presence is available',
+        '    rule "do not disturb": does not set webhook (it sets: slack_dnd, teams_presence)',
     ]
 
 
