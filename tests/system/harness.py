@@ -153,9 +153,10 @@ class Daemon:
     def url(self) -> str:
         """The daemon's HTTP listener (``http.listen`` on port 0: read from its log)."""
         line = self.wait_line(r"listening for /healthz")
-        match = re.search(r"address=(\S+)", line)
+        # The text log says address=HOST:PORT, the JSON log "address": "HOST:PORT".
+        match = re.search(r'address=(\S+)|"address": "([^"]+)"', line)
         assert match, line
-        return f"http://{match.group(1)}"
+        return f"http://{match.group(1) or match.group(2)}"
 
     def readyz(self) -> httpx.Response:
         return httpx.get(self.url() + "/readyz", timeout=5)
