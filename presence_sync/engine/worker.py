@@ -176,7 +176,7 @@ class Worker:
             ms = round(took * 1000)
             log.log(
                 level,
-                "%s: %s: %s → %s (%stook %d ms)",
+                "%s: %s %s → %s (%stook %d ms)",
                 lane.name,
                 person.email,
                 old,
