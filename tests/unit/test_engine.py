@@ -38,6 +38,7 @@ from presence_sync.clock import ManualClock
 from presence_sync.engine import STORE_RETRY, UNCERTAIN, Engine, check_target
 from presence_sync.errors import AuthError, PermanentError, StoreError, TransientError
 from presence_sync.model import (
+    STATUS_FIELDS,
     Applied,
     Call,
     Direction,
@@ -48,8 +49,9 @@ from presence_sync.model import (
     Status,
     describe,
 )
+from presence_sync.rules import compile_rules
 from presence_sync.store import AppliedWrite, MemoryStore, SqliteStore, Store
-from presence_sync.targets.base import Target, TargetEnv
+from presence_sync.targets.base import Target, TargetEnv, TargetInfo
 from presence_sync.targets.log import LogOptions, LogTarget
 
 ANNA = person("anna", "100")
@@ -1320,3 +1322,47 @@ def test_log_target_declares_itself() -> None:
 )
 def test_describe(status: Status | None, text: str) -> None:
     assert describe(status) == text
+
+
+# --- rule names --------------------------------------------------------------------
+
+
+async def test_the_deciding_rule_travels_with_the_decision_but_is_no_reason_to_write(
+    clock: ManualClock, store: MemoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    same = {"availability": "Busy", "activity": "InACall", "text": "On a call"}
+    rules = compile_rules(
+        [
+            {"name": "calls", "when": {"line": "in-use"}, "set": {"teams": same}},
+            {"when": {"presence": "dnd"}, "set": {"teams": same}},
+        ],
+        targets={"teams": TargetInfo("teams", "test", frozenset(STATUS_FIELDS))},
+    )
+    remote = Remote(clock)
+    engine = Engine(
+        targets={"teams": make_target("teams", remote)}, store=store, rules=rules, clock=clock
+    )
+    engine.set_people(PEOPLE)
+
+    def rule_shown() -> str | None:
+        [key] = [k for k in engine.snapshot().keys if k.person == ANNA.key]
+        return key.rule
+
+    with caplog.at_level(logging.INFO, logger="presence_sync.engine"):
+        async with running(engine):
+            engine.observe(view("100", Line.IN_USE, Presence.DND))
+            await settle()
+            assert rule_shown() == "calls"
+            # The call ends, DND stays: another rule decides the same status.
+            engine.observe(view("100", Line.IDLE, Presence.DND))
+            await settle()
+            assert rule_shown() == "rules[1]"
+            engine.observe(view("100", Line.IDLE, Presence.AVAILABLE))
+            await settle()
+            assert rule_shown() is None
+
+    assert remote.asked() == [(ANNA.key, BUSY), (ANNA.key, None)]
+    assert [(r.ctx["rule"], r.ctx["new"]) for r in caplog.records] == [
+        ("calls", 'Busy/InACall "On a call"'),
+        (None, "own status"),
+    ]
