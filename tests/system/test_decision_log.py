@@ -110,3 +110,22 @@ def test_an_empty_people_list_is_a_warning_at_start(
     doc = eventually(warning, "the people warning")
     assert doc["level"] == "warning"
     assert (doc["file"], doc["line"]) == (str(config), text[:start].count("\n") + 1)
+
+
+def test_no_configured_person_on_an_nfon_extension_is_a_warning_at_start(
+    tmp_path: Path, nfon: SimHandle, hook: Hook, daemons: Callable[..., Daemon]
+) -> None:
+    config = json_config(tmp_path / "config.yaml", nfon, hook)
+    # Typos in every extension: NFON lists 100-102, the file says 900-902.
+    config.write_text(config.read_text().replace('extension: "10', 'extension: "90'))
+    daemon = daemons("run", "-c", str(config))
+    daemon.wait_ready()
+
+    def warning() -> dict[str, Any] | None:
+        found = [d for d in json_lines(daemon) if "nfon_extensions" in d]
+        return found[0] if found else None
+
+    doc = eventually(warning, "the unmapped-people warning")
+    assert doc["level"] == "warning"
+    assert (doc["configured"], doc["nfon_extensions"]) == (3, 3)
+    assert doc["configured_extensions"] == "900, 901, 902"
