@@ -140,9 +140,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from presence_sync.app import load
     from presence_sync.tools import explain
 
-    return explain.run(args)
+    return explain.run(args, load)
 
 
 def _cmd_version(_: argparse.Namespace) -> int:

@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, tzinfo
-from typing import TextIO
+from typing import Protocol, TextIO
 
+from presence_sync.config import Settings
 from presence_sync.model import CLEARED, Call, Direction, Line, LineView, Person, Presence, describe
-from presence_sync.rules import Explanation
+from presence_sync.rules import Explanation, RuleSet
 
-__all__ = ["add_arguments", "describe_situation", "parse_at", "render", "run", "situation"]
+__all__ = [
+    "Loaded",
+    "add_arguments",
+    "describe_situation",
+    "parse_at",
+    "render",
+    "run",
+    "situation",
+]
 
 EXIT_UNKNOWN_PERSON = 1
 """No one in the file has the extension or e-mail address asked about."""
@@ -165,11 +174,25 @@ def render(
     return "\n".join(out)
 
 
-def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """The command (``out``/``err`` default to the standard streams); raises
-    ``ConfigError`` for an invalid file (exit 78)."""
-    from presence_sync.app import load
+class Loaded(Protocol):
+    """What ``app.load`` returns, as far as this command needs it (the CLI
+    hands ``app.load`` in: commands sit below the composition root)."""
 
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def rules(self) -> RuleSet: ...
+
+
+def run(
+    args: argparse.Namespace,
+    load: Callable[[str], Loaded],
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """The command: ``load`` is ``app.load``; ``out``/``err`` default to the
+    standard streams. Raises ``ConfigError`` for an invalid file (exit 78)."""
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
 
