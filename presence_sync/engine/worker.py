@@ -164,14 +164,16 @@ class Worker:
             person = flight.person
             rule = flight.rule
             if rule is not None:
-                decided = f"rule {rule}, " if rule == "opt-out" else f'rule "{rule}", '
+                decided = "opted out, " if rule == "opt-out" else f'rule "{rule}", '
             elif result.status is not None:
                 decided = ""  # a decider that names no rules (tests)
             elif person.key in self._book.people:
                 decided = "no rule matched, "
             else:
                 decided = "no longer configured, "
-            old, new = describe(before), describe(result.status)
+            # An unanswered request leaves what the target showed unknown.
+            old = "unknown" if is_uncertain(flight.before) else describe(before)
+            new = describe(result.status)
             shown = CLEARED if result.status is None else new
             ms = round(took * 1000)
             log.log(

@@ -593,10 +593,11 @@ async def test_an_opt_out_clears_that_target_only(clock: ManualClock, store: Mem
 
 
 async def test_an_expiring_status_is_refreshed_before_it_lapses(
-    clock: ManualClock, store: MemoryStore
+    clock: ManualClock, store: MemoryStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     remote = Remote(clock, ttl=900.0)
     engine = engine_for(clock, store, {"teams": make_target("teams", remote, refresh_before=60.0)})
+    caplog.set_level(logging.INFO, logger="presence_sync.engine")
     async with running(engine):
         engine.observe(in_call("100"))
         await tick(clock, 839)
@@ -611,6 +612,12 @@ async def test_an_expiring_status_is_refreshed_before_it_lapses(
         await tick(clock, 3600)
     assert remote.asked()[-1] == (ANNA.key, None)
     assert remote.times() == [0, 840, 1680, 1680]
+    # Two changes, two lines: the refreshes change nothing anyone sees.
+    changes = [(r.ctx["old"], r.ctx["new"]) for r in caplog.records if r.levelno == logging.INFO]
+    assert changes == [
+        ("own status", 'Busy/InACall "On a call"'),
+        ('Busy/InACall "On a call"', "own status"),
+    ]
 
 
 async def test_a_resync_after_a_long_stop_refreshes_a_lapsed_status(
@@ -1366,3 +1373,19 @@ async def test_the_deciding_rule_travels_with_the_decision_but_is_no_reason_to_w
         ("calls", 'Busy/InACall "On a call"'),
         (None, "own status"),
     ]
+
+
+async def test_a_change_that_needed_a_retry_is_still_one_line(
+    clock: ManualClock, store: MemoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    remote = Remote(clock)
+    remote.fail_next.append(TransientError("503 Service Unavailable", status=503))
+    engine = engine_for(clock, store, {"teams": make_target("teams", remote)})
+    caplog.set_level(logging.INFO, logger="presence_sync.engine")
+    async with running(engine):
+        engine.observe(in_call("100"))
+        await run_until_idle(engine, clock)
+    assert len(remote.requests) == 2
+    changes = [r.ctx for r in caplog.records if r.ctx.get("result") == "ok"]
+    # The 503 left it open whether Teams showed the call: the old status is unknown.
+    assert [(c["old"], c["new"]) for c in changes] == [("unknown", 'Busy/InACall "On a call"')]
