@@ -69,6 +69,7 @@ __all__ = [
     "build_targets",
     "close_targets",
     "load",
+    "log_warnings",
     "wire",
 ]
 
@@ -110,8 +111,19 @@ def load(path: str | os.PathLike[str], *, dry_run: bool = False) -> Loaded:
         lists=settings.lists,
         timezone=settings.timezone,
         problem=settings.problem,
+        locate=settings.locate,
     )
     return Loaded(settings, rules, infos)
+
+
+def log_warnings(settings: Settings) -> None:
+    """One WARNING line per ``settings.warnings`` entry, with file, line and key."""
+    for warning in settings.warnings:
+        log.warning(
+            "configuration: %s",
+            warning,
+            extra=kv(file=warning.file, line=warning.line, key=warning.key),
+        )
 
 
 # --- wiring ------------------------------------------------------------------------------
@@ -344,6 +356,7 @@ class Daemon:
         settings = loaded.settings
         if self._configure_logging:
             ops_logging.configure(settings.logging.level, settings.logging.format)
+        log_warnings(settings)
         runtime = await wire(loaded, clock=self.clock, dry_run=self.dry_run)
         self._runtime = runtime
         metrics.CONFIG_LAST_RELOAD_SUCCESS.set(self.clock.now().timestamp())
@@ -478,6 +491,7 @@ class Daemon:
             loaded = load(self.config_path, dry_run=self.dry_run)
         except ConfigError as exc:
             return self._refuse("invalid configuration", [str(p) for p in exc.problems])
+        log_warnings(loaded.settings)
         try:
             new, nfon_changed = await self._prepare(old, loaded)
         except _Refused as exc:

@@ -558,6 +558,7 @@ class Settings(_Section):
 
     _source_file: str = PrivateAttr(default="<memory>")
     _index: Index = PrivateAttr(default_factory=Index)
+    _warnings: list[ConfigProblem] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -604,6 +605,17 @@ class Settings(_Section):
     def zone(self) -> zoneinfo.ZoneInfo:
         """``timezone`` as a ``ZoneInfo``."""
         return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def warnings(self) -> tuple[ConfigProblem, ...]:
+        """What ``load()`` found valid but most likely not meant (``people:
+        []``), each with file, line and key like a problem: ``run`` logs them
+        at start and at each reload, ``check`` prints them."""
+        return tuple(self._warnings)
+
+    def warn(self, warning: ConfigProblem) -> None:
+        """Add a warning (the loader's, while it loads)."""
+        self._warnings.append(warning)
 
     def locate(self, path: Sequence[str | int], *, key: bool = False) -> Position:
         """Line and column (1-based) of the value at ``path`` (of its key with

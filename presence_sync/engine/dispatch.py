@@ -545,7 +545,8 @@ class Engine:
             wait = lane.take_token(now)
             if wait > 0:
                 return now + wait
-            starting.append((lane, lane.start(key, person, desired, applied)))
+            rule = self._book.rule_for(key, lane.name)
+            starting.append((lane, lane.start(key, person, desired, applied, rule)))
         return math.inf
 
     def _arm(self, lane: Lane, when: float) -> None:

@@ -71,6 +71,7 @@ def picture(clock: Clock, book: Book, lanes: Mapping[str, Lane], ledger: Ledger)
                     retry_at=None if retry is None else at(retry),
                     last_error=None if st is None else st.error,
                     uncertain=is_uncertain(applied),
+                    rule=book.rule_for(key, name) if known else None,
                 )
             )
     return EngineSnapshot(at=wall, targets=targets, keys=tuple(keys))

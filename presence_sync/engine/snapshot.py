@@ -62,7 +62,8 @@ class KeySnapshot:
     ``state``: ``in-sync``, ``dirty``, ``starting`` (its write-ahead record
     is being stored), ``in-flight``, ``backoff``, ``parked`` or ``unknown``.
     ``uncertain``: the last request's outcome is unknown and ``applied`` is
-    the worse case."""
+    the worse case. ``rule``: the name of the rule behind ``desired``
+    (its ``name``, else its key path like ``rules[3]``; ``"opt-out"``)."""
 
     person: str
     email: str
@@ -74,6 +75,8 @@ class KeySnapshot:
     retry_at: datetime | None
     last_error: str | None
     uncertain: bool = False
+    rule: str | None = None
+    """The rule that decided ``desired`` (None: no rule did)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -475,7 +475,9 @@ def test_slack_section_without_any_token_is_refused(tmp_path: Path) -> None:
 class CallRules:
     """In use → "On a call" in Slack; anything else → nothing from us."""
 
-    def evaluate(self, person: Person, view: LineView, now: datetime) -> dict[str, Status | None]:
+    def evaluate(
+        self, person: Person, view: LineView, now: datetime, *, why: dict[str, str] | None = None
+    ) -> dict[str, Status | None]:
         return {"slack_status": ON_A_CALL if view.line is Line.IN_USE else None}
 
 

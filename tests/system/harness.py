@@ -183,6 +183,7 @@ class Daemon:
     def url(self) -> str:
         """The daemon's HTTP listener (``http.listen`` on port 0: read from its log)."""
         line = self.wait_line(r"listening for /healthz")
+        # The text log says address=HOST:PORT, the JSON log "address": "HOST:PORT".
         match = re.search(r'address=(\S+)|"address": "([^"]+)"', line)
         assert match, line
         return f"http://{match.group(1) or match.group(2)}"

@@ -1,0 +1,1 @@
+"""Admin commands of the ``presence-sync`` CLI, one module each."""
