@@ -23,6 +23,9 @@ class Command:
     file: str
     line: int
     argv: tuple[str, ...]
+    mention: bool = False
+    """Inline code naming a command without arguments (`presence-sync explain`
+    in a heading or in prose): the command must exist, its arguments are not shown."""
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: presence-sync {shlex.join(self.argv)}"
@@ -79,7 +82,8 @@ def documented_commands() -> list[Command]:
             for argv in _invocations(line):
                 if inline and not argv:
                     continue  # `presence-sync` in prose is the name, not a command
-                commands.append(Command(str(path.relative_to(ROOT)), number, argv))
+                mention = inline and len(argv) == 1
+                commands.append(Command(str(path.relative_to(ROOT)), number, argv, mention))
     return commands
 
 

@@ -35,6 +35,8 @@ def test_documented_command_parses(command: Command) -> None:
     if name not in known and name in PENDING:
         pytest.skip(f"{name}: lands with the admin tools")
     assert name in known or name.startswith("-"), f"{command}: no such command"
+    if command.mention:
+        return
     errors = io.StringIO()
     code: int | str | None = 0
     with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
