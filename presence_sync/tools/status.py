@@ -260,7 +260,8 @@ def _stored_table(rows: Sequence[AppliedRow], out: TextIO) -> None:
         )
     table(lines, out)
     print(file=out)
-    print(f"{_count(len(people), 'person', 'people')}, {_count(len(rows), 'stored row')}.", file=out)
+    counts = f"{_count(len(people), 'person', 'people')}, {_count(len(rows), 'stored row')}"
+    print(f"{counts}.", file=out)
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:
