@@ -267,7 +267,7 @@ def find_person(people: Iterable[Person], who: str) -> Person | None:
     wanted = who.strip()
     folded = wanted.casefold()
     for person in people:
-        if person.key == folded or person.email.casefold() == folded:
+        if person.key == wanted.lower() or person.email.casefold() == folded:
             return person
         if person.extension == wanted:
             return person
