@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from starlette.routing import BaseRoute
+
 from presence_sync import __version__
 from presence_sync.clock import Clock, SystemClock
 from presence_sync.config import Settings, TargetSpec
@@ -314,6 +316,8 @@ class Daemon:
         self._stream_tasks: list[asyncio.Task[None]] = []
         self._resync_task: asyncio.Task[None] | None = None
         self.listen_address: tuple[Any, ...] | None = None
+        self.status = StatusBuilder(self._status_parts)
+        """The documents of the status API (``/api/status``, ``/api/people/...``)."""
 
     @property
     def runtime(self) -> Runtime:
@@ -445,8 +449,9 @@ class Daemon:
         app = build_app(
             self._health,
             self._ready,
-            status=StatusBuilder(self._status_parts),
+            status=self.status,
             resync=self.request_resync,
+            routes=self._api_routes(),
             token=token,
             loopback=loopback,
         )
@@ -628,6 +633,11 @@ class Daemon:
             if now.status != last.status:
                 systemd.notify(f"STATUS={now.status}")
             last = now
+
+    def _api_routes(self) -> list[BaseRoute]:
+        """API routes beyond status and resync (changes among them get the
+        bearer-token guard like every other non-GET request)."""
+        return []
 
     def _status_parts(self) -> Parts:
         runtime = self.runtime
