@@ -62,8 +62,10 @@ class KeySnapshot:
     ``state``: ``in-sync``, ``dirty``, ``starting`` (its write-ahead record
     is being stored), ``in-flight``, ``backoff``, ``parked`` or ``unknown``.
     ``uncertain``: the last request's outcome is unknown and ``applied`` is
-    the worse case. ``rule``: the name of the rule behind ``desired``
-    (its ``name``, else its key path like ``rules[3]``; ``"opt-out"``)."""
+    the worse case. ``since``: when the key last became dirty, until it is
+    clean again. ``rule``: the name of the rule behind ``desired`` (its
+    ``name``, else its key path like ``rules[3]``; ``"opt-out"``; None: no
+    rule did)."""
 
     person: str
     email: str
@@ -75,8 +77,8 @@ class KeySnapshot:
     retry_at: datetime | None
     last_error: str | None
     uncertain: bool = False
+    since: datetime | None = None
     rule: str | None = None
-    """The rule that decided ``desired`` (None: no rule did)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,14 +80,19 @@ def write_config(
     nfon_extra: str = "",
     log_level: str = "info",
     log_format: str = "text",
+    people: Sequence[tuple[str, str | None, str]] = PEOPLE,
+    http: str = '  listen: "127.0.0.1:0"\n',
 ) -> Path:
     """A configuration for the simulator and the webhook receiver. ``targets``
-    adds lines under ``targets:``, ``nfon_extra`` under ``nfon:``, ``extra``
-    at the top level. With ``log_format="json"`` the daemon's log lines can
-    be read as records (``Daemon.records``)."""
-    people = "".join(
-        f'  - extension: "{ext}"\n    email: {email}\n    name: {name}\n'
-        for ext, name, email in PEOPLE
+    adds lines under ``targets:``, ``nfon_extra`` under ``nfon:``, ``http``
+    replaces the lines under ``http:``, ``extra`` goes at the top level.
+    ``people`` are (extension, name, email); a name None is left to NFON.
+    With ``log_format="json"`` the daemon's log lines can be read as records
+    (``Daemon.records``)."""
+    listed = "".join(
+        f'  - extension: "{ext}"\n    email: {email}\n'
+        + ("" if name is None else f"    name: {name}\n")
+        for ext, name, email in people
     )
     path.write_text(
         f"""nfon:
@@ -95,7 +101,7 @@ def write_config(
   username: api-user
   password: api-secret
 {nfon_extra}people:
-{people}targets:
+{listed}targets:
   webhook:
     url: {hook.url}
     secret: {HOOK_SECRET}
@@ -105,8 +111,7 @@ def write_config(
 state:
   path: {path.parent / "state.db"}
 http:
-  listen: "127.0.0.1:0"
-logging:
+{http}logging:
   level: {log_level}
   format: {log_format}
 {rules}{extra}"""
