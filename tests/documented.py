@@ -60,6 +60,9 @@ def _invocations(line: str) -> list[tuple[str, ...]]:
         words = shlex.split(line, comments=True)
     except ValueError:  # prose with an apostrophe in an inline span
         return []
+    # A synopsis shows optional parts in brackets (`status [-c FILE] [PERSON]`):
+    # the command with all of them given must parse.
+    words = [w.strip("[]") for w in words if w.strip("[]") not in ("", "...")]
     found = []
     # One command per part of a && / ; / | chain.
     part: list[str] = []
