@@ -1,9 +1,12 @@
 """The ``presence-sync`` command: argparse subcommands, errors mapped to
 messages and exit codes.
 
-Exit codes: 0 done; 1 runtime failure; 2 usage error (argparse);
-78 (``EX_CONFIG``) invalid configuration, which the systemd unit does not
-restart on; 130 interrupted.
+Exit codes: 0 done, or a long-running command (``run``, ``demo``, ``sim *``,
+``nfon watch``) stopped by SIGINT or SIGTERM after a clean stop, which is
+what a systemd unit expects of ``systemctl stop``; 1 runtime failure; 2 usage
+error (argparse, also a simulator's port that is taken); 78 (``EX_CONFIG``)
+invalid configuration, which the systemd unit does not restart on; 130 a
+one-shot command interrupted by Ctrl-C before it finished.
 
 The daemon's modules are imported inside the commands, so ``--help`` stays
 fast and a simulator command never loads the daemon. (The simulator
@@ -24,6 +27,7 @@ from typing import Any
 
 from presence_sync import __version__
 from presence_sync.errors import EX_CONFIG, ConfigError, PresenceSyncError
+from presence_sync.sim import options
 
 __all__ = ["main"]
 
@@ -51,8 +55,9 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 
 def _until_stopped(work: Coroutine[Any, Any, int]) -> int:
-    """Run ``work`` until it returns, or until SIGINT or SIGTERM cancels it
-    (exit 130). Handlers of our own, so Ctrl-C also works when whoever
+    """Run a long-running command's ``work`` until it returns, or until
+    SIGINT or SIGTERM cancels it: its clean-up runs and the exit code is 0,
+    as for ``run``. Handlers of our own, so Ctrl-C also works when whoever
     started us ignored SIGINT (a shell's background job, some CI runners)."""
 
     async def main() -> int:
@@ -71,14 +76,13 @@ def _until_stopped(work: Coroutine[Any, Any, int]) -> int:
             result = await task
         except asyncio.CancelledError:
             if signalled:
-                return 130
+                return 0
             raise
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(ValueError, RuntimeError):
                     loop.remove_signal_handler(sig)
-        # Some commands end quietly when cancelled; a signal still means 130.
-        return 130 if signalled else result
+        return result
 
     return asyncio.run(main())
 
@@ -115,28 +119,46 @@ def _cmd_nfon_watch(args: argparse.Namespace) -> int:
     return _until_stopped(go())
 
 
+def _serve_tool(args: argparse.Namespace, work: Coroutine[Any, Any, int]) -> int:
+    """A simulator until stopped; an address it cannot listen on (a port in
+    use, ...) is a usage error of its command, exit 2."""
+    from presence_sync.sim.serve import CannotListen
+
+    try:
+        return _until_stopped(work)
+    except CannotListen as exc:
+        parser: argparse.ArgumentParser = args.parser
+        parser.error(exc.strerror or str(exc))
+
+
 def _cmd_sim_nfon(args: argparse.Namespace) -> int:
     from presence_sync.sim import nfon
 
-    return _until_stopped(nfon.run(args))
+    return _serve_tool(args, nfon.run(args))
 
 
 def _cmd_sim_slack(args: argparse.Namespace) -> int:
     from presence_sync.sim import slack_serve
 
-    return _until_stopped(slack_serve.run(args))
+    return _serve_tool(args, slack_serve.run(args))
 
 
 def _cmd_sim_microsoft(args: argparse.Namespace) -> int:
     from presence_sync.sim import graph_cli
 
-    return _until_stopped(graph_cli.run(args))
+    return _serve_tool(args, graph_cli.run(args))
+
+
+def _cmd_sim_webhook(args: argparse.Namespace) -> int:
+    from presence_sync.sim import webhook_cli
+
+    return _serve_tool(args, webhook_cli.run(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from presence_sync.demo import run_demo
 
-    return asyncio.run(run_demo(args))
+    return _serve_tool(args, run_demo(args))
 
 
 def _cmd_version(_: argparse.Namespace) -> int:
@@ -171,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch the built-in simulator (no account or configuration needed)",
     )
     watch.add_argument(
-        "--rate", type=float, default=2.0, help="with --sim: simulated changes per second"
+        "--rate",
+        type=options.positive,
+        default=2.0,
+        help="with --sim: simulated changes per second",
     )
     watch.set_defaults(func=_cmd_nfon_watch)
 
@@ -181,12 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     from presence_sync.sim import nfon as sim_nfon_module
 
     sim_nfon_module.add_arguments(sim_nfon)
-    sim_nfon.set_defaults(func=_cmd_sim_nfon)
+    sim_nfon.set_defaults(func=_cmd_sim_nfon, parser=sim_nfon)
     sim_slack = sim_cmds.add_parser("slack", help="the Slack Web API (status and DND)")
     from presence_sync.sim import slack_serve as sim_slack_module
 
     sim_slack_module.add_arguments(sim_slack)
-    sim_slack.set_defaults(func=_cmd_sim_slack)
+    sim_slack.set_defaults(func=_cmd_sim_slack, parser=sim_slack)
 
     sim_microsoft = sim_cmds.add_parser(
         "microsoft", help="Entra ID and Microsoft Graph (Teams presence, Outlook) over HTTPS"
@@ -194,15 +219,27 @@ def build_parser() -> argparse.ArgumentParser:
     from presence_sync.sim import graph_cli as sim_graph_cli
 
     sim_graph_cli.add_arguments(sim_microsoft)
-    sim_microsoft.set_defaults(func=_cmd_sim_microsoft)
+    sim_microsoft.set_defaults(func=_cmd_sim_microsoft, parser=sim_microsoft)
+
+    sim_webhook = sim_cmds.add_parser(
+        "webhook", help="a receiver for the webhook target that checks signatures"
+    )
+    from presence_sync.sim import webhook_cli as sim_webhook_cli
+
+    sim_webhook_cli.add_arguments(sim_webhook)
+    sim_webhook.set_defaults(func=_cmd_sim_webhook, parser=sim_webhook)
 
     demo = commands.add_parser(
         "demo", help="the whole system on this machine against the built-in simulators"
     )
-    demo.add_argument("--people", type=int, default=8, help="simulated colleagues")
-    demo.add_argument("--rate", type=float, default=1.0, help="simulated changes per second")
-    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    demo.set_defaults(func=_cmd_demo)
+    demo.add_argument("--people", type=options.whole(1, 1000), default=8, metavar="N",
+                      help="simulated colleagues (default: %(default)s)")  # fmt: skip
+    demo.add_argument("--calls-per-minute", type=options.positive, default=12.0, metavar="M",
+                      help="random calls a minute, all colleagues together "
+                      "(default: %(default)g)")  # fmt: skip
+    demo.add_argument("--duration", type=options.positive, default=None, metavar="SECONDS",
+                      help="stop after this many seconds (default: until Ctrl-C)")  # fmt: skip
+    demo.set_defaults(func=_cmd_demo, parser=demo)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)

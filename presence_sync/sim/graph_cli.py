@@ -79,16 +79,21 @@ def config_block(handle: GraphHandle, client_id: str, secret: str) -> str:
 async def run(args: argparse.Namespace) -> int:
     """Serve a simulator built from ``args`` until cancelled; prints where it
     is, its CA and a configuration block. Returns 0, or 1 (with a message)
-    when it cannot listen or write its certificates."""
+    when it cannot write its certificates; raises ``CannotListen`` when it
+    cannot listen."""
     from presence_sync.sim.graph import GraphSim, serve
 
     sim = GraphSim(tenant=args.tenant, token_lifetime=args.token_lifetime)
     client_id = sim.register_app(args.client_id, secret=args.client_secret)
     for n in range(1, args.users + 1):
         sim.add_user(f"user{n}@example.com", user_id=str(uuid.UUID(int=n)))
+    from presence_sync.sim.serve import CannotListen
+
     try:
         server = serve(sim, args.host, args.port, args.tls_dir)
         handle = await server.__aenter__()
+    except CannotListen:
+        raise  # the command shows it as a usage error
     except OSError as exc:
         print(f"presence-sync: cannot start the Graph simulator: {exc}", file=sys.stderr)
         return 1

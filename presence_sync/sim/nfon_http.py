@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from presence_sync.sim.control import Conflict, json_route
+from presence_sync.sim.control import Conflict, index_route, json_route
 from presence_sync.sim.nfon_sim import NfonSim
 from presence_sync.sim.nfon_streams import SseResponse, StreamKind
 from presence_sync.sim.nfon_tokens import Issued, TokenPair
@@ -221,28 +221,46 @@ class _Control:
         self.sim = sim
 
     @staticmethod
-    def route(path: str, fn: Callable[[dict[str, Any]], Any], method: str) -> Route:
-        return json_route(path, lambda body, _params: fn(body), method)
+    def route(path: str, fn: Callable[[dict[str, Any]], Any], method: str, about: str) -> Route:
+        return json_route(path, lambda body, _params: fn(body), method, about)
 
     def routes(self) -> list[Route]:
         sim = self.sim
+        r = self.route
         return [
-            self.route("/_sim/state", self.state, "POST"),
-            self.route("/_sim/call", self.call, "POST"),
-            self.route("/_sim/answer", lambda b: self.transition(sim.answer, b), "POST"),
-            self.route("/_sim/hangup", lambda b: self.transition(sim.hangup, b), "POST"),
-            self.route("/_sim/drop", lambda b: sim.drop_streams(), "POST"),
-            self.route("/_sim/logins", self.logins, "POST"),
-            self.route("/_sim/fail", self.fail, "POST"),
-            self.route("/_sim/expire-tokens", self.expire, "POST"),
-            self.route("/_sim/traffic", self.traffic, "POST"),
-            self.route("/_sim/raw", self.raw, "POST"),
-            self.route("/_sim/extensions", self.add_extension, "POST"),
-            self.route("/_sim/extensions/remove", self.remove_extension, "POST"),
-            self.route("/_sim/stats", lambda b: sim.stats.as_dict(), "GET"),
-            self.route("/_sim/states", lambda b: sim.states(), "GET"),
-            self.route("/_sim/calls", lambda b: {"active": sim.active_calls()}, "GET"),
-        ]
+            r("/_sim/state", self.state, "POST",
+              "set an extension's line and/or presence {extension, line?, presence?}"),
+            r("/_sim/call", self.call, "POST",
+              "start a call that rings (or is answered at once) {extension, direction?, "
+              "party?, external?, answer?}; answers {uuid}"),
+            r("/_sim/answer", lambda b: self.transition(sim.answer, b), "POST",
+              "answer a ringing call {uuid}"),
+            r("/_sim/hangup", lambda b: self.transition(sim.hangup, b), "POST",
+              "end a call {uuid}"),
+            r("/_sim/drop", lambda b: sim.drop_streams(), "POST",
+              "close every open event stream from the server side"),
+            r("/_sim/logins", self.logins, "POST",
+              "refuse (or accept again) every login {refuse: true|false}"),
+            r("/_sim/fail", self.fail, "POST",
+              "answer the next requests to a path with an error {path, status?, count?, "
+              "retry_after?}"),
+            r("/_sim/expire-tokens", self.expire, "POST",
+              "expire every access token now (and refresh tokens with {refresh: true})"),
+            r("/_sim/traffic", self.traffic, "POST",
+              "random calls and presence changes {rate, mean_call_seconds?}; rate 0 stops"),
+            r("/_sim/raw", self.raw, "POST",
+              "write text as it is into every open stream {stream: states|calls, text}"),
+            r("/_sim/extensions", self.add_extension, "POST",
+              "add an extension to the directory {extension, name}"),
+            r("/_sim/extensions/remove", self.remove_extension, "POST",
+              "remove an extension from the directory {extension}"),
+            r("/_sim/stats", lambda b: sim.stats.as_dict(), "GET",
+              "request, login and stream counters"),
+            r("/_sim/states", lambda b: sim.states(), "GET",
+              "every extension's line and presence"),
+            r("/_sim/calls", lambda b: {"active": sim.active_calls()}, "GET",
+              "the uuids of the calls in progress"),
+        ]  # fmt: skip
 
     def state(self, body: Mapping[str, Any]) -> None:
         line = _opt_str(body, "line")
@@ -342,4 +360,5 @@ def build_app(sim: NfonSim) -> Starlette:
         Route(f"{BASE}/extensions/phone/calls", nfon.calls, methods=["GET"]),
         *_Control(sim).routes(),
     ]
+    routes.append(index_route("NFON CTI API", routes))
     return Starlette(routes=routes, exception_handlers={HTTPException: nfon.http_error})
