@@ -21,7 +21,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,24 +54,29 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _until_stopped(work: Coroutine[Any, Any, int]) -> int:
+def _until_stopped(work: Coroutine[Any, Any, int], stop: Callable[[], None] | None = None) -> int:
     """Run a long-running command's ``work`` until it returns, or until
-    SIGINT or SIGTERM cancels it: its clean-up runs and the exit code is 0,
-    as for ``run``. Handlers of our own, so Ctrl-C also works when whoever
-    started us ignored SIGINT (a shell's background job, some CI runners)."""
+    SIGINT or SIGTERM asks it to stop: ``stop()`` when given (the work then
+    ends by itself), else the work is cancelled; its clean-up runs and the
+    exit code is 0. Handlers of our own from the first moment, so Ctrl-C
+    also works when whoever started us ignored SIGINT (a shell's background
+    job, some CI runners) and a signal during start-up is not lost."""
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(work)
         signalled = False
 
-        def stop() -> None:
+        def on_signal() -> None:
             nonlocal signalled
             signalled = True
-            task.cancel()
+            if stop is None:
+                task.cancel()
+            else:
+                stop()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop)
+            loop.add_signal_handler(sig, on_signal)
         try:
             result = await task
         except asyncio.CancelledError:
@@ -93,7 +98,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Not a setting for admins: tests shorten how long the NFON stream may be
     # down before /readyz says not ready.
     grace = float(os.environ.get("PRESENCE_SYNC_STREAM_GRACE", STREAM_GRACE))
-    return asyncio.run(Daemon(args.config, dry_run=args.dry_run, stream_grace=grace).run())
+    daemon = Daemon(args.config, dry_run=args.dry_run, stream_grace=grace)
+    return _until_stopped(daemon.run(), daemon.stop)
 
 
 def _cmd_nfon_watch(args: argparse.Namespace) -> int:
