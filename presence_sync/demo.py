@@ -30,10 +30,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from presence_sync.sim.nfon import NfonSim
 from presence_sync.sim.nfon import serve_in_thread as serve_nfon
+
+if TYPE_CHECKING:
+    from presence_sync.app import Daemon
+    from presence_sync.sim.webhook import WebhookReceiver
 
 __all__ = ["colleagues", "demo_config", "run_demo", "watch_simulator"]
 
@@ -310,8 +314,7 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         loop = asyncio.get_running_loop()
         calls_rng = random.Random()
         calls = asyncio.run_coroutine_threadsafe(
-            _later(lambda: random_calls(nfon_sim, args.calls_per_minute, calls_rng)),
-            nfon.running.loop,
+            random_calls(nfon_sim, args.calls_per_minute, calls_rng), nfon.running.loop
         )
         started = asyncio.ensure_future(_when_listening(daemon, out, config, services, watcher))
         stopper = None
@@ -334,14 +337,8 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return code
 
 
-async def _later(factory: Callable[[], Any]) -> None:
-    """Wait for the daemon to be up before the first call rings."""
-    await asyncio.sleep(1.0)
-    await factory()
-
-
 async def _when_listening(
-    daemon: Any, out: TextIO, config: Path, services: Services, watcher: Watcher
+    daemon: Daemon, out: TextIO, config: Path, services: Services, watcher: Watcher
 ) -> None:
     """Print the status page's address as soon as the daemon listens, then
     the banner, then start watching."""
@@ -364,7 +361,7 @@ def _message(presence: dict[str, Any]) -> str:
     return f'"{content}"' if content else "(no message)"
 
 
-def _last_documents(receiver: Any) -> dict[str, str]:
+def _last_documents(receiver: WebhookReceiver) -> dict[str, str]:
     """The status of the latest accepted delivery per person."""
     out: dict[str, str] = {}
     for delivery in receiver.deliveries:

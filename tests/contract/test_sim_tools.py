@@ -6,6 +6,8 @@ against the running command; Ctrl-C stops it with exit 0."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import shlex
@@ -14,6 +16,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,3 +224,51 @@ def test_a_sim_command_prints_where_it_is_its_index_answers_and_ctrl_c_exits_0(
 
     assert running.stop(signal.SIGINT) == 0
     assert not [line for line in running.lines if "Traceback" in line]
+
+
+def _signed(secret: str, body: bytes, timestamp: int) -> dict[str, str]:
+    """Headers as docs/webhook.md describes them, signed with ``secret``."""
+    mac = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256)
+    return {
+        "Content-Type": "application/json",
+        "X-Presence-Sync-Delivery": "d-1",
+        "X-Presence-Sync-Timestamp": str(timestamp),
+        "X-Presence-Sync-Signature": "sha256=" + mac.hexdigest(),
+    }
+
+
+def test_sim_webhook_checks_signatures_with_the_secret_it_prints() -> None:
+    command = Command("webhook", "--port", "0")
+    try:
+        url = command.find(r"url=(\S+)")
+        secret = command.find(r"secret=(\S+)")
+        command.find(rf"^(    url: {re.escape(url)})$")  # the block to paste
+        command.find(rf"^(    secret: {re.escape(secret)})$")
+        document = {
+            "version": 1,
+            "person": {"email": "anna@example.com", "name": "Anna Schmidt", "extension": "100"},
+            "status": {"availability": "Busy", "activity": "InACall", "text": "On a call"},
+        }
+        body = json.dumps(document).encode()
+        now = int(time.time())
+        genuine = httpx.post(url, content=body, headers=_signed(secret, body, now))
+        assert genuine.status_code == 200
+        command.find(
+            r"(Anna Schmidt · Busy/InACall \"On a call\" · signature valid · answered 200)"
+        )
+
+        forged = httpx.post(url, content=body, headers=_signed("not-the-secret", body, now))
+        assert forged.status_code == 401
+        command.find(r"(Anna Schmidt · .* · signature invalid · answered 401)")
+
+        control = command.find(r"control=(\S+)")
+        seen = httpx.get(control + "deliveries").json()
+        assert [(d["signature"], d["answered"]) for d in seen] == [("valid", 200), ("invalid", 401)]
+        assert command.stop(signal.SIGINT) == 0
+    finally:
+        if command.proc.poll() is None:
+            command.proc.kill()
+            command.proc.wait(timeout=10)
+        command._reader.join(timeout=5)
+        assert command.proc.stdout is not None
+        command.proc.stdout.close()
