@@ -28,8 +28,15 @@ def whole(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-port = whole(0, 65535)
-"""A TCP port; 0 picks any free one."""
+_port = whole(0, 65535)
+
+
+def port(text: str) -> int:
+    """A TCP port; 0 picks any free one."""
+    try:
+        return _port(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"not a port number (0 to 65535): {text!r}") from None
 
 
 def _number(text: str) -> float:

@@ -161,6 +161,15 @@ class Command:
 
         return eventually(found, f"/{pattern}/ in the output", within=20)
 
+    def close(self) -> None:
+        """Kill it if it still runs; read the rest of its output."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
     def stop(self, sig: signal.Signals) -> int:
         self.proc.send_signal(sig)
         code = self.proc.wait(timeout=30)
@@ -174,12 +183,7 @@ def running(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Command]
     extra = ["--tls-dir", str(tmp_path)] if simulator == "microsoft" else []
     command = Command(simulator, "--port", "0", *extra)
     yield command
-    if command.proc.poll() is None:
-        command.proc.kill()
-        command.proc.wait(timeout=10)
-    command._reader.join(timeout=5)
-    assert command.proc.stdout is not None
-    command.proc.stdout.close()
+    command.close()
 
 
 def _fill(simulator: str, client: httpx.Client, control: str, doc: Documented) -> str | None:
@@ -266,9 +270,4 @@ def test_sim_webhook_checks_signatures_with_the_secret_it_prints() -> None:
         assert [(d["signature"], d["answered"]) for d in seen] == [("valid", 200), ("invalid", 401)]
         assert command.stop(signal.SIGINT) == 0
     finally:
-        if command.proc.poll() is None:
-            command.proc.kill()
-            command.proc.wait(timeout=10)
-        command._reader.join(timeout=5)
-        assert command.proc.stdout is not None
-        command.proc.stdout.close()
+        command.close()
