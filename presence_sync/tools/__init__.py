@@ -1,0 +1,1 @@
+"""The admin's one-shot commands (``status``, ``resync``, ...), one module each."""
