@@ -54,13 +54,20 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _until_stopped(work: Coroutine[Any, Any, int], stop: Callable[[], None] | None = None) -> int:
-    """Run a long-running command's ``work`` until it returns, or until
-    SIGINT or SIGTERM asks it to stop: ``stop()`` when given (the work then
-    ends by itself), else the work is cancelled; its clean-up runs and the
-    exit code is 0. Handlers of our own from the first moment, so Ctrl-C
-    also works when whoever started us ignored SIGINT (a shell's background
-    job, some CI runners) and a signal during start-up is not lost."""
+def _until_stopped(
+    work: Coroutine[Any, Any, int],
+    stop: Callable[[], None] | None = None,
+    *,
+    long_running: bool = False,
+) -> int:
+    """Run ``work`` until it returns, or until SIGINT or SIGTERM asks it to
+    stop: ``stop()`` when given (the work then ends by itself), else the work
+    is cancelled, and its clean-up runs. A ``long_running`` command (``run``,
+    ``demo``, ``sim``, ``nfon watch``) is meant to end that way: exit 0, as
+    systemd expects; a one-shot command was interrupted before it finished:
+    exit 130. Handlers of our own from the first moment, so Ctrl-C also
+    works when whoever started us ignored SIGINT (a shell's background job,
+    some CI runners) and a signal during start-up is not lost."""
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -81,12 +88,14 @@ def _until_stopped(work: Coroutine[Any, Any, int], stop: Callable[[], None] | No
             result = await task
         except asyncio.CancelledError:
             if signalled:
-                return 0
+                return 0 if long_running else 130
             raise
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(ValueError, RuntimeError):
                     loop.remove_signal_handler(sig)
+        if signalled and not long_running:
+            return 130  # it ended quietly when cancelled, but did not finish
         return result
 
     return asyncio.run(main())
@@ -99,7 +108,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # down before /readyz says not ready.
     grace = float(os.environ.get("PRESENCE_SYNC_STREAM_GRACE", STREAM_GRACE))
     daemon = Daemon(args.config, dry_run=args.dry_run, stream_grace=grace)
-    return _until_stopped(daemon.run(), daemon.stop)
+    return _until_stopped(daemon.run(), daemon.stop, long_running=True)
 
 
 def _cmd_nfon_watch(args: argparse.Namespace) -> int:
@@ -109,7 +118,7 @@ def _cmd_nfon_watch(args: argparse.Namespace) -> int:
     if args.sim:
         from presence_sync.demo import watch_simulator
 
-        return _until_stopped(watch_simulator(sys.stdout, rate=args.rate))
+        return _until_stopped(watch_simulator(sys.stdout, rate=args.rate), long_running=True)
     from presence_sync.app import load
 
     settings = load(args.config).settings
@@ -122,7 +131,7 @@ def _cmd_nfon_watch(args: argparse.Namespace) -> int:
             await watch(client, sys.stdout)
         return 0
 
-    return _until_stopped(go())
+    return _until_stopped(go(), long_running=True)
 
 
 def _serve_tool(args: argparse.Namespace, work: Coroutine[Any, Any, int]) -> int:
@@ -131,7 +140,7 @@ def _serve_tool(args: argparse.Namespace, work: Coroutine[Any, Any, int]) -> int
     from presence_sync.sim.serve import CannotListen
 
     try:
-        return _until_stopped(work)
+        return _until_stopped(work, long_running=True)
     except CannotListen as exc:
         parser: argparse.ArgumentParser = args.parser
         parser.error(exc.strerror or str(exc))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from presence_sync import __version__
-from presence_sync.cli import default_config, main
+from presence_sync.cli import _until_stopped, default_config, main
 from presence_sync.errors import EX_CONFIG
 from presence_sync.sim.nfon import NfonSim
 from presence_sync.sim.nfon import serve_in_thread as serve_nfon
@@ -200,3 +202,22 @@ def test_an_address_not_of_this_machine_is_a_usage_error(
         main(["sim", "webhook", "--host", "192.0.2.1", "--port", "0"])  # TEST-NET-1
     assert exit_.value.code == 2
     assert "cannot listen on 192.0.2.1: not an address of this machine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("long_running", "code"), [(True, 0), (False, 130)])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_ends_a_long_running_command_with_0_and_interrupts_a_one_shot_with_130(
+    long_running: bool, code: int, sig: signal.Signals
+) -> None:
+    cleaned_up = []
+
+    async def work() -> int:
+        os.kill(os.getpid(), sig)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned_up.append(True)
+        return 0
+
+    assert _until_stopped(work(), long_running=long_running) == code
+    assert cleaned_up == [True]
