@@ -26,6 +26,7 @@ import httpx
 import pytest
 from polling import eventually
 
+from presence_sync.cli import build_parser
 from presence_sync.sim import graph_http, nfon_http, slack_http
 from presence_sync.sim.control import control_calls
 from presence_sync.sim.graph import GraphSim
@@ -271,3 +272,10 @@ def test_sim_webhook_checks_signatures_with_the_secret_it_prints() -> None:
         assert command.stop(signal.SIGINT) == 0
     finally:
         command.close()
+
+
+@pytest.mark.parametrize("simulator", SIMULATORS)
+def test_the_examples_use_each_command_s_default_port(simulator: str) -> None:
+    args = build_parser().parse_args(["sim", simulator])
+    assert DEFAULT_ORIGIN[simulator].endswith(f":{args.port}")
+    assert f"`presence-sync sim {simulator} --port {args.port}" in DOCS.read_text()
