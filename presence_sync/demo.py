@@ -289,12 +289,12 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             return {e: _message(graph.presence(uid)) for e, uid in entra.items()}
 
         def slack_status() -> dict[str, str]:
-            out = {}
+            shown = {}
             for email, uid in members.items():
                 status = slack.status_of(uid)
-                shown = " ".join(p for p in (status.emoji, status.text) if p)
-                out[email] = shown or "(no status)"
-            return out
+                text = " ".join(p for p in (status.emoji, status.text) if p)
+                shown[email] = text or "(no status)"
+            return shown
 
         def webhook() -> dict[str, str]:
             return _last_documents(receiver)
