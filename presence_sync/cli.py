@@ -1,9 +1,12 @@
 """The ``presence-sync`` command: argparse subcommands, errors mapped to
 messages and exit codes.
 
-Exit codes: 0 done; 1 runtime failure; 2 usage error (argparse);
-78 (``EX_CONFIG``) invalid configuration, which the systemd unit does not
-restart on; 130 interrupted.
+Exit codes: 0 done, or a long-running command (``run``, ``demo``, ``sim *``,
+``nfon watch``) stopped by SIGINT or SIGTERM after a clean stop, which is
+what a systemd unit expects of ``systemctl stop``; 1 runtime failure; 2 usage
+error (argparse, also a simulator's port that is taken); 78 (``EX_CONFIG``)
+invalid configuration, which the systemd unit does not restart on; 130 a
+one-shot command interrupted by Ctrl-C before it finished.
 
 The daemon's modules are imported inside the commands, so ``--help`` stays
 fast and a simulator command never loads the daemon. (The simulator
@@ -18,12 +21,13 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from presence_sync import __version__
 from presence_sync.errors import EX_CONFIG, ConfigError, PresenceSyncError
+from presence_sync.sim import options
 
 __all__ = ["main"]
 
@@ -50,35 +54,49 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _until_stopped(work: Coroutine[Any, Any, int]) -> int:
-    """Run ``work`` until it returns, or until SIGINT or SIGTERM cancels it
-    (exit 130). Handlers of our own, so Ctrl-C also works when whoever
-    started us ignored SIGINT (a shell's background job, some CI runners)."""
+def _until_stopped(
+    work: Coroutine[Any, Any, int],
+    stop: Callable[[], None] | None = None,
+    *,
+    long_running: bool = False,
+) -> int:
+    """Run ``work`` until it returns, or until SIGINT or SIGTERM asks it to
+    stop: ``stop()`` when given (the work then ends by itself), else the work
+    is cancelled, and its clean-up runs. A ``long_running`` command (``run``,
+    ``demo``, ``sim``, ``nfon watch``) is meant to end that way: exit 0, as
+    systemd expects; a one-shot command was interrupted before it finished:
+    exit 130. Handlers of our own from the first moment, so Ctrl-C also
+    works when whoever started us ignored SIGINT (a shell's background job,
+    some CI runners) and a signal during start-up is not lost."""
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
         task = asyncio.ensure_future(work)
         signalled = False
 
-        def stop() -> None:
+        def on_signal() -> None:
             nonlocal signalled
             signalled = True
-            task.cancel()
+            if stop is None:
+                task.cancel()
+            else:
+                stop()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop)
+            loop.add_signal_handler(sig, on_signal)
         try:
             result = await task
         except asyncio.CancelledError:
             if signalled:
-                return 130
+                return 0 if long_running else 130
             raise
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(ValueError, RuntimeError):
                     loop.remove_signal_handler(sig)
-        # Some commands end quietly when cancelled; a signal still means 130.
-        return 130 if signalled else result
+        if signalled and not long_running:
+            return 130  # it ended quietly when cancelled, but did not finish
+        return result
 
     return asyncio.run(main())
 
@@ -89,7 +107,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # Not a setting for admins: tests shorten how long the NFON stream may be
     # down before /readyz says not ready.
     grace = float(os.environ.get("PRESENCE_SYNC_STREAM_GRACE", STREAM_GRACE))
-    return asyncio.run(Daemon(args.config, dry_run=args.dry_run, stream_grace=grace).run())
+    daemon = Daemon(args.config, dry_run=args.dry_run, stream_grace=grace)
+    return _until_stopped(daemon.run(), daemon.stop, long_running=True)
 
 
 def _cmd_nfon_watch(args: argparse.Namespace) -> int:
@@ -99,7 +118,7 @@ def _cmd_nfon_watch(args: argparse.Namespace) -> int:
     if args.sim:
         from presence_sync.demo import watch_simulator
 
-        return _until_stopped(watch_simulator(sys.stdout, rate=args.rate))
+        return _until_stopped(watch_simulator(sys.stdout, rate=args.rate), long_running=True)
     from presence_sync.app import load
 
     settings = load(args.config).settings
@@ -112,31 +131,49 @@ def _cmd_nfon_watch(args: argparse.Namespace) -> int:
             await watch(client, sys.stdout)
         return 0
 
-    return _until_stopped(go())
+    return _until_stopped(go(), long_running=True)
+
+
+def _serve_tool(args: argparse.Namespace, work: Coroutine[Any, Any, int]) -> int:
+    """A simulator until stopped; an address it cannot listen on (a port in
+    use, ...) is a usage error of its command, exit 2."""
+    from presence_sync.sim.serve import CannotListen
+
+    try:
+        return _until_stopped(work, long_running=True)
+    except CannotListen as exc:
+        parser: argparse.ArgumentParser = args.parser
+        parser.error(exc.strerror or str(exc))
 
 
 def _cmd_sim_nfon(args: argparse.Namespace) -> int:
     from presence_sync.sim import nfon
 
-    return _until_stopped(nfon.run(args))
+    return _serve_tool(args, nfon.run(args))
 
 
 def _cmd_sim_slack(args: argparse.Namespace) -> int:
     from presence_sync.sim import slack_serve
 
-    return _until_stopped(slack_serve.run(args))
+    return _serve_tool(args, slack_serve.run(args))
 
 
 def _cmd_sim_microsoft(args: argparse.Namespace) -> int:
     from presence_sync.sim import graph_cli
 
-    return _until_stopped(graph_cli.run(args))
+    return _serve_tool(args, graph_cli.run(args))
+
+
+def _cmd_sim_webhook(args: argparse.Namespace) -> int:
+    from presence_sync.sim import webhook_cli
+
+    return _serve_tool(args, webhook_cli.run(args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from presence_sync.demo import run_demo
 
-    return asyncio.run(run_demo(args))
+    return _serve_tool(args, run_demo(args))
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -206,7 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch the built-in simulator (no account or configuration needed)",
     )
     watch.add_argument(
-        "--rate", type=float, default=2.0, help="with --sim: simulated changes per second"
+        "--rate",
+        type=options.positive,
+        default=2.0,
+        help="with --sim: simulated changes per second",
     )
     watch.set_defaults(func=_cmd_nfon_watch)
 
@@ -216,12 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     from presence_sync.sim import nfon as sim_nfon_module
 
     sim_nfon_module.add_arguments(sim_nfon)
-    sim_nfon.set_defaults(func=_cmd_sim_nfon)
+    sim_nfon.set_defaults(func=_cmd_sim_nfon, parser=sim_nfon)
     sim_slack = sim_cmds.add_parser("slack", help="the Slack Web API (status and DND)")
     from presence_sync.sim import slack_serve as sim_slack_module
 
     sim_slack_module.add_arguments(sim_slack)
-    sim_slack.set_defaults(func=_cmd_sim_slack)
+    sim_slack.set_defaults(func=_cmd_sim_slack, parser=sim_slack)
 
     sim_microsoft = sim_cmds.add_parser(
         "microsoft", help="Entra ID and Microsoft Graph (Teams presence, Outlook) over HTTPS"
@@ -229,15 +269,27 @@ def build_parser() -> argparse.ArgumentParser:
     from presence_sync.sim import graph_cli as sim_graph_cli
 
     sim_graph_cli.add_arguments(sim_microsoft)
-    sim_microsoft.set_defaults(func=_cmd_sim_microsoft)
+    sim_microsoft.set_defaults(func=_cmd_sim_microsoft, parser=sim_microsoft)
+
+    sim_webhook = sim_cmds.add_parser(
+        "webhook", help="a receiver for the webhook target that checks signatures"
+    )
+    from presence_sync.sim import webhook_cli as sim_webhook_cli
+
+    sim_webhook_cli.add_arguments(sim_webhook)
+    sim_webhook.set_defaults(func=_cmd_sim_webhook, parser=sim_webhook)
 
     demo = commands.add_parser(
         "demo", help="the whole system on this machine against the built-in simulators"
     )
-    demo.add_argument("--people", type=int, default=8, help="simulated colleagues")
-    demo.add_argument("--rate", type=float, default=1.0, help="simulated changes per second")
-    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    demo.set_defaults(func=_cmd_demo)
+    demo.add_argument("--people", type=options.whole(1, 1000), default=8, metavar="N",
+                      help="simulated colleagues (default: %(default)s)")  # fmt: skip
+    demo.add_argument("--calls-per-minute", type=options.positive, default=12.0, metavar="M",
+                      help="random calls a minute, all colleagues together "
+                      "(default: %(default)g)")  # fmt: skip
+    demo.add_argument("--duration", type=options.positive, default=None, metavar="SECONDS",
+                      help="stop after this many seconds (default: until Ctrl-C)")  # fmt: skip
+    demo.set_defaults(func=_cmd_demo, parser=demo)
 
     explain = commands.add_parser(
         "explain", help="which rule decides what each target shows for one person, and why"

@@ -186,9 +186,13 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     # sockets whose proto says TCP, and with Nagle on every response whose
     # headers and body are written separately waits ~40 ms for a delayed ACK.
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 

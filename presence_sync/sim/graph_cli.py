@@ -11,52 +11,27 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from presence_sync.sim import options
+
 if TYPE_CHECKING:
     from presence_sync.sim.graph import GraphHandle
 
 __all__ = ["add_arguments", "config_block", "run"]
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _count(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``presence-sync sim microsoft``."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=_port, default=8443, help="port (0 = any free port)")
+    parser.add_argument("--port", type=options.port, default=8443, help="port (0 = any free port)")
     parser.add_argument("--tenant", default="00000000-0000-4000-8000-000000000001",
                         help="tenant id")  # fmt: skip
     parser.add_argument("--client-id", default="00000000-0000-4000-8000-0000000000a1",
                         help="client id of the app registration to accept")  # fmt: skip
     parser.add_argument("--client-secret", default="sim-secret", help="its client secret")
-    parser.add_argument("--users", type=_count, default=5, metavar="N",
+    parser.add_argument("--users", type=options.whole(0), default=5, metavar="N",
                         help="users user1@example.com .. userN@example.com")  # fmt: skip
-    parser.add_argument("--token-lifetime", type=_positive, default=3600.0, metavar="SECONDS",
-                        help="access token lifetime")  # fmt: skip
+    parser.add_argument("--token-lifetime", type=options.positive, default=3600.0,
+                        metavar="SECONDS", help="access token lifetime")  # fmt: skip
     parser.add_argument("--tls-dir", type=Path, default=None, metavar="DIR",
                         help="where to write the CA and server certificate "
                         "(default: a temporary directory, removed at exit)")  # fmt: skip
@@ -79,16 +54,21 @@ def config_block(handle: GraphHandle, client_id: str, secret: str) -> str:
 async def run(args: argparse.Namespace) -> int:
     """Serve a simulator built from ``args`` until cancelled; prints where it
     is, its CA and a configuration block. Returns 0, or 1 (with a message)
-    when it cannot listen or write its certificates."""
+    when it cannot write its certificates; raises ``CannotListen`` when it
+    cannot listen."""
     from presence_sync.sim.graph import GraphSim, serve
 
     sim = GraphSim(tenant=args.tenant, token_lifetime=args.token_lifetime)
     client_id = sim.register_app(args.client_id, secret=args.client_secret)
     for n in range(1, args.users + 1):
         sim.add_user(f"user{n}@example.com", user_id=str(uuid.UUID(int=n)))
+    from presence_sync.sim.serve import CannotListen
+
     try:
         server = serve(sim, args.host, args.port, args.tls_dir)
         handle = await server.__aenter__()
+    except CannotListen:
+        raise  # the command shows it as a usage error
     except OSError as exc:
         print(f"presence-sync: cannot start the Graph simulator: {exc}", file=sys.stderr)
         return 1

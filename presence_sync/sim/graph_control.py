@@ -14,6 +14,7 @@ method; a bad request answers 400 ``{"error": "..."}``.
 - ``POST /_sim/hang``: ``{seconds, path?, count?}``
 - ``GET|DELETE /_sim/requests`` (``?path=`` prefix)
 - ``POST /_sim/clock/advance``: ``{seconds}`` (only with a ``SimClock``)
+- ``GET /_sim/``: this list, with a line on each call
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from presence_sync.sim.control import ControlRoute, index_route
 from presence_sync.sim.graph_sim import GraphSim
 from presence_sync.sim.graph_wire import SimClock
 
@@ -167,18 +169,46 @@ class _Control:
 
 
 def control_routes(sim: GraphSim) -> list[Route]:
-    """The ``/_sim/`` routes for ``sim``."""
+    """The ``/_sim/`` routes for ``sim``, the index included."""
     c = _Control(sim)
-    return [
-        Route("/_sim/users", c.users, methods=["GET", "POST"]),
-        Route("/_sim/apps", c.apps, methods=["POST"]),
-        Route("/_sim/users/{user}/preferred", c.preferred, methods=["POST", "DELETE"]),
-        Route("/_sim/users/{user}/status-message", c.status_message, methods=["POST"]),
-        Route("/_sim/users/{user}/client", c.client, methods=["POST"]),
-        Route("/_sim/users/{user}/presence", c.presence, methods=["GET"]),
-        Route("/_sim/users/{user}/events", c.events, methods=["GET"]),
-        Route("/_sim/fail", c.fail, methods=["POST"]),
-        Route("/_sim/hang", c.hang, methods=["POST"]),
-        Route("/_sim/requests", c.requests, methods=["GET", "DELETE"]),
-        Route("/_sim/clock/advance", c.advance, methods=["POST"]),
-    ]
+    user = "/_sim/users/{user}"
+    routes: list[Route] = [
+        ControlRoute("/_sim/users", c.users, {
+            "GET": "every user",
+            "POST": "add a user {userPrincipalName, mail?, id?, displayName?}; answers {id}",
+        }),
+        ControlRoute("/_sim/apps", c.apps, {
+            "POST": "register an app {client_id?, tenant?, secret?, certificate_pem?, roles?}",
+        }),
+        ControlRoute(user + "/preferred", c.preferred, {
+            "POST": "the user picks a status in Teams {availability, activity, "
+                    "expiration_minutes?}",
+            "DELETE": "the user resets their status in Teams",
+        }),
+        ControlRoute(user + "/status-message", c.status_message, {
+            "POST": "the user sets their status message {content, expires?}",
+        }),
+        ControlRoute(user + "/client", c.client, {
+            "POST": "a Teams client signs in {availability?, activity?}; {} signs it out",
+        }),
+        ControlRoute(user + "/presence", c.presence, {
+            "GET": "the user's presence as they see it, with every session",
+        }),
+        ControlRoute(user + "/events", c.events, {"GET": "the user's calendar events"}),
+        ControlRoute("/_sim/fail", c.fail, {
+            "POST": "answer the next requests to a path with an error {path?, status?, "
+                    "count?, retry_after?}",
+        }),
+        ControlRoute("/_sim/hang", c.hang, {
+            "POST": "hold the answer to the next requests {seconds, path?, count?}",
+        }),
+        ControlRoute("/_sim/requests", c.requests, {
+            "GET": "every Graph and sign-in request so far (?path= a prefix), secrets masked",
+            "DELETE": "forget the requests so far",
+        }),
+        ControlRoute("/_sim/clock/advance", c.advance, {
+            "POST": "move the simulator's clock forward {seconds} (simulated clock only)",
+        }),
+    ]  # fmt: skip
+    routes.append(index_route("Microsoft Entra ID and Graph", routes))
+    return routes

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from presence_sync.sim import options
 from presence_sync.sim.nfon_serve import Server, SimHandle, SimProxy, serve, serve_in_thread
 from presence_sync.sim.nfon_sim import NfonSim, NfonStats
 from presence_sync.sim.nfon_streams import StreamKind
@@ -36,36 +37,22 @@ __all__ = [
 ]
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
-
-
-def _not_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``presence-sync sim nfon``."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8080, help="port (0 = any free port)")
-    parser.add_argument("--extensions", type=int, default=20, metavar="N",
+    parser.add_argument("--port", type=options.port, default=8080, help="port (0 = any free port)")
+    parser.add_argument("--extensions", type=options.whole(0, 100_000), default=20, metavar="N",
                         help="number of extensions, numbered from 100")  # fmt: skip
     parser.add_argument("--customer", default="K1234", help="simulated K-Account")
     parser.add_argument("--username", default="api-user", help="API username to accept")
     parser.add_argument("--password", default="api-secret", help="API password to accept")
-    parser.add_argument("--token-lifetime", type=_positive, default=300.0, metavar="SECONDS",
+    parser.add_argument("--token-lifetime", type=options.positive, default=300.0, metavar="SECONDS",
                         help="access token lifetime")  # fmt: skip
-    parser.add_argument("--refresh-lifetime", type=_positive, default=3600.0, metavar="SECONDS",
-                        help="refresh token lifetime")  # fmt: skip
-    parser.add_argument("--keepalive", type=_not_negative, default=15.0, metavar="SECONDS",
+    parser.add_argument("--refresh-lifetime", type=options.positive, default=3600.0,
+                        metavar="SECONDS", help="refresh token lifetime")  # fmt: skip
+    parser.add_argument("--keepalive", type=options.not_negative, default=15.0, metavar="SECONDS",
                         help="idle seconds before a ': keepalive' comment (0 = never)")  # fmt: skip
-    parser.add_argument("--traffic", type=_not_negative, default=0.0, metavar="RATE",
+    parser.add_argument("--traffic", type=options.not_negative, default=0.0, metavar="RATE",
                         help="random state changes per second (0 = none)")  # fmt: skip
     parser.add_argument("--close-on-expiry", action="store_true",
                         help="close a stream when the token that opened it expires")  # fmt: skip

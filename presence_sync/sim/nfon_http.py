@@ -12,6 +12,7 @@ login and JWKS carries ``X-Request-Id``; 401 has no body. Login's documented
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,9 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from presence_sync.sim.control import Conflict, json_route
+from presence_sync.sim.control import Conflict, index_route, json_route
 from presence_sync.sim.nfon_sim import NfonSim
-from presence_sync.sim.nfon_streams import SseResponse, StreamKind
+from presence_sync.sim.nfon_streams import Outlet, SseResponse, StreamKind
 from presence_sync.sim.nfon_tokens import Issued, TokenPair
 
 __all__ = ["build_app"]
@@ -33,6 +34,8 @@ BASE = "/v1"
 _NO_REQUEST_ID = ("/login", "/.well-known/jwks.json")
 _STREAM_TYPES = frozenset({"text/event-stream", "text/*", "*/*"})
 _JSON_TYPES = frozenset({"application/json", "application/*"})
+_CALL_UUID = re.compile(r"\w{8}-\w{4}-\w{4}-\w{4}-\w{12}")
+"""The pattern the spec gives the ``uuid`` path parameter of ``DELETE``."""
 
 
 def _request_id() -> dict[str, str]:
@@ -191,6 +194,73 @@ class _Nfon:
             return self.error(406, "Accept must allow text/event-stream", api_path)
         return self._stream("calls", request, issued)
 
+    async def originate(self, request: Request) -> Response:
+        """``POST /extensions/phone/calls``: 202 with the ``start`` event for
+        a JSON or empty ``Accept`` (the default here, unlike ``/states``), an
+        SSE stream from ``start`` to ``end`` for ``text/event-stream``."""
+        api_path, early = self.begin(request)
+        if early is not None:
+            return early
+        issued = self.authenticate(request, api_path)
+        if isinstance(issued, Response):
+            return issued
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            return self.error(400, "the body must be a call object", api_path)
+        fields: dict[str, Any] = {}
+        for key in ("caller", "callee", "caller_context", "callee_context", "extension"):
+            value = body.get(key)
+            if value is not None and not isinstance(value, str):
+                return self.error(400, f"{key} must be a string", api_path)
+            fields[key] = value
+        accepted = _accepted(request.headers.get("accept"))
+        streamed = "text/event-stream" in accepted and not accepted & _JSON_TYPES
+        outlet = (
+            Outlet("calls", max_buffer=self.sim.max_stream_buffer, expires_at=None)
+            if streamed
+            else None
+        )
+        try:
+            start = self.sim.originate(
+                fields["caller"] or "",
+                fields["callee"] or "",
+                caller_context=fields["caller_context"],
+                callee_context=fields["callee_context"],
+                extension=fields["extension"],
+                timeout=body.get("timeout", 20),
+                outlet=outlet,
+            )
+        except ValueError as exc:
+            return self.error(400, str(exc), api_path)
+        except KeyError as exc:
+            return self.error(404, str(exc.args[0]), api_path)
+        if outlet is None:
+            return JSONResponse(start, status_code=202, headers=_request_id())
+        return SseResponse(
+            outlet, headers=_request_id(), keepalive=self.sim.keepalive, on_end=lambda _: None
+        )
+
+    async def cancel(self, request: Request) -> Response:
+        """``DELETE /extensions/phone/calls/{uuid}``: 204, 400 for a uuid
+        outside the spec's pattern, 404 for no such call in progress."""
+        api_path, early = self.begin(request)
+        if early is not None:
+            return early
+        issued = self.authenticate(request, api_path)
+        if isinstance(issued, Response):
+            return issued
+        call_id = request.path_params["uuid"]
+        if not _CALL_UUID.fullmatch(call_id):
+            return self.error(400, "uuid does not match the call uuid pattern", api_path)
+        try:
+            self.sim.cancel(call_id)
+        except KeyError:
+            return self.error(404, "Requested object (call) does not exist", api_path)
+        return Response(status_code=204, headers=_request_id())
+
     def _stream(self, kind: StreamKind, request: Request, issued: Issued) -> Response:
         last_id = request.headers.get("last-event-id")
         outlet = self.sim.open_stream(kind, issued.deadline, last_id)
@@ -221,28 +291,51 @@ class _Control:
         self.sim = sim
 
     @staticmethod
-    def route(path: str, fn: Callable[[dict[str, Any]], Any], method: str) -> Route:
-        return json_route(path, lambda body, _params: fn(body), method)
+    def route(path: str, fn: Callable[[dict[str, Any]], Any], method: str, about: str) -> Route:
+        return json_route(path, lambda body, _params: fn(body), method, about)
 
     def routes(self) -> list[Route]:
         sim = self.sim
+        r = self.route
         return [
-            self.route("/_sim/state", self.state, "POST"),
-            self.route("/_sim/call", self.call, "POST"),
-            self.route("/_sim/answer", lambda b: self.transition(sim.answer, b), "POST"),
-            self.route("/_sim/hangup", lambda b: self.transition(sim.hangup, b), "POST"),
-            self.route("/_sim/drop", lambda b: sim.drop_streams(), "POST"),
-            self.route("/_sim/logins", self.logins, "POST"),
-            self.route("/_sim/fail", self.fail, "POST"),
-            self.route("/_sim/expire-tokens", self.expire, "POST"),
-            self.route("/_sim/traffic", self.traffic, "POST"),
-            self.route("/_sim/raw", self.raw, "POST"),
-            self.route("/_sim/extensions", self.add_extension, "POST"),
-            self.route("/_sim/extensions/remove", self.remove_extension, "POST"),
-            self.route("/_sim/stats", lambda b: sim.stats.as_dict(), "GET"),
-            self.route("/_sim/states", lambda b: sim.states(), "GET"),
-            self.route("/_sim/calls", lambda b: {"active": sim.active_calls()}, "GET"),
-        ]
+            r("/_sim/state", self.state, "POST",
+              "set an extension's line and/or presence {extension, line?, presence?}"),
+            r("/_sim/call", self.call, "POST",
+              "start a call that rings (or is answered at once) {extension, direction?, "
+              "party?, external?, answer?}; answers {uuid}"),
+            r("/_sim/answer", lambda b: self.transition(sim.answer, b), "POST",
+              "answer a ringing call {uuid}"),
+            r("/_sim/hangup", lambda b: self.transition(sim.hangup, b), "POST",
+              "end a call {uuid}"),
+            r("/_sim/answer-caller", lambda b: self.transition(sim.answer_caller, b), "POST",
+              "the caller picks up a click-to-dial call whose phone rings {uuid}"),
+            r("/_sim/answer-delay", self.answer_delay, "POST",
+              "seconds a caller's phone rings before it answers a click-to-dial call by "
+              "itself {seconds}; null: never"),
+            r("/_sim/drop", lambda b: sim.drop_streams(), "POST",
+              "close every open event stream from the server side"),
+            r("/_sim/logins", self.logins, "POST",
+              "refuse (or accept again) every login {refuse: true|false}"),
+            r("/_sim/fail", self.fail, "POST",
+              "answer the next requests to a path with an error {path, status?, count?, "
+              "retry_after?}"),
+            r("/_sim/expire-tokens", self.expire, "POST",
+              "expire every access token now (and refresh tokens with {refresh: true})"),
+            r("/_sim/traffic", self.traffic, "POST",
+              "random calls and presence changes {rate, mean_call_seconds?}; rate 0 stops"),
+            r("/_sim/raw", self.raw, "POST",
+              "write text as it is into every open stream {stream: states|calls, text}"),
+            r("/_sim/extensions", self.add_extension, "POST",
+              "add an extension to the directory {extension, name}"),
+            r("/_sim/extensions/remove", self.remove_extension, "POST",
+              "remove an extension from the directory {extension}"),
+            r("/_sim/stats", lambda b: sim.stats.as_dict(), "GET",
+              "request, login and stream counters"),
+            r("/_sim/states", lambda b: sim.states(), "GET",
+              "every extension's line and presence"),
+            r("/_sim/calls", lambda b: {"active": sim.active_calls()}, "GET",
+              "the uuids of the calls in progress"),
+        ]  # fmt: skip
 
     def state(self, body: Mapping[str, Any]) -> None:
         line = _opt_str(body, "line")
@@ -264,6 +357,14 @@ class _Control:
             step(call_id)
         except ValueError as exc:
             raise Conflict(str(exc)) from None
+
+    def answer_delay(self, body: Mapping[str, Any]) -> None:
+        seconds = body.get("seconds")
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int | float)
+        ):
+            raise ValueError("'seconds' must be a number, or null for never")
+        self.sim.set_answer_delay(None if seconds is None else float(seconds))
 
     def logins(self, body: Mapping[str, Any]) -> None:
         self.sim.refuse_logins(_bool(body, "refuse", True))
@@ -340,6 +441,9 @@ def build_app(sim: NfonSim) -> Starlette:
         Route(f"{BASE}/extensions/phone/data", nfon.data, methods=["GET"]),
         Route(f"{BASE}/extensions/phone/states", nfon.states, methods=["GET"]),
         Route(f"{BASE}/extensions/phone/calls", nfon.calls, methods=["GET"]),
+        Route(f"{BASE}/extensions/phone/calls", nfon.originate, methods=["POST"]),
+        Route(f"{BASE}/extensions/phone/calls/{{uuid}}", nfon.cancel, methods=["DELETE"]),
         *_Control(sim).routes(),
     ]
+    routes.append(index_route("NFON CTI API", routes))
     return Starlette(routes=routes, exception_handlers={HTTPException: nfon.http_error})

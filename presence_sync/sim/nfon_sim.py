@@ -30,6 +30,20 @@ Choices where the documentation is silent (each a knob or documented here):
 - Every ``set_state`` emits an event, even when nothing changed.
 - ``/extensions/phone/states`` answers an ``Accept`` that allows neither
   JSON nor SSE with 406 (the spec lists no status for it).
+- Click-to-dial (``POST /extensions/phone/calls``, ``originate``) rings the
+  caller's device first: the caller's line shows ``ringing`` and the calls
+  stream ``caller-dial``, ``caller-ring``. The simulated device answers by
+  itself after ``answer_delay`` seconds (``None``: never; the request's
+  ``timeout`` then ends it with ``error: timeout``): ``caller-answer``, the
+  line goes ``in-use``, then ``dial`` and ``ring`` for the callee, who never
+  answers by itself (``answer(uuid)`` answers). A callee that is a simulated
+  extension gets a ringing leg of its own; the caller's own number is
+  ``busy``. ``start`` and ``end`` are request markers: they go to the
+  POST's own SSE stream only, never to the calls stream, which ends the
+  call with ``hangup``. ``cancel`` (``DELETE``) works until the request
+  ended (``end`` sent): after that the call no longer "is being
+  established" and the uuid is unknown to it (404).
+- Conference calls (``callee_context: conference``) are not simulated (400).
 """
 
 from __future__ import annotations
@@ -190,6 +204,25 @@ class _Call:
     legs: dict[str, str]
     """extension → direction from its point of view."""
     answered: bool = False
+    ringing: set[str] = field(default_factory=set)
+    """Legs whose device rings before the call goes anywhere (a
+    click-to-dial caller), whatever their direction."""
+    request: _Request | None = None
+    """The ``POST`` that originated the call, while it is being processed."""
+
+
+@dataclass(slots=True)
+class _Request:
+    """A click-to-dial request being processed: its own SSE stream (when
+    the client asked for one) and its timers."""
+
+    outlet: Outlet | None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
+
+    def cancel_timers(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
 
 
 @dataclass(slots=True)
@@ -243,6 +276,7 @@ class NfonSim:
         close_streams_on_token_expiry: bool = False,
         seed: int | None = None,
         max_stream_buffer: int = 64 * 1024 * 1024,
+        answer_delay: float | None = 0.5,
     ) -> None:
         if keepalive is not None and keepalive <= 0:
             raise ValueError("keepalive must be positive or None")
@@ -255,6 +289,8 @@ class NfonSim:
         self.event_ids = event_ids
         self.close_streams_on_token_expiry = close_streams_on_token_expiry
         self.max_stream_buffer = max_stream_buffer
+        self.answer_delay: float | None = None
+        self.set_answer_delay(answer_delay)
         self.tokens = TokenIssuer(
             username=username,
             customer=customer,
@@ -383,13 +419,17 @@ class NfonSim:
         call = self._call(uuid)
         if call.answered:
             raise ValueError(f"call {uuid} is already answered")
+        if call.ringing:
+            raise ValueError(f"call {uuid} still rings its caller's device")
         call.answered = True
         self._progress(call, "answer")
+        self._end_request(call, None)
 
     def hangup(self, uuid: str) -> None:
         """End the call (answered or still ringing): lines go ``idle`` unless
         another call holds them, a ``hangup`` event per leg."""
         call = self._call(uuid)
+        self._end_request(call, "cancel")
         del self._calls[uuid]
         for number in call.legs:
             held = self._ext_calls.get(number)
@@ -413,6 +453,150 @@ class NfonSim:
     def active_calls(self) -> list[str]:
         """Uuids of the calls that have not been hung up."""
         return list(self._calls)
+
+    # --- click-to-dial: POST and DELETE /extensions/phone/calls ---------------------------
+
+    def set_answer_delay(self, seconds: float | None) -> None:
+        """How long a simulated device rings before it answers a click-to-dial
+        call by itself (``None``: never). Applies to calls placed from now on."""
+        if seconds is not None and seconds < 0:
+            raise ValueError("answer_delay must not be negative")
+        self.answer_delay = seconds
+
+    def originate(
+        self,
+        caller: str,
+        callee: str,
+        *,
+        caller_context: str | None = None,
+        callee_context: str | None = None,
+        extension: str | None = None,
+        timeout: int = 20,
+        outlet: Outlet | None = None,
+    ) -> dict[str, str]:
+        """Click-to-dial as ``POST /extensions/phone/calls`` describes it:
+        ring ``caller`` (on behalf of ``extension``, default the caller),
+        then dial ``callee``. Returns the ``start`` event (the 202 body);
+        events for the request go to ``outlet`` when given, and it is closed
+        after ``end``. ``ValueError`` for a bad request (400), ``KeyError``
+        for an extension the K-Account does not have (404)."""
+        for name, number in (("caller", caller), ("callee", callee)):
+            if not number:
+                raise ValueError(f"{name} is required")
+            if number.startswith(("+", "00")):
+                raise ValueError(f"{name} must not start with + or 00")
+        caller_ctx = caller_context or self.customer
+        callee_ctx = callee_context or self.customer
+        if caller_ctx not in (self.customer, "global"):
+            raise ValueError(f"caller_context must be {self.customer} or global")
+        if callee_ctx == "conference":
+            raise ValueError("conference calls are not simulated")
+        if callee_ctx not in (self.customer, "global"):
+            raise ValueError(f"callee_context must be {self.customer}, global or conference")
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 120:
+            raise ValueError("timeout must be whole seconds from 1 to 120")
+        on_behalf = extension or (caller if caller_ctx == self.customer else None)
+        if on_behalf is None:
+            raise ValueError("a caller outside the K-Account needs an extension")
+        self._ext(on_behalf)
+        call_id = self._new_uuid()
+        call = _Call(
+            call_id,
+            caller,
+            caller_ctx,
+            callee,
+            callee_ctx,
+            legs={on_behalf: "outbound"},
+            ringing={on_behalf},
+            request=_Request(outlet),
+        )
+        self._calls[call_id] = call
+        self._ext_calls.setdefault(on_behalf, set()).add(call_id)
+        start = {
+            "uuid": call_id,
+            "caller": caller,
+            "caller_context": caller_ctx,
+            "callee": callee,
+            "callee_context": callee_ctx,
+            "extension": on_behalf,
+            "direction": "outbound",
+            "state": "start",
+            "updated": rfc3339_now(),
+        }
+        self._tell(call, "start")
+        self._progress(call, "caller-dial")
+        self._progress(call, "caller-ring")
+        loop = asyncio.get_running_loop()
+        assert call.request is not None
+        timers = call.request.timers
+        timers.append(loop.call_later(timeout, self._give_up, call_id))
+        if self.answer_delay is not None:
+            timers.append(loop.call_later(self.answer_delay, self._caller_answers, call_id))
+        return start
+
+    def cancel(self, uuid: str) -> None:
+        """``DELETE /extensions/phone/calls/{uuid}``: end a click-to-dial call
+        still being established (``end`` with ``error: cancel``, then
+        ``hangup``). ``KeyError`` when no such request is in progress."""
+        call = self._calls.get(uuid)
+        if call is None or call.request is None:
+            raise KeyError(f"no call {uuid!r} is being established")
+        self.hangup(uuid)
+
+    def answer_caller(self, uuid: str) -> None:
+        """The caller picks up a click-to-dial call whose device rings (what
+        ``answer_delay`` does by itself). ``ValueError`` if it does not ring."""
+        call = self._call(uuid)
+        if not call.ringing:
+            raise ValueError(f"call {uuid} does not ring its caller")
+        self._caller_answers(uuid)
+
+    def _caller_answers(self, uuid: str) -> None:
+        call = self._calls.get(uuid)
+        if call is None or not call.ringing:
+            return
+        call.ringing.clear()
+        if call.request is not None:
+            call.request.cancel_timers()
+        self._progress(call, "caller-answer")
+        (own,) = call.legs
+        internal = call.callee_context == self.customer and call.callee in self._exts
+        if internal and (call.callee == own or self._ext_calls.get(call.callee)):
+            self._end_request(call, "busy")
+            self.hangup(uuid)
+            return
+        self._progress(call, "dial")
+        if internal:
+            call.legs[call.callee] = "inbound"
+            self._ext_calls.setdefault(call.callee, set()).add(uuid)
+        self._progress(call, "ring")
+
+    def _give_up(self, uuid: str) -> None:
+        call = self._calls.get(uuid)
+        if call is not None and call.ringing:
+            self._end_request(call, "timeout")
+            self.hangup(uuid)
+
+    def _tell(self, call: _Call, state: str, error: str | None = None) -> None:
+        """An event on the originating request's own stream: uuid and state."""
+        request = call.request
+        if request is None or request.outlet is None:
+            return
+        event = {"uuid": call.uuid, "state": state, "updated": rfc3339_now()}
+        if error is not None:
+            event["error"] = error
+        request.outlet.push(b"data: " + _dumps(event) + b"\n\n")
+
+    def _end_request(self, call: _Call, error: str | None) -> None:
+        """The request is done (``end``, with ``error`` on failure)."""
+        request = call.request
+        if request is None:
+            return
+        self._tell(call, "end", error)
+        request.cancel_timers()
+        if request.outlet is not None:
+            request.outlet.close()
+        call.request = None
 
     # --- scripting: faults -----------------------------------------------------------------
 
@@ -727,6 +911,8 @@ class NfonSim:
                 if line != ext.line:
                     ext.line = line
                     self._emit_state(ext)
+            if number == next(iter(call.legs)):
+                self._tell(call, state)
             event = {
                 "uuid": call.uuid,
                 "state": state,
@@ -745,7 +931,9 @@ class NfonSim:
         ringing = False
         for call_id in self._ext_calls.get(number, ()):
             call = self._calls[call_id]
-            if call.answered or call.legs[number] == "outbound":
+            if number in call.ringing:
+                ringing = True
+            elif call.answered or call.legs[number] == "outbound":
                 return "in-use"
             ringing = True
         return "ringing" if ringing else "idle"

@@ -6,6 +6,10 @@ before the first request and no test races a server that is still starting.
 ``ssl_certfile``/``ssl_keyfile`` (passed through to uvicorn) serve HTTPS, and
 ``Running.origin`` then says ``https``.
 
+A socket that cannot be bound raises ``CannotListen`` (an ``OSError``) whose
+message tells an admin what to do; the ``sim`` commands show it as a usage
+error.
+
 ``LoopProxy`` drives an object that lives on a server's loop from any thread.
 """
 
@@ -13,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import inspect
+import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future
@@ -25,10 +31,40 @@ import uvicorn
 
 from presence_sync.ops.http import bind
 
-__all__ = ["LoopProxy", "Running", "bind", "serve", "serve_in_thread"]
+__all__ = ["CannotListen", "LoopProxy", "Running", "bind", "listen", "serve", "serve_in_thread"]
 
 T = TypeVar("T")
 S = TypeVar("S")
+
+
+class CannotListen(OSError):
+    """A simulator's address cannot be listened on; the message says why in
+    an admin's words (port taken, not an address of this machine, ...)."""
+
+
+def _why(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} is in use (another program listens there): choose another "
+            "with --port, or --port 0 for any free port"
+        )
+    if exc.errno == errno.EACCES:
+        return f"port {port} needs administrator rights: choose one above 1023 with --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}: not an address of this machine"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {host!r}: unknown host name"
+    return f"cannot listen on {host} port {port}: {exc.strerror or exc}"
+
+
+def listen(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """``bind``, raising ``CannotListen`` with a readable reason."""
+    try:
+        return bind(host, port)
+    except OverflowError:
+        raise CannotListen(f"not a port number: {port}") from None
+    except OSError as exc:
+        raise CannotListen(exc.errno, _why(host, port, exc)) from exc
 
 
 def _config(app: Any, **kwargs: Any) -> uvicorn.Config:
@@ -96,7 +132,7 @@ async def serve(
     app: Any, host: str = "127.0.0.1", port: int = 0, **kwargs: Any
 ) -> AsyncIterator[Running]:
     """Serve ``app`` on this loop for the duration of the ``async with``."""
-    sock = bind(host, port)
+    sock = listen(host, port)
     server = uvicorn.Server(_config(app, **kwargs))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
@@ -127,7 +163,7 @@ def serve_in_thread(
     ``on_start`` runs on that loop before the first request (simulators start
     their background tasks there).
     """
-    sock = bind(host, port)
+    sock = listen(host, port)
     server = uvicorn.Server(_config(app, **kwargs))
     ready: Future[asyncio.AbstractEventLoop] = Future()
 

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from presence_sync.sim.control import json_route
+from presence_sync.sim.control import index_route, json_route
 from presence_sync.sim.slack import SlackSim
 from presence_sync.sim.slack_api import Incoming
 
@@ -105,7 +105,9 @@ def build_app(sim: SlackSim) -> Starlette:
         answer = sim.handle(method, incoming)
         return _json(answer.body, answer.status, answer.headers)
 
-    return Starlette(routes=[Route("/api/{method}", api, methods=["GET", "POST"]), *_control(sim)])
+    routes = [Route("/api/{method}", api, methods=["GET", "POST"]), *_control(sim)]
+    routes.append(index_route("Slack Web API", routes))
+    return Starlette(routes=routes)
 
 
 def _need(body: Mapping[str, Any], key: str) -> Any:
@@ -147,30 +149,39 @@ def _control(sim: SlackSim) -> list[Route]:
                       retry_after=int(retry) if retry is not None else None)  # fmt: skip
 
     return [
-        json_route("/_sim/people", lambda b, p: [x.as_dict() for x in sim.people()], "GET"),
-        json_route("/_sim/requests", lambda b, p: [e.as_dict() for e in sim.requests()], "GET"),
-        json_route("/_sim/users", add_user, "POST"),
-        json_route(
-            "/_sim/users/{user}/deactivate", lambda b, p: sim.deactivate_user(p["user"]), "POST"
-        ),
-        json_route("/_sim/users/{user}/status", status, "POST"),
-        json_route("/_sim/users/{user}/snooze", snooze, "POST"),
-        json_route("/_sim/users/{user}/snooze", lambda b, p: sim.end_snooze(p["user"]), "DELETE"),
-        json_route("/_sim/tokens", add_token, "POST"),
-        json_route(
-            "/_sim/tokens/{token}/revoke", lambda b, p: sim.revoke_token(p["token"]), "POST"
-        ),
-        json_route(
-            "/_sim/tokens/{token}/expire", lambda b, p: sim.expire_token(p["token"]), "POST"
-        ),
-        json_route("/_sim/fail", fail, "POST"),
+        json_route("/_sim/people", lambda b, p: [x.as_dict() for x in sim.people()], "GET",
+                   "every person with their status and snooze"),
+        json_route("/_sim/requests", lambda b, p: [e.as_dict() for e in sim.requests()], "GET",
+                   "every Web API call so far: method, token, person, status, error"),
+        json_route("/_sim/users", add_user, "POST",
+                   "add a person {name, email, role?: regular|admin|owner|primary_owner, id?}"),
+        json_route("/_sim/users/{user}/deactivate", lambda b, p: sim.deactivate_user(p["user"]),
+                   "POST", "deactivate a person"),
+        json_route("/_sim/users/{user}/status", status, "POST",
+                   "the person sets their own status {text?, emoji?, expiration?}"),
+        json_route("/_sim/users/{user}/snooze", snooze, "POST",
+                   "the person pauses notifications {minutes}"),
+        json_route("/_sim/users/{user}/snooze", lambda b, p: sim.end_snooze(p["user"]),
+                   "DELETE", "the person ends their pause"),
+        json_route("/_sim/tokens", add_token, "POST",
+                   "issue a token {user, scopes?, id?} or a bot token {bot: true, scopes?}"),
+        json_route("/_sim/tokens/{token}/revoke", lambda b, p: sim.revoke_token(p["token"]),
+                   "POST", "revoke a token (token_revoked)"),
+        json_route("/_sim/tokens/{token}/expire", lambda b, p: sim.expire_token(p["token"]),
+                   "POST", "expire a token (token_expired)"),
+        json_route("/_sim/fail", fail, "POST",
+                   "answer the next calls of a method with an error {method, error, count?, "
+                   "status?, retry_after?}"),
         json_route(
             "/_sim/hang",
             lambda b, p: sim.hang_next(
                 str(_need(b, "method")), float(_need(b, "seconds")), count=int(b.get("count", 1))
             ),
             "POST",
+            "hold the answer to the next calls of a method {method, seconds, count?}",
         ),
-        json_route("/_sim/advance", lambda b, p: sim.advance(float(_need(b, "seconds"))), "POST"),
-        json_route("/_sim/budgets/reset", lambda b, p: sim.reset_budgets(), "POST"),
-    ]
+        json_route("/_sim/advance", lambda b, p: sim.advance(float(_need(b, "seconds"))), "POST",
+                   "move the simulator's clock forward {seconds}"),
+        json_route("/_sim/budgets/reset", lambda b, p: sim.reset_budgets(), "POST",
+                   "forget every rate limit budget used so far"),
+    ]  # fmt: skip

@@ -11,10 +11,11 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
+from presence_sync.sim import options
 from presence_sync.sim import serve as _serving
 from presence_sync.sim.slack import IssuedToken, SlackSim
 from presence_sync.sim.slack_http import build_app
@@ -72,27 +73,12 @@ def populate(sim: SlackSim, people: int) -> tuple[IssuedToken, list[IssuedToken]
     return sim.add_token(admin, token_id="admin"), tokens  # noqa: S106 - an id
 
 
-def _whole(low: int, high: int, what: str) -> Callable[[str], int]:
-    """An argparse type: a whole number from ``low`` to ``high``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}")
-        return value
-
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``presence-sync sim slack``."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=_whole(0, 65535, "a port number"), default=8090,
+    parser.add_argument("--port", type=options.port, default=8090,
                         help="port (0 = any free port)")  # fmt: skip
-    parser.add_argument("--people", type=_whole(0, 10_000, "a whole number"), default=5,
+    parser.add_argument("--people", type=options.whole(0, 10_000), default=5,
                         metavar="N", help="colleagues to create, each with a token")  # fmt: skip
     parser.add_argument("--free-plan", action="store_true",
                         help="a free workspace: no setting other people's profiles")  # fmt: skip

@@ -8,6 +8,9 @@ sees, and can be told to fail or stall the next requests.
 
 Serve ``receiver.app`` with ``presence_sync.sim.serve.serve`` (same event loop) or
 ``serve_in_thread``; every public method is safe to call from any thread.
+The same scripting and reading works over HTTP under ``/_sim/`` (``GET
+/_sim/`` lists the calls), for ``presence-sync sim webhook``
+(``webhook_cli``) and anyone driving a receiver from another process.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -31,6 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from presence_sync.ops.logging import kv
+from presence_sync.sim.control import index_route, json_route
 
 __all__ = ["Delivery", "WebhookReceiver", "verify_signature"]
 
@@ -83,6 +88,29 @@ class Delivery:
     def accepted(self) -> bool:
         return 200 <= self.answered < 300
 
+    @property
+    def signature(self) -> str:
+        """``valid``, ``invalid`` or ``none`` (the receiver checks none)."""
+        return {None: "none", True: "valid", False: "invalid"}[self.signature_valid]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The delivery as JSON for the control API (the raw bytes left out)."""
+        return {
+            "received_at": datetime.fromtimestamp(self.received_at).astimezone().isoformat(),
+            "id": self.headers.get("x-presence-sync-delivery"),
+            "signature": self.signature,
+            "answered": self.answered,
+            "reason": self.reason,
+            "body": self.body,
+        }
+
+
+def _whole(body: Mapping[str, Any], key: str, default: int | None) -> int:
+    value = body.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{key!r} must be a whole number")
+    return value
+
 
 @dataclass(frozen=True, slots=True)
 class _Fault:
@@ -96,6 +124,8 @@ class WebhookReceiver:
     ``secret`` makes it verify signatures; ``tolerance`` is how far (seconds)
     a delivery's timestamp may be from ``now()`` (``None``: no replay check).
     Pass the target's clock as ``now`` when it is a ``ManualClock``.
+    ``on_delivery`` is called with each delivery once it is recorded (on the
+    server's loop: keep it short).
     """
 
     def __init__(
@@ -105,8 +135,10 @@ class WebhookReceiver:
         path: str = "/hook",
         tolerance: float | None = 300.0,
         now: Callable[[], float] = time.time,
+        on_delivery: Callable[[Delivery], None] | None = None,
     ) -> None:
         self.path = path
+        self._on_delivery = on_delivery
         self._secret = secret.encode() if secret is not None else None
         self._tolerance = tolerance
         self._now = now
@@ -114,7 +146,33 @@ class WebhookReceiver:
         self._deliveries: list[Delivery] = []
         self._faults: deque[_Fault] = deque()
         self._delays: deque[float] = deque()
-        self.app = Starlette(routes=[Route(path, self._receive, methods=["POST"])])
+        routes = [Route(path, self._receive, methods=["POST"]), *self._control()]
+        routes.append(index_route("webhook receiver", routes))
+        self.app = Starlette(routes=routes)
+
+    def _control(self) -> list[Route]:
+        def fail(body: dict[str, Any], _: Mapping[str, str]) -> None:
+            retry = body.get("retry_after")
+            if retry is not None and not isinstance(retry, int | float | str):
+                raise ValueError("'retry_after' must be seconds or an HTTP date")
+            self.fail_next(_whole(body, "status", None), _whole(body, "count", 1), retry)
+
+        def delay(body: dict[str, Any], _: Mapping[str, str]) -> None:
+            seconds = body.get("seconds")
+            if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+                raise ValueError("'seconds' must be a number from 0 up")
+            self.delay_next(float(seconds), _whole(body, "count", 1))
+
+        return [
+            json_route("/_sim/deliveries", lambda b, p: [d.as_dict() for d in self.deliveries],
+                       "GET", "every request so far: when, signature, answer, document"),
+            json_route("/_sim/deliveries", lambda b, p: self.clear(), "DELETE",
+                       "forget the deliveries and any pending failure or delay"),
+            json_route("/_sim/fail", fail, "POST",
+                       "answer the next requests with an error {status, count?, retry_after?}"),
+            json_route("/_sim/delay", delay, "POST",
+                       "hold the answer to the next requests {seconds, count?}"),
+        ]  # fmt: skip
 
     # --- scripting, from any thread ----------------------------------------------
 
@@ -224,12 +282,14 @@ class WebhookReceiver:
         delivery = Delivery(body, raw, MappingProxyType(headers), valid, status, reason)
         with self._lock:
             self._deliveries.append(delivery)
+        if self._on_delivery is not None:
+            self._on_delivery(delivery)
         log.info(
             "webhook delivery received",
             extra=kv(
                 delivery=headers.get("x-presence-sync-delivery", "-"),
                 answered=status,
-                signature={None: "none", True: "valid", False: "invalid"}[valid],
+                signature=delivery.signature,
             ),
         )
         if delay > 0:

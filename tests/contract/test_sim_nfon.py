@@ -686,3 +686,200 @@ async def test_serve_runs_on_the_current_loop() -> None:
             headers={"Authorization": f"Bearer {tokens['access-token']}", **JSON},
         )
     assert [s["line"] for s in snapshot.json()] == ["idle", "offline"]
+
+
+# --- click-to-dial: POST and DELETE /extensions/phone/calls ------------------------------
+
+CLICK_TO_DIAL = {
+    "caller": "100",
+    "caller_context": "K1234",
+    "callee": "49123456789",
+    "callee_context": "global",
+    "extension": "100",
+}
+
+
+def _place(
+    env: Env, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    return env.client.post(
+        "/extensions/phone/calls",
+        json=body or CLICK_TO_DIAL,
+        headers={**env.auth, **(headers or {})},
+    )
+
+
+@pytest.mark.parametrize("accept", [None, "application/json"])
+def test_click_to_dial_answers_202_with_the_start_event(served: Serve, accept: str | None) -> None:
+    env = served(answer_delay=None)
+    response = _place(env, headers={"Accept": accept} if accept else None)
+    assert response.status_code == 202
+    assert "X-Request-Id" in response.headers
+    start = response.json()
+    assert start | {"uuid": "", "updated": ""} == {
+        **CLICK_TO_DIAL,
+        "uuid": "",
+        "direction": "outbound",
+        "state": "start",
+        "updated": "",
+    }
+    assert UUID.match(start["uuid"])
+    assert RFC3339_NANO.match(start["updated"])
+
+
+def test_click_to_dial_rings_the_caller_then_goes_in_use_and_cancel_hangs_up(
+    served: Serve,
+) -> None:
+    env = served(answer_delay=None)
+    sim = env.handle.sim
+    with env.stream("states") as states, env.stream("calls") as calls:
+        states.events(3)
+        call_id = _place(env).json()["uuid"]
+        assert [(s["extension"], s["line"]) for s in states.events(1)] == [("100", "ringing")]
+        assert [e["state"] for e in calls.events(2)] == ["caller-dial", "caller-ring"]
+        sim.answer_caller(call_id)
+        assert [(s["extension"], s["line"]) for s in states.events(1)] == [("100", "in-use")]
+        progress = calls.events(3)
+        assert [e["state"] for e in progress] == ["caller-answer", "dial", "ring"]
+        assert {(e["uuid"], e["extension"], e["direction"]) for e in progress} == {
+            (call_id, "100", "outbound")
+        }
+        cancelled = env.client.delete(f"/extensions/phone/calls/{call_id}", headers=env.auth)
+        assert cancelled.status_code == 204
+        assert "X-Request-Id" in cancelled.headers
+        assert [(s["extension"], s["line"]) for s in states.events(1)] == [("100", "idle")]
+        assert [e["state"] for e in calls.events(1)] == ["hangup"]
+    assert sim.active_calls() == []
+
+
+def test_the_simulated_device_answers_by_itself_after_the_delay(served: Serve) -> None:
+    env = served(answer_delay=0.05)
+    with env.stream("states") as states:
+        states.events(3)
+        _place(env)
+        assert [s["line"] for s in states.events(2)] == ["ringing", "in-use"]
+
+
+def test_click_to_dial_streams_start_to_end_for_text_event_stream(served: Serve) -> None:
+    env = served(answer_delay=0.0)
+    sim = env.handle.sim
+    with env.client.stream(
+        "POST", "/extensions/phone/calls", json=CLICK_TO_DIAL, headers={**env.auth, **SSE}
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        stream = Stream(response)
+        events = stream.events(6)
+        assert [e["state"] for e in events] == [
+            "start", "caller-dial", "caller-ring", "caller-answer", "dial", "ring",
+        ]  # fmt: skip
+        assert {e["uuid"] for e in events} == {events[0]["uuid"]}
+        assert set(events[1]) == {"uuid", "state", "updated"}
+        sim.cancel(events[0]["uuid"])
+        end = stream.event()
+        assert (end["state"], end["error"]) == ("end", "cancel")
+        assert stream.frame() is None
+
+
+def test_unanswered_click_to_dial_ends_with_timeout_after_its_timeout(served: Serve) -> None:
+    env = served(answer_delay=None)
+    sim = env.handle.sim
+    with env.client.stream(
+        "POST",
+        "/extensions/phone/calls",
+        json={**CLICK_TO_DIAL, "timeout": 1},
+        headers={**env.auth, **SSE},
+    ) as response:
+        stream = Stream(response)
+        assert [e["state"] for e in stream.events(3)] == ["start", "caller-dial", "caller-ring"]
+        end = stream.event()
+    assert (end["state"], end["error"]) == ("end", "timeout")
+    assert sim.state_of("100")["line"] == "idle"
+
+
+def test_callee_answering_ends_the_request_and_the_call_cannot_be_cancelled(
+    served: Serve,
+) -> None:
+    env = served(answer_delay=0.0)
+    sim = env.handle.sim
+    with env.stream("states") as states:
+        states.events(3)
+        call_id = _place(env, {**CLICK_TO_DIAL, "callee": "101", "callee_context": "K1234"}).json()[
+            "uuid"
+        ]
+        seen = {(s["extension"], s["line"]) for s in states.events(3)}
+        assert seen == {("100", "ringing"), ("100", "in-use"), ("101", "ringing")}
+        sim.answer(call_id)
+        assert [(s["extension"], s["line"]) for s in states.events(1)] == [("101", "in-use")]
+    gone = env.client.delete(f"/extensions/phone/calls/{call_id}", headers=env.auth)
+    assert gone.status_code == 404
+    assert set(gone.json()) == {"error"}
+    sim.hangup(call_id)
+    assert {sim.state_of(ext)["line"] for ext in ("100", "101")} == {"idle"}
+
+
+def test_calling_your_own_extension_is_busy(served: Serve) -> None:
+    env = served(answer_delay=0.0)
+    with env.client.stream(
+        "POST",
+        "/extensions/phone/calls",
+        json={**CLICK_TO_DIAL, "callee": "100", "callee_context": "K1234"},
+        headers={**env.auth, **SSE},
+    ) as response:
+        events = Stream(response).events(5)
+    assert [e["state"] for e in events] == [
+        "start", "caller-dial", "caller-ring", "caller-answer", "end",
+    ]  # fmt: skip
+    assert events[-1]["error"] == "busy"
+    assert env.handle.sim.state_of("100")["line"] == "idle"
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"callee": "49123456789"}, 400),
+        ({**CLICK_TO_DIAL, "callee": "+49123456789"}, 400),
+        ({**CLICK_TO_DIAL, "callee": "0049123456789"}, 400),
+        ({**CLICK_TO_DIAL, "timeout": 121}, 400),
+        ({**CLICK_TO_DIAL, "caller_context": "K9999"}, 400),
+        ({**CLICK_TO_DIAL, "callee_context": "conference"}, 400),
+        ({**CLICK_TO_DIAL, "caller": "999", "extension": "999"}, 404),
+    ],
+)
+def test_click_to_dial_refuses_bad_requests_in_the_spec_error_shape(
+    served: Serve, body: dict[str, Any], status: int
+) -> None:
+    env = served()
+    response = _place(env, body)
+    assert response.status_code == status
+    assert set(response.json()) == {"error"}
+    assert "X-Request-Id" in response.headers
+    assert env.handle.sim.active_calls() == []
+
+
+def test_cancel_checks_the_uuid_pattern_and_that_the_call_exists(served: Serve) -> None:
+    env = served()
+    bad = env.client.delete("/extensions/phone/calls/not-a-uuid", headers=env.auth)
+    assert bad.status_code == 400
+    assert set(bad.json()) == {"error"}
+    unknown = env.client.delete(
+        "/extensions/phone/calls/715a1333-0174-40ea-8b38-67e289069476", headers=env.auth
+    )
+    assert unknown.status_code == 404
+    unauthenticated = env.client.delete(
+        "/extensions/phone/calls/715a1333-0174-40ea-8b38-67e289069476"
+    )
+    assert unauthenticated.status_code == 401
+    assert _place(env, headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_answer_delay_is_a_control_call(served: Serve) -> None:
+    env = served(answer_delay=None)
+    control = httpx.post(env.handle.origin + "/_sim/answer-delay", json={"seconds": 0})
+    assert control.status_code == 200
+    with env.stream("states") as states:
+        states.events(3)
+        _place(env)
+        assert [s["line"] for s in states.events(2)] == ["ringing", "in-use"]
+    refused = httpx.post(env.handle.origin + "/_sim/answer-delay", json={"seconds": "soon"})
+    assert refused.status_code == 400
