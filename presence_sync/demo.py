@@ -328,9 +328,10 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             watcher.stop()
             if stopper is not None:
                 stopper.cancel()
+        count = len(receiver.deliveries)
         print(
-            f"\ndemo finished: the webhook receiver got {len(receiver.deliveries)} "
-            "signed documents.",
+            f"\ndemo finished: the webhook receiver got {count} signed "
+            f"document{'' if count == 1 else 's'}.",
             file=out,
             flush=True,
         )
