@@ -8,6 +8,11 @@ does not clear everyone's "On a call" before NFON has said who is on a call.
 People known only from the store's rows (*departed*: not, or not yet known to
 be, configured) want nothing from us once ``set_people`` has said who is
 configured.
+
+A person an admin paused (``hold``) wants nothing from us at the held
+targets, whatever their line shows and whether it is known yet: they get
+their own status back and are then left alone. The rules' answer is still
+kept, so a ``release`` knows at once what to show again.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class Book:
         self._views: dict[str, LineView] = {}
         self._complete = False
         self._desired: dict[str, Mapping[str, Status | None]] = {}
+        self._holds: dict[str, frozenset[str] | None] = {}
 
     @property
     def people(self) -> Mapping[str, Person]:
@@ -84,7 +90,16 @@ class Book:
         person = self._people.get(key)
         return None if person is None else self._views.get(person.extension)
 
+    def held(self, key: str, target: str) -> bool:
+        """Whether an admin paused ``target`` (or every target) for ``key``."""
+        if key not in self._holds:
+            return False
+        targets = self._holds[key]
+        return targets is None or target in targets
+
     def desired_for(self, key: str, target: str) -> Desired:
+        if self._holds and self.held(key, target):
+            return None
         desired = self._desired.get(key)
         if desired is not None:
             return desired.get(target)
@@ -93,6 +108,18 @@ class Book:
         return None
 
     # --- changes ------------------------------------------------------------------------
+
+    def hold(self, key: str, targets: frozenset[str] | None) -> None:
+        """Leave ``targets`` (``None``: every target) of ``key`` alone: they
+        want nothing from us until ``release``. Replaces an earlier hold."""
+        self._holds[key] = targets
+
+    def release(self, key: str) -> bool:
+        """End the hold of ``key``; False when there was none."""
+        if key not in self._holds:
+            return False
+        del self._holds[key]
+        return True
 
     def set_rules(self, rules: Decider, now: datetime) -> list[str]:
         self._rules = rules
