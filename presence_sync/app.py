@@ -2,8 +2,8 @@
 
 - ``load`` reads and validates a configuration file into a ``Loaded``;
 - ``wire`` builds a ``Runtime`` from it: store, directory, rules, targets,
-  engine, line book, NFON client, the NFON → engine ``Feed`` and the
-  schedules, whole when it returns;
+  engine, the admin's pauses, line book, NFON client, the NFON → engine
+  ``Feed`` and the schedules, whole when it returns;
 - ``Daemon`` is ``presence-sync run``: it loads and wires, then runs the
   lifecycle: the engine, both NFON streams, the schedules and the HTTP
   listener under one ``asyncio.TaskGroup``, signals, the systemd notify
@@ -51,6 +51,8 @@ from presence_sync.ops import logging as ops_logging
 from presence_sync.ops import systemd
 from presence_sync.ops.http import Listener, build_app
 from presence_sync.ops.logging import kv
+from presence_sync.ops.pause_api import pause_routes
+from presence_sync.pauses import Pauses
 from presence_sync.readiness import STREAM_GRACE, Readiness, readiness
 from presence_sync.rules import RuleSet, compile_rules
 from presence_sync.schedule import Job, Schedules, guarded
@@ -134,6 +136,7 @@ class Runtime:
     targets: Mapping[str, Target]
     specs: Mapping[str, TargetSpec]
     engine: Engine
+    pauses: Pauses
     lines: Lines
     nfon: NfonClient
     feed: Feed
@@ -163,6 +166,7 @@ async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtim
         loaded.rules.names = directory.name_for_number
         engine = Engine(targets=targets, store=store, rules=loaded.rules, clock=clock)
         engine.set_people(directory.people())
+        pauses = Pauses(store, engine, directory.people, clock)
         lines = Lines(clock)
         nfon = NfonClient.from_settings(settings, clock=clock)
     except BaseException:
@@ -178,6 +182,7 @@ async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtim
         targets=targets,
         specs=dict(settings.targets),
         engine=engine,
+        pauses=pauses,
         lines=lines,
         nfon=nfon,
         feed=feed,
@@ -378,6 +383,7 @@ class Daemon:
                 helpers = [
                     group.create_task(self._watchdog(engine_task), name="watchdog"),
                     group.create_task(self._reloader(group), name="reload"),
+                    group.create_task(runtime.pauses.run(), name="pauses"),
                 ]
                 if await self._startup():
                     if not self.runtime.schedules.running:
@@ -420,7 +426,10 @@ class Daemon:
         if not settings.http.listen:
             return None
         try:
-            listener = Listener(build_app(self._health, self._ready), settings.http.listen)
+            routes = pause_routes(self.runtime.pauses)
+            listener = Listener(
+                build_app(self._health, self._ready, routes=routes), settings.http.listen
+            )
         except OSError as exc:
             raise PresenceSyncError(f"cannot listen on {settings.http.listen}: {exc}") from exc
         self.listen_address = listener.address

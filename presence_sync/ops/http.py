@@ -10,7 +10,9 @@
   reason (``{"ok": false, "status": "Degraded: NFON login refused since
   10:42:05", "components": {"nfon_stream": {...}, "nfon_login": {...},
   "target:slack_status": {...}}}``); ``status`` is the line systemd shows;
-- ``/metrics``: Prometheus text format.
+- ``/metrics``: Prometheus text format;
+- the routes the daemon adds (``build_app(routes=...)``): the pause API
+  (``presence_sync.ops.pause_api``).
 
 Nothing here shows a secret; the bodies carry counts and states only.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 import uvicorn
@@ -27,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from presence_sync.net import parse_listen
 
@@ -51,8 +53,9 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def build_app(health: Probe, ready: Probe) -> Starlette:
-    """The listener's routes around two probes that report (ok, details)."""
+def build_app(health: Probe, ready: Probe, *, routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """The listener's routes around two probes that report (ok, details),
+    and ``routes`` beside them."""
 
     def probe_response(probe: Probe) -> Response:
         ok, details = probe()
@@ -76,6 +79,7 @@ def build_app(health: Probe, ready: Probe) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
+            *routes,
         ]
     )
 
