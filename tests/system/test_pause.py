@@ -31,7 +31,9 @@ from presence_sync.sim.slack_serve import SlackHandle, serve_in_thread
 RULES = (
     "rules:\n"
     "  - when: {line: in-use}\n"
-    '    set: {webhook: {availability: Busy, activity: InACall}, slack_status: {text: "On a call", emoji: ":telephone_receiver:"}}\n'
+    "    set:\n"
+    "      webhook: {availability: Busy, activity: InACall}\n"
+    '      slack_status: {text: "On a call", emoji: ":telephone_receiver:"}\n'
 )
 ON_A_CALL = "On a call"
 THEIRS = Status("Working from Lisbon", ":palm_tree:", 0)
@@ -153,7 +155,9 @@ def test_paused_mid_call_gets_their_status_back_is_left_alone_and_synced_after_r
 
     said = resume(setup, daemon, "100")
 
-    assert said == "Resumed anna@example.com (Anna Schmidt): presence-sync shows their line again.\n"
+    assert (
+        said == "Resumed anna@example.com (Anna Schmidt): presence-sync shows their line again.\n"
+    )
     setup.slack_shows(setup.anna, ON_A_CALL)
     setup.hook.wait_status("anna@example.com", "InACall", after=docs)
     assert daemon.count(r"resumed: syncing again.*person=anna@example.com") == 1
