@@ -211,9 +211,17 @@ class Pauses:
 
     def resume(self, who: str) -> tuple[Person, PauseRow | None]:
         """End the pause of ``who`` now; the pause that ended, or ``None``
-        when they were not paused (nothing changes then). Raises
-        ``UnknownPerson``; ``StoreError`` when the store cannot forget it."""
-        person = self.find(who)
+        when they were not paused (nothing changes then). Someone paused and
+        since removed from the configuration is found by their e-mail
+        address. Raises ``UnknownPerson``; ``StoreError`` when the store
+        cannot forget it."""
+        try:
+            person = self.find(who)
+        except UnknownPerson:
+            key = who.strip().lower()
+            if key not in self._rows:
+                raise
+            person = Person(key=key, email=key, extension="")
         row = self._rows.get(person.key)
         if row is None:
             return person, None

@@ -50,7 +50,8 @@ class World:
         )
         self.engine.set_people(PEOPLE)
         self.engine.resync([idle(p.extension) for p in PEOPLE])
-        self.pauses = Pauses(store, self.engine, lambda: PEOPLE, clock)
+        self.people = list(PEOPLE)
+        self.pauses = Pauses(store, self.engine, lambda: self.people, clock)
 
     def shows(self, key: str) -> dict[str, object]:
         return {name: r.shows.get(key) for name, r in self.remotes.items()}
@@ -223,6 +224,22 @@ async def test_pauses_are_kept_across_a_restart_and_ended_ones_dropped(
         await task
     finally:
         store.close()
+
+
+async def test_someone_removed_from_the_configuration_can_still_be_resumed(
+    world: World,
+) -> None:
+    world.pauses.pause(BOB.email)
+    world.people = [ANNA]
+    world.engine.set_people(world.people)
+
+    person, row = world.pauses.resume(BOB.email)
+
+    assert person.key == BOB.key
+    assert row is not None
+    assert world.store.load_pauses() == []
+    with pytest.raises(UnknownPerson):
+        world.pauses.resume(BOB.email)
 
 
 def test_a_person_is_found_by_e_mail_in_any_case_or_by_extension() -> None:
