@@ -45,13 +45,15 @@ from presence_sync.engine import Engine, check_target
 from presence_sync.errors import ConfigError, PresenceSyncError
 from presence_sync.feed import Feed
 from presence_sync.lines import Lines
-from presence_sync.net import user_agent
+from presence_sync.model import Person
+from presence_sync.net import parse_listen, user_agent
 from presence_sync.nfon import NfonClient
 from presence_sync.ops import logging as ops_logging
 from presence_sync.ops import systemd
-from presence_sync.ops.http import Listener, build_app
+from presence_sync.ops.http import Listener, build_app, is_loopback
 from presence_sync.ops.logging import kv
-from presence_sync.ops.pause_api import pause_routes
+from presence_sync.ops.pause_api import minimal_person, pause_routes
+from presence_sync.ops.status import Parts, PauseView, StatusBuilder
 from presence_sync.pauses import Pauses
 from presence_sync.readiness import STREAM_GRACE, Readiness, readiness
 from presence_sync.rules import RuleSet, compile_rules
@@ -166,7 +168,7 @@ async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtim
         loaded.rules.names = directory.name_for_number
         engine = Engine(targets=targets, store=store, rules=loaded.rules, clock=clock)
         engine.set_people(directory.people())
-        pauses = Pauses(store, engine, directory.people, clock)
+        pauses = Pauses(store, engine, engine.people, clock)
         lines = Lines(clock)
         nfon = NfonClient.from_settings(settings, clock=clock)
     except BaseException:
@@ -316,6 +318,7 @@ class Daemon:
         self._reload_requested = asyncio.Event()
         self._runtime: Runtime | None = None
         self._stream_tasks: list[asyncio.Task[None]] = []
+        self._resync_task: asyncio.Task[None] | None = None
         self.listen_address: tuple[Any, ...] | None = None
 
     @property
@@ -332,6 +335,16 @@ class Daemon:
     def request_reload(self) -> None:
         """Ask for a configuration reload (what SIGHUP does)."""
         self._reload_requested.set()
+
+    def request_resync(self) -> None:
+        """Run a full resync from NFON's snapshot now (``POST /api/resync``),
+        in the background; a request while one runs joins that one."""
+        if self._resync_task is not None and not self._resync_task.done():
+            return
+        log.info("full resync asked for through the API")
+        self._resync_task = asyncio.get_running_loop().create_task(
+            self.runtime.schedules.run_now("resync"), name="resync-now"
+        )
 
     # --- running -------------------------------------------------------------------
 
@@ -398,6 +411,8 @@ class Daemon:
                 self.runtime.schedules.shutdown()
                 for task in self._stream_tasks:
                     task.cancel()
+                if self._resync_task is not None:
+                    self._resync_task.cancel()
                 drained = await self.runtime.engine.drain(STOP_TIMEOUT)
                 if not drained:
                     log.warning(
@@ -423,19 +438,45 @@ class Daemon:
                 loop.remove_signal_handler(sig)
 
     def _listener(self, settings: Settings) -> Listener | None:
-        if not settings.http.listen:
+        http = settings.http
+        if not http.listen:
             return None
-        try:
-            routes = pause_routes(self.runtime.pauses)
-            listener = Listener(
-                build_app(self._health, self._ready, routes=routes), settings.http.listen
+        loopback = is_loopback(parse_listen(http.listen)[0])
+        token = None if http.token is None else http.token.get_secret_value()
+        if not loopback and token is None:
+            log.warning(
+                "http.listen is not a loopback address and no http.token is set: "
+                "the API refuses every change (resync, pause); set http.token_file",
+                extra=kv(listen=http.listen),
             )
+        status = StatusBuilder(self._status_parts)
+        pauses = self.runtime.pauses
+        minimal = minimal_person(pauses)
+
+        def person_doc(person: Person) -> Mapping[str, Any]:
+            # Someone paused and since removed has no status document.
+            return status.person(person.key) or minimal(person)
+
+        app = build_app(
+            self._health,
+            self._ready,
+            status=status,
+            resync=self.request_resync,
+            routes=pause_routes(pauses, person_doc),
+            token=token,
+            loopback=loopback,
+        )
+        try:
+            listener = Listener(app, http.listen)
         except OSError as exc:
-            raise PresenceSyncError(f"cannot listen on {settings.http.listen}: {exc}") from exc
+            raise PresenceSyncError(f"cannot listen on {http.listen}: {exc}") from exc
         self.listen_address = listener.address
         host, port = listener.address[:2]
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        log.info("listening for /healthz /readyz /metrics", extra=kv(address=shown))
+        log.info(
+            "listening for /healthz /readyz /metrics, the status page / and /api",
+            extra=kv(address=shown),
+        )
         return listener
 
     def _start_streams(self, group: asyncio.TaskGroup, feed: Feed) -> None:
@@ -522,6 +563,7 @@ class Daemon:
                 await close_targets(t for t in targets.values() if id(t) not in running)
                 raise _Refused(f"NFON client could not be built: {_reason(exc)}") from exc
             feed = Feed(nfon, old.lines, old.engine, old.directory, self.clock)
+            feed.last_resync = old.feed.last_resync
             schedules = _schedules(settings, feed, old.engine, old.store)
         new = dataclasses.replace(
             old,
@@ -602,6 +644,23 @@ class Daemon:
             if now.status != last.status:
                 systemd.notify(f"STATUS={now.status}")
             last = now
+
+    def _status_parts(self) -> Parts:
+        runtime = self.runtime
+        return Parts(
+            now=self.clock.now(),
+            engine=runtime.engine,
+            lines=runtime.lines,
+            readiness=self.readiness(),
+            last_resync=runtime.feed.last_resync,
+            paused=self._paused,
+        )
+
+    def _paused(self, key: str) -> PauseView | None:
+        row = self.runtime.pauses.get(key)
+        if row is None:
+            return None
+        return PauseView(row.until, None if row.targets is None else tuple(sorted(row.targets)))
 
     def _health(self) -> tuple[bool, Mapping[str, Any]]:
         return True, {"version": __version__}

@@ -109,7 +109,8 @@ def _targets_text(targets: frozenset[str] | None) -> str:
 class Pauses:
     """The paused people of one daemon: kept in ``store``, held in
     ``engine``, ended on ``clock``. ``people()`` lists who may be paused
-    (the directory's active people; asked at each call, so a reload counts).
+    (the engine's people, as the status API finds them; asked at each call,
+    so a reload counts).
 
     Built at start: reads the store, drops (and logs) pauses whose time ran
     out, and holds the others in the engine before it runs. ``run()`` ends

@@ -63,7 +63,9 @@ class KeySnapshot:
     is being stored), ``in-flight``, ``backoff``, ``parked``, ``unknown``,
     or ``paused`` (an admin paused the person here and nothing is left to do).
     ``uncertain``: the last request's outcome is unknown and ``applied`` is
-    the worse case."""
+    the worse case. ``since``: when the key last became dirty, until it is
+    clean again. ``rule``: the name of the rule that decided ``desired``,
+    when the rules say (None: unnamed, or the default)."""
 
     person: str
     email: str
@@ -75,6 +77,8 @@ class KeySnapshot:
     retry_at: datetime | None
     last_error: str | None
     uncertain: bool = False
+    since: datetime | None = None
+    rule: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

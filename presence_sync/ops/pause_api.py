@@ -10,8 +10,8 @@
 ``{"error": "..."}``: 404 for nobody of that name, 400 for an unknown target,
 a duration that is none, or a body that is not the object above, 500 when
 the state database cannot keep the change (nothing changed then). The
-listener's write guard (a bearer token off loopback) applies to these routes
-like to every other non-GET route.
+listener's ``WriteGuard`` (a bearer token off loopback, no requests from
+other web sites) covers these routes like every other change.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from presence_sync.config import parse_duration
 from presence_sync.errors import StoreError
 from presence_sync.model import Person
+from presence_sync.ops.http import error, json_response
 from presence_sync.pauses import BadPause, Pauses, UnknownPerson
 
 __all__ = ["PersonDoc", "minimal_person", "pause_routes"]
@@ -54,10 +55,6 @@ def minimal_person(pauses: Pauses) -> PersonDoc:
         }
 
     return doc
-
-
-def _error(message: str, status: int) -> Response:
-    return JSONResponse({"error": message}, status_code=status)
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -108,23 +105,23 @@ def pause_routes(pauses: Pauses, person_doc: PersonDoc | None = None) -> list[Ro
                 target=_target(body.get("target")),
             )
         except UnknownPerson as exc:
-            return _error(str(exc), 404)
+            return error(404, str(exc))
         except BadPause as exc:
-            return _error(str(exc), 400)
+            return error(400, str(exc))
         except StoreError as exc:
             log.error("a pause could not be stored; nothing changed: %s", exc)
-            return _error(f"the pause could not be stored, nothing changed: {exc}", 500)
-        return JSONResponse(doc(person))
+            return error(500, f"the pause could not be stored, nothing changed: {exc}")
+        return json_response(doc(person))
 
     async def resume(request: Request) -> Response:
         try:
             person, _ = pauses.resume(request.path_params["who"])
         except UnknownPerson as exc:
-            return _error(str(exc), 404)
+            return error(404, str(exc))
         except StoreError as exc:
             log.error("a resume could not be stored; the pause stays: %s", exc)
-            return _error(f"the resume could not be stored, the pause stays: {exc}", 500)
-        return JSONResponse(doc(person))
+            return error(500, f"the resume could not be stored, the pause stays: {exc}")
+        return json_response(doc(person))
 
     return [
         Route("/api/people/{who}/pause", pause, methods=["POST"]),

@@ -1,1 +1,1 @@
-"""The admin's commands that talk to a running daemon or check a configuration."""
+"""The admin's one-shot commands (``status``, ``resync``, ...), one module each."""

@@ -2,11 +2,10 @@
 API (``presence_sync.ops.pause_api``), to leave a person alone for a while or
 to sync them again, and say what it did.
 
-The daemon is found at the configuration's ``http.listen`` (a wildcard
-address is reached on loopback), or at ``--url``; a token configured for the
-listener is sent as ``Authorization: Bearer``. Exit codes: 0 done; 1 the
-daemon refused (nobody of that name, no such target) or did not answer;
-78 invalid configuration (when ``--url`` is not given).
+The daemon is found like for every command (``tools.client.locate``:
+``--url``, else the configuration's ``http.listen``, with its token). Exit
+codes: 0 done; 1 the daemon refused (nobody of that name, no such target) or
+did not answer; 2 a bad ``--for``; 78 invalid configuration.
 """
 
 from __future__ import annotations
@@ -14,15 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
-from presence_sync.errors import PresenceSyncError
-
-__all__ = ["add_arguments", "daemon_url", "resume", "run_pause", "run_resume"]
-
-TIMEOUT = 10.0
+__all__ = ["add_arguments", "run_pause", "run_resume"]
 
 
 def _duration(text: str) -> float:
@@ -39,7 +33,8 @@ def _duration(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, pause: bool) -> None:
-    """The options of ``pause`` (``pause=True``) or ``resume``."""
+    """The options of ``pause`` (``pause=True``) or ``resume``, beside
+    ``--config`` and ``--url``."""
     parser.add_argument("who", metavar="PERSON", help="e-mail address or extension")
     if pause:
         parser.add_argument(
@@ -56,66 +51,15 @@ def add_arguments(parser: argparse.ArgumentParser, *, pause: bool) -> None:
             metavar="NAME",
             help="pause only this target, e.g. slack_status (default: every target)",
         )
-    parser.add_argument(
-        "--url",
-        default=None,
-        help="the daemon's address, e.g. http://127.0.0.1:9477 (default: the config's http.listen)",
-    )
 
 
-def daemon_url(config: str, url: str | None) -> tuple[str, str | None]:
-    """The daemon's base URL and its API token (if one is configured): ``url``
-    when given (the configuration is then read only if it exists, for the
-    token), else from the configuration's ``http`` section. Raises
-    ``ConfigError`` for an invalid configuration and ``PresenceSyncError``
-    when it names no address a client can reach."""
-    from presence_sync.config import load
+def _post(args: argparse.Namespace, action: str, body: Mapping[str, Any] | None) -> Any:
+    """POST ``/api/people/{who}/{action}`` to the daemon; its PERSON document."""
+    from presence_sync.tools.client import Client, locate
 
-    if url and not Path(config).exists():
-        return url.rstrip("/"), None
-    http = load(config).http
-    # ``http.token`` comes with the API's write guard; a configuration
-    # without it sends no token.
-    secret: Any = getattr(http, "token", None)
-    token = None if secret is None else str(getattr(secret, "get_secret_value", lambda: secret)())
-    if url:
-        return url.rstrip("/"), token
-    address = http.address
-    if address is None:
-        raise PresenceSyncError(
-            f"{config}: http.listen is off, so the daemon has no API to ask; "
-            "turn it on or give --url"
-        )
-    host, port = address
-    if port == 0:
-        raise PresenceSyncError(f"{config}: http.listen uses port 0 (any port); give --url")
-    # A wildcard listener is reached on loopback (it is not bound here).
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)  # noqa: S104
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}", token
-
-
-def _post(base: str, token: str | None, path: str, body: Mapping[str, Any] | None) -> Any:
-    """POST to the daemon; its JSON answer, or ``PresenceSyncError`` with its
-    error message or why it did not answer."""
-    import httpx  # here: the command line parser imports this module
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        response = httpx.post(base + path, json=body, headers=headers, timeout=TIMEOUT)
-    except httpx.HTTPError as exc:
-        raise PresenceSyncError(
-            f"the daemon does not answer at {base} ({type(exc).__name__}: {exc}); "
-            "is it running? (--url points elsewhere)"
-        ) from None
-    try:
-        doc = response.json()
-    except ValueError:
-        doc = None
-    if response.status_code != 200:
-        error = doc.get("error") if isinstance(doc, dict) else None
-        raise PresenceSyncError(error or f"the daemon answered HTTP {response.status_code}")
-    return doc
+    located = locate(args.config, args.url)
+    with Client(located, located.token()) as client:
+        return client.post(f"/api/people/{quote(args.who.strip(), safe='@')}/{action}", body)
 
 
 def _who(doc: Mapping[str, Any]) -> str:
@@ -123,7 +67,9 @@ def _who(doc: Mapping[str, Any]) -> str:
     return f"{doc['email']} ({name})" if name else str(doc["email"])
 
 
-def _say_paused(doc: Mapping[str, Any], out: TextIO) -> None:
+def run_pause(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """``presence-sync pause``; returns the exit code."""
+    doc = _post(args, "pause", {"for": args.duration, "target": args.target})
     paused = doc.get("paused") or {}
     targets = paused.get("targets")
     where = "every target" if targets is None else ", ".join(targets)
@@ -135,27 +81,11 @@ def _say_paused(doc: Mapping[str, Any], out: TextIO) -> None:
         f"(presence-sync resume {doc['email']} ends it sooner).",
         file=out,
     )
-
-
-def pause(base: str, token: str | None, who: str, seconds: float | None, target: str | None) -> Any:
-    """Ask the daemon at ``base`` to pause ``who``; the PERSON document."""
-    body = {"for": seconds, "target": target}
-    return _post(base, token, f"/api/people/{quote(who, safe='@')}/pause", body)
-
-
-def resume(base: str, token: str | None, who: str) -> Any:
-    """Ask the daemon at ``base`` to resume ``who``; the PERSON document."""
-    return _post(base, token, f"/api/people/{quote(who, safe='@')}/resume", None)
-
-
-def run_pause(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    base, token = daemon_url(args.config, args.url)
-    _say_paused(pause(base, token, args.who, args.duration, args.target), out)
     return 0
 
 
 def run_resume(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    base, token = daemon_url(args.config, args.url)
-    doc = resume(base, token, args.who)
+    """``presence-sync resume``; returns the exit code."""
+    doc = _post(args, "resume", None)
     print(f"Resumed {_who(doc)}: presence-sync shows their line again.", file=out)
     return 0

@@ -143,6 +143,9 @@ def test_paused_mid_call_gets_their_status_back_is_left_alone_and_synced_after_r
     assert "person=anna@example.com" in line
     assert 'targets="every target"' in line
     assert "until=resumed" in line
+    doc = httpx.get(daemon.url() + "/api/people/anna@example.com").json()
+    assert doc["paused"] == {"until": None, "targets": None}
+    assert {t["state"] for t in doc["targets"].values()} == {"paused"}
 
     # The call ends and a new one starts while she is paused: nothing is sent.
     docs, asked = setup.hook_count("anna"), setup.slack_requests_about(setup.anna)
@@ -226,6 +229,11 @@ def test_a_pause_of_one_target_leaves_the_others_working(setup: Setup, daemons: 
         said,
     ), said
     setup.slack_shows(setup.anna, THEIRS.text)
+    doc = httpx.get(daemon.url() + "/api/people/100").json()
+    assert doc["paused"]["targets"] == ["slack_status"]
+    assert re.fullmatch(TIME_WITH_OFFSET, doc["paused"]["until"])
+    assert doc["targets"]["webhook"]["state"] == "in-sync"
+    assert doc["targets"]["slack_status"]["state"] == "paused"
     asked = setup.slack_requests_about(setup.anna)
     setup.nfon.sim.hangup(call)
     setup.hook.wait_status("anna@example.com", None, after=docs)
@@ -259,7 +267,7 @@ def test_bad_pauses_are_refused_with_a_clear_message(setup: Setup, daemons: Any)
     assert "'banana' is not a duration" in banana.stderr
     gone = cli("resume", "anna@example.com", "--url", "http://127.0.0.1:9")
     assert gone.returncode == 1
-    assert "the daemon does not answer at http://127.0.0.1:9" in gone.stderr
+    assert "nothing answers at http://127.0.0.1:9" in gone.stderr
 
     api = url + "/api/people"
     answer = httpx.post(f"{api}/nobody@example.com/pause", json={})
