@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import Daemon, Hook, write_config
+from harness import Daemon, Hook, cli, write_config
 from polling import eventually
 
 from presence_sync.sim.nfon import SimHandle
 from presence_sync.sim.slack import SlackSim, Status
 from presence_sync.sim.slack_serve import SlackHandle, serve_in_thread
+
+pytestmark = pytest.mark.system
 
 RULES = (
     "rules:\n"
@@ -37,6 +37,7 @@ RULES = (
 )
 ON_A_CALL = "On a call"
 THEIRS = Status("Working from Lisbon", ":palm_tree:", 0)
+TOKEN = "pause-test-api-token"
 TIME_WITH_OFFSET = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d"
 
 
@@ -53,7 +54,14 @@ def slack() -> Iterator[SlackHandle]:
 class Setup:
     """The simulators, the configuration and the people's Slack ids."""
 
-    def __init__(self, tmp_path: Path, nfon: SimHandle, hook: Hook, slack: SlackHandle) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        nfon: SimHandle,
+        hook: Hook,
+        slack: SlackHandle,
+        http: str = '  listen: "127.0.0.1:0"\n',
+    ) -> None:
         self.nfon, self.hook, self.slack = nfon, hook, slack
         ids = {p.name: p.id for p in slack.sim.people()}
         self.anna, self.ben = ids["anna"], ids["ben"]
@@ -61,7 +69,7 @@ class Setup:
         (tmp_path / "slack.token").chmod(0o600)
         extra = f"slack:\n  base_url: {slack.base_url}\n  token_file: slack.token\n"
         self.config = write_config(tmp_path / "config.yaml", nfon, hook, rules=RULES, extra=extra,
-                                   targets="  slack_status: {}\n")  # fmt: skip
+                                   targets="  slack_status: {}\n", http=http)  # fmt: skip
         slack.sim.set_own_status(self.anna, THEIRS.text, THEIRS.emoji)
 
     def slack_shows(self, uid: str, text: str) -> Status:
@@ -99,17 +107,6 @@ class Setup:
 @pytest.fixture
 def setup(tmp_path: Path, nfon: SimHandle, hook: Hook, slack: SlackHandle) -> Setup:
     return Setup(tmp_path, nfon, hook, slack)
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """``presence-sync ARGS``, as an admin runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "presence_sync", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def pause(setup: Setup, daemon: Daemon, who: str, *options: str) -> str:
@@ -297,3 +294,30 @@ def test_bad_pauses_are_refused_with_a_clear_message(setup: Setup, daemons: Any)
     answer = httpx.post(f"{api}/anna@example.com/resume")
     assert answer.status_code == 200
     assert answer.json()["paused"] is None
+
+
+def test_off_loopback_a_pause_needs_the_token_which_the_command_reads_from_the_config(
+    tmp_path: Path, nfon: SimHandle, hook: Hook, slack: SlackHandle, daemons: Any
+) -> None:
+    (tmp_path / "api-token").write_text(TOKEN + "\n")
+    (tmp_path / "api-token").chmod(0o600)
+    http = '  listen: "0.0.0.0:0"\n  token_file: api-token\n'
+    setup = Setup(tmp_path, nfon, hook, slack, http=http)
+    daemon = daemons("run", "-c", str(setup.config))
+    daemon.wait_ready()
+    port = daemon.url().rsplit(":", 1)[1]
+    url = f"http://127.0.0.1:{port}"
+
+    refused = httpx.post(f"{url}/api/people/anna@example.com/pause", json={})
+    assert refused.status_code == 401
+    without = cli("pause", "anna@example.com", "--url", url, "-c", str(tmp_path / "none.yaml"))
+    assert without.returncode == 1
+    assert "needs the API token" in without.stderr
+    assert daemon.count(r"paused: ") == 0
+
+    done = cli("pause", "anna@example.com", "--url", url, "-c", str(setup.config))
+    assert done.returncode == 0, done.stderr
+    daemon.wait_line(r"paused: .*person=anna@example.com")
+    done = cli("resume", "anna@example.com", "--url", url, "-c", str(setup.config))
+    assert done.returncode == 0, done.stderr
+    assert TOKEN not in daemon.output()
