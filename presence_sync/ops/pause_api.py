@@ -96,32 +96,38 @@ def pause_routes(pauses: Pauses, person_doc: PersonDoc | None = None) -> list[Ro
     ``person_doc(person)`` (default: ``minimal_person``)."""
     doc = person_doc or minimal_person(pauses)
 
-    async def pause(request: Request) -> Response:
+    def answer(act: Callable[[], Person], unstored: str) -> Response:
+        """``act()``'s person as a PERSON document, or the error it raised."""
         try:
-            body = await _body(request)
-            person, _ = pauses.pause(
-                request.path_params["who"],
-                seconds=_seconds(body.get("for")),
-                target=_target(body.get("target")),
-            )
+            person = act()
         except UnknownPerson as exc:
             return error(404, str(exc))
         except BadPause as exc:
             return error(400, str(exc))
         except StoreError as exc:
-            log.error("a pause could not be stored; nothing changed: %s", exc)
-            return error(500, f"the pause could not be stored, nothing changed: {exc}")
+            log.error("%s: %s", unstored, exc)
+            return error(500, f"{unstored}: {exc}")
         return json_response(doc(person))
 
-    async def resume(request: Request) -> Response:
+    async def pause(request: Request) -> Response:
         try:
-            person, _ = pauses.resume(request.path_params["who"])
-        except UnknownPerson as exc:
-            return error(404, str(exc))
-        except StoreError as exc:
-            log.error("a resume could not be stored; the pause stays: %s", exc)
-            return error(500, f"the resume could not be stored, the pause stays: {exc}")
-        return json_response(doc(person))
+            body = await _body(request)
+        except BadPause as exc:
+            return error(400, str(exc))
+        return answer(
+            lambda: pauses.pause(
+                request.path_params["who"],
+                seconds=_seconds(body.get("for")),
+                target=_target(body.get("target")),
+            )[0],
+            "the pause could not be stored, nothing changed",
+        )
+
+    async def resume(request: Request) -> Response:
+        return answer(
+            lambda: pauses.resume(request.path_params["who"])[0],
+            "the resume could not be stored, the pause stays",
+        )
 
     return [
         Route("/api/people/{who}/pause", pause, methods=["POST"]),

@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from engine_helpers import BUSY, CallRules, Remote, idle, in_call, make_target, person, settle
+from starlette.applications import Starlette
 
 from presence_sync.clock import ManualClock
 from presence_sync.engine import Engine
+from presence_sync.ops.pause_api import pause_routes
 from presence_sync.pauses import BadPause, Pauses, UnknownPerson, find_person
 from presence_sync.store import PauseRow, SqliteStore, Store
 
@@ -247,3 +250,23 @@ def test_a_person_is_found_by_e_mail_in_any_case_or_by_extension() -> None:
     assert find_person(PEOPLE, "100") == ANNA
     with pytest.raises(UnknownPerson, match="e-mail address or extension"):
         find_person(PEOPLE, "Anna")
+
+
+async def test_a_pause_the_store_cannot_keep_is_refused_and_changes_nothing(
+    world: World,
+) -> None:
+    """Through the API's routes: a 500 naming the cause, and no pause."""
+    app = Starlette(routes=pause_routes(world.pauses))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://daemon") as client:
+        world.engine.observe(in_call("100"))
+        await idle_again(world)
+        world.store.close()
+
+        answer = await client.post("/api/people/100/pause", json={"for": "1h"})
+
+    assert answer.status_code == 500
+    assert answer.json()["error"].startswith("the pause could not be stored, nothing changed:")
+    assert world.pauses.pauses() == {}
+    await idle_again(world)
+    assert world.shows(ANNA.key) == {"teams": BUSY, "slack": BUSY}
