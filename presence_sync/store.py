@@ -67,6 +67,7 @@ __all__ = [
     "StoreError",
     "StoreMemory",
     "read_applied",
+    "read_stored",
 ]
 
 log = logging.getLogger(__name__)
@@ -475,6 +476,9 @@ timestamps are UTC ISO-8601 text, so the same layout maps onto PostgreSQL."""
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The schema version this presence-sync writes."""
+
+_PAUSES_SINCE: Final = 2
+"""The schema version that brought the ``pauses`` table."""
 
 BUSY_TIMEOUT_MS: Final = 5000
 CHECKPOINT_EVERY: Final = 200
@@ -1037,8 +1041,15 @@ class SqliteStore:
 
 def read_applied(path: str | os.PathLike[str]) -> list[AppliedRow]:
     """Every applied row of the state database at ``path``, read the way
-    ``presence-sync status`` does while the daemon is down: opened read-only
-    (SQLite ``mode=ro``), so nothing is created, migrated or changed. Raises
+    ``presence-sync status`` does while the daemon is down (see ``read_stored``)."""
+    return read_stored(path)[0]
+
+
+def read_stored(path: str | os.PathLike[str]) -> tuple[list[AppliedRow], list[PauseRow]]:
+    """Every applied row and every pause of the state database at ``path``,
+    read the way ``presence-sync status`` does while the daemon is down:
+    opened read-only (SQLite ``mode=ro``), so nothing is created, migrated
+    or changed (a database from before pauses has none). Raises
     ``StoreError`` naming the path when there is no database yet, it cannot
     be read, or it is not (or a newer) presence-sync database."""
     file = Path(path)
@@ -1064,7 +1075,12 @@ def read_applied(path: str | os.PathLike[str]) -> list[AppliedRow]:
                 f"(schema version {version}); upgrade presence-sync to read it"
             )
         rows = (_decode_applied(row) for row in db.execute(_LOAD_APPLIED).fetchall())
-        return [row for row in rows if row is not None]
+        pauses = (
+            (_decode_pause(row) for row in db.execute(_LOAD_PAUSES).fetchall())
+            if version >= _PAUSES_SINCE
+            else ()
+        )
+        return [row for row in rows if row is not None], [p for p in pauses if p is not None]
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read state database {file}: {exc}") from exc
     finally:

@@ -41,6 +41,7 @@ from presence_sync.store import (
     Store,
     StoreError,
     StoreMemory,
+    read_stored,
 )
 from presence_sync.targets.base import Memory
 
@@ -640,6 +641,11 @@ def test_a_database_of_the_first_schema_opens_and_gains_the_pauses_table(
     db.execute("INSERT INTO saved VALUES ('slack_status', 'bob@example.com', '{}', 'x')")
     db.commit()
     db.close()
+    # Read-only (presence-sync status while the daemon is down): no pauses yet.
+    applied, pauses = read_stored(path)
+    assert [r.person for r in applied] == [BOB]
+    assert pauses == []
+    assert read_back(path, "PRAGMA user_version") == [(1,)]
 
     with caplog.at_level(logging.INFO, logger="presence_sync.store"):
         store = SqliteStore(path)
@@ -653,6 +659,7 @@ def test_a_database_of_the_first_schema_opens_and_gains_the_pauses_table(
         assert store.load_pauses() == [pause]
     finally:
         store.close()
+    assert read_stored(path)[1] == [pause]
 
     assert read_back(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
     migrated = [r for r in caplog.records if "migrated" in r.getMessage()]

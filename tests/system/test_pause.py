@@ -198,6 +198,10 @@ def test_a_pause_survives_a_restart(setup: Setup, daemons: Any) -> None:
     setup.slack_shows(setup.anna, THEIRS.text)
     first.signal(signal.SIGTERM)
     assert first.wait_exit(15) == 0
+    # While it is down, the stored view shows the pause.
+    shown = cli("status", "anna@example.com", "-c", str(setup.config), "--url", first.url())
+    assert shown.returncode == 1
+    assert "Paused: anna@example.com until resumed." in shown.stdout
 
     docs, asked = setup.hook_count("anna"), setup.slack_requests_about(setup.anna)
     second = daemons("run", "-c", str(setup.config))
