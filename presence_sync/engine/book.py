@@ -82,6 +82,21 @@ class Book:
         """Every person the engine may act for, configured ones winning."""
         return {**self._departed, **self._people}
 
+    def departed(self) -> Mapping[str, Person]:
+        """People known only from the store's rows, by key."""
+        return self._departed
+
+    def waiting(self) -> set[str]:
+        """Keys of configured people whose desired status is ``UNKNOWN``
+        (their line is not known yet), but for those paused at every target,
+        who wait for nothing."""
+        if not self._people_known:
+            return set(self._departed)
+        waiting = self._people.keys() - self._desired.keys()
+        if self._holds:
+            waiting -= {key for key, targets in self._holds.items() if targets is None}
+        return waiting
+
     def person(self, key: str) -> Person | None:
         return self._people.get(key) or self._departed.get(key)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, TextIO
 
@@ -88,7 +89,7 @@ def status(
         with Client(located) as client:
             if who:
                 try:
-                    person = client.get(f"/api/people/{who}")
+                    person = client.get(f"/api/people/{urllib.parse.quote(who, safe='')}")
                 except ApiError as exc:
                     if exc.status != 404:
                         raise

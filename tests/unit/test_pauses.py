@@ -270,3 +270,29 @@ async def test_a_pause_the_store_cannot_keep_is_refused_and_changes_nothing(
     assert world.pauses.pauses() == {}
     await idle_again(world)
     assert world.shows(ANNA.key) == {"teams": BUSY, "slack": BUSY}
+
+
+def test_before_nfon_reports_a_line_a_person_paused_everywhere_waits_for_nothing(
+    clock: ManualClock, store: Store
+) -> None:
+    remotes = {name: Remote(clock) for name in TARGETS}
+    engine = Engine(
+        targets={name: make_target(name, r) for name, r in remotes.items()},
+        store=store,
+        rules=CallRules(TARGETS),
+        clock=clock,
+    )
+    engine.set_people(PEOPLE)
+    assert engine.unsettled() == {ANNA.key, BOB.key}
+
+    engine.hold(ANNA.key)
+    engine.hold(BOB.key, {"slack"})
+
+    assert engine.unsettled() == {BOB.key}
+    states = {(k.person, k.target): k.state for k in engine.snapshot().keys}
+    assert states == {
+        (ANNA.key, "teams"): "paused",
+        (ANNA.key, "slack"): "paused",
+        (BOB.key, "teams"): "unknown",
+        (BOB.key, "slack"): "paused",
+    }
