@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from starlette.routing import BaseRoute
+
 from presence_sync import __version__
 from presence_sync.clock import Clock, SystemClock
 from presence_sync.config import Settings, TargetSpec
@@ -320,6 +322,8 @@ class Daemon:
         self._stream_tasks: list[asyncio.Task[None]] = []
         self._resync_task: asyncio.Task[None] | None = None
         self.listen_address: tuple[Any, ...] | None = None
+        self.status = StatusBuilder(self._status_parts)
+        """The documents of the status API (``/api/status``, ``/api/people/...``)."""
 
     @property
     def runtime(self) -> Runtime:
@@ -449,20 +453,12 @@ class Daemon:
                 "the API refuses every change (resync, pause); set http.token_file",
                 extra=kv(listen=http.listen),
             )
-        status = StatusBuilder(self._status_parts)
-        pauses = self.runtime.pauses
-        minimal = minimal_person(pauses)
-
-        def person_doc(person: Person) -> Mapping[str, Any]:
-            # Someone paused and since removed has no status document.
-            return status.person(person.key) or minimal(person)
-
         app = build_app(
             self._health,
             self._ready,
-            status=status,
+            status=self.status,
             resync=self.request_resync,
-            routes=pause_routes(pauses, person_doc),
+            routes=self._api_routes(),
             token=token,
             loopback=loopback,
         )
@@ -644,6 +640,19 @@ class Daemon:
             if now.status != last.status:
                 systemd.notify(f"STATUS={now.status}")
             last = now
+
+    def _api_routes(self) -> list[BaseRoute]:
+        """API routes beyond status and resync (changes among them get the
+        bearer-token guard like every other non-GET request): pause and
+        resume, answering with the status API's PERSON document."""
+        pauses = self.runtime.pauses
+        minimal = minimal_person(pauses)
+
+        def person_doc(person: Person) -> Mapping[str, Any]:
+            # Someone paused and since removed has no status document.
+            return self.status.person(person.key) or minimal(person)
+
+        return [*pause_routes(pauses, person_doc)]
 
     def _status_parts(self) -> Parts:
         runtime = self.runtime

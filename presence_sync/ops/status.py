@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from presence_sync.engine import Engine, KeySnapshot, TargetSnapshot
 from presence_sync.lines import Lines
@@ -40,8 +40,6 @@ __all__ = [
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 FILTERS: Final = ("all", "not-in-sync")
-
-Filter = Literal["all", "not-in-sync"]
 
 _STATES: Final = {"dirty": "queued", "unknown": "waiting"}
 """Engine key states → API states (the others keep their name)."""
