@@ -2,8 +2,8 @@
 
 - ``load`` reads and validates a configuration file into a ``Loaded``;
 - ``wire`` builds a ``Runtime`` from it: store, directory, rules, targets,
-  engine, line book, NFON client, the NFON → engine ``Feed`` and the
-  schedules, whole when it returns;
+  engine, the admin's pauses, line book, NFON client, the NFON → engine
+  ``Feed`` and the schedules, whole when it returns;
 - ``Daemon`` is ``presence-sync run``: it loads and wires, then runs the
   lifecycle: the engine, both NFON streams, the schedules and the HTTP
   listener under one ``asyncio.TaskGroup``, signals, the systemd notify
@@ -49,13 +49,16 @@ from presence_sync.engine import Engine, check_target
 from presence_sync.errors import ConfigError, PresenceSyncError
 from presence_sync.feed import Feed
 from presence_sync.lines import Lines
+from presence_sync.model import Person
 from presence_sync.net import parse_listen, user_agent
 from presence_sync.nfon import NfonClient
 from presence_sync.ops import logging as ops_logging
 from presence_sync.ops import metrics, systemd
 from presence_sync.ops.http import Listener, build_app, is_loopback
 from presence_sync.ops.logging import kv
-from presence_sync.ops.status import Parts, StatusBuilder
+from presence_sync.ops.pause_api import minimal_person, pause_routes
+from presence_sync.ops.status import Parts, PauseView, StatusBuilder
+from presence_sync.pauses import Pauses
 from presence_sync.readiness import STREAM_GRACE, Readiness, readiness
 from presence_sync.rules import RuleSet, compile_rules
 from presence_sync.schedule import Job, Schedules, guarded
@@ -151,6 +154,7 @@ class Runtime:
     targets: Mapping[str, Target]
     specs: Mapping[str, TargetSpec]
     engine: Engine
+    pauses: Pauses
     lines: Lines
     nfon: NfonClient
     feed: Feed
@@ -180,6 +184,7 @@ async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtim
         loaded.rules.names = directory.name_for_number
         engine = Engine(targets=targets, store=store, rules=loaded.rules, clock=clock)
         engine.set_people(directory.people())
+        pauses = Pauses(store, engine, engine.people, clock)
         lines = Lines(clock)
         nfon = NfonClient.from_settings(settings, clock=clock)
     except BaseException:
@@ -195,6 +200,7 @@ async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtim
         targets=targets,
         specs=dict(settings.targets),
         engine=engine,
+        pauses=pauses,
         lines=lines,
         nfon=nfon,
         feed=feed,
@@ -410,6 +416,7 @@ class Daemon:
                 helpers = [
                     group.create_task(self._watchdog(engine_task), name="watchdog"),
                     group.create_task(self._reloader(group), name="reload"),
+                    group.create_task(runtime.pauses.run(), name="pauses"),
                 ]
                 if await self._startup():
                     if not self.runtime.schedules.running:
@@ -673,8 +680,16 @@ class Daemon:
 
     def _api_routes(self) -> list[BaseRoute]:
         """API routes beyond status and resync (changes among them get the
-        bearer-token guard like every other non-GET request)."""
-        return []
+        bearer-token guard like every other non-GET request): pause and
+        resume, answering with the status API's PERSON document."""
+        pauses = self.runtime.pauses
+        minimal = minimal_person(pauses)
+
+        def person_doc(person: Person) -> Mapping[str, Any]:
+            # Someone paused and since removed has no status document.
+            return self.status.person(person.key) or minimal(person)
+
+        return [*pause_routes(pauses, person_doc)]
 
     def _status_parts(self) -> Parts:
         runtime = self.runtime
@@ -684,7 +699,14 @@ class Daemon:
             lines=runtime.lines,
             readiness=self.readiness(),
             last_resync=runtime.feed.last_resync,
+            paused=self._paused,
         )
+
+    def _paused(self, key: str) -> PauseView | None:
+        row = self.runtime.pauses.get(key)
+        if row is None:
+            return None
+        return PauseView(row.until, None if row.targets is None else tuple(sorted(row.targets)))
 
     def _health(self) -> tuple[bool, Mapping[str, Any]]:
         return True, {"version": __version__}

@@ -211,6 +211,18 @@ def _add_url(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _cmd_pause(args: argparse.Namespace) -> int:
+    from presence_sync.tools.pause import run_pause
+
+    return run_pause(args)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from presence_sync.tools.pause import run_resume
+
+    return run_resume(args)
+
+
 def _cmd_version(_: argparse.Namespace) -> int:
     print(f"presence-sync {__version__}")
     return 0
@@ -317,6 +329,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(resync)
     _add_url(resync)
     resync.set_defaults(func=_cmd_resync)
+
+    from presence_sync.tools import pause as pause_tool
+
+    pause = commands.add_parser(
+        "pause", help="leave a person alone: their own status back, nothing sent for a while"
+    )
+    _add_config(pause)
+    _add_url(pause)
+    pause_tool.add_arguments(pause, pause=True)
+    pause.set_defaults(func=_cmd_pause)
+    resume = commands.add_parser("resume", help="end a person's pause: sync them again now")
+    _add_config(resume)
+    _add_url(resume)
+    pause_tool.add_arguments(resume, pause=False)
+    resume.set_defaults(func=_cmd_resume)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)

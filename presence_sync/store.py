@@ -15,7 +15,9 @@ What is kept, per table of the SQLite schema:
 - ``saved``: the person's own status, saved by a target before it overwrote it;
 - ``objects``: external objects a target created and must remove (calendar
   events), kind → external id;
-- ``ids``: cached id lookups (e-mail → Slack user id) with when they were fetched.
+- ``ids``: cached id lookups (e-mail → Slack user id) with when they were fetched;
+- ``pauses`` (schema version 2): people an admin paused (``presence-sync
+  pause``), with the targets and until when, so a pause outlives a restart.
 
 Both backends encode values the same way (JSON documents, UTC timestamps), so
 a value the memory store accepts is one the SQLite store accepts, and both
@@ -59,11 +61,13 @@ __all__ = [
     "AppliedRow",
     "AppliedWrite",
     "MemoryStore",
+    "PauseRow",
     "SqliteStore",
     "Store",
     "StoreError",
     "StoreMemory",
     "read_applied",
+    "read_stored",
 ]
 
 log = logging.getLogger(__name__)
@@ -77,6 +81,18 @@ class AppliedRow:
     target: str
     person: Person
     applied: Applied
+
+
+@dataclass(frozen=True, slots=True)
+class PauseRow:
+    """An admin's pause of one person: the engine leaves ``targets`` (``None``:
+    every target) alone for them from ``since`` until ``until`` (``None``:
+    until resumed). Times are timezone-aware."""
+
+    person_key: str
+    targets: frozenset[str] | None
+    until: datetime | None
+    since: datetime
 
 
 class AppliedWrite(NamedTuple):
@@ -151,6 +167,20 @@ class Store(Protocol):
 
     def housekeeping(self, max_id_age: float) -> int:
         """Drop id cache entries older than ``max_id_age`` seconds; returns how many."""
+        ...
+
+    def load_pauses(self) -> list[PauseRow]:
+        """Every pause, ordered by person key; a row that no longer decodes
+        is skipped with a warning (and kept)."""
+        ...
+
+    def put_pause(self, pause: PauseRow) -> None:
+        """Remember a pause (replaces the person's earlier one). ``ValueError``
+        for a naive datetime."""
+        ...
+
+    def delete_pause(self, person_key: str) -> None:
+        """Forget a person's pause; nothing happens when there is none."""
         ...
 
     def close(self) -> None: ...
@@ -349,6 +379,44 @@ def _is_fresh(fetched: datetime, now: datetime, max_age: float | None) -> bool:
     return max_age is None or (now - fetched).total_seconds() <= max_age
 
 
+_PauseTuple = tuple[str, str | None, str | None, str]
+"""(person_key, targets, until, since), as stored."""
+
+
+def _pause_tuple(pause: PauseRow) -> _PauseTuple:
+    """Encode a pause; raises ``ValueError`` for naive datetimes."""
+    what = f"pause({pause.person_key!r})"
+    return (
+        pause.person_key,
+        None if pause.targets is None else _ENCODER.encode(sorted(pause.targets)),
+        None if pause.until is None else _time_text(pause.until, f"{what}.until"),
+        _time_text(pause.since, f"{what}.since"),
+    )
+
+
+def _decode_pause(row: _PauseTuple) -> PauseRow | None:
+    """Decode one stored pause; ``None`` (and a warning) when it no longer decodes."""
+    person_key, targets, until, since = row
+    try:
+        names = None if targets is None else json.loads(targets)
+        if names is not None and not (
+            isinstance(names, list) and all(isinstance(n, str) for n in names)
+        ):
+            raise ValueError(f"targets is not a list of names: {targets!r}")
+        return PauseRow(
+            person_key=person_key,
+            targets=None if names is None else frozenset(names),
+            until=None if until is None else _parse_time(until),
+            since=_parse_time(since),
+        )
+    except (ValueError, TypeError) as exc:
+        log.warning(
+            "skipping a pause that does not decode; it stays in the store",
+            extra=kv(person=person_key, error=repr(exc)),
+        )
+        return None
+
+
 # --- SQLite ------------------------------------------------------------------------
 
 APPLICATION_ID: Final = 0x50535943
@@ -390,6 +458,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (namespace, key)
         ) WITHOUT ROWID""",
     ),
+    (
+        # targets: JSON list of target names, NULL for every target;
+        # until: NULL while the pause lasts until resumed.
+        """CREATE TABLE pauses (
+            person_key  TEXT NOT NULL PRIMARY KEY,
+            targets     TEXT,
+            until       TEXT,
+            since       TEXT NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 """Schema migrations: entry ``n`` brings ``PRAGMA user_version`` from ``n`` to
 ``n + 1`` and runs in one transaction with the version bump. Released entries
@@ -398,6 +476,9 @@ timestamps are UTC ISO-8601 text, so the same layout maps onto PostgreSQL."""
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 """The schema version this presence-sync writes."""
+
+_PAUSES_SINCE: Final = 2
+"""The schema version that brought the ``pauses`` table."""
 
 BUSY_TIMEOUT_MS: Final = 5000
 CHECKPOINT_EVERY: Final = 200
@@ -431,6 +512,11 @@ _PUT_ID: Final = (
     "INSERT OR REPLACE INTO ids (namespace, key, value, fetched_at) VALUES (?, ?, ?, ?)"
 )
 _EXPIRE_IDS: Final = "DELETE FROM ids WHERE fetched_at < ?"
+_LOAD_PAUSES: Final = "SELECT person_key, targets, until, since FROM pauses ORDER BY person_key"
+_PUT_PAUSE: Final = (
+    "INSERT OR REPLACE INTO pauses (person_key, targets, until, since) VALUES (?, ?, ?, ?)"
+)
+_DELETE_PAUSE: Final = "DELETE FROM pauses WHERE person_key = ?"
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -924,6 +1010,22 @@ class SqliteStore:
         cutoff = self._clock.now() - timedelta(seconds=max_id_age)
         return self._db.execute(_EXPIRE_IDS, (_time_text(cutoff, "cutoff"),)).rowcount
 
+    @_guarded
+    def load_pauses(self) -> list[PauseRow]:
+        """Every pause, ordered by person key (see ``Store.load_pauses``)."""
+        rows = (_decode_pause(row) for row in self._db.execute(_LOAD_PAUSES))
+        return [row for row in rows if row is not None]
+
+    @_guarded
+    def put_pause(self, pause: PauseRow) -> None:
+        """Remember a pause (replaces); ``ValueError`` for a naive datetime."""
+        self._db.execute(_PUT_PAUSE, _pause_tuple(pause))
+
+    @_guarded
+    def delete_pause(self, person_key: str) -> None:
+        """Forget a person's pause; nothing happens when there is none."""
+        self._db.execute(_DELETE_PAUSE, (person_key,))
+
     def close(self) -> None:
         """Close the database (idempotent); later calls raise ``StoreError``.
         Waits for the writer thread to finish what it was given."""
@@ -939,8 +1041,15 @@ class SqliteStore:
 
 def read_applied(path: str | os.PathLike[str]) -> list[AppliedRow]:
     """Every applied row of the state database at ``path``, read the way
-    ``presence-sync status`` does while the daemon is down: opened read-only
-    (SQLite ``mode=ro``), so nothing is created, migrated or changed. Raises
+    ``presence-sync status`` does while the daemon is down (see ``read_stored``)."""
+    return read_stored(path)[0]
+
+
+def read_stored(path: str | os.PathLike[str]) -> tuple[list[AppliedRow], list[PauseRow]]:
+    """Every applied row and every pause of the state database at ``path``,
+    read the way ``presence-sync status`` does while the daemon is down:
+    opened read-only (SQLite ``mode=ro``), so nothing is created, migrated
+    or changed (a database from before pauses has none). Raises
     ``StoreError`` naming the path when there is no database yet, it cannot
     be read, or it is not (or a newer) presence-sync database."""
     file = Path(path)
@@ -966,7 +1075,12 @@ def read_applied(path: str | os.PathLike[str]) -> list[AppliedRow]:
                 f"(schema version {version}); upgrade presence-sync to read it"
             )
         rows = (_decode_applied(row) for row in db.execute(_LOAD_APPLIED).fetchall())
-        return [row for row in rows if row is not None]
+        pauses = (
+            (_decode_pause(row) for row in db.execute(_LOAD_PAUSES).fetchall())
+            if version >= _PAUSES_SINCE
+            else ()
+        )
+        return [row for row in rows if row is not None], [p for p in pauses if p is not None]
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read state database {file}: {exc}") from exc
     finally:
@@ -992,6 +1106,7 @@ class MemoryStore:
         self._saved: dict[tuple[str, str], str] = {}
         self._objects: dict[tuple[str, str], dict[str, str]] = {}
         self._ids: dict[tuple[str, str], tuple[str, datetime]] = {}
+        self._pauses: dict[str, _PauseTuple] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -1090,6 +1205,19 @@ class MemoryStore:
         for k in old:
             del self._ids[k]
         return len(old)
+
+    def load_pauses(self) -> list[PauseRow]:
+        self._check()
+        rows = (_decode_pause(self._pauses[k]) for k in sorted(self._pauses))
+        return [row for row in rows if row is not None]
+
+    def put_pause(self, pause: PauseRow) -> None:
+        self._check()
+        self._pauses[pause.person_key] = _pause_tuple(pause)
+
+    def delete_pause(self, person_key: str) -> None:
+        self._check()
+        self._pauses.pop(person_key, None)
 
     def close(self) -> None:
         self._closed = True

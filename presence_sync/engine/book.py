@@ -8,6 +8,11 @@ does not clear everyone's "On a call" before NFON has said who is on a call.
 People known only from the store's rows (*departed*: not, or not yet known to
 be, configured) want nothing from us once ``set_people`` has said who is
 configured.
+
+A person an admin paused (``hold``) wants nothing from us at the held
+targets, whatever their line shows and whether it is known yet: they get
+their own status back and are then left alone. The rules' answer is still
+kept, so a ``release`` knows at once what to show again.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class Book:
         self._desired: dict[str, Mapping[str, Status | None]] = {}
         # Which rule decided each target's entry in ``_desired`` (absent: none).
         self._why: dict[str, Mapping[str, str]] = {}
+        self._holds: dict[str, frozenset[str] | None] = {}
 
     @property
     def people(self) -> Mapping[str, Person]:
@@ -86,10 +92,14 @@ class Book:
 
     def waiting(self) -> set[str]:
         """Keys of configured people whose desired status is ``UNKNOWN``
-        (their line is not known yet)."""
+        (their line is not known yet), but for those paused at every target,
+        who wait for nothing."""
         if not self._people_known:
             return set(self._departed)
-        return self._people.keys() - self._desired.keys()
+        waiting = self._people.keys() - self._desired.keys()
+        if self._holds:
+            waiting -= {key for key, targets in self._holds.items() if targets is None}
+        return waiting
 
     def person(self, key: str) -> Person | None:
         return self._people.get(key) or self._departed.get(key)
@@ -102,11 +112,22 @@ class Book:
     def rule_for(self, key: str, target: str) -> str | None:
         """The name of the rule behind ``desired_for(key, target)``: None when
         no rule decided it (nothing matched, the line is not known yet, the
-        person left the configuration)."""
+        person left the configuration, an admin paused it)."""
+        if self._holds and self.held(key, target):
+            return None
         why = self._why.get(key)
         return None if why is None else why.get(target)
 
+    def held(self, key: str, target: str) -> bool:
+        """Whether an admin paused ``target`` (or every target) for ``key``."""
+        if key not in self._holds:
+            return False
+        targets = self._holds[key]
+        return targets is None or target in targets
+
     def desired_for(self, key: str, target: str) -> Desired:
+        if self._holds and self.held(key, target):
+            return None
         desired = self._desired.get(key)
         if desired is not None:
             return desired.get(target)
@@ -115,6 +136,18 @@ class Book:
         return None
 
     # --- changes ------------------------------------------------------------------------
+
+    def hold(self, key: str, targets: frozenset[str] | None) -> None:
+        """Leave ``targets`` (``None``: every target) of ``key`` alone: they
+        want nothing from us until ``release``. Replaces an earlier hold."""
+        self._holds[key] = targets
+
+    def release(self, key: str) -> bool:
+        """End the hold of ``key``; False when there was none."""
+        if key not in self._holds:
+            return False
+        del self._holds[key]
+        return True
 
     def set_rules(self, rules: Decider, now: datetime) -> list[str]:
         self._rules = rules

@@ -115,6 +115,11 @@ class Engine:
     # --- public API -------------------------------------------------------------------
 
     @property
+    def target_names(self) -> tuple[str, ...]:
+        """The names of the targets in use, in configuration order."""
+        return tuple(self._lanes)
+
+    @property
     def stats(self) -> Mapping[str, TargetStats]:
         """Live counters per target name."""
         return {name: lane.stats for name, lane in self._lanes.items()}
@@ -237,6 +242,22 @@ class Engine:
         """Compute every desired status again (time windows in rules) and
         look at every key, refreshes included. Returns how many keys became dirty."""
         return self._touch_keys(self._book.reevaluate(self._clock.now()), self._lanes.values())
+
+    def hold(self, key: str, targets: Iterable[str] | None = None) -> None:
+        """An admin paused person ``key`` at ``targets`` (``None``: every
+        target): those keys want nothing from us, so the person's own
+        status comes back (as when a call ends) and nothing more is sent
+        for them, whatever their line does, until ``release``. Replaces an
+        earlier hold of the same person; names of no target are ignored."""
+        held = None if targets is None else frozenset(targets)
+        self._book.hold(key, held)
+        self._touch_keys([key], self._lanes.values())
+
+    def release(self, key: str) -> None:
+        """End the hold of ``key``: every target shows what the rules say
+        again, at once."""
+        if self._book.release(key):
+            self._touch_keys([key], self._lanes.values())
 
     def set_rules(self, rules: Decider) -> None:
         """Use new rules (configuration reload) and re-evaluate everyone."""

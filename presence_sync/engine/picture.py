@@ -65,7 +65,12 @@ def key_pictures(
             applied = ledger.get(name, key)
             st = lane.state(key)
             phase = Phase.IDLE if st is None else st.phase
-            state = "unknown" if phase is Phase.IDLE and not known else phase.value
+            if phase is not Phase.IDLE:
+                state = phase.value
+            elif book.held(key, name):
+                state = "paused"
+            else:
+                state = phase.value if known else "unknown"
             retry = st.retry_at if st is not None and phase is Phase.BACKOFF else None
             since = None if st is None or st.since is None else at(st.since)
             out.append(

@@ -60,7 +60,8 @@ class KeySnapshot:
     """One (person, target) key. ``desired_known`` is False while the person's
     line is not known yet (``desired`` is then ``None`` and meaningless).
     ``state``: ``in-sync``, ``dirty``, ``starting`` (its write-ahead record
-    is being stored), ``in-flight``, ``backoff``, ``parked`` or ``unknown``.
+    is being stored), ``in-flight``, ``backoff``, ``parked``, ``unknown``,
+    or ``paused`` (an admin paused the person here and nothing is left to do).
     ``uncertain``: the last request's outcome is unknown and ``applied`` is
     the worse case. ``since``: when the key last became dirty, until it is
     clean again. ``rule``: the name of the rule behind ``desired`` (its

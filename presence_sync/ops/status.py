@@ -224,7 +224,7 @@ class StatusBuilder:
         state = _STATES.get(snap.state, snap.state)
         reason = snap.last_error
         since = snap.since
-        if pause is not None and pause.covers(snap.target) and state == "in-sync":
+        if pause is not None and pause.covers(snap.target) and state in ("in-sync", "paused"):
             state, reason = "paused", "paused by an admin"
         if state == "waiting":
             reason = "waiting for NFON to report this line"

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, TextIO
 
 from presence_sync.model import Person, describe
-from presence_sync.store import AppliedRow, read_applied
+from presence_sync.store import AppliedRow, read_stored
 from presence_sync.tools.client import ApiError, Client, DaemonDown, Located, locate
 
 __all__ = ["resync", "status"]
@@ -218,7 +218,7 @@ def _person(p: Mapping[str, Any], out: TextIO) -> None:
 
 def _stored(located: Located, who: str | None, out: TextIO) -> int:
     path = located.settings.state.path
-    rows = read_applied(path)
+    rows, pauses = read_stored(path)
     print(f"Stored view (the daemon is down), read from {path}:", file=out)
     print("what each target last confirmed; nothing newer is known here.", file=out)
     print(file=out)
@@ -230,13 +230,22 @@ def _stored(located: Located, who: str | None, out: TextIO) -> int:
             if wanted in (r.person.key, r.person.email.casefold())
             or r.person.extension == who.strip()
         ]
-        if not rows:
+        pauses = [p for p in pauses if p.person_key == wanted]
+        if not rows and not pauses:
             print(f"Nothing stored for {clean(who)}.", file=out)
             return 1
     if not rows:
         print("Nothing stored: no target shows anything of ours.", file=out)
-        return 1
-    _stored_table(rows, out)
+    else:
+        _stored_table(rows, out)
+    for pause in pauses:
+        only = f" for {', '.join(sorted(pause.targets))}" if pause.targets is not None else ""
+        until = (
+            " until resumed"
+            if pause.until is None
+            else f" until {when(pause.until.astimezone().isoformat(timespec='seconds'))}"
+        )
+        print(f"Paused: {clean(pause.person_key)}{only}{until}.", file=out)
     return 1
 
 

@@ -36,10 +36,12 @@ from presence_sync.store import (
     AppliedRow,
     AppliedWrite,
     MemoryStore,
+    PauseRow,
     SqliteStore,
     Store,
     StoreError,
     StoreMemory,
+    read_stored,
 )
 from presence_sync.targets.base import Memory
 
@@ -462,6 +464,39 @@ class StoreContract:
         assert slack.saved() is None
         assert again.get_objects("slack_status", ANNA.key) == {"reminder": "Rm1"}
 
+    # --- pauses ----------------------------------------------------------------------
+
+    def test_pauses_come_back_equal_after_a_restart(
+        self, store: Store, reopen: Callable[[], Store]
+    ) -> None:
+        anna = PauseRow(
+            person_key=ANNA.key,
+            targets=frozenset({"slack_status", "teams_presence"}),
+            until=datetime(2026, 1, 5, 13, 0, tzinfo=CEST),
+            since=T0,
+        )
+        bob = PauseRow(person_key=BOB.key, targets=None, until=None, since=T0)
+        store.put_pause(bob)
+        store.put_pause(anna)
+
+        again = reopen()
+        assert again.load_pauses() == [anna, bob]
+
+    def test_a_pause_replaces_the_earlier_one_and_delete_forgets_it(self, store: Store) -> None:
+        store.put_pause(PauseRow(ANNA.key, frozenset({"slack_status"}), None, T0))
+        later = PauseRow(ANNA.key, None, T0 + timedelta(hours=2), T0)
+        store.put_pause(later)
+        assert store.load_pauses() == [later]
+
+        store.delete_pause(ANNA.key)
+        store.delete_pause(BOB.key)  # none: nothing happens
+        assert store.load_pauses() == []
+
+    def test_a_pause_with_a_naive_time_is_refused(self, store: Store) -> None:
+        with pytest.raises(ValueError, match="timezone-aware"):
+            store.put_pause(PauseRow(ANNA.key, None, datetime(2026, 1, 5, 13, 0), T0))
+        assert store.load_pauses() == []
+
 
 class TestMemoryStore(StoreContract):
     @pytest.fixture
@@ -584,7 +619,72 @@ def test_wal_mode_synchronous_normal_and_schema_version(tmp_path: Path) -> None:
     assert read_back(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     assert SCHEMA_VERSION == len(MIGRATIONS) >= 1
     tables = {name for (name,) in read_back(path, "SELECT name FROM sqlite_master")}
-    assert {"applied", "saved", "objects", "ids"} <= tables
+    assert {"applied", "saved", "objects", "ids", "pauses"} <= tables
+
+
+def test_a_database_of_the_first_schema_opens_and_gains_the_pauses_table(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A state file written before pauses existed (schema version 1): its
+    rows stay, and it can keep pauses from now on."""
+    path = tmp_path / "state.db"
+    db = raw(path)
+    for statement in MIGRATIONS[0]:
+        db.execute(statement)
+    db.execute("PRAGMA user_version = 1")
+    db.execute(
+        "INSERT INTO applied (target, person_key, person, status, at, data)"
+        " VALUES ('teams_presence', 'bob@example.com',"
+        """ '{"key":"bob@example.com","email":"bob@example.com","extension":"101"}',"""
+        """ '{"availability":"Busy","activity":"InACall"}', '2026-01-05T09:00:00+00:00', '{}')"""
+    )
+    db.execute("INSERT INTO saved VALUES ('slack_status', 'bob@example.com', '{}', 'x')")
+    db.commit()
+    db.close()
+    # Read-only (presence-sync status while the daemon is down): no pauses yet.
+    applied, pauses = read_stored(path)
+    assert [r.person for r in applied] == [BOB]
+    assert pauses == []
+    assert read_back(path, "PRAGMA user_version") == [(1,)]
+
+    with caplog.at_level(logging.INFO, logger="presence_sync.store"):
+        store = SqliteStore(path)
+    try:
+        (row,) = store.load_applied()
+        assert row.person == BOB
+        assert row.applied.status == Status(availability="Busy", activity="InACall")
+        assert store.get_saved("slack_status", BOB.key) == {}
+        pause = PauseRow(BOB.key, None, None, T0)
+        store.put_pause(pause)
+        assert store.load_pauses() == [pause]
+    finally:
+        store.close()
+    assert read_stored(path)[1] == [pause]
+
+    assert read_back(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
+    migrated = [r for r in caplog.records if "migrated" in r.getMessage()]
+    assert [r.__dict__["ctx"]["schema_version"] for r in migrated] == [2]
+
+
+def test_a_pause_that_no_longer_decodes_is_skipped_and_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    SqliteStore(path).close()
+    db = raw(path)
+    db.execute("INSERT INTO pauses VALUES ('anna@example.com', '{\"no\": 1}', NULL, 'x')")
+    db.execute("INSERT INTO pauses VALUES ('bob@example.com', NULL, NULL, ?)", (T0.isoformat(),))
+    db.commit()
+    db.close()
+
+    store = SqliteStore(path)
+    try:
+        with caplog.at_level(logging.WARNING, logger="presence_sync.store"):
+            assert store.load_pauses() == [PauseRow(BOB.key, None, None, T0)]
+    finally:
+        store.close()
+    assert "pause that does not decode" in caplog.records[0].getMessage()
+    assert read_back(path, "SELECT count(*) FROM pauses") == [(2,)]
 
 
 def test_opening_again_migrates_nothing_and_keeps_data(

@@ -119,6 +119,17 @@ http:
     return path
 
 
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``presence-sync ARGS`` run to its end, as an admin runs it (one-shot commands)."""
+    return subprocess.run(
+        [sys.executable, "-m", "presence_sync", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 class Daemon:
     """A ``presence-sync`` process with its output collected line by line."""
 

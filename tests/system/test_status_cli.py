@@ -5,14 +5,12 @@ them: against the running daemon (found from the configuration's
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from harness import Daemon, Hook, write_config
+from harness import Daemon, Hook, cli, write_config
 from polling import eventually
 
 from presence_sync.sim.nfon import SimHandle
@@ -22,16 +20,6 @@ pytestmark = pytest.mark.system
 ANNA = "anna@example.com"
 CALLER = "4930123456"
 TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d\d:\d\d"
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "presence_sync", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def stored(directory: Path) -> dict[str, bytes]:
