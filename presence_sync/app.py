@@ -94,13 +94,27 @@ class Loaded:
     infos: Mapping[str, TargetInfo]
 
 
-def load(path: str | os.PathLike[str], *, dry_run: bool = False) -> Loaded:
+def load(
+    path: str | os.PathLike[str],
+    *,
+    dry_run: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> Loaded:
     """Load and validate ``path`` completely. Raises ``ConfigError``.
 
     With ``dry_run`` every configured target is still validated, but each is
-    later built as a ``log`` target of the same name.
+    later built as a ``log`` target of the same name. ``environ`` replaces
+    ``os.environ`` for ``${VAR}`` and ``$CREDENTIALS_DIRECTORY`` (``check
+    --credentials``). Logs a warning when nobody is under ``people:``: the
+    file is valid, but the daemon would show nothing anywhere.
     """
-    settings = load_settings(path)
+    settings = load_settings(path, environ)
+    if not settings.people:
+        log.warning(
+            "nobody is listed under people: so no one's phone line is shown anywhere; "
+            "map each extension to an e-mail address there",
+            extra=kv(config=os.fspath(path)),
+        )
     infos = {name: target_class(spec.kind).info for name, spec in settings.targets.items()}
     rules = compile_rules(
         settings.rules,

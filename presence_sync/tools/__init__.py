@@ -1,0 +1,1 @@
+"""Admin commands beside the daemon (``check``, ...), one module each."""

@@ -1,0 +1,269 @@
+"""``presence-sync check`` as an admin runs it before starting the service:
+the real command in its own process against the NFON, Graph and Slack
+simulators over real sockets."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from harness import PEOPLE
+
+from presence_sync.sim.graph import GraphHandle, GraphSim
+from presence_sync.sim.graph import serve_in_thread as serve_graph
+from presence_sync.sim.nfon import SimHandle
+from presence_sync.sim.slack import SlackSim
+from presence_sync.sim.slack_serve import SlackHandle
+from presence_sync.sim.slack_serve import serve_in_thread as serve_slack
+
+pytestmark = pytest.mark.system
+
+MS_SECRET = "check-graph-secret"
+
+
+@dataclass
+class Services:
+    nfon: SimHandle
+    graph: GraphHandle
+    client_id: str
+    entra: dict[str, str]
+    slack: SlackHandle
+    slack_ids: dict[str, str]
+    admin_token: str
+
+
+@pytest.fixture
+def services(nfon: SimHandle) -> Iterator[Services]:
+    """The three simulators; everyone in PEOPLE has an Entra and a Slack
+    user, and ``adam`` (a Slack admin) has the admin token."""
+    graph = GraphSim()
+    client_id = graph.register_app(secret=MS_SECRET)
+    entra = {email: graph.add_user(email) for _, _, email in PEOPLE}
+    slack = SlackSim()
+    slack_ids = {email: slack.add_user(email.split("@")[0], email) for _, _, email in PEOPLE}
+    adam = slack.add_user("adam", "adam@example.com", role="admin")
+    token = slack.add_token(adam).secret
+    with serve_graph(graph) as graph_handle, serve_slack(slack) as slack_handle:
+        yield Services(nfon, graph_handle, client_id, entra, slack_handle, slack_ids, token)
+
+
+def config(
+    path: Path,
+    s: Services,
+    *,
+    people: list[tuple[str, str]] | None = None,
+    nfon_password: str = "password: api-secret",
+    ms_secret: str = f"client_secret: {MS_SECRET}",
+    slack_token: str | None = None,
+    nfon_url: str | None = None,
+    targets: str = "  teams_presence: {}\n  slack_status: {}\n",
+) -> Path:
+    """A configuration for ``check``: no names under people:, so the names
+    shown are NFON's."""
+    entries = people if people is not None else [(ext, email) for ext, _, email in PEOPLE]
+    listed = "".join(f'  - extension: "{ext}"\n    email: {email}\n' for ext, email in entries)
+    path.write_text(
+        f"""nfon:
+  base_url: {nfon_url or s.nfon.base_url}
+  customer: K1234
+  username: api-user
+  {nfon_password}
+microsoft:
+  tenant_id: {s.graph.sim.tenant}
+  client_id: {s.client_id}
+  {ms_secret}
+  authority: {s.graph.origin}
+  graph_url: {s.graph.graph_url}
+slack:
+  {slack_token or "token: " + s.admin_token}
+  base_url: {s.slack.base_url}
+tls:
+  ca_bundle: {s.graph.ca_path}
+people:
+{listed or "  []"}
+targets:
+{targets}state:
+  path: {path.parent / "state.db"}
+"""
+    )
+    return path
+
+
+def check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    return subprocess.run(
+        [sys.executable, "-m", "presence_sync", "check", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**environ, **(env or {})},
+    )
+
+
+def row(output: str, extension: str) -> str:
+    """The table row of ``extension``."""
+    [line] = [ln for ln in output.splitlines() if re.match(rf"{extension}\s", ln)]
+    return line
+
+
+def test_everyone_resolves_and_the_table_shows_who_is_who(
+    tmp_path: Path, services: Services
+) -> None:
+    result = check("-c", str(config(tmp_path / "config.yaml", services)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for ext, name, email in PEOPLE:
+        line = row(out, ext)
+        assert name in line  # from NFON's directory
+        assert email in line
+        assert services.entra[email] in line
+        assert services.slack_ids[email] in line
+    assert re.search(r"^NFON\s+ok: logged in as api-user \(K1234\), 3 extensions", out, re.M)
+    assert re.search(r"^Slack\s+ok: admin token", out, re.M)
+    assert "3 people: 3 resolved, 0 with problems" in out
+    assert services.admin_token not in out + result.stderr
+    assert MS_SECRET not in out + result.stderr
+
+
+def test_a_person_slack_and_nfon_do_not_know_is_named_with_why(
+    tmp_path: Path, services: Services
+) -> None:
+    people = [(ext, email) for ext, _, email in PEOPLE]
+    people += [("100200", "nobody@example.com")]
+    services.slack.sim.deactivate_user(services.slack_ids["ben@example.com"])
+    path = config(tmp_path / "config.yaml", services, people=people)
+    # Ben's Slack account is gone; nobody@ is unknown everywhere.
+    result = check("-c", str(path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "no problems" not in out
+    assert row(out, "100").endswith(services.slack_ids["anna@example.com"])
+    ben = services.slack_ids["ben@example.com"]
+    assert f"the Slack account {ben} is deactivated" in row(out, "101")
+    unknown = row(out, "100200")
+    assert "extension 100200 unknown to NFON" in unknown
+    assert "no Entra user with this e-mail" in unknown
+    assert "no Slack user with this e-mail" in unknown
+    assert "4 people: 2 resolved, 2 with problems" in out
+
+
+def test_rejected_slack_token_is_said_once_and_no_lookups_follow(
+    tmp_path: Path, services: Services
+) -> None:
+    path = config(tmp_path / "config.yaml", services, slack_token="token: xoxp-not-a-token")
+    result = check("-c", str(path))
+    assert result.returncode == 1
+    assert re.search(r"^Slack\s+PROBLEM: token rejected: .*invalid_auth", result.stdout, re.M)
+    assert "not checked: Slack rejected the admin token" in row(result.stdout, "100")
+    assert not services.slack.sim.requests("users.lookupByEmail")
+
+
+def test_rate_limits_are_waited_out_not_failed(tmp_path: Path, services: Services) -> None:
+    services.slack.sim.fail_next("users.lookupByEmail", "ratelimited", count=2, retry_after=1)
+    services.graph.sim.fail_next("/v1.0/users", status=429, count=2, retry_after=1.0)
+    result = check("-c", str(config(tmp_path / "config.yaml", services)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lookups = services.slack.sim.requests("users.lookupByEmail")
+    limited = [r for r in lookups if r.error == "ratelimited"]
+    assert len(limited) == 2
+    later = [r for r in lookups if r.error is None]
+    assert len(later) == 3
+    # Slack asked for a second's pause: the two limited lookups were asked
+    # again after it (a third was already under way beside them).
+    paused_until = max(r.at for r in limited) + 0.9
+    assert len([r for r in later if r.at >= paused_until]) == 2
+
+
+def test_offline_needs_no_network(tmp_path: Path, services: Services) -> None:
+    path = config(tmp_path / "config.yaml", services, nfon_url="http://127.0.0.1:9/v1")
+    offline = check("-c", str(path), "--offline")
+    assert offline.returncode == 0, offline.stdout + offline.stderr
+    assert "valid. 3 people; targets: teams_presence" in offline.stdout
+    assert not services.slack.sim.requests()
+    assert not services.graph.sim.requests()
+    online = check("-c", str(path))
+    assert online.returncode == 1
+    assert re.search(r"^NFON\s+PROBLEM:", online.stdout, re.M)
+    assert "not checked: NFON failed" in row(online.stdout, "100")
+
+
+def test_credentials_dir_serves_relative_secret_files(tmp_path: Path, services: Services) -> None:
+    creds = tmp_path / "credstore"
+    creds.mkdir()
+    for name, secret in (
+        ("nfon-password", "api-secret"),
+        ("ms-client-secret", MS_SECRET),
+        ("slack-token", services.admin_token),
+    ):
+        (creds / name).write_text(secret + "\n")
+        (creds / name).chmod(0o600)
+    path = config(
+        tmp_path / "config.yaml",
+        services,
+        nfon_password="password_file: nfon-password",
+        ms_secret="client_secret_file: ms-client-secret",
+        slack_token="token_file: slack-token",
+    )
+    result = check("-c", str(path), "--credentials", str(creds))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 people: 3 resolved" in result.stdout
+    assert "warning" not in result.stderr
+
+    # Without it they are looked for beside the file (no $CREDENTIALS_DIRECTORY).
+    missing = check("-c", str(path))
+    assert missing.returncode == 78
+    for key in ("nfon.password_file", "microsoft.client_secret_file", "slack.token_file"):
+        assert key in missing.stderr
+
+    # What run would warn about, check warns about too.
+    (creds / "slack-token").chmod(0o640)
+    exposed = check("-c", str(path), "--credentials", str(creds), "--offline")
+    assert exposed.returncode == 0
+    assert re.search(r"warning: secret file is readable by others.*slack-token", exposed.stderr)
+
+    not_a_dir = check("-c", str(path), "--credentials", str(tmp_path / "nope"))
+    assert not_a_dir.returncode == 2
+    assert "not a directory" in not_a_dir.stderr
+
+
+def test_invalid_configuration_is_78_with_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "nfon:\n  customer: K1234\n  username: u\n  password: p\n  colour: blue\n"
+        "people:\n  - extension: '100'\n    email: not-an-address\n"
+        "targets:\n  log: {}\n"
+    )
+    result = check("-c", str(path), "--offline")
+    assert result.returncode == 78
+    assert "invalid configuration" in result.stderr
+    assert re.search(r"config\.yaml:5.*nfon\.colour", result.stderr)
+    assert re.search(r"config\.yaml:8.*people\[0\]\.email", result.stderr)
+    assert "Traceback" not in result.stderr
+
+
+def test_nobody_under_people_is_a_warning(tmp_path: Path, services: Services) -> None:
+    result = check("-c", str(config(tmp_path / "config.yaml", services, people=[])), "--offline")
+    assert result.returncode == 0
+    assert "warning: nobody is listed under people:" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--callee", "101"], "only go with --test-call"),
+        (["--test-call", "100"], "--test-call needs --callee"),
+        (["--test-call", "100", "--callee", "101", "--offline"], "cannot be --offline"),
+        (["--test-call", "100", "--callee", "101", "--timeout", "0"], "more than 0"),
+    ],
+)
+def test_option_mistakes_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    result = check("-c", str(tmp_path / "config.yaml"), *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
