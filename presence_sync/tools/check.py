@@ -25,6 +25,7 @@ with a dead token.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -34,7 +35,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 from urllib.parse import quote
 
 from presence_sync.app import Loaded, load
@@ -52,6 +53,7 @@ from presence_sync.targets.slack_client import SlackClient, SlackRefused
 __all__ = [
     "ATTEMPTS",
     "GRAPH_CONCURRENCY",
+    "LIST_PAGE",
     "SLACK_CONCURRENCY",
     "Report",
     "Row",
@@ -69,6 +71,8 @@ SLACK_CONCURRENCY = 4
 """Slack lookups at once: ``users.lookupByEmail`` is Tier 3 (about 50 a minute)."""
 ATTEMPTS = 6
 """Tries per lookup before a transient failure counts as the person's problem."""
+LIST_PAGE = 200
+"""Members per ``users.list`` page: Slack recommends "no more than 200"."""
 PROGRESS_INTERVAL = 5.0
 """Seconds between progress lines when stderr is no terminal (a log, a pipe)."""
 _SLACK_IDS = ("slack_status", "slack_dnd")
@@ -184,11 +188,12 @@ class _Gate:
         self._resume_at = max(self._resume_at, time.monotonic() + seconds)
         self._progress.note(f"{self._service} asked us to wait {seconds:.0f} s")
 
-    async def run(self, work: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, work: Callable[[], Awaitable[T]], *, refuse: bool = True) -> T:
         """``work()``, retried on ``TransientError``: after the wait the
         service asked for (rate limits, however often), else with backoff,
         raising the last one after ``ATTEMPTS`` failures. ``AuthError``
-        (also for every later call) once the service refused our credentials."""
+        (also for every later call) once the service refused our credentials;
+        with ``refuse=False`` an ``AuthError`` concerns this call only."""
         backoff, failures = 0.5, 0
         while True:
             async with self._slots:
@@ -200,7 +205,8 @@ class _Gate:
                 try:
                     return await work()
                 except AuthError as exc:
-                    self.refused = exc
+                    if refuse:
+                        self.refused = exc
                     raise
                 except TransientError as exc:
                     if exc.retry_after is not None:
@@ -291,6 +297,8 @@ class _Resolver:
             name = self.slack_targets[0]
             env = target_env(loaded.infos[name], settings, clock=clock, user_agent=agent)
             self.slack = SlackClient(name, settings.slack, env)
+        self.slack_members: dict[str, Mapping[str, object]] | None = None
+        """Slack's members by e-mail (``slack_directory``), None: unknown."""
         self.graph_gate = _Gate(GRAPH_CONCURRENCY, progress, "Microsoft Graph")
         self.slack_gate = _Gate(SLACK_CONCURRENCY, progress, "Slack")
 
@@ -359,6 +367,46 @@ class _Resolver:
         who, team = data.get("user") or data.get("user_id"), data.get("team")
         report.services["Slack"] = Found(f"admin token of {who} in workspace {team}")
 
+    async def slack_directory(self, report: Report) -> None:
+        """Slack's members by e-mail, from ``users.list`` (Tier 2, 200 a
+        page: 25 requests for 5,000 people, where one ``users.lookupByEmail``
+        each, Tier 3, would take over an hour). Left None, so people are
+        looked up one by one, when the token may not list members
+        (``users:read``) or their e-mail addresses (``users:read.email``)."""
+        client, settings = self.slack, self.settings.slack
+        if client is None or settings is None or settings.token is None:
+            return
+        if report.services.get("Slack", Found()).problem is not None:
+            return
+        token = settings.token.get_secret_value()
+        anyone = Person(key="", email="the admin token", extension="")
+        members: dict[str, Mapping[str, object]] = {}
+        cursor = ""
+        pages = 0
+        while True:
+            args: dict[str, Any] = {"limit": LIST_PAGE}
+            if cursor:
+                args["cursor"] = cursor
+            page = functools.partial(client.call, "users.list", token, anyone, **args)
+            try:
+                data = await self.slack_gate.run(page, refuse=False)
+            except (AuthError, UpstreamError):
+                return
+            pages += 1
+            self.progress.note(f"reading Slack's member list, page {pages}")
+            listed = data.get("members")
+            for member in listed if isinstance(listed, list) else ():
+                profile = member.get("profile") if isinstance(member, Mapping) else None
+                email = profile.get("email") if isinstance(profile, Mapping) else None
+                if isinstance(email, str) and email and not member.get("is_bot"):
+                    members[email.lower()] = member
+            meta = data.get("response_metadata")
+            cursor = str(meta.get("next_cursor") or "") if isinstance(meta, Mapping) else ""
+            if not cursor:
+                break
+        if members or not self.settings.people:
+            self.slack_members = members
+
     # -- people --
 
     async def entra(self, person: Person) -> Found | None:
@@ -422,13 +470,18 @@ class _Resolver:
                 return Found(
                     problem="no Slack token: add them to slack.user_tokens or set slack.token"
                 )
-            token = admin.get_secret_value()
-            # The lookup the targets make (SlackClient.who), read whole: it
-            # also finds deactivated accounts, which a target cannot change.
-            data = await self.slack_gate.run(
-                lambda: client.call("users.lookupByEmail", token, person, email=person.email)
-            )
-            user = data.get("user")
+            if self.slack_members is not None:
+                user: object = self.slack_members.get(person.email.lower())
+                if user is None:
+                    return Found(problem="no Slack user with this e-mail")
+            else:
+                token = admin.get_secret_value()
+                # The lookup the targets make (SlackClient.who), read whole:
+                # it also finds deactivated accounts, which no target can change.
+                data = await self.slack_gate.run(
+                    lambda: client.call("users.lookupByEmail", token, person, email=person.email)
+                )
+                user = data.get("user")
             if not isinstance(user, Mapping) or not user.get("id"):
                 return Found(problem="Slack's answer names no user")
             if user.get("deleted"):
@@ -464,8 +517,13 @@ async def resolve(loaded: Loaded, stderr: TextIO) -> Report:
     resolver = _Resolver(loaded, progress)
     report = Report()
     try:
+
+        async def slack() -> None:
+            await resolver.slack_login(report)
+            await resolver.slack_directory(report)
+
         nfon, _, _ = await asyncio.gather(
-            resolver.nfon(report), resolver.microsoft_login(report), resolver.slack_login(report)
+            resolver.nfon(report), resolver.microsoft_login(report), slack()
         )
         report.rows = list(await asyncio.gather(*(resolver.row(p, nfon) for p in people)))
         if nfon is not None:

@@ -162,22 +162,54 @@ def test_rejected_slack_token_is_said_once_and_no_lookups_follow(
     assert re.search(r"^Slack\s+PROBLEM: token rejected: .*invalid_auth", result.stdout, re.M)
     assert "not checked: Slack rejected the admin token" in row(result.stdout, "100")
     assert not services.slack.sim.requests("users.lookupByEmail")
+    assert not services.slack.sim.requests("users.list")
 
 
 def test_rate_limits_are_waited_out_not_failed(tmp_path: Path, services: Services) -> None:
-    services.slack.sim.fail_next("users.lookupByEmail", "ratelimited", count=2, retry_after=1)
+    services.slack.sim.fail_next("users.list", "ratelimited", count=2, retry_after=1)
     services.graph.sim.fail_next("/v1.0/users", status=429, count=2, retry_after=1.0)
     result = check("-c", str(config(tmp_path / "config.yaml", services)))
     assert result.returncode == 0, result.stdout + result.stderr
-    lookups = services.slack.sim.requests("users.lookupByEmail")
-    limited = [r for r in lookups if r.error == "ratelimited"]
-    assert len(limited) == 2
-    later = [r for r in lookups if r.error is None]
-    assert len(later) == 3
-    # Slack asked for a second's pause: the two limited lookups were asked
-    # again after it (a third was already under way beside them).
-    paused_until = max(r.at for r in limited) + 0.9
-    assert len([r for r in later if r.at >= paused_until]) == 2
+    listing = services.slack.sim.requests("users.list")
+    assert [r.error for r in listing] == ["ratelimited", "ratelimited", None]
+    # Slack asked for a second's pause each time: nobody asked again before it was over.
+    assert listing[1].at >= listing[0].at + 0.9
+    assert listing[2].at >= listing[1].at + 0.9
+    graph = services.graph.sim.requests("/v1.0/users")
+    assert len([r for r in graph if r.status == 200]) == 3
+
+
+def test_thousands_of_people_cost_a_page_of_slack_per_200(
+    tmp_path: Path, services: Services
+) -> None:
+    people = [(ext, email) for ext, _, email in PEOPLE]
+    for i in range(250):
+        email = f"colleague{i}@example.com"
+        services.nfon.sim.add_extension(str(2000 + i), f"Colleague {i}")
+        services.slack.sim.add_user(f"colleague{i}", email)
+        services.graph.sim.add_user(email)
+        people.append((str(2000 + i), email))
+    result = check("-c", str(config(tmp_path / "config.yaml", services, people=people)))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert "253 people: 253 resolved, 0 with problems" in result.stdout
+    assert len(services.slack.sim.requests("users.list")) == 2
+    assert not services.slack.sim.requests("users.lookupByEmail")
+
+
+def test_without_users_read_people_are_looked_up_one_by_one(
+    tmp_path: Path, services: Services
+) -> None:
+    sim = services.slack.sim
+    narrow = sim.add_token(
+        sim.add_user("root", "root@example.com", role="admin"),
+        scopes=("users.profile:read", "users.profile:write", "users:read.email"),
+    ).secret
+    path = config(tmp_path / "config.yaml", services, slack_token=f"token: {narrow}")
+    result = check("-c", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [r.error for r in sim.requests("users.list")] == ["missing_scope"]
+    assert len(sim.requests("users.lookupByEmail")) == 3
+    assert services.slack_ids["clara@example.com"] in row(result.stdout, "102")
 
 
 def test_offline_needs_no_network(tmp_path: Path, services: Services) -> None:
