@@ -45,12 +45,13 @@ from presence_sync.engine import Engine, check_target
 from presence_sync.errors import ConfigError, PresenceSyncError
 from presence_sync.feed import Feed
 from presence_sync.lines import Lines
-from presence_sync.net import user_agent
+from presence_sync.net import parse_listen, user_agent
 from presence_sync.nfon import NfonClient
 from presence_sync.ops import logging as ops_logging
 from presence_sync.ops import systemd
-from presence_sync.ops.http import Listener, build_app
+from presence_sync.ops.http import Listener, build_app, is_loopback
 from presence_sync.ops.logging import kv
+from presence_sync.ops.status import Parts, StatusBuilder
 from presence_sync.readiness import STREAM_GRACE, Readiness, readiness
 from presence_sync.rules import RuleSet, compile_rules
 from presence_sync.schedule import Job, Schedules, guarded
@@ -325,6 +326,7 @@ class Daemon:
         self._reload_requested = asyncio.Event()
         self._runtime: Runtime | None = None
         self._stream_tasks: list[asyncio.Task[None]] = []
+        self._resync_task: asyncio.Task[None] | None = None
         self.listen_address: tuple[Any, ...] | None = None
 
     @property
@@ -341,6 +343,16 @@ class Daemon:
     def request_reload(self) -> None:
         """Ask for a configuration reload (what SIGHUP does)."""
         self._reload_requested.set()
+
+    def request_resync(self) -> None:
+        """Run a full resync from NFON's snapshot now (``POST /api/resync``),
+        in the background; a request while one runs joins that one."""
+        if self._resync_task is not None and not self._resync_task.done():
+            return
+        log.info("full resync asked for through the API")
+        self._resync_task = asyncio.get_running_loop().create_task(
+            self.runtime.schedules.run_now("resync"), name="resync-now"
+        )
 
     # --- running -------------------------------------------------------------------
 
@@ -406,6 +418,8 @@ class Daemon:
                 self.runtime.schedules.shutdown()
                 for task in self._stream_tasks:
                     task.cancel()
+                if self._resync_task is not None:
+                    self._resync_task.cancel()
                 drained = await self.runtime.engine.drain(STOP_TIMEOUT)
                 if not drained:
                     log.warning(
@@ -431,16 +445,36 @@ class Daemon:
                 loop.remove_signal_handler(sig)
 
     def _listener(self, settings: Settings) -> Listener | None:
-        if not settings.http.listen:
+        http = settings.http
+        if not http.listen:
             return None
+        loopback = is_loopback(parse_listen(http.listen)[0])
+        token = None if http.token is None else http.token.get_secret_value()
+        if not loopback and token is None:
+            log.warning(
+                "http.listen is not a loopback address and no http.token is set: "
+                "the API refuses every change (resync, pause); set http.token_file",
+                extra=kv(listen=http.listen),
+            )
+        app = build_app(
+            self._health,
+            self._ready,
+            status=StatusBuilder(self._status_parts),
+            resync=self.request_resync,
+            token=token,
+            loopback=loopback,
+        )
         try:
-            listener = Listener(build_app(self._health, self._ready), settings.http.listen)
+            listener = Listener(app, http.listen)
         except OSError as exc:
-            raise PresenceSyncError(f"cannot listen on {settings.http.listen}: {exc}") from exc
+            raise PresenceSyncError(f"cannot listen on {http.listen}: {exc}") from exc
         self.listen_address = listener.address
         host, port = listener.address[:2]
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        log.info("listening for /healthz /readyz /metrics", extra=kv(address=shown))
+        log.info(
+            "listening for /healthz /readyz /metrics, the status page / and /api",
+            extra=kv(address=shown),
+        )
         return listener
 
     def _start_streams(self, group: asyncio.TaskGroup, feed: Feed) -> None:
@@ -527,6 +561,7 @@ class Daemon:
                 await close_targets(t for t in targets.values() if id(t) not in running)
                 raise _Refused(f"NFON client could not be built: {_reason(exc)}") from exc
             feed = Feed(nfon, old.lines, old.engine, old.directory, self.clock)
+            feed.last_resync = old.feed.last_resync
             schedules = _schedules(settings, feed, old.engine, old.store)
         new = dataclasses.replace(
             old,
@@ -607,6 +642,16 @@ class Daemon:
             if now.status != last.status:
                 systemd.notify(f"STATUS={now.status}")
             last = now
+
+    def _status_parts(self) -> Parts:
+        runtime = self.runtime
+        return Parts(
+            now=self.clock.now(),
+            engine=runtime.engine,
+            lines=runtime.lines,
+            readiness=self.readiness(),
+            last_resync=runtime.feed.last_resync,
+        )
 
     def _health(self) -> tuple[bool, Mapping[str, Any]]:
         return True, {"version": __version__}

@@ -225,6 +225,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(args))
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from presence_sync.tools.status import status
+
+    return status(
+        args.config,
+        args.url,
+        args.person,
+        not_in_sync=args.not_in_sync,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+
+
+def _cmd_resync(args: argparse.Namespace) -> int:
+    from presence_sync.tools.status import resync
+
+    return resync(args.config, args.url, out=sys.stdout)
+
+
+def _add_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        metavar="URL",
+        help="the daemon's address, e.g. http://127.0.0.1:9477 (default: http.listen of the "
+        "configuration)",
+    )
+
+
 def _cmd_version(_: argparse.Namespace) -> int:
     print(f"presence-sync {__version__}")
     return 0
@@ -291,6 +319,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=1.0, help="simulated changes per second")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(func=_cmd_demo)
+
+    status = commands.add_parser(
+        "status",
+        help="what the daemon shows for everyone (or one PERSON), from its API; "
+        "the stored view when it is down",
+    )
+    _add_config(status)
+    _add_url(status)
+    status.add_argument("person", nargs="?", metavar="PERSON", help="e-mail or extension")
+    status.add_argument(
+        "--not-in-sync", action="store_true", help="only people with a target not in sync"
+    )
+    status.set_defaults(func=_cmd_status)
+
+    resync = commands.add_parser("resync", help="ask the running daemon for a full resync now")
+    _add_config(resync)
+    _add_url(resync)
+    resync.set_defaults(func=_cmd_resync)
 
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(func=_cmd_version)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from datetime import datetime
 
 from presence_sync.clock import Clock
 from presence_sync.directory import Directory
@@ -63,6 +64,8 @@ class Feed:
         self.settle = settle
         self.bootstrapped = False
         """The states stream delivered a full state at least once."""
+        self.last_resync: datetime | None = None
+        """When the last full resync from the snapshot finished."""
         self._held: dict[str, asyncio.Task[None]] = {}
 
     # --- streams ----------------------------------------------------------------------
@@ -144,7 +147,8 @@ class Feed:
         dirty = self.engine.resync(views, complete=True)
         took = self.clock.monotonic() - start
         metrics.RESYNC_DURATION.observe(took)
-        metrics.RESYNC_LAST_SUCCESS.set(self.clock.now().timestamp())
+        self.last_resync = self.clock.now()
+        metrics.RESYNC_LAST_SUCCESS.set(self.last_resync.timestamp())
         log.info("resync", extra=kv(extensions=len(views), changes=dirty, seconds=round(took, 3)))
 
     async def refresh_directory(self) -> None:

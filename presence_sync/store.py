@@ -63,6 +63,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreMemory",
+    "read_applied",
 ]
 
 log = logging.getLogger(__name__)
@@ -934,6 +935,42 @@ class SqliteStore:
         if now is not None:
             now.close()
         self._db.close()
+
+
+def read_applied(path: str | os.PathLike[str]) -> list[AppliedRow]:
+    """Every applied row of the state database at ``path``, read the way
+    ``presence-sync status`` does while the daemon is down: opened read-only
+    (SQLite ``mode=ro``), so nothing is created, migrated or changed. Raises
+    ``StoreError`` naming the path when there is no database yet, it cannot
+    be read, or it is not (or a newer) presence-sync database."""
+    file = Path(path)
+    if not file.exists():
+        raise StoreError(f"no state database at {file} (the daemon has not stored anything yet)")
+    try:
+        db = sqlite3.connect(
+            file.resolve().as_uri() + "?mode=ro",
+            uri=True,
+            isolation_level=None,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open state database {file}: {exc}") from exc
+    try:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        app_id = int(db.execute("PRAGMA application_id").fetchone()[0])
+        if app_id != APPLICATION_ID:
+            raise StoreError(f"{file} is not a presence-sync state database")
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"state database {file} was written by a newer presence-sync "
+                f"(schema version {version}); upgrade presence-sync to read it"
+            )
+        rows = (_decode_applied(row) for row in db.execute(_LOAD_APPLIED).fetchall())
+        return [row for row in rows if row is not None]
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read state database {file}: {exc}") from exc
+    finally:
+        db.close()
 
 
 # --- memory -------------------------------------------------------------------------

@@ -481,10 +481,17 @@ class StateSettings(_Section):
 
 
 class HttpSettings(_Section):
-    """``http:``, the health, metrics and status listener; ``listen`` empty
-    or null turns it off."""
+    """``http:``, the health, metrics, status page and API listener;
+    ``listen`` empty or null turns it off. ``token`` (or ``token_file``) is
+    the bearer token that changes through the API (resync, pause) need when
+    ``listen`` is not a loopback address; without one such a listener
+    refuses every change."""
+
+    # Validation errors would otherwise quote the token.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     listen: Annotated[str | None, BeforeValidator(_listen)] = "127.0.0.1:9477"
+    token: _Secret | None = None
 
     @property
     def address(self) -> tuple[str, int] | None:

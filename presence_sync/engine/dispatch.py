@@ -28,8 +28,8 @@ from .lane import (
     check_target,
 )
 from .ledger import Failed, Ledger
-from .picture import picture, target_pictures
-from .snapshot import EngineSnapshot, TargetSnapshot, TargetStats
+from .picture import key_pictures, picture, target_pictures, unsettled
+from .snapshot import EngineSnapshot, KeySnapshot, TargetSnapshot, TargetStats
 from .worker import Worker
 
 __all__ = ["STORE_RETRY", "Engine"]
@@ -289,6 +289,24 @@ class Engine:
     def snapshot(self) -> EngineSnapshot:
         """A consistent picture of every target and key, for the status page."""
         return picture(self._clock, self._book, self._lanes, self._ledger)
+
+    def people(self) -> list[Person]:
+        """Everyone the engine may act for: configured people in configuration
+        order, then people known only from the store's rows (being cleared)."""
+        book = self._book
+        configured = book.people
+        return [*configured.values(), *(p for k, p in book.known().items() if k not in configured)]
+
+    def key_snapshots(self, keys: Iterable[str]) -> list[KeySnapshot]:
+        """The keys of the people ``keys`` at this instant (see ``snapshot``):
+        O(len(keys) × targets), for a status page that shows one page."""
+        return key_pictures(self._clock, self._book, self._lanes, self._ledger, keys)
+
+    def unsettled(self, keys: Iterable[str]) -> set[str]:
+        """Those of the people ``keys`` with a target not in sync (queued,
+        in flight, backing off, parked, or waiting for their line); builds
+        no snapshot."""
+        return unsettled(self._book, self._lanes, keys)
 
     def target_states(self) -> Mapping[str, TargetSnapshot]:
         """``snapshot().targets`` without the keys: costs O(targets), not

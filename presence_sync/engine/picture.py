@@ -1,10 +1,15 @@
 """``picture``: the engine's state as the status page shows it, read from
-the book, the lanes and the ledger without changing anything."""
+the book, the lanes and the ledger without changing anything.
+
+``picture`` covers every key; the status API asks for one page of people at
+a time (``key_pictures``) and filters with ``unsettled``, so a poll costs
+O(people) cheap lookups plus O(page × targets) snapshots, never
+O(people × targets) objects."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
 from presence_sync.clock import Clock
@@ -14,7 +19,7 @@ from .lane import Lane, Phase
 from .ledger import Ledger, as_confirmed, is_uncertain
 from .snapshot import EngineSnapshot, KeySnapshot, TargetSnapshot
 
-__all__ = ["picture", "target_pictures"]
+__all__ = ["key_pictures", "picture", "target_pictures", "unsettled"]
 
 
 def target_pictures(clock: Clock, lanes: Mapping[str, Lane]) -> dict[str, TargetSnapshot]:
@@ -38,28 +43,32 @@ def target_pictures(clock: Clock, lanes: Mapping[str, Lane]) -> dict[str, Target
     return targets
 
 
-def picture(clock: Clock, book: Book, lanes: Mapping[str, Lane], ledger: Ledger) -> EngineSnapshot:
-    """Every target and every (person, target) key at this instant."""
+def key_pictures(
+    clock: Clock, book: Book, lanes: Mapping[str, Lane], ledger: Ledger, keys: Iterable[str]
+) -> list[KeySnapshot]:
+    """The (person, target) keys of the people ``keys`` (unknown ones are
+    skipped) at this instant, person by person, targets in lane order."""
     mono = clock.monotonic()
     wall = clock.now()
 
     def at(when: float) -> datetime:
         return wall + timedelta(seconds=when - mono)
 
-    targets = target_pictures(clock, lanes)
-    keys: list[KeySnapshot] = []
-    people = book.known()
-    for name, lane in lanes.items():
-        rows = ledger.rows(name)
-        for key, person in people.items():
+    out: list[KeySnapshot] = []
+    for key in keys:
+        person = book.person(key)
+        if person is None:
+            continue
+        for name, lane in lanes.items():
             desired = book.desired_for(key, name)
             known = not isinstance(desired, Unknown)
-            applied = rows.get(key)
+            applied = ledger.get(name, key)
             st = lane.state(key)
             phase = Phase.IDLE if st is None else st.phase
             state = "unknown" if phase is Phase.IDLE and not known else phase.value
             retry = st.retry_at if st is not None and phase is Phase.BACKOFF else None
-            keys.append(
+            since = None if st is None or st.since is None else at(st.since)
+            out.append(
                 KeySnapshot(
                     person=key,
                     email=person.email,
@@ -71,6 +80,30 @@ def picture(clock: Clock, book: Book, lanes: Mapping[str, Lane], ledger: Ledger)
                     retry_at=None if retry is None else at(retry),
                     last_error=None if st is None else st.error,
                     uncertain=is_uncertain(applied),
+                    since=since,
                 )
             )
-    return EngineSnapshot(at=wall, targets=targets, keys=tuple(keys))
+    return out
+
+
+def unsettled(book: Book, lanes: Mapping[str, Lane], keys: Iterable[str]) -> set[str]:
+    """Those of ``keys`` with at least one target not in sync: queued,
+    starting, in flight, backing off, parked, or waiting for their line.
+    O(keys + keys the lanes hold), no snapshot built."""
+    wanted = set(keys)
+    names = list(lanes)
+    out = {key for key in wanted if names and isinstance(book.desired_for(key, names[0]), Unknown)}
+    for lane in lanes.values():
+        for key, st in lane.keys.items():
+            if st.phase is not Phase.IDLE and key in wanted:
+                out.add(key)
+    return out
+
+
+def picture(clock: Clock, book: Book, lanes: Mapping[str, Lane], ledger: Ledger) -> EngineSnapshot:
+    """Every target and every (person, target) key at this instant, target by target."""
+    targets = target_pictures(clock, lanes)
+    keys = key_pictures(clock, book, lanes, ledger, book.known())
+    order = {name: i for i, name in enumerate(lanes)}
+    keys.sort(key=lambda k: order[k.target])  # stable: people stay in order within a target
+    return EngineSnapshot(at=clock.now(), targets=targets, keys=tuple(keys))

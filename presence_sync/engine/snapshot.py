@@ -62,7 +62,9 @@ class KeySnapshot:
     ``state``: ``in-sync``, ``dirty``, ``starting`` (its write-ahead record
     is being stored), ``in-flight``, ``backoff``, ``parked`` or ``unknown``.
     ``uncertain``: the last request's outcome is unknown and ``applied`` is
-    the worse case."""
+    the worse case. ``since``: when the key last became dirty, until it is
+    clean again. ``rule``: the name of the rule that decided ``desired``,
+    when the rules say (None: unnamed, or the default)."""
 
     person: str
     email: str
@@ -74,6 +76,8 @@ class KeySnapshot:
     retry_at: datetime | None
     last_error: str | None
     uncertain: bool = False
+    since: datetime | None = None
+    rule: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

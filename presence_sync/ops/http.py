@@ -10,30 +10,172 @@
   reason (``{"ok": false, "status": "Degraded: NFON login refused since
   10:42:05", "components": {"nfon_stream": {...}, "nfon_login": {...},
   "target:slack_status": {...}}}``); ``status`` is the line systemd shows;
-- ``/metrics``: Prometheus text format.
+- ``/metrics``: Prometheus text format;
+- ``/``: the status page (``status.html``, one self-contained file; every
+  value from the API is put in with ``textContent``, and a Content Security
+  Policy allows only its own script and style, by hash);
+- ``/api/status``, ``/api/people/{who}``, ``POST /api/resync``: the JSON API
+  (``docs/api.md``; documents built by ``ops.status``). More routes (pause,
+  resume) come in through ``build_app(routes=...)``.
 
-Nothing here shows a secret; the bodies carry counts and states only.
+Writes: every request other than GET and HEAD passes ``WriteGuard``. On a
+listener that is not loopback it needs ``Authorization: Bearer <http.token>``
+(401 without or with a wrong one; 403 when no token is configured, so such a
+listener takes no change at all). A browser request from another site (an
+``Origin`` that is not this listener) is refused everywhere, so a web page
+cannot make the browser post to a loopback listener.
+
+Nothing here shows a secret or a caller number.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import importlib.resources
+import ipaddress
+import re
+import secrets
 import socket
-from collections.abc import Callable, Generator, Mapping
-from typing import Any
+import urllib.parse
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Final
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from presence_sync.net import parse_listen
+from presence_sync.ops.status import DEFAULT_LIMIT, StatusBuilder
 
-__all__ = ["Listener", "bind", "build_app"]
+__all__ = [
+    "Listener",
+    "WriteGuard",
+    "bind",
+    "build_app",
+    "error",
+    "is_loopback",
+    "json_response",
+]
 
 Probe = Callable[[], tuple[bool, Mapping[str, Any]]]
+
+_SAFE_METHODS: Final = frozenset({"GET", "HEAD"})
+_HEADERS: Final = {
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) is reachable only from this
+    machine: a loopback address, or a name that resolves to nothing else.
+    ``0.0.0.0`` and ``::`` (every address) are not."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos
+    )
+
+
+def json_response(doc: Any, status_code: int = 200) -> Response:
+    """A JSON answer of the API, with its headers."""
+    return JSONResponse(doc, status_code=status_code, headers=_HEADERS)
+
+
+def error(status_code: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    """An API error: ``{"error": message}``."""
+    response = json_response({"error": message}, status_code)
+    response.headers.update(headers or {})
+    return response
+
+
+@dataclass(frozen=True, slots=True)
+class WriteGuard:
+    """ASGI middleware in front of every route: lets GET and HEAD through
+    and checks every other request (see the module docstring). ``required``:
+    the listener is not loopback, so writes need ``token``."""
+
+    app: ASGIApp
+    token: str | None = None
+    required: bool = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in _SAFE_METHODS:
+            refusal = self.refusal(Request(scope))
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, request: Request) -> Response | None:
+        """The answer refusing ``request``, or None to let it through."""
+        origin = request.headers.get("origin")
+        if origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get(
+            "host"
+        ):
+            return error(403, "changes from another web site are refused")
+        if not self.required:
+            return None
+        if self.token is None:
+            return error(
+                403,
+                "changes are refused: this listener is not on loopback and no http.token "
+                "is configured",
+            )
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            given.strip().encode(), self.token.encode()
+        ):
+            return error(
+                401,
+                "this change needs the API token: Authorization: Bearer <http.token>",
+                {"WWW-Authenticate": 'Bearer realm="presence-sync"'},
+            )
+        return None
+
+
+_BLOCK = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
+
+
+@cache
+def _page() -> tuple[bytes, str]:
+    """The status page and its Content-Security-Policy: only the page's own
+    script and style (by hash) run, nothing inline from data ever can."""
+    text = importlib.resources.files(__package__).joinpath("status.html").read_text("utf-8")
+    hashes: dict[str, list[str]] = {"script": [], "style": []}
+    for kind, body in _BLOCK.findall(text):
+        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+        hashes[kind].append(f"'sha256-{digest}'")
+    policy = "; ".join(
+        [
+            "default-src 'none'",
+            "script-src " + " ".join(hashes["script"]),
+            "style-src " + " ".join(hashes["style"]),
+            "connect-src 'self'",
+            "img-src 'none'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )
+    return text.encode(), policy
 
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
@@ -51,8 +193,21 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def build_app(health: Probe, ready: Probe) -> Starlette:
-    """The listener's routes around two probes that report (ok, details)."""
+def build_app(
+    health: Probe,
+    ready: Probe,
+    *,
+    status: StatusBuilder | None = None,
+    resync: Callable[[], object] | None = None,
+    routes: Sequence[BaseRoute] = (),
+    token: str | None = None,
+    loopback: bool = True,
+) -> Starlette:
+    """The listener's routes around two probes that report (ok, details).
+
+    ``status`` serves the page and the JSON API; ``resync`` is called for
+    ``POST /api/resync``; ``routes`` are added as they are (the guard covers
+    them too). ``token`` and ``loopback`` configure ``WriteGuard``."""
 
     def probe_response(probe: Probe) -> Response:
         ok, details = probe()
@@ -67,17 +222,74 @@ def build_app(health: Probe, ready: Probe) -> Starlette:
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    async def index(_: Request) -> Response:
-        return PlainTextResponse("presence-sync: /healthz /readyz /metrics\n")
+    table: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]
+    if status is not None:
+        table += _api_routes(status, resync)
+    table += routes
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException):
+            return error(exc.status_code, exc.detail, exc.headers)
+        return error(500, "internal error")
 
     return Starlette(
-        routes=[
-            Route("/", index),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics),
-        ]
+        routes=table,
+        middleware=[Middleware(WriteGuard, token=token, required=not loopback)],
+        exception_handlers={HTTPException: not_found},
     )
+
+
+def _api_routes(status: StatusBuilder, resync: Callable[[], object] | None) -> list[BaseRoute]:
+    async def index(_: Request) -> Response:
+        page, policy = _page()
+        headers = {
+            **_HEADERS,
+            "Content-Security-Policy": policy,
+            "X-Frame-Options": "DENY",
+        }
+        return HTMLResponse(page, headers=headers)
+
+    async def api_status(request: Request) -> Response:
+        query = request.query_params
+        try:
+            offset = int(query.get("offset", "0"))
+            limit = int(query.get("limit", str(DEFAULT_LIMIT)))
+        except ValueError:
+            return error(400, "offset and limit must be whole numbers")
+        try:
+            doc = status.status(
+                q=query.get("q", ""),
+                filter=query.get("filter", "all"),
+                offset=offset,
+                limit=limit,
+            )
+        except ValueError as exc:
+            return error(400, str(exc))
+        return json_response(doc)
+
+    async def api_person(request: Request) -> Response:
+        who = request.path_params["who"]
+        doc = status.person(who)
+        if doc is None:
+            return error(404, f"nobody with the key, e-mail or extension {who!r}")
+        return json_response(doc)
+
+    async def api_resync(_: Request) -> Response:
+        if resync is None:
+            return error(404, "resync is not available here")
+        resync()
+        return json_response({"ok": True}, 202)
+
+    return [
+        Route("/", index),
+        Route("/api/status", api_status),
+        Route("/api/people/{who}", api_person),
+        Route("/api/resync", api_resync, methods=["POST"]),
+    ]
 
 
 class _Server(uvicorn.Server):

@@ -1,1 +1,1 @@
-"""Admin commands beside the daemon (``check``, ...), one module each."""
+"""The admin's one-shot commands (``check``, ``status``, ``resync``, ...), one module each."""

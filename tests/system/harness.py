@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,13 +77,17 @@ def write_config(
     extra: str = "",
     targets: str = "",
     nfon_extra: str = "",
+    people: Sequence[tuple[str, str | None, str]] = PEOPLE,
+    http: str = '  listen: "127.0.0.1:0"\n',
 ) -> Path:
     """A configuration for the simulator and the webhook receiver. ``targets``
-    adds lines under ``targets:``, ``nfon_extra`` under ``nfon:``, ``extra``
-    at the top level."""
-    people = "".join(
-        f'  - extension: "{ext}"\n    email: {email}\n    name: {name}\n'
-        for ext, name, email in PEOPLE
+    adds lines under ``targets:``, ``nfon_extra`` under ``nfon:``, ``http``
+    replaces the lines under ``http:``, ``extra`` goes at the top level.
+    ``people`` are (extension, name, email); a name None is left to NFON."""
+    listed = "".join(
+        f'  - extension: "{ext}"\n    email: {email}\n'
+        + ("" if name is None else f"    name: {name}\n")
+        for ext, name, email in people
     )
     path.write_text(
         f"""nfon:
@@ -91,7 +96,7 @@ def write_config(
   username: api-user
   password: api-secret
 {nfon_extra}people:
-{people}targets:
+{listed}targets:
   webhook:
     url: {hook.url}
     secret: {HOOK_SECRET}
@@ -101,8 +106,7 @@ def write_config(
 state:
   path: {path.parent / "state.db"}
 http:
-  listen: "127.0.0.1:0"
-logging:
+{http}logging:
   level: info
   format: text
 {rules}{extra}"""

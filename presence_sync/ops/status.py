@@ -1,0 +1,269 @@
+"""The status documents of the daemon's API (``/api/status``,
+``/api/people/{who}``), which the status page, ``presence-sync status`` and
+``check --test-call`` read. The shape is documented in ``docs/api.md``.
+
+A document shows the engine's picture (desired and applied status per
+person and target, and where each key is), each person's line as NFON
+reports it (line, presence, call direction: never the other party's
+number), the daemon's readiness and when the last full resync ran. Statuses
+are short texts (``model.describe``, which masks digit runs that could be a
+phone number); ``null`` means "nothing from us: the person's own status".
+
+Cost: a poll filters people on cheap lookups (their texts, and the engine's
+``unsettled`` set) and builds target pictures only for the page it returns,
+so it stays fast with 10,000 people.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from typing import Any, Final, Literal
+
+from presence_sync.engine import Engine, KeySnapshot, TargetSnapshot
+from presence_sync.lines import Lines
+from presence_sync.model import Direction, Line, Person, Presence, describe
+from presence_sync.readiness import Readiness
+
+__all__ = [
+    "DEFAULT_LIMIT",
+    "FILTERS",
+    "MAX_LIMIT",
+    "Parts",
+    "PauseView",
+    "StatusBuilder",
+    "find_person",
+    "iso",
+]
+
+DEFAULT_LIMIT: Final = 100
+MAX_LIMIT: Final = 1000
+FILTERS: Final = ("all", "not-in-sync")
+
+Filter = Literal["all", "not-in-sync"]
+
+_STATES: Final = {"dirty": "queued", "unknown": "waiting"}
+"""Engine key states → API states (the others keep their name)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PauseView:
+    """A person's pause as the API shows it: until when (None: until
+    resumed) and for which targets (None: all)."""
+
+    until: datetime | None
+    targets: tuple[str, ...] | None = None
+
+    def covers(self, target: str) -> bool:
+        return self.targets is None or target in self.targets
+
+
+def _no_pauses(_: str) -> PauseView | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the documents are built from, as the daemon runs right now
+    (a reload may swap any of them, so the builder asks for them anew at
+    each request)."""
+
+    now: datetime
+    engine: Engine
+    lines: Lines
+    readiness: Readiness
+    last_resync: datetime | None
+    paused: Callable[[str], PauseView | None] = field(default=_no_pauses)
+    """The pause of a person key, if any."""
+
+
+def iso(when: datetime | None, zone: tzinfo | None = None) -> str | None:
+    """``when`` in ``zone`` (default: the machine's) as ISO 8601 with its
+    offset, to the second; None stays None."""
+    if when is None:
+        return None
+    return when.astimezone(zone).isoformat(timespec="seconds")
+
+
+class StatusBuilder:
+    """Builds the API's JSON documents from ``parts()``; ``zone`` is the
+    zone of the time stamps (default: the machine's)."""
+
+    def __init__(self, parts: Callable[[], Parts], *, zone: tzinfo | None = None) -> None:
+        self._parts = parts
+        self._zone = zone
+        self._texts: dict[str, tuple[Person, str]] = {}
+
+    # --- documents --------------------------------------------------------------------
+
+    def status(
+        self,
+        *,
+        q: str = "",
+        filter: str = "all",
+        offset: int = 0,
+        limit: int = DEFAULT_LIMIT,
+    ) -> dict[str, Any]:
+        """``GET /api/status``: the daemon's health and one page of people
+        matching ``q`` (name, e-mail or extension, any case) and ``filter``.
+        Raises ``ValueError`` for a filter, offset or limit out of range."""
+        if filter not in FILTERS:
+            raise ValueError(f"filter must be one of {', '.join(FILTERS)}, not {filter!r}")
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"limit must be 1..{MAX_LIMIT}")
+        parts = self._parts()
+        engine = parts.engine
+        people = engine.people()
+        matched = self._search(people, q)
+        if filter == "not-in-sync":
+            unsettled = engine.unsettled(p.key for p in matched)
+            matched = [p for p in matched if p.key in unsettled]
+        page = matched[offset : offset + limit]
+        docs = self._people(parts, page)
+        return {
+            "at": iso(parts.now, self._zone),
+            "daemon": self._daemon(parts),
+            "total": len(people),
+            "matched": len(matched),
+            "offset": offset,
+            "limit": limit,
+            "people": docs,
+        }
+
+    def person(self, who: str) -> dict[str, Any] | None:
+        """``GET /api/people/{who}``: one person by key, e-mail (any case)
+        or extension; None when nobody matches."""
+        parts = self._parts()
+        found = find_person(parts.engine.people(), who)
+        if found is None:
+            return None
+        return self._people(parts, [found])[0]
+
+    # --- parts ------------------------------------------------------------------------
+
+    def _search(self, people: list[Person], q: str) -> list[Person]:
+        if len(self._texts) > 2 * len(people) + MAX_LIMIT:
+            self._texts.clear()  # people who left since
+        needle = q.strip().casefold()
+        if not needle:
+            return people
+        return [p for p in people if needle in self._text(p)]
+
+    def _text(self, person: Person) -> str:
+        hit = self._texts.get(person.key)
+        if hit is not None and hit[0] is person:
+            return hit[1]
+        text = "\n".join((person.key, person.email, person.name or "", person.extension)).casefold()
+        self._texts[person.key] = (person, text)
+        return text
+
+    def _daemon(self, parts: Parts) -> dict[str, Any]:
+        ready = parts.readiness
+        return {
+            "ok": ready.ok,
+            "status": ready.status,
+            "components": {name: dict(c) for name, c in ready.components.items()},
+            "last_resync": iso(parts.last_resync, self._zone),
+            "targets": {name: self._target(t) for name, t in parts.engine.target_states().items()},
+        }
+
+    def _target(self, t: TargetSnapshot) -> dict[str, Any]:
+        if t.pause_reason == "auth":
+            state, reason = "refused", f"{t.name} rejects our credentials"
+        elif t.pause_reason is not None:
+            state, reason = "throttled", f"{t.name} asked us to wait (rate limit)"
+        else:
+            state, reason = "running", None
+        return {
+            "kind": t.kind,
+            "state": state,
+            "until": iso(t.paused_until, self._zone),
+            "reason": reason,
+            "queued": t.dirty,
+            "in_flight": t.in_flight,
+            "backoff": t.backoff,
+            "parked": t.parked,
+        }
+
+    def _people(self, parts: Parts, page: Sequence[Person]) -> list[dict[str, Any]]:
+        keys: dict[str, list[KeySnapshot]] = {p.key: [] for p in page}
+        for snap in parts.engine.key_snapshots(keys):
+            keys[snap.person].append(snap)
+        return [self._person(parts, p, keys[p.key]) for p in page]
+
+    def _person(self, parts: Parts, person: Person, snaps: Iterable[KeySnapshot]) -> dict[str, Any]:
+        view = parts.lines.get(person.extension)
+        line = presence = direction = None
+        if view is not None:
+            line = None if view.line is Line.UNKNOWN else view.line.value
+            presence = _presence(view.presence)
+            call = view.call
+            if call is not None and call.direction is not Direction.UNKNOWN:
+                direction = call.direction.value
+        pause = parts.paused(person.key)
+        return {
+            "key": person.key,
+            "email": person.email,
+            "name": person.name,
+            "extension": person.extension,
+            "line": line,
+            "presence": presence,
+            "direction": direction,
+            "paused": None
+            if pause is None
+            else {
+                "until": iso(pause.until, self._zone),
+                "targets": None if pause.targets is None else list(pause.targets),
+            },
+            "targets": {s.target: self._key(s, pause) for s in snaps},
+        }
+
+    def _key(self, snap: KeySnapshot, pause: PauseView | None) -> dict[str, Any]:
+        applied = snap.applied
+        state = _STATES.get(snap.state, snap.state)
+        reason = snap.last_error
+        since = snap.since
+        if pause is not None and pause.covers(snap.target) and state == "in-sync":
+            state, reason = "paused", "paused by an admin"
+        if state == "waiting":
+            reason = "waiting for NFON to report this line"
+        elif state == "in-sync":
+            reason = None
+            since = None if applied is None else applied.at
+        applied_text = None
+        if applied is not None and applied.status is not None:
+            applied_text = describe(applied.status)
+        if applied_text is not None and snap.uncertain:
+            applied_text += " (not confirmed)"
+        return {
+            "desired": None if snap.desired is None else describe(snap.desired),
+            "applied": applied_text,
+            "state": state,
+            "since": iso(since, self._zone),
+            "retry_at": iso(snap.retry_at, self._zone),
+            "reason": reason,
+            "rule": snap.rule,
+        }
+
+
+def _presence(presence: Presence) -> str | None:
+    if presence is Presence.UNKNOWN:
+        return None
+    if presence is Presence.NONE:
+        return "none"
+    return presence.value
+
+
+def find_person(people: Iterable[Person], who: str) -> Person | None:
+    """The person whose key, e-mail (any case) or extension is ``who``."""
+    wanted = who.strip()
+    folded = wanted.casefold()
+    for person in people:
+        if person.key == folded or person.email.casefold() == folded:
+            return person
+        if person.extension == wanted:
+            return person
+    return None

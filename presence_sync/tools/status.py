@@ -1,0 +1,283 @@
+"""``presence-sync status`` and ``presence-sync resync``.
+
+``status`` prints what the status page shows, from the running daemon's API
+(``/api/status``, every page of it; ``PERSON`` shows one person in detail).
+When the daemon does not answer it prints the stored view instead: what
+each target last confirmed, read from the state database opened read-only,
+and says so. Exit codes: 0 shown from the daemon; 1 the daemon is down
+(the stored view is printed anyway), or PERSON is unknown.
+
+``resync`` asks the daemon for a full resync from NFON's snapshot now.
+
+Names come from NFON's directory and are untrusted: control characters are
+shown escaped, so a name cannot move the cursor or recolour the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, TextIO
+
+from presence_sync.model import Person, describe
+from presence_sync.store import AppliedRow, read_applied
+from presence_sync.tools.client import ApiError, Client, DaemonDown, Located, locate
+
+__all__ = ["resync", "status"]
+
+PAGE: Final = 1000
+
+STATES: Final = {
+    "in-sync": "in sync",
+    "queued": "queued",
+    "starting": "starting",
+    "in-flight": "in flight",
+    "backoff": "backing off",
+    "parked": "parked",
+    "waiting": "waiting for NFON",
+    "paused": "paused",
+}
+
+
+def clean(value: object) -> str:
+    """``value`` as text safe for a terminal: control characters escaped."""
+    text = "" if value is None else str(value)
+    return "".join(
+        c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode()
+        for c in text
+    )
+
+
+def when(value: str | None) -> str:
+    """An API time stamp for people: ``2026-12-02 13:04:05 +01:00``."""
+    if not value:
+        return ""
+    date, _, rest = value.partition("T")
+    for sign in "+-":
+        if sign in rest:
+            clock, _, offset = rest.rpartition(sign)
+            return f"{date} {clock} {sign}{offset}"
+    return f"{date} {rest}"
+
+
+def table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    """Rows in columns, the first row being the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip(), file=out
+        )
+
+
+# --- status ----------------------------------------------------------------------------
+
+
+def status(
+    config: str | os.PathLike[str],
+    url: str | None,
+    who: str | None,
+    *,
+    not_in_sync: bool = False,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """``presence-sync status``; returns the exit code."""
+    located = locate(config, url)
+    try:
+        with Client(located) as client:
+            if who:
+                try:
+                    person = client.get(f"/api/people/{who}")
+                except ApiError as exc:
+                    if exc.status != 404:
+                        raise
+                    print(f"presence-sync: {exc}", file=err)
+                    return 1
+                doc = client.get("/api/status", {"limit": 1})
+                _daemon(doc, located, out)
+                _person(person, out)
+                return 0
+            pages = _all_pages(client, "not-in-sync" if not_in_sync else "all")
+    except DaemonDown as exc:
+        print(f"presence-sync: {exc}", file=err)
+        return _stored(located, who, out)
+    _daemon(pages[0], located, out)
+    people = [p for page in pages for p in page["people"]]
+    print(file=out)
+    if not people:
+        print("Nobody is out of sync." if not_in_sync else "No people configured.", file=out)
+        return 0
+    _people(people, list(pages[0]["daemon"]["targets"]), out)
+    total, matched = pages[0]["total"], pages[0]["matched"]
+    print(file=out)
+    print(
+        f"{matched} of {total} people shown." if matched != total else f"{total} people.", file=out
+    )
+    return 0
+
+
+def _all_pages(client: Client, filter_: str) -> list[dict[str, Any]]:
+    pages = [client.get("/api/status", {"filter": filter_, "limit": PAGE})]
+    while (pages[-1]["offset"] + len(pages[-1]["people"])) < pages[-1]["matched"] and pages[-1][
+        "people"
+    ]:
+        offset = pages[-1]["offset"] + len(pages[-1]["people"])
+        pages.append(
+            client.get("/api/status", {"filter": filter_, "offset": offset, "limit": PAGE})
+        )
+    return pages
+
+
+def _daemon(doc: Mapping[str, Any], located: Located, out: TextIO) -> None:
+    daemon = doc["daemon"]
+    print(f"presence-sync at {located.url}: {clean(daemon['status'])}", file=out)
+    names = {"nfon_stream": "NFON stream", "nfon_login": "NFON login"}
+    for name, component in daemon["components"].items():
+        if name in names:
+            print(f"  {names[name]}: {clean(component['reason'])}", file=out)
+    print(f"  Last full resync: {when(daemon['last_resync']) or 'not yet'}", file=out)
+    for name, t in daemon["targets"].items():
+        state = t["state"]
+        if t["until"]:
+            state += f" until {when(t['until'])}"
+        if t["reason"]:
+            state += f" ({clean(t['reason'])})"
+        print(
+            f"  Target {clean(name)} ({clean(t['kind'])}): {state}; {t['queued']} queued, "
+            f"{t['in_flight']} in flight, {t['backoff']} backing off, {t['parked']} parked",
+            file=out,
+        )
+
+
+def _key_state(k: Mapping[str, Any]) -> str:
+    text = STATES.get(k["state"], str(k["state"]))
+    if k["since"]:
+        text += f" since {when(k['since'])}"
+    if k["retry_at"]:
+        text += f", next try {when(k['retry_at'])}"
+    return text
+
+
+def _shows(k: Mapping[str, Any]) -> str:
+    applied = k["applied"] or "(their own)"
+    desired = k["desired"] or "(their own)"
+    return clean(applied if applied == desired else f"{applied} → wants {desired}")
+
+
+def _people(people: Iterable[Mapping[str, Any]], targets: list[str], out: TextIO) -> None:
+    rows = [["NAME", "E-MAIL", "EXT", "LINE", "PRESENCE", "CALL", "TARGET", "STATE", "SHOWS"]]
+    for p in people:
+        first = [
+            clean(p["name"] or "-"),
+            clean(p["email"]),
+            clean(p["extension"]),
+            p["line"] or "unknown",
+            p["presence"] or "unknown",
+            p["direction"] or "-",
+        ]
+        for i, name in enumerate(targets):
+            k = p["targets"].get(name)
+            if k is None:
+                continue
+            lead = first if i == 0 else [""] * len(first)
+            rows.append([*lead, clean(name), _key_state(k), _shows(k)])
+    table(rows, out)
+
+
+def _person(p: Mapping[str, Any], out: TextIO) -> None:
+    print(file=out)
+    name = clean(p["name"] or "(no name)")
+    print(f"{name} <{clean(p['email'])}>, extension {clean(p['extension'])}", file=out)
+    call = f", {p['direction']} call" if p["direction"] else ""
+    print(
+        f"  Line: {p['line'] or 'unknown'}, presence {p['presence'] or 'unknown'}{call}", file=out
+    )
+    if p["paused"]:
+        pause = p["paused"]
+        until = f" until {when(pause['until'])}" if pause["until"] else " until resumed"
+        only = f" for {', '.join(pause['targets'])}" if pause["targets"] else ""
+        print(f"  Paused{only}{until}", file=out)
+    for name, k in p["targets"].items():
+        print(f"  {clean(name)}: {_key_state(k)}", file=out)
+        print(
+            f"    wants: {clean(k['desired'] or '(nothing from us: their own status)')}", file=out
+        )
+        print(
+            f"    shows: {clean(k['applied'] or '(nothing from us: their own status)')}", file=out
+        )
+        if k["rule"]:
+            print(f"    rule:  {clean(k['rule'])}", file=out)
+        if k["reason"]:
+            print(f"    why:   {clean(k['reason'])}", file=out)
+
+
+# --- the stored view ---------------------------------------------------------------------
+
+
+def _stored(located: Located, who: str | None, out: TextIO) -> int:
+    path = located.settings.state.path
+    rows = read_applied(path)
+    print(f"Stored view (the daemon is down), read from {path}:", file=out)
+    print("what each target last confirmed; nothing newer is known here.", file=out)
+    print(file=out)
+    if who:
+        wanted = who.strip().casefold()
+        rows = [
+            r
+            for r in rows
+            if wanted in (r.person.key, r.person.email.casefold())
+            or r.person.extension == who.strip()
+        ]
+        if not rows:
+            print(f"Nothing stored for {clean(who)}.", file=out)
+            return 1
+    if not rows:
+        print("Nothing stored: no target shows anything of ours.", file=out)
+        return 1
+    _stored_table(rows, out)
+    return 1
+
+
+def _stored_table(rows: Sequence[AppliedRow], out: TextIO) -> None:
+    people: dict[str, Person] = {}
+    for row in rows:
+        people.setdefault(row.person.key, row.person)
+    lines = [["NAME", "E-MAIL", "EXT", "TARGET", "SHOWS", "SINCE"]]
+    for row in sorted(rows, key=lambda r: (r.person.key, r.target)):
+        p = row.person
+        applied = row.applied
+        shows = "(their own)" if applied.status is None else describe(applied.status)
+        lines.append(
+            [
+                clean(p.name or "-"),
+                clean(p.email),
+                clean(p.extension),
+                clean(row.target),
+                clean(shows),
+                when(applied.at.astimezone().isoformat(timespec="seconds")),
+            ]
+        )
+    table(lines, out)
+    print(file=out)
+    print(f"{_count(len(people), 'person', 'people')}, {_count(len(rows), 'stored row')}.", file=out)
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+# --- resync ------------------------------------------------------------------------------
+
+
+def resync(config: str | os.PathLike[str], url: str | None, *, out: TextIO) -> int:
+    """``presence-sync resync``; returns the exit code."""
+    located = locate(config, url)
+    with Client(located, located.token()) as client:
+        client.post("/api/resync")
+    print(
+        f"Full resync started at {located.url}: the daemon reads every line from NFON "
+        "again and corrects what differs.",
+        file=out,
+    )
+    return 0
