@@ -234,16 +234,15 @@ class _Progress:
 
     def note(self, text: str) -> None:
         self._extra = text
-        self._show(force=not self.tty)
+        self._show()
 
     def tick(self) -> None:
         self.done += 1
         self._show()
 
-    def _show(self, force: bool = False) -> None:
+    def _show(self) -> None:
         now = time.monotonic()
-        interval = 0.1 if self.tty else PROGRESS_INTERVAL
-        if not force and now - self._shown < interval:
+        if now - self._shown < (0.1 if self.tty else PROGRESS_INTERVAL):
             return
         self._shown = now
         text = f"resolving people: {self.done}/{self.total}"
@@ -555,7 +554,8 @@ def _cell(found: Found | None) -> str:
 def table(report: Report, settings: Settings) -> list[str]:
     """The report as text lines: services, then one row per person."""
     lines = []
-    for service, found in report.services.items():
+    order = ("NFON", "Microsoft", "Slack")
+    for service, found in sorted(report.services.items(), key=lambda i: order.index(i[0])):
         state = f"PROBLEM: {found.problem}" if found.problem else f"ok: {found.value}"
         lines.append(f"{service:<10} {state}")
     lines.append("")
@@ -606,7 +606,9 @@ async def run(
                 print(warning_text(record), file=stderr)
             warnings.clear()
         settings = loaded.settings
-        targets = ", ".join(f"{n} ({s.kind})" for n, s in settings.targets.items())
+        targets = ", ".join(
+            n if n == spec.kind else f"{n} ({spec.kind})" for n, spec in settings.targets.items()
+        )
         print(f"{config}: valid. {len(settings.people)} people; targets: {targets}", file=stdout)
         if offline:
             return 0

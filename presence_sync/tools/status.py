@@ -260,7 +260,9 @@ def _stored_table(rows: Sequence[AppliedRow], out: TextIO) -> None:
         )
     table(lines, out)
     print(file=out)
-    print(f"{_count(len(people), 'person', 'people')}, {_count(len(rows), 'stored row')}.", file=out)
+    print(
+        f"{_count(len(people), 'person', 'people')}, {_count(len(rows), 'stored row')}.", file=out
+    )
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:

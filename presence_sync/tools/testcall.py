@@ -32,12 +32,12 @@ from urllib.parse import quote
 
 import httpx
 
-from presence_sync.config import Settings
 from presence_sync.errors import PresenceSyncError, UpstreamError
 from presence_sync.nfon import NfonClient
 from presence_sync.tools.check import collect_warnings, load_checked, warning_text
+from presence_sync.tools.client import daemon_url
 
-__all__ = ["POLL_INTERVAL", "RULES_GRACE", "TestCallFailed", "daemon_url", "run"]
+__all__ = ["POLL_INTERVAL", "RULES_GRACE", "TestCallFailed", "run"]
 
 POLL_INTERVAL = 0.1
 """Seconds between two reads of the daemon's status API."""
@@ -52,20 +52,6 @@ class TestCallFailed(PresenceSyncError):
     """A step did not happen; the message names it."""
 
     __test__ = False  # not a pytest test class, despite its name
-
-
-def daemon_url(settings: Settings) -> str | None:
-    """The daemon's API from ``http.listen``; a wildcard address is reached
-    on loopback. None when the listener is off."""
-    address = settings.http.address
-    if address is None:
-        return None
-    host, port = address
-    if host in ("", "0.0.0.0"):  # noqa: S104 - reading, not binding
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _callee(number: str) -> tuple[str, str | None]:
@@ -134,7 +120,7 @@ class _Watch:
 
 def _shows(entry: Mapping[str, Any]) -> str:
     applied = entry.get("applied")
-    return str(applied) if applied is not None else "nothing from us"
+    return str(applied) if applied is not None else "nothing of ours"
 
 
 def _where(entry: Mapping[str, Any]) -> str:
@@ -240,7 +226,10 @@ async def _prove(
             if target in cleared or target not in baseline:
                 continue
             if _settled(entry) and entry.get("applied") == baseline[target]:
-                watch.step(f"{target} is back to {_shows(entry)}")
+                if baseline[target] is None:
+                    watch.step(f"{target} cleared: the person's own status is back")
+                else:
+                    watch.step(f"{target} shows {_shows(entry)} again")
                 cleared.add(target)
         return cleared >= set(baseline)
 
@@ -269,13 +258,17 @@ async def run(
         finally:
             for record in warnings:
                 print(warning_text(record), file=stderr)
-    base = url or daemon_url(settings)
-    if base is None:
-        print(
-            "presence-sync: the daemon's HTTP listener is off (http.listen): give --url",
-            file=stderr,
+    if url:
+        base = url.rstrip("/")
+    elif not settings.http.listen:
+        raise PresenceSyncError(
+            f"http.listen is off in {config}, so the daemon has no API; turn it on or give --url"
         )
-        return 1
+    else:
+        try:
+            base = daemon_url(settings.http.listen)
+        except ValueError as exc:
+            raise PresenceSyncError(str(exc)) from None
     state: dict[str, str | None] = {"call": None}
     async with (
         httpx.AsyncClient(base_url=base, timeout=5.0) as api,

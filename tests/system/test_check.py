@@ -8,12 +8,12 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import PEOPLE
+from harness import PEOPLE, Daemon
 
 from presence_sync.sim.graph import GraphHandle, GraphSim
 from presence_sync.sim.graph import serve_in_thread as serve_graph
@@ -63,6 +63,7 @@ def config(
     slack_token: str | None = None,
     nfon_url: str | None = None,
     targets: str = "  teams_presence: {}\n  slack_status: {}\n",
+    extra: str = "",
 ) -> Path:
     """A configuration for ``check``: no names under people:, so the names
     shown are NFON's."""
@@ -90,7 +91,7 @@ people:
 targets:
 {targets}state:
   path: {path.parent / "state.db"}
-"""
+{extra}"""
     )
     return path
 
@@ -299,3 +300,97 @@ def test_option_mistakes_are_usage_errors(tmp_path: Path, args: list[str], messa
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- check --test-call against the running daemon ---------------------------------------
+
+DAEMON = """http:
+  listen: "127.0.0.1:0"
+logging:
+  level: info
+  format: text
+resync:
+  interval: 1h
+"""
+
+
+def _steps(output: str) -> list[str]:
+    """The step lines (``  0.12 s  text``) without their times."""
+    return [m.group(1) for m in re.finditer(r"^\s*\d+\.\d\d s  (.*)$", output, re.M)]
+
+
+def test_test_call_shows_each_target_taking_the_call_and_letting_go(
+    tmp_path: Path, services: Services, daemons: Callable[..., Daemon]
+) -> None:
+    path = config(tmp_path / "config.yaml", services, extra=DAEMON)
+    daemon = daemons("run", "-c", str(path))
+    daemon.wait_ready()
+    result = check("-c", str(path), "--test-call", "100", "--callee", "101", "--url", daemon.url())
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = _steps(result.stdout)
+    requests = services.nfon.sim.stats.requests_by_path
+    assert requests["POST /extensions/phone/calls"] == 1
+    assert steps[0].startswith("call placed (NFON call ")
+    assert steps[1:3] == [
+        "100's phone rings: answer the call on 100's phone now",
+        "100's line is in use",
+    ]
+    assert set(steps[3:5]) == {
+        "teams_presence shows Busy/InACall",
+        'slack_status shows :telephone_receiver: "On a call"',
+    }
+    assert steps[5:7] == ["call cancelled", "100's line is idle"]
+    assert set(steps[7:9]) == {
+        "teams_presence cleared: the person's own status is back",
+        "slack_status cleared: the person's own status is back",
+    }
+    assert "test call passed" in result.stdout
+    assert "NFON rings 100's phone first. Answer it there" in result.stdout.splitlines()[0]
+    placed = re.search(r"NFON call ([0-9a-f-]{36})", steps[0])
+    assert placed, steps[0]
+    assert requests[f"DELETE /extensions/phone/calls/{placed.group(1)}"] == 1
+    assert services.nfon.sim.active_calls() == []
+    anna = services.entra["anna@example.com"]
+    posted = services.graph.sim.requests(f"/v1.0/users/{anna}/presence/")
+    assert [r.path.rsplit("/", 1)[-1] for r in posted] == ["setPresence", "clearPresence"]
+    times = [float(t) for t in re.findall(r"^\s*(\d+\.\d\d) s  ", result.stdout, re.M)]
+    assert times == sorted(times)
+
+
+def test_test_call_nobody_answers_names_the_step_and_cancels_the_call(
+    tmp_path: Path, services: Services, daemons: Callable[..., Daemon]
+) -> None:
+    path = config(tmp_path / "config.yaml", services, extra=DAEMON)
+    daemon = daemons("run", "-c", str(path))
+    daemon.wait_ready()
+    services.nfon.sim.set_answer_delay(None)
+    result = check(
+        "-c", str(path), "--test-call", "100", "--callee", "101",
+        "--url", daemon.url(), "--timeout", "3",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert re.search(
+        r"^FAILED: nobody answered 100's phone \(line ringing\) within 3 s", result.stdout, re.M
+    )
+    assert services.nfon.sim.active_calls() == []
+    assert services.nfon.sim.state_of("100")["line"] == "idle"
+
+
+def test_test_call_without_a_daemon_or_for_a_stranger_says_so(
+    tmp_path: Path, services: Services, daemons: Callable[..., Daemon]
+) -> None:
+    path = config(tmp_path / "config.yaml", services, extra=DAEMON)
+    down = check(
+        "-c", str(path), "--test-call", "100", "--callee", "101", "--url", "http://127.0.0.1:9"
+    )
+    assert down.returncode == 1
+    assert "cannot reach the daemon at http://127.0.0.1:9" in down.stdout
+    assert not services.nfon.sim.stats.requests_by_path.get("POST /extensions/phone/calls")
+
+    daemon = daemons("run", "-c", str(path))
+    daemon.wait_ready()
+    stranger = check(
+        "-c", str(path), "--test-call", "555", "--callee", "101", "--url", daemon.url()
+    )
+    assert stranger.returncode == 1
+    assert "the daemon does not know 555" in stranger.stdout
