@@ -192,15 +192,17 @@ class _Gate:
         """``work()``, retried on ``TransientError``: after the wait the
         service asked for (rate limits, however often), else with backoff,
         raising the last one after ``ATTEMPTS`` failures. ``AuthError``
-        (also for every later call) once the service refused our credentials;
-        with ``refuse=False`` an ``AuthError`` concerns this call only."""
+        (also for every later call) once the service refused our credentials.
+        ``refuse=False``: the call does not use those credentials (a
+        person's own token), so neither a refusal before nor its own
+        ``AuthError`` stops the others."""
         backoff, failures = 0.5, 0
         while True:
             async with self._slots:
                 # A deadline, not an event: a pause set meanwhile extends it.
                 while (wait := self._resume_at - time.monotonic()) > 0:  # noqa: ASYNC110
                     await asyncio.sleep(wait)
-                if self.refused is not None:
+                if refuse and self.refused is not None:
                     raise self.refused
                 try:
                     return await work()
@@ -453,7 +455,7 @@ class _Resolver:
         try:
             if own is not None:
                 data = await self.slack_gate.run(
-                    lambda: client.call("auth.test", own, person, own=True)
+                    lambda: client.call("auth.test", own, person, own=True), refuse=False
                 )
                 return Found(f"{data.get('user_id')} (own token)")
             if any(n in self.dnd for n in wanted):

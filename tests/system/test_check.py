@@ -166,6 +166,27 @@ def test_rejected_slack_token_is_said_once_and_no_lookups_follow(
     assert not services.slack.sim.requests("users.list")
 
 
+def test_own_tokens_are_tried_even_when_the_admin_token_is_rejected(
+    tmp_path: Path, services: Services
+) -> None:
+    sim = services.slack.sim
+    anna = sim.add_token(services.slack_ids["anna@example.com"]).secret
+    path = config(
+        tmp_path / "config.yaml",
+        services,
+        slack_token=(
+            "token: xoxp-not-a-token\n"
+            f"  user_tokens:\n    - {{email: anna@example.com, token: {anna}}}"
+        ),
+    )
+    result = check("-c", str(path))
+    assert result.returncode == 1
+    assert row(result.stdout, "100").endswith(
+        f"{services.slack_ids['anna@example.com']} (own token)"
+    )
+    assert "not checked: Slack rejected the admin token" in row(result.stdout, "101")
+
+
 def test_rate_limits_are_waited_out_not_failed(tmp_path: Path, services: Services) -> None:
     services.slack.sim.fail_next("users.list", "ratelimited", count=2, retry_after=1)
     services.graph.sim.fail_next("/v1.0/users", status=429, count=2, retry_after=1.0)
