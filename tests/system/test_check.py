@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -415,3 +416,20 @@ def test_test_call_without_a_daemon_or_for_a_stranger_says_so(
     )
     assert stranger.returncode == 1
     assert "the daemon does not know 555" in stranger.stdout
+
+
+def test_ctrl_c_during_a_test_call_cancels_the_call_and_exits_130(
+    tmp_path: Path, services: Services, daemons: Callable[..., Daemon]
+) -> None:
+    path = config(tmp_path / "config.yaml", services, extra=DAEMON)
+    daemon = daemons("run", "-c", str(path))
+    daemon.wait_ready()
+    services.nfon.sim.set_answer_delay(None)
+    url = daemon.url()
+    probe = daemons("check", "-c", str(path), "--test-call", "100", "--callee", "101", "--url", url)
+    probe.wait_line(r"100's phone rings")
+    assert services.nfon.sim.state_of("100")["line"] == "ringing"
+    probe.signal(signal.SIGINT)
+    assert probe.wait_exit(15) == 130
+    assert services.nfon.sim.active_calls() == []
+    assert services.nfon.sim.state_of("100")["line"] == "idle"
