@@ -69,7 +69,7 @@ GRAPH_CONCURRENCY = 8
 """Graph lookups at once: far below Graph's per-app limits, and a 429 still pauses them."""
 SLACK_CONCURRENCY = 4
 """Slack lookups at once: ``users.lookupByEmail`` is Tier 3 (about 50 a minute)."""
-ATTEMPTS = 6
+ATTEMPTS = 4
 """Tries per lookup before a transient failure counts as the person's problem."""
 LIST_PAGE = 200
 """Members per ``users.list`` page: Slack recommends "no more than 200"."""
@@ -174,15 +174,17 @@ class Report:
 
 class _Gate:
     """One service's lookups: at most ``limit`` at once, all paused while
-    the service asked us to wait, and stopped once it refused our
-    credentials (``refused``)."""
+    the service asked us to wait, and stopped (``stopped``) once it refused
+    our credentials or did not answer ``ATTEMPTS`` times in a row: thousands
+    of people are not each tried with credentials that do not work, or
+    against a service that is down."""
 
     def __init__(self, limit: int, progress: _Progress, service: str) -> None:
         self._slots = asyncio.Semaphore(limit)
         self._resume_at = 0.0
         self._progress = progress
         self._service = service
-        self.refused: AuthError | None = None
+        self.stopped: AuthError | TransientError | None = None
 
     def pause(self, seconds: float) -> None:
         self._resume_at = max(self._resume_at, time.monotonic() + seconds)
@@ -191,24 +193,24 @@ class _Gate:
     async def run(self, work: Callable[[], Awaitable[T]], *, refuse: bool = True) -> T:
         """``work()``, retried on ``TransientError``: after the wait the
         service asked for (rate limits, however often), else with backoff,
-        raising the last one after ``ATTEMPTS`` failures. ``AuthError``
-        (also for every later call) once the service refused our credentials.
-        ``refuse=False``: the call does not use those credentials (a
-        person's own token), so neither a refusal before nor its own
-        ``AuthError`` stops the others."""
+        raising the last one after ``ATTEMPTS`` failures; ``AuthError`` when
+        the service refused our credentials. Either stops the gate: every
+        later call raises the same at once. ``refuse=False``: the call does
+        not use the shared credentials (a person's own token), so it neither
+        stops the gate nor is stopped by it."""
         backoff, failures = 0.5, 0
         while True:
             async with self._slots:
                 # A deadline, not an event: a pause set meanwhile extends it.
                 while (wait := self._resume_at - time.monotonic()) > 0:  # noqa: ASYNC110
                     await asyncio.sleep(wait)
-                if refuse and self.refused is not None:
-                    raise self.refused
+                if refuse and self.stopped is not None:
+                    raise self.stopped
                 try:
                     return await work()
                 except AuthError as exc:
                     if refuse:
-                        self.refused = exc
+                        self.stopped = exc
                     raise
                 except TransientError as exc:
                     if exc.retry_after is not None:
@@ -216,6 +218,8 @@ class _Gate:
                         continue
                     failures += 1
                     if failures >= ATTEMPTS:
+                        if refuse:
+                            self.stopped = exc
                         raise
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 30.0)
@@ -267,6 +271,12 @@ class _Progress:
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip()
     return text or type(exc).__name__
+
+
+def _not_checked(service: str, why: Exception) -> str:
+    if isinstance(why, AuthError):
+        return f"not checked: {service} refused our credentials"
+    return f"not checked: {service} did not answer"
 
 
 def _wanted(person: Person, names: Sequence[str], kinds: Mapping[str, str]) -> list[str]:
@@ -414,8 +424,8 @@ class _Resolver:
         graph = self.graph
         if graph is None or not _wanted(person, self.microsoft, self.kinds):
             return None
-        if self.graph_gate.refused is not None:
-            return Found(problem="not checked: Microsoft refused the app's credentials")
+        if self.graph_gate.stopped is not None:
+            return Found(problem=_not_checked("Microsoft", self.graph_gate.stopped))
         given = next(
             (person.ids[n] for n in (*self.microsoft, *MICROSOFT_KINDS) if person.ids.get(n)),
             None,
@@ -438,7 +448,7 @@ class _Resolver:
             memory = StoreMemory(self.store, graph.target, person.key)
             return Found(await self.graph_gate.run(lambda: graph.user_id(person, memory)))
         except AuthError:
-            return Found(problem="not checked: Microsoft refused the app's credentials")
+            return Found(problem="not checked: Microsoft refused our credentials")
         except PermanentError as exc:
             if exc.status == 404:
                 return Found(problem="no Entra user with this e-mail (UPN or mail)")
@@ -460,8 +470,8 @@ class _Resolver:
                 return Found(f"{data.get('user_id')} (own token)")
             if any(n in self.dnd for n in wanted):
                 return Found(problem="no own Slack token: slack_dnd needs one in slack.user_tokens")
-            if self.slack_gate.refused is not None:
-                return Found(problem="not checked: Slack rejected the admin token")
+            if self.slack_gate.stopped is not None:
+                return Found(problem=_not_checked("Slack", self.slack_gate.stopped))
             ids = (*self.slack_targets, *_SLACK_IDS)
             configured = next((person.ids[n] for n in ids if person.ids.get(n)), None)
             if configured is not None:
@@ -489,7 +499,7 @@ class _Resolver:
                 return Found(problem=f"the Slack account {user['id']} is deactivated")
             return Found(str(user["id"]))
         except AuthError:
-            return Found(problem="not checked: Slack rejected the admin token")
+            return Found(problem="not checked: Slack refused our credentials")
         except SlackRefused as exc:
             if exc.error in ("users_not_found", "user_not_found"):
                 return Found(problem="no Slack user with this e-mail")

@@ -162,7 +162,7 @@ def test_rejected_slack_token_is_said_once_and_no_lookups_follow(
     result = check("-c", str(path))
     assert result.returncode == 1
     assert re.search(r"^Slack\s+PROBLEM: token rejected: .*invalid_auth", result.stdout, re.M)
-    assert "not checked: Slack rejected the admin token" in row(result.stdout, "100")
+    assert "not checked: Slack refused our credentials" in row(result.stdout, "100")
     assert not services.slack.sim.requests("users.lookupByEmail")
     assert not services.slack.sim.requests("users.list")
 
@@ -185,7 +185,22 @@ def test_own_tokens_are_tried_even_when_the_admin_token_is_rejected(
     assert row(result.stdout, "100").endswith(
         f"{services.slack_ids['anna@example.com']} (own token)"
     )
-    assert "not checked: Slack rejected the admin token" in row(result.stdout, "101")
+    assert "not checked: Slack refused our credentials" in row(result.stdout, "101")
+
+
+def test_a_service_that_does_not_answer_is_tried_a_few_times_then_reported(
+    tmp_path: Path, services: Services
+) -> None:
+    path = config(tmp_path / "config.yaml", services)
+    text = path.read_text().replace(services.graph.origin, "https://127.0.0.1:9")
+    path.write_text(text)
+    result = check("-c", str(path))
+    assert result.returncode == 1
+    assert re.search(r"^Microsoft\s+PROBLEM: no token: .*unreachable", result.stdout, re.M)
+    for ext, _, _ in PEOPLE:
+        assert "not checked: Microsoft did not answer" in row(result.stdout, ext)
+    assert re.search(r"^Slack\s+ok:", result.stdout, re.M)
+    assert "3 people: 0 resolved, 3 with problems" in result.stdout
 
 
 def test_rate_limits_are_waited_out_not_failed(tmp_path: Path, services: Services) -> None:
