@@ -46,7 +46,9 @@ START = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 
 
 class CallRules:
-    def evaluate(self, person: Person, view: LineView, now: datetime) -> dict[str, Status | None]:
+    def evaluate(
+        self, person: Person, view: LineView, now: datetime, *, why: dict[str, str] | None = None
+    ) -> dict[str, Status | None]:
         return {"slack_status": ON_A_CALL if view.line is Line.IN_USE else None}
 
 

@@ -16,8 +16,10 @@ dropping the NFON streams (unless the NFON settings themselves changed). A
 reload builds and checks everything first (the file, the people, every new
 target and its limits, a new NFON client) and then switches in one step; if
 anything fails the running configuration stays, what was built for the
-refused reload is closed, and the reason is logged once and shown in
-systemd's ``STATUS=``.
+refused reload is closed, and the reason is logged once, as one entry
+(``event=reload_refused`` with ``reason`` and, for an invalid file, every
+``problems`` line), and shown in systemd's ``STATUS=``. Reloads are counted
+by result (``presence_sync_config_reloads_total``).
 
 Readiness (``/readyz`` and ``STATUS=``) means working *now*; see
 ``presence_sync.readiness``.
@@ -31,10 +33,12 @@ import dataclasses
 import logging
 import os
 import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from starlette.routing import BaseRoute
 
 from presence_sync import __version__
 from presence_sync.clock import Clock, SystemClock
@@ -48,7 +52,7 @@ from presence_sync.lines import Lines
 from presence_sync.net import parse_listen, user_agent
 from presence_sync.nfon import NfonClient
 from presence_sync.ops import logging as ops_logging
-from presence_sync.ops import systemd
+from presence_sync.ops import metrics, systemd
 from presence_sync.ops.http import Listener, build_app, is_loopback
 from presence_sync.ops.logging import kv
 from presence_sync.ops.status import Parts, StatusBuilder
@@ -68,6 +72,7 @@ __all__ = [
     "build_targets",
     "close_targets",
     "load",
+    "log_warnings",
     "wire",
 ]
 
@@ -106,16 +111,9 @@ def load(
     With ``dry_run`` every configured target is still validated, but each is
     later built as a ``log`` target of the same name. ``environ`` replaces
     ``os.environ`` for ``${VAR}`` and ``$CREDENTIALS_DIRECTORY`` (``check
-    --credentials``). Logs a warning when nobody is under ``people:``: the
-    file is valid, but the daemon would show nothing anywhere.
+    --credentials``).
     """
     settings = load_settings(path, environ)
-    if not settings.people:
-        log.warning(
-            "nobody is listed under people: so no one's phone line is shown anywhere; "
-            "map each extension to an e-mail address there",
-            extra=kv(config=os.fspath(path)),
-        )
     infos = {name: target_class(spec.kind).info for name, spec in settings.targets.items()}
     rules = compile_rules(
         settings.rules,
@@ -123,8 +121,19 @@ def load(
         lists=settings.lists,
         timezone=settings.timezone,
         problem=settings.problem,
+        locate=settings.locate,
     )
     return Loaded(settings, rules, infos)
+
+
+def log_warnings(settings: Settings) -> None:
+    """One WARNING line per ``settings.warnings`` entry, with file, line and key."""
+    for warning in settings.warnings:
+        log.warning(
+            "configuration: %s",
+            warning,
+            extra=kv(file=warning.file, line=warning.line, key=warning.key),
+        )
 
 
 # --- wiring ------------------------------------------------------------------------------
@@ -328,6 +337,8 @@ class Daemon:
         self._stream_tasks: list[asyncio.Task[None]] = []
         self._resync_task: asyncio.Task[None] | None = None
         self.listen_address: tuple[Any, ...] | None = None
+        self.status = StatusBuilder(self._status_parts)
+        """The documents of the status API (``/api/status``, ``/api/people/...``)."""
 
     @property
     def runtime(self) -> Runtime:
@@ -368,8 +379,10 @@ class Daemon:
         settings = loaded.settings
         if self._configure_logging:
             ops_logging.configure(settings.logging.level, settings.logging.format)
+        log_warnings(settings)
         runtime = await wire(loaded, clock=self.clock, dry_run=self.dry_run)
         self._runtime = runtime
+        metrics.CONFIG_LAST_RELOAD_SUCCESS.set(self.clock.now().timestamp())
         try:
             listener = self._listener(settings)
             return await self._run(listener)
@@ -459,8 +472,9 @@ class Daemon:
         app = build_app(
             self._health,
             self._ready,
-            status=StatusBuilder(self._status_parts),
+            status=self.status,
             resync=self.request_resync,
+            routes=self._api_routes(),
             token=token,
             loopback=loopback,
         )
@@ -522,7 +536,8 @@ class Daemon:
         try:
             loaded = load(self.config_path, dry_run=self.dry_run)
         except ConfigError as exc:
-            return self._refuse("invalid configuration", f"\n{exc}")
+            return self._refuse("invalid configuration", [str(p) for p in exc.problems])
+        log_warnings(loaded.settings)
         try:
             new, nfon_changed = await self._prepare(old, loaded)
         except _Refused as exc:
@@ -533,7 +548,12 @@ class Daemon:
         if nfon_changed:
             with contextlib.suppress(Exception):
                 await old.nfon.aclose()
-        log.info("configuration reloaded", extra=kv(targets=",".join(new.targets)))
+        metrics.CONFIG_RELOADS.labels(result="ok").inc()
+        metrics.CONFIG_LAST_RELOAD_SUCCESS.set(self.clock.now().timestamp())
+        log.info(
+            "configuration reloaded",
+            extra=kv(event="reload_ok", targets=",".join(new.targets)),
+        )
         systemd.notify("READY=1", f"STATUS={self.readiness().status}")
         return True
 
@@ -602,9 +622,18 @@ class Daemon:
             new.schedules.reschedule("directory", settings.resync.directory_interval)
         self._runtime = new
 
-    def _refuse(self, why: str, details: str = "") -> bool:
-        log.error("reload refused, keeping the running configuration: %s%s", why, details)
-        systemd.notify("READY=1", f"STATUS=Reload refused: {why}")
+    def _refuse(self, why: str, problems: Sequence[str] = ()) -> bool:
+        """Log a refused reload as one entry (journald splits a message at
+        its line ends, so ``problems`` go into one field) and show it."""
+        metrics.CONFIG_RELOADS.labels(result="refused").inc()
+        fields: dict[str, Any] = {"event": "reload_refused", "reason": why}
+        shown = why
+        if problems:
+            fields["problems"] = list(problems)
+            more = f" (and {len(problems) - 1} more, see the log)" if len(problems) > 1 else ""
+            shown = f"{why}: {problems[0]}{more}"
+        log.error("reload refused, keeping the running configuration", extra=kv(**fields))
+        systemd.notify("READY=1", f"STATUS=Reload refused: {shown}")
         return False
 
     # --- health ---------------------------------------------------------------------
@@ -618,11 +647,14 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def readiness(self) -> Readiness:
-        """Whether the daemon works now (see ``presence_sync.readiness``)."""
+        """Whether the daemon works now (see ``presence_sync.readiness``);
+        each answer is also what ``presence_sync_ready`` shows."""
         runtime = self.runtime
-        return readiness(
+        now = readiness(
             runtime.nfon, runtime.feed, runtime.engine, clock=self.clock, grace=self.stream_grace
         )
+        metrics.set_readiness(now.components)
+        return now
 
     async def _watch_readiness(self) -> None:
         """Tell systemd (``STATUS=``) when readiness or its reasons change,
@@ -635,13 +667,21 @@ class Daemon:
             now = self.readiness()
             if now.ok != last.ok:
                 if now.ok:
-                    log.info("ready again" if been_ready else "ready", extra=kv(status=now.status))
+                    log.info(
+                        "ready again" if been_ready else "ready",
+                        extra=kv(event="ready", status=now.status),
+                    )
                     been_ready = True
                 else:
-                    log.warning("not ready", extra=kv(status=now.status))
+                    log.warning("not ready", extra=kv(event="not_ready", status=now.status))
             if now.status != last.status:
                 systemd.notify(f"STATUS={now.status}")
             last = now
+
+    def _api_routes(self) -> list[BaseRoute]:
+        """API routes beyond status and resync (changes among them get the
+        bearer-token guard like every other non-GET request)."""
+        return []
 
     def _status_parts(self) -> Parts:
         runtime = self.runtime

@@ -225,6 +225,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(args))
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from presence_sync.app import load
+    from presence_sync.tools import explain
+
+    return explain.run(args, load)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from presence_sync.tools.status import status
 
@@ -319,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=1.0, help="simulated changes per second")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     demo.set_defaults(func=_cmd_demo)
+
+    explain = commands.add_parser(
+        "explain", help="which rule decides what each target shows for one person, and why"
+    )
+    _add_config(explain)
+    from presence_sync.tools import explain as explain_module
+
+    explain_module.add_arguments(explain)
+    explain.set_defaults(func=_cmd_explain)
 
     status = commands.add_parser(
         "status",

@@ -2,7 +2,7 @@
 
 It starts the built-in NFON simulator with a few colleagues and random call
 traffic, a webhook receiver, and the real daemon configured against both (the
-``log`` target prints every decision; the ``webhook`` target delivers JSON
+``log`` target shows what a real one would; the ``webhook`` target delivers JSON
 documents). The configuration it writes is printed, so the demo doubles as a
 worked example.
 """

@@ -79,6 +79,7 @@ class Directory:
         self._by_extension: dict[str, Person] = {}
         self.unmapped: frozenset[str] = frozenset()
         """NFON extensions no configured person sits behind (ignored, counted)."""
+        self._none_mapped = False
         self._rebuild()
 
     @property
@@ -164,12 +165,37 @@ class Directory:
                     changed=len(change.changed),
                 ),
             )
+            self._warn_if_none_mapped(nfon, active)
             if self.unmapped and log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "extensions without a configured person",
                     extra=kv(extensions=",".join(sorted(self.unmapped))),
                 )
         return change
+
+    def _warn_if_none_mapped(
+        self, nfon: Mapping[str, str | None], active: Mapping[str, Person]
+    ) -> None:
+        """Warn once (and once more when it is fixed) when NFON lists
+        extensions but none of them is a configured person's: every status
+        would stay untouched, which looks like a daemon that does nothing."""
+        # With nobody configured, the configuration's own warning said it all.
+        none_mapped = bool(nfon) and bool(self._configured) and not active
+        if none_mapped and not self._none_mapped:
+            listed = ", ".join(sorted(p.extension for p in self._configured.values())[:5])
+            log.warning(
+                "no configured person sits behind an extension NFON lists, so no phone "
+                "line is shown anywhere: compare people[].extension with "
+                "`presence-sync nfon watch`",
+                extra=kv(
+                    configured=len(self._configured),
+                    nfon_extensions=len(nfon),
+                    configured_extensions=listed or "none",
+                ),
+            )
+        elif self._none_mapped and not none_mapped:
+            log.info("configured people are on NFON extensions again", extra=kv(mapped=len(active)))
+        self._none_mapped = none_mapped
 
 
 def _configured(people: Sequence[PersonSettingsLike]) -> dict[str, Person]:

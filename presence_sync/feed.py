@@ -16,6 +16,10 @@ for up to ``settle`` seconds, or until the call event (or any change that
 makes the line no longer in use without a call) arrives, whichever is first;
 then the newest view of the line goes to the engine. Full states (stream
 bootstrap, snapshot) are never held: they are the repair path.
+
+Every NFON event is logged at debug level (``event=nfon_state`` /
+``event=nfon_call``) with the extension and what changed, never the other
+party's number; call events also feed the call metrics (``ops/calls.py``).
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from presence_sync.clock import Clock
 from presence_sync.directory import Directory
 from presence_sync.engine import Engine
 from presence_sync.lines import Lines
-from presence_sync.model import Line, LineView
+from presence_sync.model import CallEvent, Line, LineView, StateEvent
 from presence_sync.nfon import Connected, FullState, NfonClient
 from presence_sync.ops import metrics
+from presence_sync.ops.calls import CallMeter
 from presence_sync.ops.logging import kv
 
 __all__ = ["Feed"]
@@ -67,6 +72,7 @@ class Feed:
         self.last_resync: datetime | None = None
         """When the last full resync from the snapshot finished."""
         self._held: dict[str, asyncio.Task[None]] = {}
+        self.calls = CallMeter(clock)
 
     # --- streams ----------------------------------------------------------------------
 
@@ -86,6 +92,7 @@ class Feed:
                     extra=kv(extensions=len(views), changes=dirty, reconnect=item.reconnect),
                 )
             else:
+                _log_state(item)
                 view = self.lines.on_state(item)
                 if view is not None:
                     self.offer(view)
@@ -96,6 +103,8 @@ class Feed:
         async for item in self.nfon.calls():
             if isinstance(item, Connected):
                 continue
+            _log_call(item)
+            self.calls.observe(item)
             view = self.lines.on_call(item)
             if view is not None:
                 self.offer(view)
@@ -157,3 +166,34 @@ class Feed:
         infos = await self.nfon.directory()
         self.directory.update_extensions(infos)
         self.engine.set_people(self.directory.people())
+
+
+def _log_state(event: StateEvent) -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "nfon state",
+            extra=kv(
+                event="nfon_state",
+                extension=event.extension,
+                line=event.line.value,
+                presence=event.presence.value,
+            ),
+        )
+
+
+def _log_call(event: CallEvent) -> None:
+    # caller/callee are personal data: only whether the other side is
+    # internal or external is shown.
+    if log.isEnabledFor(logging.DEBUG):
+        external = event.external
+        fields = {
+            "event": "nfon_call",
+            "call": event.uuid,
+            "extension": event.extension,
+            "state": event.state.value,
+            "direction": event.direction.value,
+            "party": "unknown" if external is None else "external" if external else "internal",
+        }
+        if event.error:
+            fields["error"] = event.error
+        log.debug("nfon call", extra=kv(**fields))

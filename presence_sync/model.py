@@ -7,7 +7,7 @@ Nothing here knows about HTTP, YAML or SQLite. The NFON wire format lives in
   presence, the current call).
 - ``Person``: who sits behind an extension, with the ids each target needs.
 - ``Status``: what one target should show for a person; ``None`` in its place
-  means "nothing from us: give the person back their own status".
+  means "cleared: nothing from us, the person has their own status back".
 - ``Applied``: what a target confirmed it shows, as remembered by the store.
 """
 
@@ -23,6 +23,8 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "CLEARED",
+    "OWN_STATUS",
     "Applied",
     "Call",
     "CallEvent",
@@ -261,16 +263,19 @@ class Applied:
     data: Mapping[str, Any] = field(default_factory=frozen_map)
 
 
-NOTHING = "(nothing from us)"
+OWN_STATUS = "own status"
+"""``describe(None)``: we show nothing, the person has their own status."""
+CLEARED = "cleared, own status restored"
+"""A change to ``None`` as logs say it: ours removed, the person's own status back."""
 _NUMBER = re.compile(r"\+?\(?\d(?:[\s()./-]*\d){4,}")
 
 
 def describe(status: Status | None) -> str:
     """``status`` in one line for people: ``Busy/InACall :phone: "On a call" dnd``,
-    or ``(nothing from us)`` for ``None``. Digit runs that could be a phone
+    or ``own status`` for ``None``. Digit runs that could be a phone
     number are replaced by ``…``, so the result is safe to log."""
     if status is None:
-        return NOTHING
+        return OWN_STATUS
     parts: list[str] = []
     if status.availability or status.activity:
         parts.append(f"{status.availability or '-'}/{status.activity or '-'}")

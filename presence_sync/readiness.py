@@ -46,7 +46,7 @@ def readiness(
     nfon: NfonClient, feed: Feed, engine: Engine, *, clock: Clock, grace: float = STREAM_GRACE
 ) -> Readiness:
     """Readiness of the daemon following ``nfon`` through ``feed`` into
-    ``engine`` (see the module docstring); times are shown in local time."""
+    ``engine`` (see the module docstring); times are local, with the zone offset."""
     mono, wall = clock.monotonic(), clock.now()
 
     def at(when: float) -> str:
@@ -61,13 +61,14 @@ def readiness(
     elif not feed.bootstrapped:
         stream = {
             "ok": False,
-            "reason": f"NFON stream not connected yet ({health.reason}), "
+            "reason": f"NFON stream not connected yet ({health.detail or health.reason}), "
             f"trying since {at(health.down_since)}",
         }
     else:
         stream = {
             "ok": mono - health.down_since <= grace,
-            "reason": f"NFON stream down since {at(health.down_since)} ({health.reason})",
+            "reason": f"NFON stream down since {at(health.down_since)} "
+            f"({health.detail or health.reason})",
         }
     components["nfon_stream"] = stream
     refused = nfon.login_refused_since
@@ -91,4 +92,6 @@ def readiness(
 
 
 def _clock_time(when: datetime) -> str:
-    return when.astimezone().strftime("%H:%M:%S")
+    """Local clock time with the zone offset (``08:25:01+01:00``), as the log
+    stamps it: a reason read beside a log line must not look an hour off."""
+    return when.astimezone().isoformat(timespec="seconds")[11:]

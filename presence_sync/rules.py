@@ -6,7 +6,7 @@ that turns a ``LineView`` into the desired ``Status`` of every enabled target.
 
 A rule is ``{name?, when?, unless?, set}``. Rules are tried in order; for each
 target the first rule that matches and names it (or ``"*"``) decides, and
-``null`` decides "nothing from us". Everything that can be decided when the
+``null`` decides "cleared: the person's own status". Everything that can be decided when the
 configuration is loaded is decided then: conditions become small predicates,
 each rule knows the bit mask of the targets it can still decide, templates are
 parsed into parts, and a status without a template is one frozen ``Status``
@@ -47,11 +47,14 @@ __all__ = [
     "DEFAULT_RULES",
     "STANDARD_TARGETS",
     "TEMPLATE_FIELDS",
+    "Explanation",
+    "Miss",
     "RuleSet",
     "compile_rules",
 ]
 
 ProblemFactory = Callable[[Sequence[str | int], str], ConfigProblem]
+Locator = Callable[[Sequence[str | int]], tuple[int | None, int | None]]
 NameLookup = Callable[[str], str | None]
 Predicate = Callable[[Person, LineView, datetime], bool]
 
@@ -258,14 +261,55 @@ _Output = Status | _Template | None
 
 
 @dataclass(frozen=True, slots=True)
+class _Condition:
+    """One compiled condition, with what ``explain`` says about it."""
+
+    key: str
+    holds: Predicate
+    wanted: str
+    """The condition as the admin wrote it, e.g. ``in-use or ringing``."""
+
+
+@dataclass(frozen=True, slots=True)
 class _Rule:
     name: str
+    """The rule's ``name``, else its key path (``rules[3]``): what logs show."""
     when: tuple[Predicate, ...]
     unless: tuple[Predicate, ...]
     mask: int
     """Bits of the enabled targets this rule decides."""
     outputs: tuple[tuple[int, str, _Output], ...]
     """(target bit, target name, what it gets)."""
+    line: int | None = None
+    """Line of the rule in the configuration file (None for the default rules)."""
+    conditions: tuple[_Condition, ...] = ()
+    exceptions: tuple[_Condition, ...] = ()
+    """``when`` and ``unless`` again, for ``explain``."""
+    names: frozenset[str] = frozenset()
+    """Every target name under ``set`` (enabled or not, ``*`` included)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """A rule that came before the deciding one and did not decide a target."""
+
+    rule: str
+    line: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why one target gets what it gets: ``status`` (None: cleared, the
+    person's own status), the deciding ``rule`` (None when no rule matched;
+    ``"opt-out"`` for an opt-out) and its ``line``, and every rule tried
+    before it with the reason it did not decide."""
+
+    target: str
+    status: Status | None
+    rule: str | None
+    line: int | None
+    missed: tuple[Miss, ...]
 
 
 class RuleSet:
@@ -277,6 +321,8 @@ class RuleSet:
         "_all",
         "_bits",
         "_call_context",
+        "_defaults",
+        "_every_rule",
         "_list_names",
         "_order",
         "_rules",
@@ -292,9 +338,13 @@ class RuleSet:
         names: NameLookup,
         *,
         uses_call_context: bool = False,
+        defaults: bool = False,
     ) -> None:
         self._call_context = uses_call_context
-        self._rules = tuple(rules)
+        self._defaults = defaults
+        self._every_rule = tuple(rules)
+        # A rule that decides no enabled target costs nothing at run time.
+        self._rules = tuple(rule for rule in rules if rule.mask)
         self._order = tuple(targets)
         self._bits = {name: 1 << i for i, name in enumerate(self._order)}
         self._all = (1 << len(self._order)) - 1
@@ -310,6 +360,11 @@ class RuleSet:
         without its call may then be decided differently than with it."""
         return self._call_context
 
+    @property
+    def defaults(self) -> bool:
+        """Whether these are ``DEFAULT_RULES`` (the file has no ``rules:``)."""
+        return self._defaults
+
     def evaluate(
         self,
         person: Person,
@@ -324,8 +379,8 @@ class RuleSet:
         the caller may keep. Targets in ``person.opt_out`` always get ``None``.
         ``now`` should be timezone-aware (a naive one is read as UTC). When
         ``why`` is given it is filled with target → the name of the rule that
-        decided it (``"opt-out"`` for an opt-out), for logs. Never raises for
-        any ``LineView``.
+        decided it (``"opt-out"`` for an opt-out; no entry when no rule
+        matched), for logs. Never raises for any ``LineView``.
         """
         result: dict[str, Status | None] = dict.fromkeys(self._order)
         decided = 0
@@ -364,6 +419,123 @@ class RuleSet:
                     break
         return result
 
+    def explain(self, person: Person, view: LineView, now: datetime) -> dict[str, Explanation]:
+        """Per enabled target, what ``evaluate`` decides and why: the deciding
+        rule and every earlier rule with the reason it did not decide (a
+        condition that does not hold, an ``unless`` that does, a target it
+        does not set). Pure, like ``evaluate``, and just as total; slower,
+        for people rather than the hot path. Reasons name the other party's
+        number only from ``view``, i.e. what the caller of this put there."""
+        # The statuses are evaluate's own (test_explain_agrees_with_evaluate
+        # checks that the walk below finds the same rules).
+        decided = self.evaluate(person, view, now)
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        # Each rule's verdict, the same for every target: None when it matches.
+        verdicts = [(rule, _verdict(rule, person, view, now)) for rule in self._every_rule]
+        out: dict[str, Explanation] = {}
+        for target in self._order:
+            if target in person.opt_out:
+                out[target] = Explanation(target, None, "opt-out", None, ())
+                continue
+            missed: list[Miss] = []
+            rule_name: str | None = None
+            line: int | None = None
+            for rule, verdict in verdicts:
+                if not any(name == target for _, name, _ in rule.outputs):
+                    if target in rule.names:
+                        reason = "sets this target, but none of its values are used"
+                    elif rule.names:
+                        listed = ", ".join(sorted(rule.names))
+                        reason = f"does not set {target} (it sets: {listed})"
+                    else:
+                        reason = "sets no target"
+                    missed.append(Miss(rule.name, rule.line, reason))
+                elif verdict is not None:
+                    missed.append(Miss(rule.name, rule.line, verdict))
+                else:
+                    rule_name, line = rule.name, rule.line
+                    break
+            out[target] = Explanation(target, decided[target], rule_name, line, tuple(missed))
+        return out
+
+
+def _verdict(rule: _Rule, person: Person, view: LineView, now: datetime) -> str | None:
+    """None when ``rule``'s conditions match, else why not, in plain words."""
+    for condition in rule.conditions:
+        if not condition.holds(person, view, now):
+            actual = _ACTUAL[condition.key](person, view, now, condition.holds)
+            return f"{condition.key}: wants {condition.wanted}, but {actual}"
+    if rule.exceptions and all(c.holds(person, view, now) for c in rule.exceptions):
+        matched = "; ".join(f"{c.key}: {c.wanted}" for c in rule.exceptions)
+        return f"its unless matches ({matched})"
+    return None
+
+
+_Actual = Callable[[Person, LineView, datetime, Predicate], str]
+
+
+def _no_call(view: LineView) -> str | None:
+    return "there is no call" if view.call is None else None
+
+
+def _actual_party(person: Person, view: LineView, now: datetime, holds: Predicate) -> str:
+    if view.call is None:
+        return "there is no call"
+    external = view.call.external
+    if external is None:
+        return "it is not known whether the other party is internal or external"
+    return f"the other party is {'external' if external else 'internal'}"
+
+
+def _actual_party_in(person: Person, view: LineView, now: datetime, holds: Predicate) -> str:
+    if view.call is None:
+        return "there is no call"
+    if not view.call.party:
+        return "the other party's number is not known"
+    return f"{view.call.party} is not on it"
+
+
+def _actual_groups(person: Person, view: LineView, now: datetime, holds: Predicate) -> str:
+    if not person.groups:
+        return f"{person.email} is in no group"
+    return f"{person.email} is in {', '.join(sorted(person.groups))}"
+
+
+def _actual_time(person: Person, view: LineView, now: datetime, holds: Predicate) -> str:
+    zone = holds.zone if isinstance(holds, _Window) else UTC
+    local = now.astimezone(zone)
+    return f"it is {local:%a %Y-%m-%d %H:%M} {zone}"
+
+
+_ACTUAL: Final[Mapping[str, _Actual]] = {
+    "line": lambda person, view, now, holds: f"the line is {view.line.value}",
+    "presence": lambda person, view, now, holds: f"presence is {view.presence.value}",
+    "direction": lambda person, view, now, holds: (
+        _no_call(view) or f"the call is {view.call.direction.value}"  # type: ignore[union-attr]
+    ),
+    "party": _actual_party,
+    "party_in": _actual_party_in,
+    "people": lambda person, view, now, holds: f"{person.email} is not one of them",
+    "groups": _actual_groups,
+    "time": _actual_time,
+}
+
+
+def _wanted(key: str, value: Any) -> str:
+    """A condition's value as the admin wrote it, in one line."""
+    if key == "time" and isinstance(value, Mapping):
+        days = value.get("days", "every day")
+        if isinstance(days, list | tuple):
+            days = ", ".join(str(d) for d in days)
+        span = f"{value.get('from', '00:00')}-{value.get('to', '24:00')}"
+        zone = f" {value['timezone']}" if "timezone" in value else ""
+        return f"{days} {span}{zone}"
+    prefix = "the other party on list " if key == "party_in" else ""
+    if isinstance(value, list | tuple):
+        return prefix + " or ".join("null" if v is None else str(v) for v in value)
+    return prefix + ("null" if value is None else str(value))
+
 
 # --- the compiler ------------------------------------------------------------------------
 
@@ -376,6 +548,7 @@ def compile_rules(
     timezone: str = "UTC",
     problem: ProblemFactory | None = None,
     names: NameLookup | None = None,
+    locate: Locator | None = None,
 ) -> RuleSet:
     """Validate ``raw`` (``settings.rules`` as parsed from YAML; ``None`` or
     empty means ``DEFAULT_RULES``) and compile it for ``targets``, the enabled
@@ -385,11 +558,13 @@ def compile_rules(
     the default zone of time windows and ``{since}``; ``problem`` turns a key
     path and a message into a ``ConfigProblem`` with file and line (without it
     problems name the file ``<rules>``); ``names`` maps an internal number to
-    a display name (settable later as ``RuleSet.names``).
+    a display name (settable later as ``RuleSet.names``); ``locate`` gives
+    the line (and column) of a key path, so ``explain`` can name each rule's
+    line (``Settings.locate``).
 
     Raises ``ConfigError`` listing every problem found, not just the first.
     """
-    compiler = _Compiler(targets, lists or {}, problem or _plain_problem)
+    compiler = _Compiler(targets, lists or {}, problem or _plain_problem, locate if raw else None)
     zone = compiler.zone(timezone, ("timezone",)) or UTC
     rules = compiler.rules(raw if raw else DEFAULT_RULES, zone)
     if compiler.problems:
@@ -400,6 +575,7 @@ def compile_rules(
         compiler.list_names,
         names or _no_name,
         uses_call_context=_uses_call_context(raw if raw else DEFAULT_RULES),
+        defaults=not raw,
     )
 
 
@@ -450,8 +626,10 @@ class _Compiler:
         targets: Mapping[str, TargetInfo],
         lists: Mapping[str, Mapping[str, str | None]],
         problem: ProblemFactory,
+        locate: Locator | None = None,
     ) -> None:
         self.targets = targets
+        self.locate = locate
         self.order = list(targets)
         self.bits = {name: 1 << i for i, name in enumerate(self.order)}
         self.problem = problem
@@ -505,8 +683,7 @@ class _Compiler:
         compiled = []
         for index, item in enumerate(raw):
             rule = self.rule(item, ("rules", index), zone)
-            # A rule that decides no enabled target costs nothing at run time.
-            if rule is not None and rule.mask:
+            if rule is not None:
                 compiled.append(rule)
         return compiled
 
@@ -518,30 +695,43 @@ class _Compiler:
             if key not in _RULE_KEYS:
                 self.unknown_key((*path, str(key)), key, "rule key", _RULE_KEYS)
         name = raw.get("name")
-        if name is None:
-            name = f"#{path[-1] + 1}" if isinstance(path[-1], int) else "rule"
+        if name is None or (isinstance(name, str) and not name.strip()):
+            # Unnamed: the key path, as configuration errors spell it.
+            name = key_path(path)
         elif not isinstance(name, str):
             self.fail((*path, "name"), "must be a string")
             name = str(name)
         when = self.conditions(raw.get("when"), (*path, "when"), zone)
         unless = self.conditions(raw.get("unless"), (*path, "unless"), zone)
         # {since} speaks the zone of the rule's own time window, if it has one.
-        rule_zone = next((p.zone for p in when if isinstance(p, _Window)), zone)
+        rule_zone = next((c.holds.zone for c in when if isinstance(c.holds, _Window)), zone)
         outputs = self.outputs(raw, path, rule_zone)
         mask = 0
         for bit, _, _ in outputs:
             mask |= bit
-        return _Rule(name, when, unless, mask, tuple(outputs))
+        targets = raw.get("set")
+        named = frozenset(str(t) for t in targets) if isinstance(targets, Mapping) else frozenset()
+        return _Rule(
+            name,
+            tuple(c.holds for c in when),
+            tuple(c.holds for c in unless),
+            mask,
+            tuple(outputs),
+            line=None if self.locate is None else self.locate(path)[0],
+            conditions=when,
+            exceptions=unless,
+            names=named,
+        )
 
     # -- conditions --
 
-    def conditions(self, raw: Any, path: KeyPath, zone: tzinfo) -> tuple[Predicate, ...]:
+    def conditions(self, raw: Any, path: KeyPath, zone: tzinfo) -> tuple[_Condition, ...]:
         if raw is None:
             return ()
         if not isinstance(raw, Mapping):
             self.fail(path, f"must be a mapping of conditions ({', '.join(_CONDITION_KEYS)})")
             return ()
-        predicates: list[Predicate] = []
+        predicates: list[_Condition] = []
         for key, value in raw.items():
             where = (*path, str(key))
             compile_one = self.condition_compilers.get(key)
@@ -550,7 +740,7 @@ class _Compiler:
                 continue
             predicate = compile_one(value, where, zone)
             if predicate is not None:
-                predicates.append(predicate)
+                predicates.append(_Condition(key, predicate, _wanted(key, value)))
         return tuple(predicates)
 
     def items(self, value: Any, path: KeyPath, what: str) -> list[tuple[KeyPath, Any]]:
@@ -733,7 +923,10 @@ class _Compiler:
         targets = raw["set"]
         path = (*path, "set")
         if not isinstance(targets, Mapping) or not targets:
-            self.fail(path, "must map target names to a status (or null for nothing from us)")
+            self.fail(
+                path,
+                "must map target names to a status (or null: cleared, the person's own status)",
+            )
             return []
         known = [*self.order, *sorted(STANDARD_TARGETS - set(self.order))]
         outputs: list[tuple[int, str, _Output]] = []
@@ -766,7 +959,9 @@ class _Compiler:
             return None
         if not isinstance(value, Mapping) or not value:
             self.fail(
-                path, f"must be a status ({', '.join(STATUS_FIELDS)}) or null for nothing from us"
+                path,
+                f"must be a status ({', '.join(STATUS_FIELDS)}) "
+                "or null (cleared, the person's own status)",
             )
             return None
         fixed: dict[str, Any] = {}

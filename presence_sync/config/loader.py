@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import typing
+import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +29,8 @@ from presence_sync.config.models import (
 from presence_sync.config.reading import Reader, read
 from presence_sync.config.secrets import file_fields, leaf_types, read_secret
 from presence_sync.errors import ConfigError, ConfigProblem, KeyPath, key_path, unknown
+from presence_sync.model import STATUS_FIELDS
+from presence_sync.rules import compile_rules
 from presence_sync.targets.base import (
     SHARED_SECTIONS,
     STANDARD_KINDS,
@@ -54,8 +57,10 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     secret files are read and where the state lives by default.
 
     Raises ``ConfigError`` listing every problem found, each with file,
-    line, column and key path; never anything else for a mistake in the
-    file. Target kinds are resolved through ``targets.base.target_class``.
+    line, column and key path, the rules' problems included; never anything
+    else for a mistake in the file. Target kinds are resolved through
+    ``targets.base.target_class``. What is valid but probably not meant
+    (``people: []``) is in ``Settings.warnings``, for the caller to show.
     """
     file = os.fspath(path)
     env = os.environ if environ is None else environ
@@ -69,10 +74,13 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     check.cross_check(data, raw_targets if isinstance(raw_targets, dict) else {})
     data["targets"] = specs
     settings = check.validate(Settings, data, ())
+    check.rules(data, settings)
 
     if check.problems or settings is None:
         unique = dict.fromkeys(check.problems)
         raise ConfigError(sorted(unique, key=lambda p: (p.line or 0, p.column or 0)))
+    for warning in check.warnings(settings):
+        settings.warn(warning)
     return settings
 
 
@@ -90,6 +98,9 @@ class _Checker:
         self.failed = reader.failed
         # Which model validated the mapping at each path, for "did you mean".
         self.models: dict[KeyPath, type[BaseModel]] = {}
+        # Every target whose kind could be loaded, valid options or not: the
+        # rules are checked against these.
+        self.infos: dict[str, TargetInfo] = {}
 
     def at(self, path: KeyPath, message: str, *, key: bool = False) -> None:
         line, column = self.index.locate(path, key=key)
@@ -252,6 +263,9 @@ class _Checker:
         if not isinstance(kind, str):
             self.at(kind_path, "must be the name of a target kind")
             return None
+        # Until the kind is known, the rules may set any field for this target:
+        # one problem about the kind, not one more per rule that names it.
+        self.infos[name] = TargetInfo(kind=kind, description="", fields=frozenset(STATUS_FIELDS))
         try:
             cls = target_class(kind)
         except UnknownTargetError:
@@ -264,6 +278,7 @@ class _Checker:
         if not isinstance(info, TargetInfo):
             self.at(kind_path, f"target kind {kind!r} cannot be loaded: no TargetInfo", key=True)
             return None
+        self.infos[name] = info
         self._required_sections(name, kind, info, root, path)
         options = self.prepare(cls.Options, options, path)
         validated = self.validate(cls.Options, options, path)
@@ -287,6 +302,48 @@ class _Checker:
                 )
             elif root.get(section) is None and Settings.model_fields[section].default is None:
                 self.at(path, f"{name} needs a {section}: section", key=True)
+
+    # -- the rules and the warnings ---------------------------------------------
+
+    def rules(self, data: Mapping[str, Any], settings: Settings | None) -> None:
+        """Compile ``rules:`` too, so that its problems are reported with all
+        the others in one go. Compiled again (with ``Settings.locate``) by
+        whoever runs them; this pass only looks for problems."""
+        raw = data.get("rules")
+        if raw is not None and not isinstance(raw, list):
+            return  # validation said so already
+        if settings is not None:
+            lists: Mapping[str, Mapping[str, str | None]] = settings.lists
+            timezone = settings.timezone
+        else:
+            # The lists' own problems are reported by validation; the rules
+            # only need to know which lists exist.
+            raw_lists = data.get("lists")
+            lists = {str(n): {} for n in raw_lists} if isinstance(raw_lists, dict) else {}
+            timezone = _valid_zone(data.get("timezone"))
+        try:
+            compile_rules(
+                raw, targets=self.infos, lists=lists, timezone=timezone, problem=self.problem
+            )
+        except ConfigError as exc:
+            self.problems.extend(exc.problems)
+
+    def problem(self, path: Sequence[str | int], message: str) -> ConfigProblem:
+        line, column = self.index.locate(tuple(path))
+        return ConfigProblem(self.file, line, column, key_path(path), message)
+
+    def warnings(self, settings: Settings) -> list[ConfigProblem]:
+        """Valid, but most likely not what the admin meant."""
+        found: list[ConfigProblem] = []
+        if not settings.people:
+            found.append(
+                self.problem(
+                    ("people",),
+                    "no one is listed, so no phone line is shown anywhere: add one entry "
+                    "(extension, email) per person",
+                )
+            )
+        return found
 
     # -- checks across entries ---------------------------------------------------
 
@@ -327,6 +384,17 @@ class _Checker:
                 self.at(("people", i, key), f"duplicate {key}: people[{j}] (line {line}) has it")
             else:
                 first[norm] = i
+
+
+def _valid_zone(value: Any) -> str:
+    """``value`` if it names a time zone, else UTC (validation reports it)."""
+    if isinstance(value, str) and value:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            return "UTC"
+        return value
+    return "UTC"
 
 
 def _no_target(name: str, names: set[str]) -> str:

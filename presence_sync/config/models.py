@@ -183,13 +183,32 @@ _ConfigPath: TypeAlias = Annotated[Path, AfterValidator(_resolve_path)]
 _ExistingFile: TypeAlias = Annotated[_ConfigPath, AfterValidator(_readable_file)]
 
 
+def _resolve_credential(value: Path, info: ValidationInfo) -> Path:
+    # Where every x_file secret is looked for: under systemd the service can
+    # read its secrets only as credentials, so a key file is one too.
+    if value == Path():
+        raise ValueError("must be a path")
+    if value.is_absolute():
+        return value
+    context = _context(info)
+    base = context.environ.get("CREDENTIALS_DIRECTORY")
+    return (Path(base) if base else context.base_dir) / value
+
+
 def _private_file(value: Path, info: ValidationInfo) -> Path:
     warn_if_exposed(value, value.stat().st_mode, key=info.field_name or "")
     return value
 
 
-_PrivateFile: TypeAlias = Annotated[_ExistingFile, AfterValidator(_private_file)]
-"""An existing file holding a secret (a private key): warned about when others may read it."""
+_PrivateFile: TypeAlias = Annotated[
+    Path,
+    AfterValidator(_resolve_credential),
+    AfterValidator(_readable_file),
+    AfterValidator(_private_file),
+]
+"""An existing file holding a secret (a private key), found like a secret
+file: a relative path in ``$CREDENTIALS_DIRECTORY`` when set, else next to
+the configuration file. Warned about when others may read it."""
 
 
 def _unquoted_digits_hint(value: object) -> object:
@@ -546,6 +565,7 @@ class Settings(_Section):
 
     _source_file: str = PrivateAttr(default="<memory>")
     _index: Index = PrivateAttr(default_factory=Index)
+    _warnings: list[ConfigProblem] = PrivateAttr(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -592,6 +612,17 @@ class Settings(_Section):
     def zone(self) -> zoneinfo.ZoneInfo:
         """``timezone`` as a ``ZoneInfo``."""
         return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def warnings(self) -> tuple[ConfigProblem, ...]:
+        """What ``load()`` found valid but most likely not meant (``people:
+        []``), each with file, line and key like a problem: ``run`` logs them
+        at start and at each reload, ``check`` prints them."""
+        return tuple(self._warnings)
+
+    def warn(self, warning: ConfigProblem) -> None:
+        """Add a warning (the loader's, while it loads)."""
+        self._warnings.append(warning)
 
     def locate(self, path: Sequence[str | int], *, key: bool = False) -> Position:
         """Line and column (1-based) of the value at ``path`` (of its key with

@@ -41,10 +41,12 @@ class Decider(Protocol):
     """The rules, as the engine sees them (``rules.RuleSet`` is one)."""
 
     def evaluate(
-        self, person: Person, view: LineView, now: datetime
+        self, person: Person, view: LineView, now: datetime, *, why: dict[str, str] | None = None
     ) -> Mapping[str, Status | None]:
         """The desired status of every enabled target for ``person``; a target
-        missing from the result gets ``None`` (nothing from us). Must not raise."""
+        missing from the result gets ``None`` (nothing from us). Fills ``why``
+        (when given) with target → the name of the rule that decided it, for
+        logs and the status page. Must not raise."""
         ...
 
 
@@ -62,6 +64,8 @@ class Book:
         self._views: dict[str, LineView] = {}
         self._complete = False
         self._desired: dict[str, Mapping[str, Status | None]] = {}
+        # Which rule decided each target's entry in ``_desired`` (absent: none).
+        self._why: dict[str, Mapping[str, str]] = {}
 
     @property
     def people(self) -> Mapping[str, Person]:
@@ -76,6 +80,17 @@ class Book:
         """Every person the engine may act for, configured ones winning."""
         return {**self._departed, **self._people}
 
+    def departed(self) -> Mapping[str, Person]:
+        """People known only from the store's rows, by key."""
+        return self._departed
+
+    def waiting(self) -> set[str]:
+        """Keys of configured people whose desired status is ``UNKNOWN``
+        (their line is not known yet)."""
+        if not self._people_known:
+            return set(self._departed)
+        return self._people.keys() - self._desired.keys()
+
     def person(self, key: str) -> Person | None:
         return self._people.get(key) or self._departed.get(key)
 
@@ -83,6 +98,13 @@ class Book:
         """The line view of a configured person (None for departed ones)."""
         person = self._people.get(key)
         return None if person is None else self._views.get(person.extension)
+
+    def rule_for(self, key: str, target: str) -> str | None:
+        """The name of the rule behind ``desired_for(key, target)``: None when
+        no rule decided it (nothing matched, the line is not known yet, the
+        person left the configuration)."""
+        why = self._why.get(key)
+        return None if why is None else why.get(target)
 
     def desired_for(self, key: str, target: str) -> Desired:
         desired = self._desired.get(key)
@@ -116,6 +138,7 @@ class Book:
         for key, person in old.items():
             if key not in fresh:
                 self._desired.pop(key, None)
+                self._why.pop(key, None)
                 if held(key):
                     self._departed[key] = person
                 touched.append(key)
@@ -135,7 +158,7 @@ class Book:
         if not keys:
             return []
         for key in keys:
-            self._desired[key] = self._rules.evaluate(self._people[key], view, now)
+            self._decide(self._people[key], view, now)
         return keys
 
     def resync(self, views: Iterable[LineView], complete: bool, now: datetime) -> list[str]:
@@ -183,6 +206,12 @@ class Book:
         if view is None:
             if not self._complete:
                 self._desired.pop(person.key, None)
+                self._why.pop(person.key, None)
                 return
             view = LineView(extension=person.extension)
-        self._desired[person.key] = self._rules.evaluate(person, view, now)
+        self._decide(person, view, now)
+
+    def _decide(self, person: Person, view: LineView, now: datetime) -> None:
+        why: dict[str, str] = {}
+        self._desired[person.key] = self._rules.evaluate(person, view, now, why=why)
+        self._why[person.key] = why

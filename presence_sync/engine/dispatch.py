@@ -295,18 +295,18 @@ class Engine:
         order, then people known only from the store's rows (being cleared)."""
         book = self._book
         configured = book.people
-        return [*configured.values(), *(p for k, p in book.known().items() if k not in configured)]
+        departed = [p for k, p in book.departed().items() if k not in configured]
+        return [*configured.values(), *departed]
 
     def key_snapshots(self, keys: Iterable[str]) -> list[KeySnapshot]:
         """The keys of the people ``keys`` at this instant (see ``snapshot``):
         O(len(keys) × targets), for a status page that shows one page."""
         return key_pictures(self._clock, self._book, self._lanes, self._ledger, keys)
 
-    def unsettled(self, keys: Iterable[str]) -> set[str]:
-        """Those of the people ``keys`` with a target not in sync (queued,
-        in flight, backing off, parked, or waiting for their line); builds
-        no snapshot."""
-        return unsettled(self._book, self._lanes, keys)
+    def unsettled(self) -> set[str]:
+        """Person keys with a target not in sync (queued, in flight, backing
+        off, parked, or waiting for their line); builds no snapshot."""
+        return unsettled(self._book, self._lanes)
 
     def target_states(self) -> Mapping[str, TargetSnapshot]:
         """``snapshot().targets`` without the keys: costs O(targets), not
@@ -563,7 +563,8 @@ class Engine:
             wait = lane.take_token(now)
             if wait > 0:
                 return now + wait
-            starting.append((lane, lane.start(key, person, desired, applied)))
+            rule = self._book.rule_for(key, lane.name)
+            starting.append((lane, lane.start(key, person, desired, applied, rule)))
         return math.inf
 
     def _arm(self, lane: Lane, when: float) -> None:

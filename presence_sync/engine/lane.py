@@ -128,6 +128,8 @@ class Flight:
     desired: Status | None
     before: Applied | None
     deadline: float
+    rule: str | None = None
+    """The rule that decided ``desired`` (None: no rule), for the log line."""
     task: asyncio.Task[None] | None = None
     timed_out: bool = False
     answered: bool = False
@@ -311,12 +313,13 @@ class Lane:
         person: Person,
         desired: Status | None,
         before: Applied | None,
+        rule: str | None = None,
     ) -> Flight:
-        """``QUEUED`` → ``STARTING``: a slot and the decision are taken, the
-        request is not sent yet (``launch``)."""
+        """``QUEUED`` → ``STARTING``: a slot and the decision (made by
+        ``rule``) are taken, the request is not sent yet (``launch``)."""
         st = self.keys[key]
         self._dequeue(key, st)
-        flight = Flight(key, person, desired, before, math.inf)
+        flight = Flight(key, person, desired, before, math.inf, rule)
         st.phase = Phase.STARTING
         st.flight = flight
         self.flights[key] = flight

@@ -81,22 +81,19 @@ def key_pictures(
                     last_error=None if st is None else st.error,
                     uncertain=is_uncertain(applied),
                     since=since,
+                    rule=book.rule_for(key, name) if known else None,
                 )
             )
     return out
 
 
-def unsettled(book: Book, lanes: Mapping[str, Lane], keys: Iterable[str]) -> set[str]:
-    """Those of ``keys`` with at least one target not in sync: queued,
-    starting, in flight, backing off, parked, or waiting for their line.
-    O(keys + keys the lanes hold), no snapshot built."""
-    wanted = set(keys)
-    names = list(lanes)
-    out = {key for key in wanted if names and isinstance(book.desired_for(key, names[0]), Unknown)}
+def unsettled(book: Book, lanes: Mapping[str, Lane]) -> set[str]:
+    """Person keys with at least one target not in sync: queued, starting,
+    in flight, backing off, parked, or waiting for their line. Costs a set
+    difference over the people plus the keys the lanes hold; no snapshot."""
+    out = book.waiting() if lanes else set()
     for lane in lanes.values():
-        for key, st in lane.keys.items():
-            if st.phase is not Phase.IDLE and key in wanted:
-                out.add(key)
+        out.update(key for key, st in lane.keys.items() if st.phase is not Phase.IDLE)
     return out
 
 

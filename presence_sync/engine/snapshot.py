@@ -63,8 +63,9 @@ class KeySnapshot:
     is being stored), ``in-flight``, ``backoff``, ``parked`` or ``unknown``.
     ``uncertain``: the last request's outcome is unknown and ``applied`` is
     the worse case. ``since``: when the key last became dirty, until it is
-    clean again. ``rule``: the name of the rule that decided ``desired``,
-    when the rules say (None: unnamed, or the default)."""
+    clean again. ``rule``: the name of the rule behind ``desired`` (its
+    ``name``, else its key path like ``rules[3]``; ``"opt-out"``; None: no
+    rule did)."""
 
     person: str
     email: str

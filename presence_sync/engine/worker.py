@@ -10,13 +10,13 @@ from collections.abc import Callable
 
 from presence_sync.clock import Clock
 from presence_sync.errors import AuthError, PermanentError, TransientError
-from presence_sync.model import Applied, Person, Status, describe
+from presence_sync.model import CLEARED, Applied, Person, Status, describe
 from presence_sync.ops.logging import kv
 from presence_sync.targets.base import Change, Memory
 
 from .book import Book
 from .lane import MIN_RETRY_AFTER, Backoff, Flight, Lane
-from .ledger import Ledger, as_confirmed
+from .ledger import Ledger, as_confirmed, is_uncertain
 
 __all__ = ["Worker"]
 
@@ -105,27 +105,22 @@ class Worker:
             flight.answered = True
             if flight.timed_out:
                 _uncancel()
-            self._succeeded(lane, person, key, applied, desired, result, start)
+            self._succeeded(lane, flight, result, start, since)
 
     def back_off(self, lane: Lane, key: str, error: str) -> None:
         """Retry ``key`` after the next backoff delay."""
         lane.back_off(key, self._backoff, error)
 
     def _succeeded(
-        self,
-        lane: Lane,
-        person: Person,
-        key: str,
-        before: Applied | None,
-        desired: Status | None,
-        result: Applied,
-        start: float,
+        self, lane: Lane, flight: Flight, result: Applied, start: float, since: float | None
     ) -> None:
-        took = self._clock.monotonic() - start
+        key, person, desired = flight.key, flight.person, flight.desired
+        end = self._clock.monotonic()
+        took = end - start
         lane.m_duration.observe(took)
         self._ledger.record(lane.name, person, result, "an applied status")
         lane.succeeded(key)
-        self._noted_ok(lane, person, before, result, took)
+        self._noted_ok(lane, flight, result, end - (start if since is None else since), took)
         if result.status != desired:
             # Asking again would get the same answer: wait until we want
             # something else rather than loop on it.
@@ -153,19 +148,52 @@ class Worker:
     # --- counters, metrics and the one log line per answer ---------------------------
 
     def _noted_ok(
-        self, lane: Lane, person: Person, before: Applied | None, result: Applied, took: float
+        self, lane: Lane, flight: Flight, result: Applied, took: float, request: float
     ) -> None:
+        """The one line per change: who, which target, old → new, the rule
+        that decided and how long it took from noticing the change to the
+        target's answer (``request_ms``: the request alone). A refresh of the
+        same status is not a change: DEBUG."""
         lane.stats.ok += 1
         lane.m_result["ok"].inc()
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "%s: %s %s → %s",
+        before = None if flight.before is None else flight.before.status
+        # After an unanswered request the record already holds the new status.
+        changed = before != result.status or is_uncertain(flight.before)
+        level = logging.INFO if changed else logging.DEBUG
+        if log.isEnabledFor(level):
+            person = flight.person
+            rule = flight.rule
+            if rule is not None:
+                decided = "opted out, " if rule == "opt-out" else f'rule "{rule}", '
+            elif result.status is not None:
+                decided = ""  # a decider that names no rules (tests)
+            elif person.key in self._book.people:
+                decided = "no rule matched, "
+            else:
+                decided = "no longer configured, "
+            # An unanswered request leaves what the target showed unknown.
+            old = "unknown" if is_uncertain(flight.before) else describe(before)
+            new = describe(result.status)
+            shown = CLEARED if result.status is None else new
+            ms = round(took * 1000)
+            log.log(
+                level,
+                "%s: %s %s → %s (%stook %d ms)",
                 lane.name,
                 person.email,
-                describe(None if before is None else before.status),
-                describe(result.status),
+                old,
+                shown,
+                decided,
+                ms,
                 extra=kv(
-                    target=lane.name, person=person.email, seconds=round(took, 3), result="ok"
+                    person=person.email,
+                    target=lane.name,
+                    rule=rule,
+                    old=old,
+                    new=new,
+                    duration_ms=ms,
+                    request_ms=round(request * 1000),
+                    result="ok",
                 ),
             )
         if lane.failing:

@@ -40,6 +40,7 @@ from pydantic import SecretStr
 
 from presence_sync.clock import Clock, SystemClock
 from presence_sync.errors import AuthError, TransientError
+from presence_sync.net import describe_error
 from presence_sync.nfon.schema import FrameError, tokens_from_wire
 from presence_sync.ops import metrics
 from presence_sync.ops.logging import kv
@@ -218,7 +219,10 @@ class NfonAuth(httpx.Auth):
             await response.aread()
         except httpx.HTTPError as exc:
             metrics.NFON_LOGINS.labels(kind="refresh", result="error").inc()
-            log.info("nfon token refresh failed; logging in", extra=kv(error=type(exc).__name__))
+            log.info(
+                "nfon token refresh failed; logging in",
+                extra=kv(error=describe_error(exc, self._http.base_url)),
+            )
             return None
         if response.status_code == 200:
             try:
@@ -248,7 +252,9 @@ class NfonAuth(httpx.Auth):
             await response.aread()
         except httpx.HTTPError as exc:
             metrics.NFON_LOGINS.labels(kind="login", result="error").inc()
-            raise TransientError(f"NFON login failed: {type(exc).__name__}") from exc
+            raise TransientError(
+                f"NFON login failed: {describe_error(exc, self._http.base_url)}"
+            ) from exc
         request_id = _request_id(response)
         status = response.status_code
         if status == 200:
@@ -278,7 +284,12 @@ class NfonAuth(httpx.Auth):
             self._access = self._refresh = None
             log.error(
                 "NFON rejected the API credentials; check nfon.username and nfon.password",
-                extra=kv(user=self._username, status=status, retry_in=self._backoff),
+                extra=kv(
+                    event="nfon_login_refused",
+                    user=self._username,
+                    status=status,
+                    retry_in=self._backoff,
+                ),
             )
             raise CredentialsRejected(
                 f"NFON rejected the API credentials (HTTP {status})",

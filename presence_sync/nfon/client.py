@@ -31,7 +31,7 @@ from pydantic import SecretStr
 from presence_sync.clock import Clock, SystemClock
 from presence_sync.errors import AuthError, PermanentError, TransientError, UpstreamError
 from presence_sync.model import ExtensionInfo, StateEvent
-from presence_sync.net import retry_after, tls_context, user_agent
+from presence_sync.net import describe_error, retry_after, tls_context, user_agent
 from presence_sync.nfon.auth import NfonAuth
 from presence_sync.nfon.schema import FrameError, extension_from_wire, state_from_wire
 from presence_sync.nfon.stream import (
@@ -223,10 +223,9 @@ class NfonClient:
             )
         except (AuthError, UpstreamError):
             raise
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"NFON {path}: timed out ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
-            raise TransientError(f"NFON {path}: {type(exc).__name__}") from exc
+            where = self._rest.base_url.join(path)
+            raise TransientError(f"NFON {path}: {describe_error(exc, where)}") from exc
         request_id = response.headers.get("x-request-id")
         status = response.status_code
         if status >= 400:

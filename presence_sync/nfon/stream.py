@@ -43,6 +43,7 @@ import httpx
 from presence_sync.clock import Clock
 from presence_sync.errors import AuthError, UpstreamError
 from presence_sync.model import CallEvent, StateEvent
+from presence_sync.net import describe_error
 from presence_sync.nfon.auth import CredentialsRejected
 from presence_sync.nfon.schema import FrameError, parse_call, parse_state
 from presence_sync.ops import metrics
@@ -295,11 +296,13 @@ class StreamHealth:
     (monotonic times of the consumer's clock). While connected ``up_since``
     is set; otherwise ``down_since`` is when it was lost (or when the first
     attempt started) and ``reason`` the last failure (a ``RECONNECT_REASONS``
-    value, or ``"connecting"`` before the first connection)."""
+    value, or ``"connecting"`` before the first connection) and ``detail``
+    its words for an admin (which host, and refused, DNS, TLS, timeout...)."""
 
     up_since: float | None = None
     down_since: float | None = None
     reason: str | None = None
+    detail: str | None = None
 
 
 class _Failed(Exception):
@@ -430,11 +433,12 @@ class _Connection:
             self._state.state("connected")
             self._opened_at = self.clock.monotonic()
             self.health.up_since, self.health.down_since = self._opened_at, None
-            self.health.reason = None
+            self.health.reason = self.health.detail = None
             if self._failing_since is not None:
                 log.info(
                     "nfon stream recovered",
                     extra=kv(
+                        event="nfon_stream_recovered",
                         stream=self.name,
                         down_s=round(self.clock.monotonic() - self._failing_since, 3),
                     ),
@@ -457,8 +461,10 @@ class _Connection:
             raise _Failed("auth", str(exc)) from None
         except UpstreamError as exc:  # a login that NFON did not answer properly
             raise _Failed("http_error" if exc.status else "network", str(exc)) from None
+        except httpx.TimeoutException as exc:
+            raise _Failed("timeout", describe_error(exc, request.url)) from None
         except httpx.HTTPError as exc:
-            raise _Failed("network", type(exc).__name__) from None
+            raise _Failed("network", describe_error(exc, request.url)) from None
         status = response.status_code
         content_type = response.headers.get("content-type", "text/event-stream").lower()
         if status == 200 and content_type.startswith("text/event-stream"):
@@ -479,7 +485,7 @@ class _Connection:
         opened, self._opened_at = self._opened_at, None
         if self.health.up_since is not None:
             self.health.up_since, self.health.down_since = None, self.clock.monotonic()
-        self.health.reason = failure.reason
+        self.health.reason, self.health.detail = failure.reason, failure.detail
         if opened is not None and self.clock.monotonic() - opened >= HEALTHY_AFTER:
             delivered = True
         if delivered:
@@ -489,15 +495,21 @@ class _Connection:
         ceiling = min(self.settings.reconnect_max_delay, base * 2 ** min(self._attempt, 30))
         self._delay = max(self._rng.uniform(0, ceiling), failure.wait_at_least)
         self._attempt += 1
-        context = kv(stream=self.name, reason=failure.reason, detail=failure.detail)
+        fields = {"stream": self.name, "reason": failure.reason, "detail": failure.detail}
         if delivered and failure.reason == "eof":
             # Servers end long streams now and then; that is no failure.
-            log.info("nfon stream closed by the server; reconnecting", extra=context)
+            log.info(
+                "nfon stream closed by the server; reconnecting",
+                extra=kv(event="nfon_stream_closed", **fields),
+            )
         elif self._failing_since is None:
             self._failing_since = self.clock.monotonic()
-            log.warning("nfon stream lost; reconnecting with backoff", extra=context)
+            log.warning(
+                "nfon stream lost; reconnecting with backoff",
+                extra=kv(event="nfon_stream_lost", **fields),
+            )
         else:
-            log.debug("nfon stream still down", extra=context)
+            log.debug("nfon stream still down", extra=kv(event="nfon_stream_down", **fields))
 
     async def receive(self, session: _Session, deadline: float) -> list[ServerSentEvent] | None:
         """The events completed by the next chunk (``[]`` for keep-alives
@@ -508,7 +520,7 @@ class _Connection:
         try:
             chunk = await session.read(min(deadline, stale_at))
         except httpx.HTTPError as exc:
-            raise _read_failure(exc) from None
+            raise _read_failure(exc, session.response.url) from None
         now = self.clock.monotonic()
         if chunk is None:
             if now >= stale_at:
@@ -553,12 +565,13 @@ class _Connection:
         self._state.state("stopped")
 
 
-def _read_failure(exc: httpx.HTTPError) -> _Failed:
+def _read_failure(exc: httpx.HTTPError, url: httpx.URL) -> _Failed:
+    detail = describe_error(exc, url)
     if isinstance(exc, httpx.TimeoutException):
-        return _Failed("timeout", type(exc).__name__)
+        return _Failed("timeout", detail)
     if isinstance(exc, httpx.RemoteProtocolError):  # the peer closed mid-body
-        return _Failed("eof", type(exc).__name__)
-    return _Failed("network", type(exc).__name__)
+        return _Failed("eof", detail)
+    return _Failed("network", detail)
 
 
 async def state_stream(

@@ -1,8 +1,15 @@
 """Logging to stdout for journald, a terminal or a log shipper.
 
-One line per unit of work, ``key=value`` context appended. Under journald
+One line per unit of work, ``key=value`` context appended (JSON: one object
+per line, the context as its fields). Time stamps are local time with their
+zone offset (``2026-03-02T08:25:01.250+01:00``), as every time shown to
+people is, so a log line and a status page agree. Under journald
 (``$JOURNAL_STREAM`` set) each line starts with a ``<N>`` syslog priority so
-the journal keeps levels. Libraries that log every request at INFO (httpx)
+the journal keeps levels (and journald stamps the time).
+
+Lines an admin or a test looks for carry an ``event`` field with a stable
+name (``reload_refused``, ``nfon_call``, ...): match on that and the other
+fields, never on the wording of the message. Libraries that log every request at INFO (httpx)
 are turned down to WARNING: their lines would repeat ours and could carry
 tokens in URLs.
 """
@@ -15,9 +22,10 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
-__all__ = ["Throttle", "configure", "kv"]
+__all__ = ["JsonFormatter", "TextFormatter", "Throttle", "configure", "kv", "local_time"]
 
 _SYSLOG_PRIORITY = {
     logging.CRITICAL: 2,
@@ -35,13 +43,20 @@ def kv(**fields: Any) -> dict[str, Any]:
     return {"ctx": fields}
 
 
+def local_time(created: float) -> str:
+    """``record.created`` as ISO 8601 local time with milliseconds and the
+    zone offset: ``2026-03-02T08:25:01.250+01:00``."""
+    return datetime.fromtimestamp(created).astimezone().isoformat(timespec="milliseconds")
+
+
 def _context(record: logging.LogRecord) -> Mapping[str, Any]:
     ctx = getattr(record, "ctx", None)
     return ctx if isinstance(ctx, Mapping) else {}
 
 
 def _fmt_value(value: Any) -> str:
-    text = str(value)
+    # A list (several problems) stays one line: "a; b" (JSON keeps the array).
+    text = "; ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
     if not text or any(c in text for c in ' "=\n'):
         return json.dumps(text, ensure_ascii=False)
     return text
@@ -64,16 +79,16 @@ class TextFormatter(logging.Formatter):
         if self.journald:
             prio = _SYSLOG_PRIORITY.get(record.levelno, 6)
             return f"<{prio}>{record.name}: {line}"
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
-        return f"{stamp} {record.levelname:<7} {record.name}: {line}"
+        return f"{local_time(record.created)} {record.levelname:<7} {record.name}: {line}"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
+    """One JSON object per line, for log shippers: ``ts`` (ISO 8601 with the
+    zone offset), ``level``, ``logger``, ``msg`` and the context's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "ts": record.created,
+            "ts": local_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

@@ -2,21 +2,46 @@
 
 Names follow the Prometheus conventions: ``presence_sync_`` prefix, base units,
 counters ending in ``_total``. Labels have small fixed value sets (stream,
-target, result, reason); never a person, e-mail, extension or number.
+target, result, reason, component); never a person, e-mail, extension or
+number. ``docs/metrics.md`` lists every one, and a test holds the two together.
+
+The ``_created`` series prometheus_client adds beside every counter and
+histogram are switched off: they double the output and no alert uses them.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Enum, Gauge, Histogram, Info
+import platform
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import (
+    Counter,
+    Enum,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 from presence_sync import __version__
 
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 __all__ = [
     "BUILD_INFO",
+    "CALLS",
+    "CALL_DIRECTIONS",
+    "CALL_RESULTS",
+    "CALL_RING_DURATION",
+    "CALL_TALK_DURATION",
+    "CONFIG_LAST_RELOAD_SUCCESS",
+    "CONFIG_RELOADS",
     "DIRECTORY_PEOPLE",
     "DIRTY_KEYS",
     "EVENT_TO_APPLY",
     "NFON_LOGINS",
+    "READY",
     "RESYNC_DURATION",
     "RESYNC_LAST_SUCCESS",
     "STREAM_EVENTS",
@@ -29,10 +54,11 @@ __all__ = [
     "TARGET_PAUSED_UNTIL",
     "TARGET_REQUEST_DURATION",
     "TARGET_THROTTLED",
+    "set_readiness",
 ]
 
 BUILD_INFO = Info("presence_sync_build", "Version of the running presence-sync")
-BUILD_INFO.info({"version": __version__})
+BUILD_INFO.info({"version": __version__, "python": platform.python_version()})
 
 STREAM_STATE = Enum(
     "presence_sync_stream_state",
@@ -114,3 +140,64 @@ DIRECTORY_PEOPLE = Gauge(
     "Extensions known from NFON, by whether a configured person sits behind them",
     ["mapping"],
 )
+
+# --- calls (from the NFON call stream; see ops/calls.py) ----------------------------------
+
+CALL_DIRECTIONS = ("inbound", "outbound")
+CALL_RESULTS = ("answered", "missed", "busy", "rejected", "cancelled", "failed")
+CALLS = Counter(
+    "presence_sync_calls_total",
+    "Calls on the NFON call stream, counted when they end, by direction and result "
+    "(each extension's leg counts)",
+    ["direction", "result"],
+)
+CALL_RING_DURATION = Histogram(
+    "presence_sync_call_ring_duration_seconds",
+    "From the first ring to the answer, or to the end of a call nobody answered",
+    ["direction"],
+    buckets=(1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300),
+)
+CALL_TALK_DURATION = Histogram(
+    "presence_sync_call_talk_duration_seconds",
+    "From the answer to the hang-up",
+    ["direction"],
+    buckets=(5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400),
+)
+for _direction in CALL_DIRECTIONS:
+    for _result in CALL_RESULTS:
+        CALLS.labels(direction=_direction, result=_result)
+    CALL_RING_DURATION.labels(direction=_direction)
+    CALL_TALK_DURATION.labels(direction=_direction)
+
+# --- configuration and readiness -----------------------------------------------------------
+
+CONFIG_RELOADS = Counter(
+    "presence_sync_config_reloads_total",
+    "Configuration reloads (SIGHUP) by result: ok, or refused (the running one stays)",
+    ["result"],
+)
+for _result in ("ok", "refused"):
+    CONFIG_RELOADS.labels(result=_result)
+CONFIG_LAST_RELOAD_SUCCESS = Gauge(
+    "presence_sync_config_last_reload_success_timestamp_seconds",
+    "When the configuration in use was loaded: the start, or the last good reload (Unix time)",
+)
+READY = Gauge(
+    "presence_sync_ready",
+    "1 while a part of the daemon works now, else 0, by component "
+    "(nfon_stream, nfon_login, target:<name>), as /readyz reports them",
+    ["component"],
+)
+_ready_components: set[str] = set()
+
+
+def set_readiness(components: Mapping[str, Mapping[str, Any]]) -> None:
+    """Show ``/readyz``'s components (``{name: {"ok": bool, ...}}``) as
+    ``presence_sync_ready``; a component no longer listed (a target removed
+    by a reload) loses its series."""
+    for gone in _ready_components - set(components):
+        READY.remove(gone)
+    _ready_components.clear()
+    for name, part in components.items():
+        READY.labels(component=name).set(1 if part.get("ok") else 0)
+        _ready_components.add(name)

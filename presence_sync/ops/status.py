@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from presence_sync.engine import Engine, KeySnapshot, TargetSnapshot
 from presence_sync.lines import Lines
@@ -40,8 +40,6 @@ __all__ = [
 DEFAULT_LIMIT: Final = 100
 MAX_LIMIT: Final = 1000
 FILTERS: Final = ("all", "not-in-sync")
-
-Filter = Literal["all", "not-in-sync"]
 
 _STATES: Final = {"dirty": "queued", "unknown": "waiting"}
 """Engine key states → API states (the others keep their name)."""
@@ -119,7 +117,7 @@ class StatusBuilder:
         people = engine.people()
         matched = self._search(people, q)
         if filter == "not-in-sync":
-            unsettled = engine.unsettled(p.key for p in matched)
+            unsettled = engine.unsettled()
             matched = [p for p in matched if p.key in unsettled]
         page = matched[offset : offset + limit]
         docs = self._people(parts, page)
@@ -145,20 +143,20 @@ class StatusBuilder:
     # --- parts ------------------------------------------------------------------------
 
     def _search(self, people: list[Person], q: str) -> list[Person]:
-        if len(self._texts) > 2 * len(people) + MAX_LIMIT:
-            self._texts.clear()  # people who left since
+        texts = self._texts
+        if len(texts) > 2 * len(people) + MAX_LIMIT:
+            texts.clear()  # people who left since
         needle = q.strip().casefold()
         if not needle:
             return people
-        return [p for p in people if needle in self._text(p)]
-
-    def _text(self, person: Person) -> str:
-        hit = self._texts.get(person.key)
-        if hit is not None and hit[0] is person:
-            return hit[1]
-        text = "\n".join((person.key, person.email, person.name or "", person.extension)).casefold()
-        self._texts[person.key] = (person, text)
-        return text
+        found: list[Person] = []
+        for person in people:
+            hit = texts.get(person.key)
+            if hit is None or hit[0] is not person:
+                hit = texts[person.key] = (person, _haystack(person))
+            if needle in hit[1]:
+                found.append(person)
+        return found
 
     def _daemon(self, parts: Parts) -> dict[str, Any]:
         ready = parts.readiness
@@ -249,6 +247,11 @@ class StatusBuilder:
         }
 
 
+def _haystack(person: Person) -> str:
+    """What a search looks in: key, e-mail, name and extension, case-folded."""
+    return "\n".join((person.key, person.email, person.name or "", person.extension)).casefold()
+
+
 def _presence(presence: Presence) -> str | None:
     if presence is Presence.UNKNOWN:
         return None
@@ -262,7 +265,7 @@ def find_person(people: Iterable[Person], who: str) -> Person | None:
     wanted = who.strip()
     folded = wanted.casefold()
     for person in people:
-        if person.key == folded or person.email.casefold() == folded:
+        if person.key == wanted.lower() or person.email.casefold() == folded:
             return person
         if person.extension == wanted:
             return person

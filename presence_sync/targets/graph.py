@@ -44,7 +44,7 @@ from presence_sync.clock import Clock
 from presence_sync.config import Duration, MicrosoftSettings
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.model import Person
-from presence_sync.net import retry_after, tls_context
+from presence_sync.net import describe_error, proxy_for, retry_after, tls_context
 from presence_sync.targets.base import Memory, TargetEnv, TargetOptions
 
 __all__ = [
@@ -174,6 +174,11 @@ class Credential:
         session = requests.Session()
         session.trust_env = False
         session.verify = self.verify
+        # With trust_env off, requests no longer reads HTTPS_PROXY either: the
+        # proxy is set explicitly, by the rule every other client follows.
+        proxy = proxy_for(self._authority)
+        if proxy is not None:
+            session.proxies = {"https": proxy, "http": proxy}
         self._session = session
         host = (urlsplit(self._authority).hostname or "").lower()
         return msal.ConfidentialClientApplication(
@@ -208,7 +213,8 @@ class Credential:
                 raise TransientError(f"{self._where()}: token endpoint failed: {exc}") from exc
             except requests.RequestException as exc:
                 raise TransientError(
-                    f"{self._where()}: token endpoint unreachable: {type(exc).__name__}"
+                    f"{self._where()}: token endpoint unreachable: "
+                    f"{describe_error(exc, self._authority)}"
                 ) from exc
             except ValueError as exc:
                 # MSAL's answer to an authority it cannot read (unknown tenant).
@@ -355,10 +361,10 @@ class GraphClient:
                 )
             except httpx.TimeoutException as exc:
                 raise TransientError(
-                    f"{self.target}: Graph gave no answer within {self.timeout:g} s"
+                    f"{self.target}: Graph {describe_error(exc, url)} (waited {self.timeout:g} s)"
                 ) from exc
             except httpx.TransportError as exc:
-                raise TransientError(f"{self.target}: {type(exc).__name__}: {exc}") from exc
+                raise TransientError(f"{self.target}: Graph {describe_error(exc, url)}") from exc
             if response.status_code == 401 and attempt == 1:
                 token = await self.credential.token(self.clock, stale=token)
                 continue

@@ -1,15 +1,14 @@
-"""The ``log`` target: says what it would show instead of showing it anywhere.
+"""The ``log`` target: shows nothing anywhere, so the log says what it would show.
 
-For dry runs, demos and as the engine's test double. It owns ``describe``, the
-one-line human rendering of a ``Status`` (``Busy/InACall :phone: "On a call"``),
-which the engine's log lines use too; phone numbers in a status text are
-masked there, because rules may put a caller's number into a status but logs
-must never carry one.
+For dry runs, demos and as the engine's test double. It writes no line of its
+own: the engine writes the one line per change for every target (person,
+rule, old → new, time taken), and a second line here would say the same
+thing again. It re-exports ``describe`` (``model.describe``), the one-line
+human rendering of a ``Status`` in which phone numbers are masked.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from typing import ClassVar
 
@@ -18,27 +17,21 @@ from presence_sync.targets.base import Change, TargetEnv, TargetInfo, TargetOpti
 
 __all__ = ["HISTORY_SIZE", "LogOptions", "LogTarget", "describe"]
 
-log = logging.getLogger(__name__)
-
 HISTORY_SIZE = 1000
 """How many changes ``LogTarget.history`` keeps (oldest dropped first)."""
 
 
-# Five or more digits, optionally split by the separators people write numbers
-# with: catches "+49 30 1234567" and "0301234567" but leaves "2 calls" alone.
-
-
 class LogOptions(TargetOptions):
-    """The ``log`` block under ``targets:``. ``muted`` keeps the history but
-    writes no log line (benchmarks, tests)."""
+    """The ``log`` block under ``targets:``. ``muted`` is accepted for older
+    configurations and changes nothing: this target writes no line of its own."""
 
     muted: bool = False
 
 
 class LogTarget:
-    """Logs one INFO line per change (``log: anna@example.com → Busy/InACall``)
-    and remembers the last ``HISTORY_SIZE`` changes in ``history`` as
-    ``(person key, desired)``. Never fails, so it "restores" trivially.
+    """Remembers the last ``HISTORY_SIZE`` changes in ``history`` as
+    ``(person key, desired)``; the engine's line per change is what an admin
+    reads. Never fails, so it "restores" trivially.
 
     Its rate is unlimited (``float('inf')``: the engine then skips the token
     bucket); ``burst`` only matters for finite rates and is set high to match.
@@ -68,8 +61,6 @@ class LogTarget:
     async def apply(self, change: Change) -> Applied:
         """Record ``change.desired`` and report it applied; never raises."""
         self.history.append((change.person.key, change.desired))
-        if not self.options.muted:
-            log.info("%s: %s → %s", self.name, change.person.email, describe(change.desired))
         return Applied(status=change.desired, at=self._clock.now())
 
     async def aclose(self) -> None:

@@ -47,7 +47,7 @@ from slack_sdk.errors import SlackApiError
 from presence_sync.config.models import SlackSettings
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.model import Person
-from presence_sync.net import retry_after, tls_context
+from presence_sync.net import describe_error, proxy_for, retry_after, tls_context
 from presence_sync.targets.base import Memory, TargetEnv
 
 __all__ = [
@@ -135,8 +135,10 @@ class SlackClient:
         verify = tls_context(env.verify)
         context = verify if isinstance(verify, ssl.SSLContext) else None
         base_url = settings.base_url if settings.base_url.endswith("/") else settings.base_url + "/"
+        proxy = proxy_for(base_url)
         self._web = WebClient(
             base_url=base_url,
+            proxy=proxy,
             # slack_sdk takes whole seconds in its signature; urllib accepts a float.
             timeout=settings.request_timeout,  # type: ignore[arg-type]
             ssl=context,
@@ -144,6 +146,9 @@ class SlackClient:
             retry_handlers=[],
             logger=_sdk_log,
         )
+        # Without a proxy, slack_sdk falls back to $HTTPS_PROXY itself and
+        # would ignore NO_PROXY; None lets urllib decide, honouring NO_PROXY.
+        self._web.proxy = proxy
         self.timeout = settings.request_timeout
 
     def __repr__(self) -> str:
@@ -208,8 +213,7 @@ class SlackClient:
         except (TimeoutError, OSError) as exc:
             # urllib's URLError is an OSError; a read timeout is TimeoutError.
             raise TransientError(
-                f"slack {self._target}: {method}: no answer ({type(exc).__name__}) "
-                f"within {self.timeout:g} s"
+                f"slack {self._target}: {method}: {describe_error(exc, self._web.base_url)}"
             ) from None
         except ValueError as exc:
             # A body that is not JSON (a proxy's error page).

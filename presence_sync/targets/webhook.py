@@ -43,7 +43,7 @@ from presence_sync.model import (
     Status,
     frozen_map,
 )
-from presence_sync.net import retry_after, tls_context
+from presence_sync.net import describe_error, retry_after, tls_context
 from presence_sync.ops.logging import kv
 from presence_sync.targets.base import Change, TargetEnv, TargetInfo, TargetOptions
 
@@ -265,10 +265,11 @@ class WebhookTarget:
             response = await self._client.post(self._url, content=body, headers=headers)
         except httpx.TimeoutException as exc:
             raise TransientError(
-                f"webhook {self.name}: no answer within {self._options.timeout:g} s"
+                f"webhook {self.name}: {describe_error(exc, self._url)} "
+                f"(waited {self._options.timeout:g} s)"
             ) from exc
         except httpx.TransportError as exc:
-            raise TransientError(f"webhook {self.name}: {type(exc).__name__}: {exc}") from exc
+            raise TransientError(f"webhook {self.name}: {describe_error(exc, self._url)}") from exc
         self._check(response)
         log.debug(
             "webhook delivered",

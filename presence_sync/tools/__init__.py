@@ -1,1 +1,1 @@
-"""The admin's one-shot commands (``check``, ``status``, ``resync``, ...), one module each."""
+"""Admin commands of the ``presence-sync`` CLI, one module each."""

@@ -2,8 +2,9 @@
 
 1. The file is loaded exactly as ``run`` loads it (``app.load``): every
    problem at once (``ConfigError``, exit 78), and the warnings ``run``
-   would log at start (a secret file others may read, nobody under
-   ``people:``) are printed on stderr.
+   would log at start (a secret file others may read, and the file's own
+   ``Settings.warnings`` such as nobody under ``people:``) are printed on
+   stderr.
 2. Unless offline, it logs in to NFON and to each service the targets use
    (Microsoft Graph, Slack) and resolves every person: their extension in
    NFON's directory (and the name NFON has for it), their Entra user, their
@@ -618,6 +619,8 @@ async def run(
                 print(warning_text(record), file=stderr)
             warnings.clear()
         settings = loaded.settings
+        for warning in settings.warnings:
+            print(f"warning: {warning}", file=stderr)
         targets = ", ".join(
             n if n == spec.kind else f"{n} ({spec.kind})" for n, spec in settings.targets.items()
         )

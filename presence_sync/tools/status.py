@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, TextIO
 
@@ -88,7 +89,7 @@ def status(
         with Client(located) as client:
             if who:
                 try:
-                    person = client.get(f"/api/people/{who}")
+                    person = client.get(f"/api/people/{urllib.parse.quote(who, safe='')}")
                 except ApiError as exc:
                     if exc.status != 404:
                         raise
@@ -260,9 +261,8 @@ def _stored_table(rows: Sequence[AppliedRow], out: TextIO) -> None:
         )
     table(lines, out)
     print(file=out)
-    print(
-        f"{_count(len(people), 'person', 'people')}, {_count(len(rows), 'stored row')}.", file=out
-    )
+    counts = f"{_count(len(people), 'person', 'people')}, {_count(len(rows), 'stored row')}"
+    print(f"{counts}.", file=out)
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:

@@ -258,6 +258,8 @@ async def run(
         finally:
             for record in warnings:
                 print(warning_text(record), file=stderr)
+    for warning in settings.warnings:
+        print(f"warning: {warning}", file=stderr)
     if url:
         base = url.rstrip("/")
     elif not settings.http.listen:

@@ -10,6 +10,7 @@ expirations move together.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -276,7 +277,7 @@ async def test_a_timeout_is_transient(world: World, kind: Kind) -> None:
     target = world.target(kind.kind, timeout=0.3)
     await world.apply(target, kind.status)
     world.sim.hang_next(1.0, "/v1.0/users/")
-    with pytest.raises(TransientError, match="no answer"):
+    with pytest.raises(TransientError, match=r"127\.0\.0\.1:\d+: no answer in time \(timeout\)"):
         await world.apply(target, kind.status, Applied(kind.status, world.clock.now()))
 
 
@@ -709,3 +710,19 @@ def test_a_bad_teams_option_or_pair_in_the_file_exits_78_with_its_line(tmp_path:
     )
     assert run.returncode == 78
     assert "config.yaml:9:27: rules[0].set.teams_presence: Teams does not accept" in run.stderr
+
+
+async def test_an_unreachable_token_endpoint_names_host_and_cause(world: World) -> None:
+    """MSAL's token request goes through requests: its failure still says
+    which host and why, not just ``ConnectionError``."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        microsoft = world.settings.microsoft.model_copy(
+            update={"authority": f"https://127.0.0.1:{port}"}
+        )
+        settings = SimpleNamespace(microsoft=microsoft, tls=world.settings.tls)
+        target = world.target("teams_presence", settings=settings)
+        with pytest.raises(TransientError) as caught:
+            await world.apply(target, KINDS[0].status)
+    assert f"token endpoint unreachable: 127.0.0.1:{port}: connection refused" in str(caught.value)

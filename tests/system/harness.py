@@ -3,6 +3,7 @@ real ``presence-sync`` process with its output collected."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -77,13 +78,17 @@ def write_config(
     extra: str = "",
     targets: str = "",
     nfon_extra: str = "",
+    log_level: str = "info",
+    log_format: str = "text",
     people: Sequence[tuple[str, str | None, str]] = PEOPLE,
     http: str = '  listen: "127.0.0.1:0"\n',
 ) -> Path:
     """A configuration for the simulator and the webhook receiver. ``targets``
     adds lines under ``targets:``, ``nfon_extra`` under ``nfon:``, ``http``
     replaces the lines under ``http:``, ``extra`` goes at the top level.
-    ``people`` are (extension, name, email); a name None is left to NFON."""
+    ``people`` are (extension, name, email); a name None is left to NFON.
+    With ``log_format="json"`` the daemon's log lines can be read as records
+    (``Daemon.records``)."""
     listed = "".join(
         f'  - extension: "{ext}"\n    email: {email}\n'
         + ("" if name is None else f"    name: {name}\n")
@@ -107,8 +112,8 @@ state:
   path: {path.parent / "state.db"}
 http:
 {http}logging:
-  level: info
-  format: text
+  level: {log_level}
+  format: {log_format}
 {rules}{extra}"""
     )
     return path
@@ -154,12 +159,39 @@ class Daemon:
 
         return eventually(found, f"output /{pattern}/", timeout)
 
+    def records(self, **fields: Any) -> list[dict[str, Any]]:
+        """The JSON log records (``logging.format: json``) whose fields
+        include ``fields``: tests match what a line says by its fields, not
+        by its wording."""
+        found = []
+        with self._lock:
+            lines = list(self.lines)
+        for line in lines:
+            if not line.startswith("{"):
+                continue
+            record = json.loads(line)
+            if all(record.get(k) == v for k, v in fields.items()):
+                found.append(record)
+        return found
+
+    def wait_record(self, timeout: float = 15.0, **fields: Any) -> dict[str, Any]:
+        """The first JSON log record with ``fields``, waiting for it."""
+
+        def found() -> dict[str, Any] | None:
+            if self.proc.poll() is not None and not self.records(**fields):
+                pytest.fail(f"daemon exited {self.proc.returncode}:\n{self.output()}")
+            hits = self.records(**fields)
+            return hits[0] if hits else None
+
+        return eventually(found, f"log record {fields}", timeout)
+
     def url(self) -> str:
         """The daemon's HTTP listener (``http.listen`` on port 0: read from its log)."""
         line = self.wait_line(r"listening for /healthz")
-        match = re.search(r"address=(\S+)", line)
+        # The text log says address=HOST:PORT, the JSON log "address": "HOST:PORT".
+        match = re.search(r'address=(\S+)|"address": "([^"]+)"', line)
         assert match, line
-        return f"http://{match.group(1)}"
+        return f"http://{match.group(1) or match.group(2)}"
 
     def readyz(self) -> httpx.Response:
         return httpx.get(self.url() + "/readyz", timeout=5)

@@ -204,7 +204,7 @@ def test_dry_run_only_logs(
     daemon = daemons("run", "--dry-run", "-c", str(config))
     daemon.wait_ready()
     nfon.sim.call("102")
-    daemon.wait_line(r"webhook: clara@example\.com → Busy/InACall")
+    daemon.wait_line(r"webhook: clara@example\.com .*→ Busy/InACall")
     assert hook.deliveries() == []
     assert not (tmp_path / "state.db").exists()
 

@@ -56,8 +56,8 @@ def test_a_reload_with_targets_that_cannot_run_is_refused_and_syncing_goes_on(
     notify.wait(r"STATUS=Reload refused: target 'misfit' \(broken\) could not be built")
     assert daemon.count(r"reload refused") == 1
     assert re.search(
-        r"reload refused, keeping the running configuration: target 'misfit' \(broken\) "
-        r"could not be built: RuntimeError: no pager service configured on this host",
+        r"event=reload_refused reason=\"target 'misfit' \(broken\) "
+        r"could not be built: RuntimeError: no pager service configured on this host\"",
         daemon.output(),
     )
     a_call_still_reaches_the_webhook(nfon, hook)

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.system
 
 ANNA = "anna@example.com"
 CALLER = "4930123456"
+TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d\d:\d\d"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -76,7 +77,10 @@ def test_status_shows_everyone_and_one_person_from_the_running_daemon(
     assert "Target webhook (webhook): running; 0 queued" in out
     anna = next(line for line in out.splitlines() if ANNA in line)
     assert re.search(
-        r"Anna Schmidt\s+anna@example\.com\s+100\s+in-use\s+available\s+inbound\s+webhook\s+in sync since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d\d:\d\d\s+Busy/InACall",
+        r"Anna Schmidt\s+anna@example\.com\s+100\s+in-use\s+available\s+inbound\s+webhook"
+        + r"\s+in sync since "
+        + TIME
+        + r"\s+Busy/InACall",
         anna,
     ), anna
     ben = next(line for line in out.splitlines() if "ben@example.com" in line)
@@ -137,13 +141,13 @@ def test_status_reads_the_stored_view_when_the_daemon_is_down(
     assert shown.returncode == 1
     url = daemon.url()
     assert (
-        f"the daemon is not running or not reachable: nothing answers at {url} (http.listen in {config})"
-        in shown.stderr
+        f"the daemon is not running or not reachable: nothing answers at {url} "
+        f"(http.listen in {config})" in shown.stderr
     )
     assert f"Stored view (the daemon is down), read from {state}" in shown.stdout
     anna = next(line for line in shown.stdout.splitlines() if ANNA in line)
     assert re.search(
-        r"Anna Schmidt\s+anna@example\.com\s+100\s+webhook\s+Busy/InACall .*\d\d:\d\d:\d\d [+-]\d\d:\d\d$",
+        r"Anna Schmidt\s+anna@example\.com\s+100\s+webhook\s+Busy/InACall .*" + TIME + "$",
         anna,
     ), anna
     assert CALLER not in shown.stdout

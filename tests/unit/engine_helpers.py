@@ -51,7 +51,9 @@ class CallRules:
     def __init__(self, targets: Iterable[str]) -> None:
         self.targets = tuple(targets)
 
-    def evaluate(self, person: Person, view: LineView, now: datetime) -> dict[str, Status | None]:
+    def evaluate(
+        self, person: Person, view: LineView, now: datetime, *, why: dict[str, str] | None = None
+    ) -> dict[str, Status | None]:
         if view.line is Line.IN_USE:
             status: Status | None = BUSY
         elif view.presence is Presence.DND:

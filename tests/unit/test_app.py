@@ -40,27 +40,3 @@ async def test_a_failing_scheduled_job_logs_once_when_it_fails_and_once_when_it_
 def test_the_daemon_has_no_runtime_before_it_runs(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not running"):
         _ = Daemon(tmp_path / "config.yaml").runtime
-
-
-@pytest.mark.parametrize(
-    ("people", "warned"), [("[]", True), ("\n  - {extension: '1', email: a@b.c}", False)]
-)
-def test_nobody_under_people_is_a_warning_at_start(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, people: str, warned: bool
-) -> None:
-    from presence_sync.app import load
-
-    path = tmp_path / "config.yaml"
-    path.write_text(
-        "nfon: {customer: K1, username: u, password: p}\n"
-        f"people: {people}\n"
-        "targets: {log: {}}\n"
-    )
-    caplog.set_level(logging.WARNING)
-    load(path)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert (
-        bool([r for r in warnings if "nobody is listed under people:" in r.getMessage()]) is warned
-    )
-    if warned:
-        assert warnings[0].__dict__["ctx"] == {"config": str(path)}

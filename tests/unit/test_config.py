@@ -206,14 +206,14 @@ def test_yaml_12_scalars_keep_times_and_words_as_text(write: Callable[[str], Pat
         BASE
         + """\
 rules:
-  - when: {time: {from: 08:00, to: 18:00}, presence: no}
+  - when: {time: {from: 08:00, to: 18:00}, groups: no}
     set: {fake: {text: on}}
 """
     )
     rules = load(path, {}).rules
     assert rules is not None
     rule = rules[0]
-    assert rule["when"] == {"time": {"from": "08:00", "to": "18:00"}, "presence": "no"}
+    assert rule["when"] == {"time": {"from": "08:00", "to": "18:00"}, "groups": "no"}
     assert rule["set"] == {"fake": {"text": "on"}}
 
 
@@ -744,6 +744,24 @@ def test_microsoft_certificate(
     assert ms.certificate_thumbprint == "ABCD" + "0" * 36
 
 
+def test_microsoft_certificate_relative_path_is_a_systemd_credential(
+    write: Callable[[str], Path], tmp_path: Path
+) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "ms-certificate").write_text("-----BEGIN PRIVATE KEY-----\n")
+    (credentials / "ms-certificate").chmod(0o400)
+    path = write(
+        BASE + "microsoft:\n  tenant_id: t\n  client_id: c\n  certificate_file: ms-certificate\n"
+        "  certificate_thumbprint: '" + "0" * 40 + "'\n"
+    )
+
+    ms = load(path, {"CREDENTIALS_DIRECTORY": str(credentials)}).microsoft
+
+    assert ms is not None
+    assert ms.certificate_file == credentials / "ms-certificate"
+
+
 # --- targets -------------------------------------------------------------------
 
 
@@ -883,7 +901,7 @@ def _uncomment(text: str, first: str) -> str:
 
 def test_example_config_loads(tmp_path: Path) -> None:
     (tmp_path / "nfon-password").write_text("pw\n")
-    env = {"NFON_API_USERNAME": "api", "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
 
     settings = load(REPO / "config.example.yaml", env)
 
@@ -902,14 +920,13 @@ def test_example_config_loads(tmp_path: Path) -> None:
 def test_example_config_commented_sections_are_valid(tmp_path: Path) -> None:
     for name in ("nfon-password", "ms-client-secret", "slack-token"):
         (tmp_path / name).write_text("s3cret\n")
-    (tmp_path / "slack").mkdir()
-    (tmp_path / "slack" / "anna.token").write_text("xoxp-anna\n")
+    (tmp_path / "slack-anna").write_text("xoxp-anna\n")
     text = (REPO / "config.example.yaml").read_text()
     for block in ("microsoft:", "slack:", "- name: VIP calls"):
         text = _uncomment(text, block)
     path = tmp_path / "config.yaml"
     path.write_text(text)
-    env = {"NFON_API_USERNAME": "api", "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    env = {"CREDENTIALS_DIRECTORY": str(tmp_path)}
 
     settings = load(path, env)
 
@@ -937,3 +954,66 @@ def test_example_config_commented_sections_are_valid(tmp_path: Path) -> None:
         "log": star,
         "webhook": star,
     }
+
+
+# --- everything in one go, and warnings ---------------------------------------------
+
+
+def test_a_bad_rule_and_a_bad_other_key_are_reported_together(
+    write: Callable[[str], Path],
+) -> None:
+    path = write(
+        BASE.replace("  password: nfon-secret-pw\n", "  password: nfon-secret-pw\n  colour: red\n")
+        + """\
+rules:
+  - name: calls
+    when: {line: in_use}
+    set: {fake: {text: On a call}}
+"""
+    )
+
+    found = problems(path)
+
+    assert [(p.key, p.line) for p in found] == [
+        ("nfon.colour", line_of(path, "colour")),
+        ("rules[0].when.line", line_of(path, "in_use")),
+    ]
+    assert found[0].file == found[1].file == str(path)
+    assert 'did you mean "in-use"?' in found[1].message
+
+
+def test_rules_are_checked_even_when_a_target_kind_is_unknown(
+    write: Callable[[str], Path],
+) -> None:
+    # One problem for the kind, one for the rule's own mistake; none for the
+    # rule naming the target whose kind could not be loaded.
+    path = write(
+        BASE
+        + """\
+  pager: {kind: pagr}
+rules:
+  - when: {line: in-use}
+    set: {pager: {text: call}, fake: {colour: red}}
+"""
+    )
+
+    found = problems(path)
+
+    assert [p.key for p in found] == ["targets.pager.kind", "rules[0].set.fake.colour"]
+
+
+def test_an_empty_people_list_is_a_warning_with_its_line(write: Callable[[str], Path]) -> None:
+    nobody = BASE.replace('people:\n  - extension: "100"\n    email: anna@example.com\n', "")
+    path = write(nobody + "people: []\n")
+
+    settings = load(path, {})
+
+    assert settings.people == []
+    [warning] = settings.warnings
+    assert (warning.file, warning.line, warning.key) == (
+        str(path),
+        line_of(path, "people"),
+        "people",
+    )
+    assert "no one is listed" in warning.message
+    assert load(write(BASE), {}).warnings == ()

@@ -235,3 +235,34 @@ def test_logs_counts_at_info_and_extensions_only_at_debug(
         directory.update_extensions(NFON)
     debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
     assert [r.ctx for r in debug] == [{"extensions": "101,102,200,201"}]  # type: ignore[attr-defined]
+
+
+def test_no_configured_person_on_any_nfon_extension_warns_once_until_fixed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    directory = Directory([Entry("900", "x@example.com"), Entry("901", "y@example.com")])
+    with caplog.at_level(logging.INFO, logger="presence_sync.directory"):
+        directory.update_extensions(NFON)
+        directory.update_extensions(NFON)  # the hourly refresh: no second warning
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].ctx == {
+        "configured": 2,
+        "nfon_extensions": len(NFON),
+        "configured_extensions": "900, 901",
+    }
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="presence_sync.directory"):
+        directory.replace_people([ANNA])
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "again" in caplog.text
+
+
+def test_nobody_configured_leaves_the_warning_to_the_configuration(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    directory = Directory([])
+    with caplog.at_level(logging.INFO, logger="presence_sync.directory"):
+        directory.update_extensions(NFON)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -38,6 +38,7 @@ from presence_sync.clock import ManualClock
 from presence_sync.engine import STORE_RETRY, UNCERTAIN, Engine, check_target
 from presence_sync.errors import AuthError, PermanentError, StoreError, TransientError
 from presence_sync.model import (
+    STATUS_FIELDS,
     Applied,
     Call,
     Direction,
@@ -48,8 +49,9 @@ from presence_sync.model import (
     Status,
     describe,
 )
+from presence_sync.rules import compile_rules
 from presence_sync.store import AppliedWrite, MemoryStore, SqliteStore, Store
-from presence_sync.targets.base import Target, TargetEnv
+from presence_sync.targets.base import Target, TargetEnv, TargetInfo
 from presence_sync.targets.log import LogOptions, LogTarget
 
 ANNA = person("anna", "100")
@@ -591,10 +593,11 @@ async def test_an_opt_out_clears_that_target_only(clock: ManualClock, store: Mem
 
 
 async def test_an_expiring_status_is_refreshed_before_it_lapses(
-    clock: ManualClock, store: MemoryStore
+    clock: ManualClock, store: MemoryStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     remote = Remote(clock, ttl=900.0)
     engine = engine_for(clock, store, {"teams": make_target("teams", remote, refresh_before=60.0)})
+    caplog.set_level(logging.INFO, logger="presence_sync.engine")
     async with running(engine):
         engine.observe(in_call("100"))
         await tick(clock, 839)
@@ -609,6 +612,12 @@ async def test_an_expiring_status_is_refreshed_before_it_lapses(
         await tick(clock, 3600)
     assert remote.asked()[-1] == (ANNA.key, None)
     assert remote.times() == [0, 840, 1680, 1680]
+    # Two changes, two lines: the refreshes change nothing anyone sees.
+    changes = [(r.ctx["old"], r.ctx["new"]) for r in caplog.records if r.levelno == logging.INFO]
+    assert changes == [
+        ("own status", 'Busy/InACall "On a call"'),
+        ('Busy/InACall "On a call"', "own status"),
+    ]
 
 
 async def test_a_resync_after_a_long_stop_refreshes_a_lapsed_status(
@@ -1033,7 +1042,9 @@ async def test_a_lock_held_past_the_busy_timeout_delays_requests_but_loses_nothi
 class Workday:
     """Busy on a call, but only from 09:00 to 09:30 UTC."""
 
-    def evaluate(self, person: Person, view: LineView, now: datetime) -> dict[str, Status | None]:
+    def evaluate(
+        self, person: Person, view: LineView, now: datetime, *, why: dict[str, str] | None = None
+    ) -> dict[str, Status | None]:
         inside = now.hour == 9 and now.minute < 30
         return {"teams": BUSY if inside and view.line is Line.IN_USE else None}
 
@@ -1202,9 +1213,19 @@ async def test_one_log_line_per_change_and_no_phone_numbers(
     clock: ManualClock, store: MemoryStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     class WithNumber:
-        def evaluate(self, person: Person, view: LineView, now: datetime) -> dict[str, Status]:
-            party = view.call.party if view.call else ""
-            return {"log": Status(text=f"On a call with {party}")}
+        def evaluate(
+            self,
+            person: Person,
+            view: LineView,
+            now: datetime,
+            *,
+            why: dict[str, str] | None = None,
+        ) -> dict[str, Status | None]:
+            if view.call is None:
+                return {"log": None}
+            if why is not None:
+                why["log"] = "calls"
+            return {"log": Status(text=f"On a call with {view.call.party}")}
 
     target = LogTarget("log", LogOptions(), TargetEnv(clock=clock, user_agent="test"))
     engine = Engine(targets={"log": target}, store=store, rules=WithNumber(), clock=clock)
@@ -1214,41 +1235,68 @@ async def test_one_log_line_per_change_and_no_phone_numbers(
         async with running(engine):
             engine.observe(LineView(extension="100", line=Line.IN_USE, call=call))
             await settle()
+            engine.observe(LineView(extension="100", line=Line.IDLE))
+            await settle()
 
-    assert target.history[-1] == (ANNA.key, Status(text="On a call with +49 30 1234567"))
-    text = caplog.text
-    assert "1234567" not in text
-    engine_lines = [r for r in caplog.records if r.name == "presence_sync.engine"]
-    assert len(engine_lines) == 1
-    assert engine_lines[0].levelno == logging.INFO
-    assert engine_lines[0].getMessage() == (
-        'log: anna@example.com (nothing from us) → "On a call with …"'
-    )
-    log_lines = [r.getMessage() for r in caplog.records if r.name == "presence_sync.targets.log"]
-    assert log_lines == ['log: anna@example.com → "On a call with …"']
+    assert list(target.history) == [
+        (ANNA.key, Status(text="On a call with +49 30 1234567")),
+        (ANNA.key, None),
+    ]
+    assert "1234567" not in caplog.text
+    changes = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert [r.name for r in changes] == ["presence_sync.engine"] * 2
+    fields = [{k: v for k, v in r.ctx.items() if k != "request_ms"} for r in changes]
+    assert fields == [
+        {
+            "person": "anna@example.com",
+            "target": "log",
+            "rule": "calls",
+            "old": "own status",
+            "new": '"On a call with …"',
+            "duration_ms": 0,
+            "result": "ok",
+        },
+        {
+            "person": "anna@example.com",
+            "target": "log",
+            "rule": None,
+            "old": '"On a call with …"',
+            "new": "own status",
+            "duration_ms": 0,
+            "result": "ok",
+        },
+    ]
+    assert "cleared, own status restored" in changes[1].getMessage()
+    assert "no rule matched" in changes[1].getMessage()
 
 
 # --- the log target -------------------------------------------------------------------
 
 
-async def test_log_target_logs_remembers_and_confirms(
+async def test_log_target_remembers_and_confirms_and_writes_no_line_of_its_own(
     clock: ManualClock, store: MemoryStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = TargetEnv(clock=clock, user_agent="test")
     loud = LogTarget("log", LogOptions(), env)
     quiet = LogTarget("quiet", LogOptions(muted=True), env)
     engine = engine_for(clock, store, {"log": loud, "quiet": quiet})
-    with caplog.at_level(logging.INFO, logger="presence_sync.targets.log"):
+    with caplog.at_level(logging.DEBUG):
         async with running(engine):
             engine.observe(in_call("100"))
             await settle()
             engine.observe(idle("100"))
             await settle()
-    messages = [r.getMessage() for r in caplog.records]
-    assert messages == [
-        'log: anna@example.com → Busy/InACall "On a call"',
-        "log: anna@example.com → (nothing from us)",
-    ]
+    assert not [r for r in caplog.records if r.name == "presence_sync.targets.log"]
+    changes = [r.ctx for r in caplog.records if r.levelno == logging.INFO]
+    # One line per change per target, whatever order the two lanes answer in.
+    assert sorted((c["target"], c["old"], c["new"]) for c in changes) == sorted(
+        [
+            ("log", "own status", 'Busy/InACall "On a call"'),
+            ("log", 'Busy/InACall "On a call"', "own status"),
+            ("quiet", "own status", 'Busy/InACall "On a call"'),
+            ("quiet", 'Busy/InACall "On a call"', "own status"),
+        ]
+    )
     assert list(loud.history) == list(quiet.history) == [(ANNA.key, BUSY), (ANNA.key, None)]
     assert stored(store) == {}
 
@@ -1267,7 +1315,7 @@ def test_log_target_declares_itself() -> None:
 @pytest.mark.parametrize(
     ("status", "text"),
     [
-        (None, "(nothing from us)"),
+        (None, "own status"),
         (BUSY, 'Busy/InACall "On a call"'),
         (
             Status(emoji=":telephone_receiver:", text="On a call"),
@@ -1281,3 +1329,63 @@ def test_log_target_declares_itself() -> None:
 )
 def test_describe(status: Status | None, text: str) -> None:
     assert describe(status) == text
+
+
+# --- rule names --------------------------------------------------------------------
+
+
+async def test_the_deciding_rule_travels_with_the_decision_but_is_no_reason_to_write(
+    clock: ManualClock, store: MemoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    same = {"availability": "Busy", "activity": "InACall", "text": "On a call"}
+    rules = compile_rules(
+        [
+            {"name": "calls", "when": {"line": "in-use"}, "set": {"teams": same}},
+            {"when": {"presence": "dnd"}, "set": {"teams": same}},
+        ],
+        targets={"teams": TargetInfo("teams", "test", frozenset(STATUS_FIELDS))},
+    )
+    remote = Remote(clock)
+    engine = Engine(
+        targets={"teams": make_target("teams", remote)}, store=store, rules=rules, clock=clock
+    )
+    engine.set_people(PEOPLE)
+
+    def rule_shown() -> str | None:
+        [key] = [k for k in engine.snapshot().keys if k.person == ANNA.key]
+        return key.rule
+
+    with caplog.at_level(logging.INFO, logger="presence_sync.engine"):
+        async with running(engine):
+            engine.observe(view("100", Line.IN_USE, Presence.DND))
+            await settle()
+            assert rule_shown() == "calls"
+            # The call ends, DND stays: another rule decides the same status.
+            engine.observe(view("100", Line.IDLE, Presence.DND))
+            await settle()
+            assert rule_shown() == "rules[1]"
+            engine.observe(view("100", Line.IDLE, Presence.AVAILABLE))
+            await settle()
+            assert rule_shown() is None
+
+    assert remote.asked() == [(ANNA.key, BUSY), (ANNA.key, None)]
+    assert [(r.ctx["rule"], r.ctx["new"]) for r in caplog.records] == [
+        ("calls", 'Busy/InACall "On a call"'),
+        (None, "own status"),
+    ]
+
+
+async def test_a_change_that_needed_a_retry_is_still_one_line(
+    clock: ManualClock, store: MemoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    remote = Remote(clock)
+    remote.fail_next.append(TransientError("503 Service Unavailable", status=503))
+    engine = engine_for(clock, store, {"teams": make_target("teams", remote)})
+    caplog.set_level(logging.INFO, logger="presence_sync.engine")
+    async with running(engine):
+        engine.observe(in_call("100"))
+        await run_until_idle(engine, clock)
+    assert len(remote.requests) == 2
+    changes = [r.ctx for r in caplog.records if r.ctx.get("result") == "ok"]
+    # The 503 left it open whether Teams showed the call: the old status is unknown.
+    assert [(c["old"], c["new"]) for c in changes] == [("unknown", 'Busy/InACall "On a call"')]

@@ -1,4 +1,4 @@
-"""The shared network helpers: Retry-After, User-Agent, listen addresses, TLS."""
+"""The shared network helpers: Retry-After, User-Agent, listen addresses, TLS, proxies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import certifi
 import pytest
 
 from presence_sync import __version__
-from presence_sync.net import parse_listen, retry_after, tls_context, user_agent
+from presence_sync.net import parse_listen, proxy_for, retry_after, tls_context, user_agent
 
 NOW = datetime(2026, 3, 2, 10, 0, 0, tzinfo=UTC)
 
@@ -97,3 +97,33 @@ def test_tls_context_from_a_bundle_file_and_a_directory(tmp_path: Path) -> None:
 def test_tls_context_missing_bundle_is_an_os_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         tls_context(tmp_path / "missing.pem")
+
+
+PROXY = "http://proxy.example.net:3128"
+
+
+@pytest.mark.parametrize(
+    ("url", "env", "proxy"),
+    [
+        ("https://graph.microsoft.com/v1.0", {"HTTPS_PROXY": PROXY}, PROXY),
+        ("https://graph.microsoft.com/v1.0", {"https_proxy": PROXY, "HTTPS_PROXY": "x"}, PROXY),
+        ("https://graph.microsoft.com/v1.0", {}, None),
+        # HTTP_PROXY is for http:// URLs only, as curl and httpx read it.
+        ("https://slack.com/api/", {"HTTP_PROXY": PROXY}, None),
+        ("http://hooks.example.com/", {"HTTP_PROXY": PROXY, "HTTPS_PROXY": "x"}, PROXY),
+        ("https://slack.com/api/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "slack.com"}, None),
+        ("https://api.slack.com/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "slack.com"}, None),
+        ("https://notslack.com/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "slack.com"}, PROXY),
+        ("https://crm.corp:8443/x", {"HTTPS_PROXY": PROXY, "no_proxy": "a, .corp"}, None),
+        ("https://crm.corp/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "*"}, None),
+        ("https://[::1]:9/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "example.com"}, PROXY),
+        ("https://[::1]:9/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "::1"}, None),
+        ("https://10.0.0.5:8443/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "10.0.0.5:8443"}, None),
+        ("https://10.0.0.5/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "10.0.0.5:8443"}, PROXY),
+        ("https://10.0.0.5/", {"HTTPS_PROXY": PROXY, "NO_PROXY": "10.0.0.5:443"}, None),
+    ],
+)
+def test_proxy_for_reads_https_proxy_and_no_proxy(
+    url: str, env: dict[str, str], proxy: str | None
+) -> None:
+    assert proxy_for(url, env) == proxy

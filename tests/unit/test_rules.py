@@ -904,11 +904,8 @@ def test_unquoted_number_as_a_clock_time_is_refused_with_its_line(
         f"    when: {{time: {window}}}\n"
         "    set: {webhook: {text: x}}\n"
     )
-    settings = load(path, {})
-    assert settings.rules is not None
-
     with pytest.raises(ConfigError) as caught:
-        compile_rules(settings.rules, targets=targets("webhook"), problem=settings.problem)
+        load(path, {})
 
     problem = caught.value.problems[0]
     assert (problem.file, problem.line, problem.key) == (str(path), 5, "rules[0].when.time.from")

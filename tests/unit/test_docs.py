@@ -1,0 +1,68 @@
+"""Every ``presence-sync`` command the guides show (README.md,
+systemd/README.md, docs/*.md; code blocks and inline code) is one the real
+command-line parser accepts, and the guides point to each other."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+from documented import ROOT, Command, documented_commands, subcommands
+
+from presence_sync.cli import build_parser
+
+# Commands the guides already show that land with other work (the admin
+# tools). While one is missing from the parser, its lines are not parsed; once
+# it exists, they are. Empty this once they are all in.
+PENDING = frozenset({"check", "status", "explain", "pause", "resume", "resync"})
+
+COMMANDS = documented_commands()
+
+
+def test_the_guides_show_commands() -> None:
+    shown = {command.argv[0] for command in COMMANDS if command.argv}
+    assert {"run", "demo", "nfon", "sim", "check"} <= shown
+    assert any(c.file == "systemd/README.md" for c in COMMANDS)
+    assert any(c.file == "docs/operations.md" for c in COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=str)
+def test_documented_command_parses(command: Command) -> None:
+    parser = build_parser()
+    known = subcommands(parser)
+    name = command.argv[0] if command.argv else ""
+    if name not in known and name in PENDING:
+        pytest.skip(f"{name}: lands with the admin tools")
+    assert name in known or name.startswith("-"), f"{command}: no such command"
+    if command.mention:
+        return
+    errors = io.StringIO()
+    code: int | str | None = 0
+    with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            parser.parse_args(list(command.argv))
+        except SystemExit as exc:  # --help and --version end here with 0
+            code = exc.code
+    assert code == 0, f"{command}\n{errors.getvalue()}"
+
+
+def test_operations_guide_is_linked_from_both_guides() -> None:
+    assert (ROOT / "docs" / "operations.md").is_file()
+    for guide in ("README.md", "systemd/README.md"):
+        assert "docs/operations.md" in (ROOT / guide).read_text(), guide
+
+
+def test_operations_guide_covers_day_two() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    headings = {line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")}
+    assert {"Upgrade", "Roll back", "Uninstall", "Outbound proxy"} <= headings
+    assert "Backing up the state database" in headings
+    for symptom in (
+        "Teams shows nothing",
+        "Slack status stays after the call",
+        "NFON login refused",
+        "Throttled",
+    ):
+        assert symptom in headings, symptom
+    assert "/var/lib/private/presence-sync" in text
