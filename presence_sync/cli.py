@@ -136,12 +136,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
     )
 
 
-def _existing_dir(text: str) -> Path:
-    if not Path(text).is_dir():
-        raise argparse.ArgumentTypeError(f"not a directory: {text}")
-    return Path(text)
-
-
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -170,7 +164,7 @@ def _add_check(commands: Any) -> None:
     )
     check.add_argument(
         "--credentials",
-        type=_existing_dir,
+        type=Path,
         metavar="DIR",
         help="read relative *_file secrets from DIR instead of $CREDENTIALS_DIRECTORY "
         "(e.g. the files systemd will hand the service)",
@@ -362,6 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_combination(args: argparse.Namespace) -> None:
     """Options of ``check`` that only make sense together (usage error, exit 2)."""
     parser: argparse.ArgumentParser = args.check_parser
+    if args.credentials is not None and not args.credentials.is_dir():
+        # Checked here, not by argparse: the guides' commands name the
+        # systemd layout, which a machine checking the docs does not have.
+        parser.error(f"argument --credentials: not a directory: {args.credentials}")
     if args.test_call is None:
         given = [o for o, v in (("--callee", args.callee), ("--url", args.url)) if v]
         if given:

@@ -56,12 +56,15 @@ __all__ = [
     "GRAPH_CONCURRENCY",
     "LIST_PAGE",
     "SLACK_CONCURRENCY",
+    "Found",
     "Report",
     "Row",
     "collect_warnings",
     "load_checked",
     "resolve",
     "run",
+    "table",
+    "warning_text",
 ]
 
 T = TypeVar("T")
@@ -635,13 +638,3 @@ async def run(
     for line in table(report, settings):
         print(line, file=stdout)
     return 0 if report.ok else 1
-
-
-def credentials_dir(text: str) -> Path:
-    """``--credentials DIR``: an existing directory (argparse type)."""
-    import argparse
-
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"not a directory: {text}")
-    return path
