@@ -103,13 +103,20 @@ class Loaded:
     infos: Mapping[str, TargetInfo]
 
 
-def load(path: str | os.PathLike[str], *, dry_run: bool = False) -> Loaded:
+def load(
+    path: str | os.PathLike[str],
+    *,
+    dry_run: bool = False,
+    environ: Mapping[str, str] | None = None,
+) -> Loaded:
     """Load and validate ``path`` completely. Raises ``ConfigError``.
 
     With ``dry_run`` every configured target is still validated, but each is
-    later built as a ``log`` target of the same name.
+    later built as a ``log`` target of the same name. ``environ`` replaces
+    ``os.environ`` for ``${VAR}`` and ``$CREDENTIALS_DIRECTORY`` (``check
+    --credentials``).
     """
-    settings = load_settings(path)
+    settings = load_settings(path, environ)
     infos = {name: target_class(spec.kind).info for name, spec in settings.targets.items()}
     rules = compile_rules(
         settings.rules,

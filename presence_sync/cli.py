@@ -146,6 +146,86 @@ def _serve_tool(args: argparse.Namespace, work: Coroutine[Any, Any, int]) -> int
         parser.error(exc.strerror or str(exc))
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    if args.test_call is None:
+        from presence_sync.tools import check
+
+        return _until_stopped(
+            check.run(args.config, offline=args.offline, credentials=args.credentials)
+        )
+    from presence_sync.tools import testcall
+
+    return _until_stopped(
+        testcall.run(
+            args.config,
+            args.test_call,
+            callee=args.callee,
+            url=args.url,
+            within=args.timeout,
+            credentials=args.credentials,
+        )
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text}")
+    return value
+
+
+def _add_check(commands: Any) -> None:
+    check = commands.add_parser(
+        "check",
+        help="check a configuration before starting the service",
+        description="Validate the configuration as `run` does (exit 78 with every problem), "
+        "then log in to NFON, Microsoft and Slack and resolve every person: a table of "
+        "extension, name, Entra user, Slack user and what is missing. Exit 0 only when "
+        "everything resolves. With --test-call, prove the whole path for one person while "
+        "the daemon runs: NFON rings that extension's phone first (click-to-dial), someone "
+        "must answer it there, then NFON dials --callee; the call is cancelled once every "
+        "target showed it.",
+    )
+    _add_config(check)
+    check.add_argument(
+        "--offline", action="store_true", help="only validate the file: contact nothing"
+    )
+    check.add_argument(
+        "--credentials",
+        type=Path,
+        metavar="DIR",
+        help="read relative *_file secrets from DIR instead of $CREDENTIALS_DIRECTORY "
+        "(e.g. the files systemd will hand the service)",
+    )
+    check.add_argument(
+        "--test-call",
+        metavar="EXT",
+        help="with the daemon running: place a call on behalf of EXT and time each target",
+    )
+    check.add_argument(
+        "--callee",
+        metavar="NUMBER",
+        help="with --test-call: the number NFON dials once EXT answered (an extension, "
+        "or +49... for an outside number); it rings only briefly",
+    )
+    check.add_argument(
+        "--url",
+        metavar="URL",
+        help="with --test-call: the daemon's address (default: from http.listen)",
+    )
+    check.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --test-call: how long the whole test may take (default: %(default)g)",
+    )
+    check.set_defaults(func=_cmd_check, check_parser=check)
+
+
 def _cmd_sim_nfon(args: argparse.Namespace) -> int:
     from presence_sync.sim import nfon
 
@@ -244,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="change nothing anywhere: every target only logs what it would do",
     )
     run.set_defaults(func=_cmd_run)
+
+    _add_check(commands)
 
     nfon = commands.add_parser("nfon", help="talk to the NFON CTI API")
     nfon_cmds = nfon.add_subparsers(dest="nfon_command", metavar="COMMAND", required=True)
@@ -350,9 +432,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_combination(args: argparse.Namespace) -> None:
+    """Options of ``check`` that only make sense together (usage error, exit 2)."""
+    parser: argparse.ArgumentParser = args.check_parser
+    if args.credentials is not None and not args.credentials.is_dir():
+        # Checked here, not by argparse: the guides' commands name the
+        # systemd layout, which a machine checking the docs does not have.
+        parser.error(f"argument --credentials: not a directory: {args.credentials}")
+    if args.test_call is None:
+        given = [o for o, v in (("--callee", args.callee), ("--url", args.url)) if v]
+        if given:
+            parser.error(f"{' and '.join(given)} only go with --test-call EXT")
+        return
+    if args.offline:
+        parser.error("--test-call places a real call: it cannot be --offline")
+    if not args.callee:
+        parser.error(
+            "--test-call needs --callee NUMBER: once EXT's phone is answered NFON dials "
+            "that number (it rings briefly, then the test cancels the call)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    if args.command == "check":
+        _check_combination(args)
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -52,6 +52,7 @@ __all__ = ["NfonClient"]
 log = logging.getLogger(__name__)
 
 DATA_PATH = "extensions/phone/data"
+CALLS_POST_PATH = "extensions/phone/calls"
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -250,6 +251,78 @@ class NfonClient:
                 f"NFON {path}: reply is not a JSON array", status=status, request_id=request_id
             )
         return body
+
+    # --- click-to-dial ------------------------------------------------------------
+
+    async def place_call(
+        self, caller: str, callee: str, *, callee_context: str | None = None, ring_for: int = 20
+    ) -> str:
+        """Click-to-dial (``POST /extensions/phone/calls``) on behalf of the
+        extension ``caller``: NFON rings the caller's phone first and, once it
+        is answered, dials ``callee`` (``callee_context`` ``global`` for an
+        outside number; default: the K-Account, an extension). ``ring_for`` is
+        how long, in seconds, the caller's phone may ring (the request's
+        ``timeout``; NFON allows at most 120).
+        Returns the call uuid from the ``start`` event. Raises like ``snapshot``."""
+        body: dict[str, Any] = {
+            "caller": caller,
+            "caller_context": self.customer,
+            "callee": callee,
+            "callee_context": callee_context or self.customer,
+            "extension": caller,
+            "timeout": ring_for,
+        }
+        response = await self._send("POST", CALLS_POST_PATH, json=body)
+        try:
+            start = response.json()
+            call_id = start["uuid"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TransientError(
+                f"NFON {CALLS_POST_PATH}: the answer carries no call uuid",
+                status=response.status_code,
+                request_id=response.headers.get("x-request-id"),
+            ) from exc
+        if not isinstance(call_id, str) or not call_id:
+            raise TransientError(f"NFON {CALLS_POST_PATH}: the answer carries no call uuid")
+        return call_id
+
+    async def cancel_call(self, call_id: str) -> bool:
+        """``DELETE /extensions/phone/calls/{uuid}``: cancel a call still being
+        set up. False when NFON no longer knows it as such (404: it ended, or
+        the other side answered). Raises like ``snapshot``."""
+        response = await self._send("DELETE", f"{CALLS_POST_PATH}/{call_id}", missing_ok=True)
+        return response.status_code != 404
+
+    async def _send(
+        self, method: str, path: str, *, json: Any = None, missing_ok: bool = False
+    ) -> httpx.Response:
+        """One REST request with NFON's errors translated (see the module
+        docstring); a 404 is returned when ``missing_ok``."""
+        try:
+            response = await self._rest.request(
+                method, path, json=json, headers={"Accept": "application/json"}
+            )
+        except (AuthError, UpstreamError):
+            raise
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"NFON {path}: timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise TransientError(f"NFON {path}: {type(exc).__name__}") from exc
+        status = response.status_code
+        if status < 400 or (status == 404 and missing_ok):
+            return response
+        request_id = response.headers.get("x-request-id")
+        message = f"NFON {method} {path}: HTTP {status}{_error_text(response)}"
+        if status == 401:
+            raise AuthError(f"{message} (request id {request_id})")
+        if status in (408, 429) or status >= 500:
+            raise TransientError(
+                message,
+                status=status,
+                request_id=request_id,
+                retry_after=retry_after(response.headers.get("retry-after"), self.clock.now()),
+            )
+        raise PermanentError(message, status=status, request_id=request_id)
 
     # --- streams --------------------------------------------------------------------
 

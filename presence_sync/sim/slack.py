@@ -3,7 +3,7 @@ targets use, speaking the published contract as ``slack_sdk`` sends it.
 
 Facts and sources: ``/work/shared/reference/slack.md`` (its §1 for methods,
 scopes and errors, §2 for rate limits) and Slack's method pages. Methods:
-``auth.test``, ``users.lookupByEmail``, ``users.profile.get``,
+``auth.test``, ``users.lookupByEmail``, ``users.list``, ``users.profile.get``,
 ``users.profile.set``, ``dnd.info``, ``dnd.setSnooze``, ``dnd.endSnooze``,
 under ``{origin}/api/`` (give ``base_url`` to ``slack_sdk``).
 

@@ -6,6 +6,7 @@ lock; the contract as a whole is described there.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +33,14 @@ RANK: Mapping[str, int] = {"regular": 0, "admin": 1, "owner": 2, "primary_owner"
 """Roles from least to most powerful."""
 
 ALL_USER_SCOPES = frozenset(
-    {"users.profile:read", "users.profile:write", "users:read.email", "dnd:read", "dnd:write"}
+    {
+        "users.profile:read",
+        "users.profile:write",
+        "users:read",
+        "users:read.email",
+        "dnd:read",
+        "dnd:write",
+    }
 )
 
 
@@ -49,6 +57,7 @@ class MethodSpec:
 METHODS: Mapping[str, MethodSpec] = {
     "auth.test": MethodSpec(None, None),
     "users.lookupByEmail": MethodSpec("users:read.email", 3),
+    "users.list": MethodSpec("users:read", 2),
     "users.profile.get": MethodSpec("users.profile:read", 4),
     "users.profile.set": MethodSpec("users.profile:write", 3, user_token_only=True),
     "dnd.info": MethodSpec("dnd:read", 3),
@@ -58,6 +67,8 @@ METHODS: Mapping[str, MethodSpec] = {
 """Scopes and tiers from reference/slack.md §1 and §2.2."""
 
 _TEXT_MAX = 100
+_LIST_MAX = 1000
+"""``users.list``: "specify a limit value under 1000"."""
 _MAX_FIELDS = 50
 _EDITABLE = frozenset(
     {
@@ -160,6 +171,8 @@ class Workspace:
             return None, self._auth_test(user, token)
         if method == "users.lookupByEmail":
             return None, self._lookup(token, args)
+        if method == "users.list":
+            return None, self._list(token, args)
         if method == "users.profile.get":
             target = self._target(args.get("user"), user)
             return target.id, {"profile": self.profile(target, token)}
@@ -195,6 +208,44 @@ class Workspace:
             if user.email == email and not user.bot:
                 return {"user": self._user_object(user, token)}
         raise ApiError("users_not_found")
+
+    def _list(self, token: IssuedToken, args: Mapping[str, Any]) -> dict[str, Any]:
+        """``users.list``: every account (bots, deactivated and invited
+        included), ``limit`` at a time (at most 1,000; without one, all of a
+        team up to 1,000, else ``limit_required``), paged by an opaque
+        ``cursor`` in ``response_metadata.next_cursor`` ("" on the last page)."""
+        accounts = list(self.accounts.values())
+        try:
+            limit = int(args.get("limit") or 0)
+        except (TypeError, ValueError):
+            raise ApiError("invalid_arguments") from None
+        if limit <= 0:
+            if len(accounts) > _LIST_MAX:
+                raise ApiError("limit_required")
+            limit = _LIST_MAX
+        limit = min(limit, _LIST_MAX)
+        start = 0
+        cursor = args.get("cursor")
+        if cursor:
+            try:
+                kind, _, number = (
+                    base64.b64decode(str(cursor), validate=True).decode().partition(":")
+                )
+                start = int(number)
+            except (ValueError, UnicodeDecodeError):
+                raise ApiError("invalid_cursor") from None
+            if kind != "user" or not 0 < start <= len(accounts):
+                raise ApiError("invalid_cursor")
+        page = accounts[start : start + limit]
+        end = start + len(page)
+        next_cursor = (
+            base64.b64encode(f"user:{end}".encode()).decode() if end < len(accounts) else ""
+        )
+        return {
+            "members": [self._user_object(user, token) for user in page],
+            "cache_ts": int(self.now()),
+            "response_metadata": {"next_cursor": next_cursor},
+        }
 
     def _target(self, requested: Any, caller: Account) -> Account:
         if requested in (None, ""):

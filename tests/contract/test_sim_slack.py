@@ -119,6 +119,47 @@ def test_a_method_without_its_scope_is_refused_with_needed_and_provided(ws: Work
     assert "email" not in client.users_profile_get()["profile"]
 
 
+def test_users_list_pages_through_everyone_with_an_opaque_cursor(ws: Workspace) -> None:
+    ws.sim.deactivate_user(ws.id("ben"))
+    client = ws.client("adam")
+    seen: list[dict[str, object]] = []
+    cursor = None
+    pages = 0
+    while True:
+        page = client.users_list(limit=4, cursor=cursor)
+        pages += 1
+        assert len(page["members"]) <= 4
+        seen += page["members"]
+        cursor = page["response_metadata"]["next_cursor"]
+        if not cursor:
+            break
+    assert pages == 2
+    assert [m["id"] for m in seen] == [
+        ws.id(n) for n in ("olivia", "adam", "otto", "anna", "ben", "clara")
+    ]
+    # Deactivated people are listed too ("includes invited and deleted users").
+    assert [m["name"] for m in seen if m["deleted"]] == ["ben"]
+    assert all(m["profile"]["email"] == f"{m['name']}@example.com" for m in seen)
+
+    error = refused(lambda: client.users_list(limit=4, cursor="bm90LWEtY3Vyc29y"))
+    assert error.response["error"] == "invalid_cursor"
+
+
+def test_users_list_needs_users_read_and_shows_emails_only_with_read_email(
+    ws: Workspace,
+) -> None:
+    uid = ws.id("clara")
+    without = ws.sim.add_token(uid, ["users:read.email"], token_id="no-read")
+    client = WebClient(token=without.secret, base_url=ws.handle.base_url)
+    error = refused(lambda: client.users_list(limit=10))
+    assert (error.response["error"], error.response["needed"]) == ("missing_scope", "users:read")
+    no_email = ws.sim.add_token(uid, ["users:read"], token_id="no-email")
+    client = WebClient(token=no_email.secret, base_url=ws.handle.base_url)
+    members = client.users_list(limit=10)["members"]
+    assert len(members) == 6
+    assert not [m for m in members if "email" in m["profile"]]
+
+
 # --- users.profile.get / users.profile.set ---------------------------------------------------
 
 

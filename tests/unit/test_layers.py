@@ -63,7 +63,15 @@ ALLOWED: dict[str, set[str]] = {
     # Every layer may use net, so it may use nothing of ours but the errors.
     "presence_sync.net": {"presence_sync.errors"},
 }
-FORBIDDEN_BELOW_APP = ("presence_sync.app", "presence_sync.cli", "presence_sync.demo")
+FORBIDDEN_BELOW_APP = (
+    "presence_sync.app",
+    "presence_sync.cli",
+    "presence_sync.demo",
+    # Commands that load a configuration as `run` does and log in with the
+    # real clients: on top, beside the CLI that starts them.
+    "presence_sync.tools.check",
+    "presence_sync.tools.testcall",
+)
 
 
 def test_the_checker_sees_every_form_of_import() -> None:
