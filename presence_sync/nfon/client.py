@@ -217,29 +217,9 @@ class NfonClient:
         return infos
 
     async def _get_json(self, path: str, params: dict[str, list[str]] | None) -> list[Any]:
-        try:
-            response = await self._rest.get(
-                path, params=params, headers={"Accept": "application/json"}
-            )
-        except (AuthError, UpstreamError):
-            raise
-        except httpx.HTTPError as exc:
-            where = self._rest.base_url.join(path)
-            raise TransientError(f"NFON {path}: {describe_error(exc, where)}") from exc
+        response = await self._send("GET", path, params=params)
         request_id = response.headers.get("x-request-id")
         status = response.status_code
-        if status >= 400:
-            message = f"NFON {path}: HTTP {status}{_error_text(response)}"
-            if status == 401:
-                raise AuthError(f"{message} (request id {request_id})")
-            if status in (408, 429) or status >= 500:
-                raise TransientError(
-                    message,
-                    status=status,
-                    request_id=request_id,
-                    retry_after=retry_after(response.headers.get("retry-after"), self.clock.now()),
-                )
-            raise PermanentError(message, status=status, request_id=request_id)
         try:
             body = response.json()
         except ValueError as exc:
@@ -294,20 +274,25 @@ class NfonClient:
         return response.status_code != 404
 
     async def _send(
-        self, method: str, path: str, *, json: Any = None, missing_ok: bool = False
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, list[str]] | None = None,
+        missing_ok: bool = False,
     ) -> httpx.Response:
         """One REST request with NFON's errors translated (see the module
         docstring); a 404 is returned when ``missing_ok``."""
         try:
             response = await self._rest.request(
-                method, path, json=json, headers={"Accept": "application/json"}
+                method, path, json=json, params=params, headers={"Accept": "application/json"}
             )
         except (AuthError, UpstreamError):
             raise
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"NFON {path}: timed out ({type(exc).__name__})") from exc
         except httpx.HTTPError as exc:
-            raise TransientError(f"NFON {path}: {type(exc).__name__}") from exc
+            where = self._rest.base_url.join(path)
+            raise TransientError(f"NFON {method} {path}: {describe_error(exc, where)}") from exc
         status = response.status_code
         if status < 400 or (status == 404 and missing_ok):
             return response
