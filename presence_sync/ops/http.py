@@ -8,7 +8,7 @@
   observed at each request, so the answer goes back to 200 by itself when
   the cause ends. The JSON body names each component with ``ok`` and a
   reason (``{"ok": false, "status": "Degraded: NFON login refused since
-  10:42:05", "components": {"nfon_stream": {...}, "nfon_login": {...},
+  10:42:05+01:00", "components": {"nfon_stream": {...}, "nfon_login": {...},
   "target:slack_status": {...}}}``); ``status`` is the line systemd shows;
 - ``/metrics``: Prometheus text format;
 - ``/``: the status page (``status.html``, one self-contained file; every
