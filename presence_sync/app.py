@@ -33,7 +33,7 @@ import dataclasses
 import logging
 import os
 import signal
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ from presence_sync.config import Settings, TargetSpec
 from presence_sync.config import load as load_settings
 from presence_sync.directory import Directory
 from presence_sync.engine import Engine, check_target
-from presence_sync.errors import ConfigError, PresenceSyncError
+from presence_sync.errors import ConfigError, KeyPath, PresenceSyncError
 from presence_sync.feed import Feed
 from presence_sync.lines import Lines
 from presence_sync.model import Person
@@ -108,15 +108,17 @@ def load(
     *,
     dry_run: bool = False,
     environ: Mapping[str, str] | None = None,
+    secrets: Callable[[KeyPath], bool] | None = None,
 ) -> Loaded:
     """Load and validate ``path`` completely. Raises ``ConfigError``.
 
     With ``dry_run`` every configured target is still validated, but each is
     later built as a ``log`` target of the same name. ``environ`` replaces
     ``os.environ`` for ``${VAR}`` and ``$CREDENTIALS_DIRECTORY`` (``check
-    --credentials``).
+    --credentials``); ``secrets`` says which secret files are read (see
+    ``config.load``).
     """
-    settings = load_settings(path, environ)
+    settings = load_settings(path, environ, secrets=secrets)
     infos = {name: target_class(spec.kind).info for name, spec in settings.targets.items()}
     rules = compile_rules(
         settings.rules,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -260,7 +261,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from presence_sync.app import load
     from presence_sync.tools import explain
 
-    return explain.run(args, load)
+    # Only the rules matter: no secret is read, so an admin's shell without
+    # the service's credentials can ask.
+    return explain.run(args, functools.partial(load, secrets=lambda _path: False))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from presence_sync.config.models import (
     normalise_email,
 )
 from presence_sync.config.reading import Reader, read
-from presence_sync.config.secrets import file_fields, leaf_types, read_secret
+from presence_sync.config.secrets import UNREAD_SECRET, file_fields, leaf_types, read_secret
 from presence_sync.errors import ConfigError, ConfigProblem, KeyPath, key_path, unknown
 from presence_sync.model import STATUS_FIELDS
 from presence_sync.rules import compile_rules
@@ -49,12 +49,22 @@ _TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _ABSENT: Final = object()
 
 
-def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Settings:
+def load(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    secrets: Callable[[KeyPath], bool] | None = None,
+) -> Settings:
     """Read, check and return the configuration in ``path``.
 
     ``environ`` (default ``os.environ``) serves ``${VAR}``, and its
     ``CREDENTIALS_DIRECTORY`` and ``STATE_DIRECTORY`` set where relative
     secret files are read and where the state lives by default.
+    ``secrets`` says which ``x_file`` secrets (by the key path of ``x``) are
+    read: the admin's commands that talk to the running daemon or only read
+    the rules need none of NFON's, Microsoft's or Slack's, which only the
+    service can read (systemd credentials). A secret not read holds
+    ``UNREAD_SECRET``, and a private key file is not opened. Default: all.
 
     Raises ``ConfigError`` listing every problem found, each with file,
     line, column and key path, the rules' problems included; never anything
@@ -65,7 +75,7 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
     file = os.fspath(path)
     env = os.environ if environ is None else environ
     data, reader = read(Path(file), file)
-    check = _Checker(file, reader, env)
+    check = _Checker(file, reader, env, secrets)
 
     data = check.interpolate(data, ())
     raw_targets = data.pop("targets", None)
@@ -87,12 +97,21 @@ def load(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None)
 class _Checker:
     """Collects problems while ``load()`` runs; knows the file's positions."""
 
-    def __init__(self, file: str, reader: Reader, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        file: str,
+        reader: Reader,
+        environ: Mapping[str, str],
+        secrets: Callable[[KeyPath], bool] | None = None,
+    ) -> None:
         self.file = file
+        self.secrets = secrets
         self.index = reader.index
         self.environ = environ
         self.problems = reader.problems
-        self.context = ValidationContext(Path(file).absolute().parent, environ, file, reader.index)
+        self.context = ValidationContext(
+            Path(file).absolute().parent, environ, file, reader.index, secrets is None
+        )
         # Paths already reported (a bad YAML tag, ${VAR} or x_file): pydantic's
         # follow-up complaint about the same value would only add noise.
         self.failed = reader.failed
@@ -169,6 +188,11 @@ class _Checker:
         self.failed.add(target)
         if not isinstance(given, str) or not given.strip():
             self.at(file_path, "must be the path of a file")
+            return
+        if self.secrets is not None and not self.secrets(target):
+            data[name] = UNREAD_SECRET
+            self.failed.discard(target)
+            self.index.alias(target, file_path)
             return
         secret_path = Path(given)
         if not secret_path.is_absolute():

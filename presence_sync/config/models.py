@@ -79,6 +79,9 @@ class ValidationContext:
     environ: Mapping[str, str]
     file: str = "<memory>"
     index: Index = field(default_factory=Index)
+    read_secrets: bool = True
+    """False for commands that need no secret (``status``, ``explain``):
+    secret files such as a private key are then not opened."""
 
 
 def _context(info: ValidationInfo) -> ValidationContext:
@@ -196,6 +199,9 @@ def _resolve_credential(value: Path, info: ValidationInfo) -> Path:
 
 
 def _private_file(value: Path, info: ValidationInfo) -> Path:
+    if not _context(info).read_secrets:
+        return value
+    _readable_file(value)
     warn_if_exposed(value, value.stat().st_mode, key=info.field_name or "")
     return value
 
@@ -203,7 +209,6 @@ def _private_file(value: Path, info: ValidationInfo) -> Path:
 _PrivateFile: TypeAlias = Annotated[
     Path,
     AfterValidator(_resolve_credential),
-    AfterValidator(_readable_file),
     AfterValidator(_private_file),
 ]
 """An existing file holding a secret (a private key), found like a secret

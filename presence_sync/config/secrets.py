@@ -19,7 +19,14 @@ from pydantic import BaseModel, SecretStr
 
 from presence_sync.ops.logging import kv
 
-__all__ = ["ALSO_FROM_FILE", "file_fields", "leaf_types", "read_secret", "warn_if_exposed"]
+__all__ = [
+    "ALSO_FROM_FILE",
+    "UNREAD_SECRET",
+    "file_fields",
+    "leaf_types",
+    "read_secret",
+    "warn_if_exposed",
+]
 
 log = logging.getLogger("presence_sync.config")
 
@@ -34,6 +41,9 @@ class _AlsoFromFile:
 ALSO_FROM_FILE: Final = _AlsoFromFile()
 """Marks a field that is no secret but may also be read from ``<name>_file``:
 ``username: Annotated[str, ALSO_FROM_FILE]``. ``SecretStr`` fields need no mark."""
+
+UNREAD_SECRET: Final = "(not read by this command)"  # noqa: S105 (a placeholder)
+"""The value of an ``x_file`` secret that ``load(..., secrets=...)`` left unread."""
 
 _MAX_SECRET_BYTES = 1 << 20
 

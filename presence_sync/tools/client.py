@@ -67,8 +67,10 @@ class Located:
 
     @cached_property
     def settings(self) -> Settings:
-        """The configuration file, loaded on first use (raises ``ConfigError``)."""
-        return load(self.config)
+        """The configuration file, loaded on first use (raises ``ConfigError``).
+        Of the secrets only ``http.token`` is read: the others are systemd
+        credentials, which an admin's shell does not have."""
+        return load(self.config, secrets=_http_only)
 
     def token(self) -> str | None:
         """``http.token`` of the configuration; None when there is none, or
@@ -77,6 +79,10 @@ class Located:
             return None
         token = self.settings.http.token
         return None if token is None else token.get_secret_value()
+
+
+def _http_only(path: tuple[str | int, ...]) -> bool:
+    return path[:1] == ("http",)
 
 
 def locate(config: str | os.PathLike[str], url: str | None) -> Located:
