@@ -111,6 +111,17 @@ class _Nfon:
             return self.error(401, "unauthorized", api_path)
         return issued
 
+    def open(self, request: Request) -> tuple[str, Issued] | Response:
+        """``begin`` and ``authenticate``: the API path and the caller's token,
+        or the answer that ends the request here (an injected failure, 401)."""
+        api_path, early = self.begin(request)
+        if early is not None:
+            return early
+        issued = self.authenticate(request, api_path)
+        if isinstance(issued, Response):
+            return issued
+        return api_path, issued
+
     async def login(self, request: Request) -> Response:
         api_path, early = self.begin(request)
         if early is not None:
@@ -154,21 +165,16 @@ class _Nfon:
         return JSONResponse(self.sim.tokens.jwks())
 
     async def data(self, request: Request) -> Response:
-        api_path, early = self.begin(request)
-        if early is not None:
-            return early
-        issued = self.authenticate(request, api_path)
-        if isinstance(issued, Response):
-            return issued
+        opened = self.open(request)
+        if isinstance(opened, Response):
+            return opened
         return JSONResponse(self.sim.directory(), headers=_request_id())
 
     async def states(self, request: Request) -> Response:
-        api_path, early = self.begin(request)
-        if early is not None:
-            return early
-        issued = self.authenticate(request, api_path)
-        if isinstance(issued, Response):
-            return issued
+        opened = self.open(request)
+        if isinstance(opened, Response):
+            return opened
+        api_path, issued = opened
         accepted = _accepted(request.headers.get("accept"))
         if "text/event-stream" not in accepted and accepted & _JSON_TYPES:
             wanted: set[str] | None = None
@@ -184,12 +190,10 @@ class _Nfon:
         return self._stream("states", request, issued)
 
     async def calls(self, request: Request) -> Response:
-        api_path, early = self.begin(request)
-        if early is not None:
-            return early
-        issued = self.authenticate(request, api_path)
-        if isinstance(issued, Response):
-            return issued
+        opened = self.open(request)
+        if isinstance(opened, Response):
+            return opened
+        api_path, issued = opened
         if not _accepted(request.headers.get("accept")) & _STREAM_TYPES:
             return self.error(406, "Accept must allow text/event-stream", api_path)
         return self._stream("calls", request, issued)
@@ -198,12 +202,10 @@ class _Nfon:
         """``POST /extensions/phone/calls``: 202 with the ``start`` event for
         a JSON or empty ``Accept`` (the default here, unlike ``/states``), an
         SSE stream from ``start`` to ``end`` for ``text/event-stream``."""
-        api_path, early = self.begin(request)
-        if early is not None:
-            return early
-        issued = self.authenticate(request, api_path)
-        if isinstance(issued, Response):
-            return issued
+        opened = self.open(request)
+        if isinstance(opened, Response):
+            return opened
+        api_path = opened[0]
         try:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError):
@@ -246,12 +248,10 @@ class _Nfon:
     async def cancel(self, request: Request) -> Response:
         """``DELETE /extensions/phone/calls/{uuid}``: 204, 400 for a uuid
         outside the spec's pattern, 404 for no such call in progress."""
-        api_path, early = self.begin(request)
-        if early is not None:
-            return early
-        issued = self.authenticate(request, api_path)
-        if isinstance(issued, Response):
-            return issued
+        opened = self.open(request)
+        if isinstance(opened, Response):
+            return opened
+        api_path = opened[0]
         call_id = request.path_params["uuid"]
         if not _CALL_UUID.fullmatch(call_id):
             return self.error(400, "uuid does not match the call uuid pattern", api_path)

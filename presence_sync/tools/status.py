@@ -201,12 +201,8 @@ def _person(p: Mapping[str, Any], out: TextIO) -> None:
         print(f"  Paused{only}{until}", file=out)
     for name, k in p["targets"].items():
         print(f"  {clean(name)}: {_key_state(k)}", file=out)
-        print(
-            f"    wants: {clean(k['desired'] or '(their own status)')}", file=out
-        )
-        print(
-            f"    shows: {clean(k['applied'] or '(their own status)')}", file=out
-        )
+        print(f"    wants: {clean(k['desired'] or '(their own status)')}", file=out)
+        print(f"    shows: {clean(k['applied'] or '(their own status)')}", file=out)
         if k["rule"]:
             print(f"    rule:  {clean(k['rule'])}", file=out)
         if k["reason"]:
