@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -38,6 +38,7 @@ __all__ = [
     "StateEvent",
     "Status",
     "describe",
+    "find_person",
     "frozen_map",
 ]
 
@@ -210,6 +211,21 @@ class Person:
 
     def __hash__(self) -> int:
         return hash(self.key)
+
+
+def find_person(people: Iterable[Person], who: str) -> Person | None:
+    """The person an admin names with ``who``: their key or e-mail address
+    (any case), else their extension. The one lookup behind ``explain``,
+    ``pause``/``resume`` and the status API."""
+    wanted = who.strip()
+    folded = wanted.casefold()
+    by_extension = None
+    for person in people:
+        if person.key == folded or person.email.casefold() == folded:
+            return person
+        if by_extension is None and person.extension == wanted:
+            by_extension = person
+    return by_extension
 
 
 STATUS_FIELDS = ("availability", "activity", "text", "emoji", "dnd")

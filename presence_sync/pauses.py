@@ -31,7 +31,7 @@ from typing import Any, Final, Protocol
 
 from presence_sync.clock import Clock
 from presence_sync.errors import StoreError
-from presence_sync.model import Person
+from presence_sync.model import Person, find_person
 from presence_sync.ops.logging import kv
 from presence_sync.store import PauseRow, Store
 
@@ -42,7 +42,6 @@ __all__ = [
     "PauseError",
     "Pauses",
     "UnknownPerson",
-    "find_person",
     "shown_time",
 ]
 
@@ -78,23 +77,6 @@ class Holder(Protocol):
     def hold(self, key: str, targets: frozenset[str] | None = None) -> None: ...
 
     def release(self, key: str) -> None: ...
-
-
-def find_person(people: Sequence[Person], who: str) -> Person:
-    """The person ``who`` names: their key, e-mail (any case) or extension.
-    Raises ``UnknownPerson``."""
-    wanted = who.strip()
-    lowered = wanted.lower()
-    for person in people:
-        if person.key == lowered or person.email.lower() == lowered:
-            return person
-    for person in people:
-        if person.extension == wanted:
-            return person
-    raise UnknownPerson(
-        f"nobody configured is {who!r}: give a person's e-mail address or extension "
-        "as listed under people: in the configuration"
-    )
 
 
 def shown_time(when: datetime) -> str:
@@ -166,8 +148,15 @@ class Pauses:
         }
 
     def find(self, who: str) -> Person:
-        """The configured person ``who`` names (see ``find_person``)."""
-        return find_person(self._people(), who)
+        """The configured person ``who`` names (``model.find_person``);
+        raises ``UnknownPerson``."""
+        person = find_person(self._people(), who)
+        if person is None:
+            raise UnknownPerson(
+                f"nobody configured is {who!r}: give a person's e-mail address or extension "
+                "as listed under people: in the configuration"
+            )
+        return person
 
     # --- changing ---------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from presence_sync.engine import Engine, KeySnapshot, TargetSnapshot
 from presence_sync.lines import Lines
-from presence_sync.model import Direction, Line, Person, Presence, describe
+from presence_sync.model import Direction, Line, Person, Presence, describe, find_person
 from presence_sync.readiness import Readiness
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "Parts",
     "PauseView",
     "StatusBuilder",
-    "find_person",
     "iso",
 ]
 
@@ -258,15 +257,3 @@ def _presence(presence: Presence) -> str | None:
     if presence is Presence.NONE:
         return "none"
     return presence.value
-
-
-def find_person(people: Iterable[Person], who: str) -> Person | None:
-    """The person whose key, e-mail (any case) or extension is ``who``."""
-    wanted = who.strip()
-    folded = wanted.casefold()
-    for person in people:
-        if person.key == wanted.lower() or person.email.casefold() == folded:
-            return person
-        if person.extension == wanted:
-            return person
-    return None

@@ -16,7 +16,17 @@ from datetime import datetime, tzinfo
 from typing import Protocol, TextIO
 
 from presence_sync.config import Settings
-from presence_sync.model import CLEARED, Call, Direction, Line, LineView, Person, Presence, describe
+from presence_sync.model import (
+    CLEARED,
+    Call,
+    Direction,
+    Line,
+    LineView,
+    Person,
+    Presence,
+    describe,
+    find_person,
+)
 from presence_sync.rules import Explanation, RuleSet
 
 __all__ = [
@@ -210,10 +220,7 @@ def run(
         print(f"warning: {warning}", file=err)
     people = [entry.to_person() for entry in settings.people]
     wanted = args.who.strip()
-    person = next(
-        (p for p in people if p.extension == wanted or p.key == wanted.lower()),
-        None,
-    )
+    person = find_person(people, wanted)
     if person is None:
         print(
             f"presence-sync: no one under people: in {settings.source_file} has the "

@@ -16,8 +16,9 @@ from starlette.applications import Starlette
 
 from presence_sync.clock import ManualClock
 from presence_sync.engine import Engine
+from presence_sync.model import find_person
 from presence_sync.ops.pause_api import pause_routes
-from presence_sync.pauses import BadPause, Pauses, UnknownPerson, find_person
+from presence_sync.pauses import BadPause, Pauses, UnknownPerson
 from presence_sync.store import PauseRow, SqliteStore, Store
 
 ANNA = person("anna", "100")
@@ -245,11 +246,12 @@ async def test_someone_removed_from_the_configuration_can_still_be_resumed(
         world.pauses.resume(BOB.email)
 
 
-def test_a_person_is_found_by_e_mail_in_any_case_or_by_extension() -> None:
+async def test_a_person_is_found_by_e_mail_in_any_case_or_by_extension(world: World) -> None:
     assert find_person(PEOPLE, " BOB@example.com ") == BOB
     assert find_person(PEOPLE, "100") == ANNA
+    assert world.pauses.find(" BOB@example.com ") == BOB
     with pytest.raises(UnknownPerson, match="e-mail address or extension"):
-        find_person(PEOPLE, "Anna")
+        world.pauses.find("Anna")
 
 
 async def test_a_pause_the_store_cannot_keep_is_refused_and_changes_nothing(
