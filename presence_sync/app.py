@@ -158,6 +158,8 @@ class Runtime:
     """
 
     loaded: Loaded
+    rules: RuleSet
+    """``loaded.rules`` with the directory's names for ``{party_name}``."""
     store: Store
     directory: Directory
     targets: Mapping[str, Target]
@@ -173,10 +175,6 @@ class Runtime:
     def settings(self) -> Settings:
         return self.loaded.settings
 
-    @property
-    def rules(self) -> RuleSet:
-        return self.loaded.rules
-
 
 async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtime:
     """Build the runtime of ``loaded``: nothing runs yet and nothing is
@@ -190,8 +188,8 @@ async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtim
     try:
         store = MemoryStore() if dry_run else SqliteStore(settings.state.path, clock=clock)
         directory = Directory(settings.people)
-        loaded.rules.names = directory.name_for_number
-        engine = Engine(targets=targets, store=store, rules=loaded.rules, clock=clock)
+        rules = loaded.rules.with_names(directory.name_for_number)
+        engine = Engine(targets=targets, store=store, rules=rules, clock=clock)
         engine.set_people(directory.people())
         pauses = Pauses(store, engine, engine.people, clock)
         lines = Lines(clock)
@@ -204,6 +202,7 @@ async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtim
     feed = Feed(nfon, lines, engine, directory, clock, settle=_settle(loaded))
     return Runtime(
         loaded=loaded,
+        rules=rules,
         store=store,
         directory=directory,
         targets=targets,
@@ -595,6 +594,7 @@ class Daemon:
         new = dataclasses.replace(
             old,
             loaded=loaded,
+            rules=loaded.rules.with_names(old.directory.name_for_number),
             targets=targets,
             specs=dict(settings.targets),
             nfon=nfon,
@@ -611,7 +611,6 @@ class Daemon:
         if self._configure_logging:
             ops_logging.configure(settings.logging.level, settings.logging.format)
         new.directory.replace_people(settings.people)
-        new.rules.names = new.directory.name_for_number
         new.engine.set_targets(new.targets)
         new.engine.set_rules(new.rules)
         new.engine.set_people(new.directory.people())

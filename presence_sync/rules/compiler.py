@@ -1,8 +1,9 @@
-"""Admin rules: compiled once from YAML into a pure function of (person, line, time).
+"""The rules compiler: YAML rules in, one ``RuleSet`` out, every problem found.
 
 This module owns the rule syntax (documented to admins in
-``config.example.yaml``), its validation, the default rules, and the hot path
-that turns a ``LineView`` into the desired ``Status`` of every enabled target.
+``config.example.yaml``), its validation and the default rules; the
+``RuleSet`` it builds (``ruleset``) is the hot path that turns a ``LineView``
+into the desired ``Status`` of every enabled target.
 
 A rule is ``{name?, when?, unless?, set}``. Rules are tried in order; for each
 target the first rule that matches and names it (or ``"*"``) decides, and
@@ -22,54 +23,38 @@ problem carries the key path of the offending value (``("rules", 2, "set",
 
 from __future__ import annotations
 
-import functools
 import re
 import string
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from presence_sync.errors import ConfigError, ConfigProblem, KeyPath, key_path, unknown
-from presence_sync.model import (
-    STATUS_FIELDS,
-    Direction,
-    Line,
-    LineView,
-    Person,
-    Presence,
-    Status,
+from presence_sync.model import STATUS_FIELDS, Direction, Line, LineView, Person, Presence, Status
+from presence_sync.rules.ruleset import (
+    GETTERS,
+    TEMPLATE_FIELDS,
+    Condition,
+    NameLookup,
+    Output,
+    Predicate,
+    Rule,
+    RuleSet,
+    Template,
+    Window,
+    digits,
+    no_name,
 )
 from presence_sync.targets.base import STANDARD_KINDS, TargetInfo
 
-__all__ = [
-    "DEFAULT_RULES",
-    "STANDARD_TARGETS",
-    "TEMPLATE_FIELDS",
-    "Explanation",
-    "Miss",
-    "RuleSet",
-    "compile_rules",
-]
-
-ProblemFactory = Callable[[Sequence[str | int], str], ConfigProblem]
-Locator = Callable[[Sequence[str | int]], tuple[int | None, int | None]]
-NameLookup = Callable[[str], str | None]
-Predicate = Callable[[Person, LineView, datetime], bool]
+__all__ = ["DEFAULT_RULES", "STANDARD_TARGETS", "compile_rules", "wanted"]
 
 STANDARD_TARGETS: Final = STANDARD_KINDS
 """Target kinds a rule may name even when they are not enabled (see ``STANDARD_KINDS``)."""
 
-TEMPLATE_FIELDS: Final = (
-    "direction",
-    "party_name",
-    "party_number",
-    "since",
-    "line",
-    "presence",
-    "name",
-)
+ProblemFactory = Callable[[Sequence[str | int], str], ConfigProblem]
+Locator = Callable[[Sequence[str | int]], tuple[int | None, int | None]]
 
 DEFAULT_RULES: Final[list[dict[str, Any]]] = [
     {
@@ -106,423 +91,9 @@ _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _DAY_INDEX = {**{d: i for i, d in enumerate(_DAYS)}, **{d: i for i, d in enumerate(_FULL_DAYS)}}
 _HHMM = re.compile(r"(\d{1,2}):([0-5]\d)")
-_RENDER_CACHE_SIZE = 512
-_UNKNOWN = "unknown"
 
 
-# --- the compiled form ---------------------------------------------------------------
-
-
-class _Window:
-    """A weekly time window in one zone. Bounds are minutes of the day; an end
-    before the start spans midnight, and the part after midnight belongs to
-    the day the window opened (fri 22:00-06:00 covers Saturday 03:00).
-
-    Zone conversion is the costly part, so the answer is memoised per UTC
-    minute: every zone offset in use is a whole number of minutes.
-    """
-
-    __slots__ = ("_answer", "_minute", "days", "end", "start", "zone")
-
-    def __init__(self, days: frozenset[int], start: int, end: int, zone: tzinfo) -> None:
-        self.days = days
-        self.start = start
-        self.end = end
-        self.zone = zone
-        self._minute = -1
-        self._answer = False
-
-    def __call__(self, person: Person, view: LineView, now: datetime) -> bool:
-        if now.tzinfo is None:
-            now = now.replace(tzinfo=UTC)
-        minute = int(now.timestamp() // 60)
-        if minute != self._minute:
-            self._answer = self.contains(now)
-            self._minute = minute
-        return self._answer
-
-    def contains(self, now: datetime) -> bool:
-        local = now.astimezone(self.zone)
-        minute = local.hour * 60 + local.minute
-        day = local.weekday()
-        if self.start < self.end:
-            return day in self.days and self.start <= minute < self.end
-        if minute >= self.start:
-            return day in self.days
-        return minute < self.end and (day - 1) % 7 in self.days
-
-
-_Getter = Callable[["RuleSet", Person, LineView, tzinfo], str]
-
-
-def _direction(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
-    call = view.call
-    return call.direction.value if call is not None else Direction.UNKNOWN.value
-
-
-def _party_name(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
-    call = view.call
-    if call is None or not call.party:
-        return _UNKNOWN
-    # An external "112" is not extension 112: only ask the directory for
-    # parties that are (or may be) inside the K-Account.
-    if call.external is not True:
-        name = rules.names(call.party)
-        if name:
-            return name
-    return rules._list_names.get(_digits(call.party)) or _UNKNOWN
-
-
-def _party_number(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
-    call = view.call
-    return call.party if call is not None and call.party else _UNKNOWN
-
-
-def _since(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
-    call = view.call
-    when = call.since if call is not None and call.since is not None else view.since
-    return "" if when is None else _clock(when, zone)
-
-
-@functools.lru_cache(maxsize=1024)
-def _clock(when: datetime, zone: tzinfo) -> str:
-    # Memoised: a call's start time is rendered again at every event of the call.
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    local = when.astimezone(zone)
-    return f"{local.hour:02d}:{local.minute:02d}"
-
-
-def _line(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
-    return view.line.value
-
-
-def _presence(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
-    return view.presence.value
-
-
-def _name(rules: RuleSet, person: Person, view: LineView, zone: tzinfo) -> str:
-    return person.name or person.email.partition("@")[0]
-
-
-_GETTERS: Final[Mapping[str, _Getter]] = {
-    "direction": _direction,
-    "party_name": _party_name,
-    "party_number": _party_number,
-    "since": _since,
-    "line": _line,
-    "presence": _presence,
-    "name": _name,
-}
-assert set(_GETTERS) == set(TEMPLATE_FIELDS)
-
-# (literal text, index into the template's values or -1, format spec)
-_Part = tuple[str, int, str]
-
-
-class _Template:
-    """A status with at least one templated field. Rendered statuses are cached
-    by the values of the fields the template uses, so a thousand people on
-    calls with "On a call since {since}" share a few dozen objects."""
-
-    __slots__ = ("_cache", "fixed", "getters", "texts", "zone")
-
-    def __init__(
-        self,
-        fixed: dict[str, Any],
-        texts: dict[str, tuple[_Part, ...]],
-        getters: tuple[_Getter, ...],
-        zone: tzinfo,
-    ) -> None:
-        self.fixed = fixed
-        self.texts = texts
-        self.getters = getters
-        self.zone = zone
-        self._cache: dict[tuple[str, ...], Status] = {}
-
-    def render(self, rules: RuleSet, person: Person, view: LineView) -> Status:
-        zone = self.zone
-        values = tuple([get(rules, person, view, zone) for get in self.getters])
-        status = self._cache.get(values)
-        if status is None:
-            fields = dict(self.fixed)
-            for name, parts in self.texts.items():
-                fields[name] = "".join(
-                    [text if i < 0 else text + format(values[i], spec) for text, i, spec in parts]
-                )
-            status = Status(**fields)
-            if len(self._cache) >= _RENDER_CACHE_SIZE:
-                self._cache.clear()
-            self._cache[values] = status
-        return status
-
-
-_Output = Status | _Template | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Condition:
-    """One compiled condition, with what ``explain`` says about it."""
-
-    key: str
-    holds: Predicate
-    wanted: str
-    """The condition as the admin wrote it, e.g. ``in-use or ringing``."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    name: str
-    """The rule's ``name``, else its key path (``rules[3]``): what logs show."""
-    when: tuple[Predicate, ...]
-    unless: tuple[Predicate, ...]
-    mask: int
-    """Bits of the enabled targets this rule decides."""
-    outputs: tuple[tuple[int, str, _Output], ...]
-    """(target bit, target name, what it gets)."""
-    line: int | None = None
-    """Line of the rule in the configuration file (None for the default rules)."""
-    conditions: tuple[_Condition, ...] = ()
-    exceptions: tuple[_Condition, ...] = ()
-    """``when`` and ``unless`` again, for ``explain``."""
-    names: frozenset[str] = frozenset()
-    """Every target name under ``set`` (enabled or not, ``*`` included)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Miss:
-    """A rule that came before the deciding one and did not decide a target."""
-
-    rule: str
-    line: int | None
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Explanation:
-    """Why one target gets what it gets: ``status`` (None: cleared, the
-    person's own status), the deciding ``rule`` (None when no rule matched;
-    ``"opt-out"`` for an opt-out) and its ``line``, and every rule tried
-    before it with the reason it did not decide."""
-
-    target: str
-    status: Status | None
-    rule: str | None
-    line: int | None
-    missed: tuple[Miss, ...]
-
-
-class RuleSet:
-    """Compiled rules, built by ``compile_rules``: ``evaluate`` is a pure
-    function of its arguments and ``names`` (settable: the directory's
-    ``name_for_number``, used for ``{party_name}``)."""
-
-    __slots__ = (
-        "_all",
-        "_bits",
-        "_call_context",
-        "_defaults",
-        "_every_rule",
-        "_list_names",
-        "_order",
-        "_rules",
-        "names",
-        "targets",
-    )
-
-    def __init__(
-        self,
-        rules: Sequence[_Rule],
-        targets: Sequence[str],
-        list_names: Mapping[str, str],
-        names: NameLookup,
-        *,
-        uses_call_context: bool = False,
-        defaults: bool = False,
-    ) -> None:
-        self._call_context = uses_call_context
-        self._defaults = defaults
-        self._every_rule = tuple(rules)
-        # A rule that decides no enabled target costs nothing at run time.
-        self._rules = tuple(rule for rule in rules if rule.mask)
-        self._order = tuple(targets)
-        self._bits = {name: 1 << i for i, name in enumerate(self._order)}
-        self._all = (1 << len(self._order)) - 1
-        self.targets: frozenset[str] = frozenset(self._order)
-        self._list_names = list_names
-        self.names: NameLookup = names
-
-    @property
-    def uses_call_context(self) -> bool:
-        """Whether a rule looks at the call behind a line (a ``direction``,
-        ``party`` or ``party_in`` condition, or a ``{direction}``,
-        ``{party_name}`` or ``{party_number}`` template): a line's view
-        without its call may then be decided differently than with it."""
-        return self._call_context
-
-    @property
-    def defaults(self) -> bool:
-        """Whether these are ``DEFAULT_RULES`` (the file has no ``rules:``)."""
-        return self._defaults
-
-    def evaluate(
-        self,
-        person: Person,
-        view: LineView,
-        now: datetime,
-        *,
-        why: dict[str, str] | None = None,
-    ) -> dict[str, Status | None]:
-        """The desired status of every enabled target (``None``: nothing from us).
-
-        The result has exactly one entry per enabled target and is a fresh dict
-        the caller may keep. Targets in ``person.opt_out`` always get ``None``.
-        ``now`` should be timezone-aware (a naive one is read as UTC). When
-        ``why`` is given it is filled with target → the name of the rule that
-        decided it (``"opt-out"`` for an opt-out; no entry when no rule
-        matched), for logs. Never raises for any ``LineView``.
-        """
-        result: dict[str, Status | None] = dict.fromkeys(self._order)
-        decided = 0
-        if person.opt_out:
-            bits = self._bits
-            for target in person.opt_out:
-                bit = bits.get(target, 0)
-                decided |= bit
-                if bit and why is not None:
-                    why[target] = "opt-out"
-        everything = self._all
-        for rule in self._rules:
-            if not rule.mask & ~decided:
-                continue
-            for holds in rule.when:
-                if not holds(person, view, now):
-                    break
-            else:
-                if rule.unless:
-                    for holds in rule.unless:
-                        if not holds(person, view, now):
-                            break
-                    else:
-                        continue
-                for bit, target, output in rule.outputs:
-                    if decided & bit:
-                        continue
-                    if isinstance(output, _Template):
-                        result[target] = output.render(self, person, view)
-                    else:
-                        result[target] = output
-                    if why is not None:
-                        why[target] = rule.name
-                decided |= rule.mask
-                if decided == everything:
-                    break
-        return result
-
-    def explain(self, person: Person, view: LineView, now: datetime) -> dict[str, Explanation]:
-        """Per enabled target, what ``evaluate`` decides and why: the deciding
-        rule and every earlier rule with the reason it did not decide (a
-        condition that does not hold, an ``unless`` that does, a target it
-        does not set). Pure, like ``evaluate``, and just as total; slower,
-        for people rather than the hot path. Reasons name the other party's
-        number only from ``view``, i.e. what the caller of this put there."""
-        # The statuses are evaluate's own (test_explain_agrees_with_evaluate
-        # checks that the walk below finds the same rules).
-        decided = self.evaluate(person, view, now)
-        if now.tzinfo is None:
-            now = now.replace(tzinfo=UTC)
-        # Each rule's verdict, the same for every target: None when it matches.
-        verdicts = [(rule, _verdict(rule, person, view, now)) for rule in self._every_rule]
-        out: dict[str, Explanation] = {}
-        for target in self._order:
-            if target in person.opt_out:
-                out[target] = Explanation(target, None, "opt-out", None, ())
-                continue
-            missed: list[Miss] = []
-            rule_name: str | None = None
-            line: int | None = None
-            for rule, verdict in verdicts:
-                if not any(name == target for _, name, _ in rule.outputs):
-                    if target in rule.names:
-                        reason = "sets this target, but none of its values are used"
-                    elif rule.names:
-                        listed = ", ".join(sorted(rule.names))
-                        reason = f"does not set {target} (it sets: {listed})"
-                    else:
-                        reason = "sets no target"
-                    missed.append(Miss(rule.name, rule.line, reason))
-                elif verdict is not None:
-                    missed.append(Miss(rule.name, rule.line, verdict))
-                else:
-                    rule_name, line = rule.name, rule.line
-                    break
-            out[target] = Explanation(target, decided[target], rule_name, line, tuple(missed))
-        return out
-
-
-def _verdict(rule: _Rule, person: Person, view: LineView, now: datetime) -> str | None:
-    """None when ``rule``'s conditions match, else why not, in plain words."""
-    for condition in rule.conditions:
-        if not condition.holds(person, view, now):
-            actual = _ACTUAL[condition.key](person, view, now, condition.holds)
-            return f"{condition.key}: wants {condition.wanted}, but {actual}"
-    if rule.exceptions and all(c.holds(person, view, now) for c in rule.exceptions):
-        matched = "; ".join(f"{c.key}: {c.wanted}" for c in rule.exceptions)
-        return f"its unless matches ({matched})"
-    return None
-
-
-_Actual = Callable[[Person, LineView, datetime, Predicate], str]
-
-
-def _no_call(view: LineView) -> str | None:
-    return "there is no call" if view.call is None else None
-
-
-def _actual_party(person: Person, view: LineView, now: datetime, holds: Predicate) -> str:
-    if view.call is None:
-        return "there is no call"
-    external = view.call.external
-    if external is None:
-        return "it is not known whether the other party is internal or external"
-    return f"the other party is {'external' if external else 'internal'}"
-
-
-def _actual_party_in(person: Person, view: LineView, now: datetime, holds: Predicate) -> str:
-    if view.call is None:
-        return "there is no call"
-    if not view.call.party:
-        return "the other party's number is not known"
-    return f"{view.call.party} is not on it"
-
-
-def _actual_groups(person: Person, view: LineView, now: datetime, holds: Predicate) -> str:
-    if not person.groups:
-        return f"{person.email} is in no group"
-    return f"{person.email} is in {', '.join(sorted(person.groups))}"
-
-
-def _actual_time(person: Person, view: LineView, now: datetime, holds: Predicate) -> str:
-    zone = holds.zone if isinstance(holds, _Window) else UTC
-    local = now.astimezone(zone)
-    return f"it is {local:%a %Y-%m-%d %H:%M} {zone}"
-
-
-_ACTUAL: Final[Mapping[str, _Actual]] = {
-    "line": lambda person, view, now, holds: f"the line is {view.line.value}",
-    "presence": lambda person, view, now, holds: f"presence is {view.presence.value}",
-    "direction": lambda person, view, now, holds: (
-        _no_call(view) or f"the call is {view.call.direction.value}"  # type: ignore[union-attr]
-    ),
-    "party": _actual_party,
-    "party_in": _actual_party_in,
-    "people": lambda person, view, now, holds: f"{person.email} is not one of them",
-    "groups": _actual_groups,
-    "time": _actual_time,
-}
-
-
-def _wanted(key: str, value: Any) -> str:
+def wanted(key: str, value: Any) -> str:
     """A condition's value as the admin wrote it, in one line."""
     if key == "time" and isinstance(value, Mapping):
         days = value.get("days", "every day")
@@ -535,9 +106,6 @@ def _wanted(key: str, value: Any) -> str:
     if isinstance(value, list | tuple):
         return prefix + " or ".join("null" if v is None else str(v) for v in value)
     return prefix + ("null" if value is None else str(value))
-
-
-# --- the compiler ------------------------------------------------------------------------
 
 
 def compile_rules(
@@ -558,7 +126,7 @@ def compile_rules(
     the default zone of time windows and ``{since}``; ``problem`` turns a key
     path and a message into a ``ConfigProblem`` with file and line (without it
     problems name the file ``<rules>``); ``names`` maps an internal number to
-    a display name (settable later as ``RuleSet.names``); ``locate`` gives
+    a display name (or later: ``RuleSet.with_names``); ``locate`` gives
     the line (and column) of a key path, so ``explain`` can name each rule's
     line (``Settings.locate``).
 
@@ -573,7 +141,7 @@ def compile_rules(
         rules,
         list(targets),
         compiler.list_names,
-        names or _no_name,
+        names or no_name,
         uses_call_context=_uses_call_context(raw if raw else DEFAULT_RULES),
         defaults=not raw,
     )
@@ -599,22 +167,12 @@ def _uses_call_context(raw: Sequence[Any]) -> bool:
     return False
 
 
-def _no_name(number: str) -> str | None:
-    return None
-
-
 def _plain_problem(path: Sequence[str | int], message: str) -> ConfigProblem:
     return ConfigProblem("<rules>", None, None, key_path(path), message)
 
 
-def _digits(number: str) -> str:
-    if number.isascii() and number.isdigit():
-        return number
-    return "".join(c for c in number if "0" <= c <= "9")
-
-
 class _Compiler:
-    """Turns raw rules into ``_Rule`` values, recording every problem.
+    """Turns raw rules into ``Rule`` values, recording every problem.
 
     Methods that find a problem record it and return a harmless stand-in, so
     one pass reports everything; callers that must know whether a part was
@@ -639,10 +197,10 @@ class _Compiler:
         for list_name, entries in lists.items():
             numbers = set()
             for number, name in entries.items():
-                digits = _digits(str(number))
-                numbers.add(digits)
-                if name and digits not in self.list_names:
-                    self.list_names[digits] = name
+                number_digits = digits(str(number))
+                numbers.add(number_digits)
+                if name and number_digits not in self.list_names:
+                    self.list_names[number_digits] = name
             self.list_numbers[list_name] = frozenset(numbers)
         self.condition_compilers: Mapping[
             str, Callable[[Any, KeyPath, tzinfo], Predicate | None]
@@ -676,7 +234,7 @@ class _Compiler:
 
     # -- rules --
 
-    def rules(self, raw: Any, zone: tzinfo) -> list[_Rule]:
+    def rules(self, raw: Any, zone: tzinfo) -> list[Rule]:
         if not isinstance(raw, list | tuple):
             self.fail(("rules",), "must be a list of rules")
             return []
@@ -687,7 +245,7 @@ class _Compiler:
                 compiled.append(rule)
         return compiled
 
-    def rule(self, raw: Any, path: KeyPath, zone: tzinfo) -> _Rule | None:
+    def rule(self, raw: Any, path: KeyPath, zone: tzinfo) -> Rule | None:
         if not isinstance(raw, Mapping):
             self.fail(path, "a rule must be a mapping with `when`, `unless` and `set`")
             return None
@@ -704,14 +262,14 @@ class _Compiler:
         when = self.conditions(raw.get("when"), (*path, "when"), zone)
         unless = self.conditions(raw.get("unless"), (*path, "unless"), zone)
         # {since} speaks the zone of the rule's own time window, if it has one.
-        rule_zone = next((c.holds.zone for c in when if isinstance(c.holds, _Window)), zone)
+        rule_zone = next((c.holds.zone for c in when if isinstance(c.holds, Window)), zone)
         outputs = self.outputs(raw, path, rule_zone)
         mask = 0
         for bit, _, _ in outputs:
             mask |= bit
         targets = raw.get("set")
         named = frozenset(str(t) for t in targets) if isinstance(targets, Mapping) else frozenset()
-        return _Rule(
+        return Rule(
             name,
             tuple(c.holds for c in when),
             tuple(c.holds for c in unless),
@@ -725,13 +283,13 @@ class _Compiler:
 
     # -- conditions --
 
-    def conditions(self, raw: Any, path: KeyPath, zone: tzinfo) -> tuple[_Condition, ...]:
+    def conditions(self, raw: Any, path: KeyPath, zone: tzinfo) -> tuple[Condition, ...]:
         if raw is None:
             return ()
         if not isinstance(raw, Mapping):
             self.fail(path, f"must be a mapping of conditions ({', '.join(_CONDITION_KEYS)})")
             return ()
-        predicates: list[_Condition] = []
+        predicates: list[Condition] = []
         for key, value in raw.items():
             where = (*path, str(key))
             compile_one = self.condition_compilers.get(key)
@@ -740,7 +298,7 @@ class _Compiler:
                 continue
             predicate = compile_one(value, where, zone)
             if predicate is not None:
-                predicates.append(_Condition(key, predicate, _wanted(key, value)))
+                predicates.append(Condition(key, predicate, wanted(key, value)))
         return tuple(predicates)
 
     def items(self, value: Any, path: KeyPath, what: str) -> list[tuple[KeyPath, Any]]:
@@ -816,7 +374,7 @@ class _Compiler:
 
         def party_in(person: Person, view: LineView, now: datetime) -> bool:
             call = view.call
-            return call is not None and call.party is not None and _digits(call.party) in members
+            return call is not None and call.party is not None and digits(call.party) in members
 
         return party_in
 
@@ -866,7 +424,7 @@ class _Compiler:
         if start == end:
             self.fail(path, "`from` and `to` are equal; omit both for the whole day")
             return None
-        return _Window(frozenset(days), start, end, zone)
+        return Window(frozenset(days), start, end, zone)
 
     def days(self, value: Any, path: KeyPath) -> set[int]:
         days: set[int] = set()
@@ -916,7 +474,7 @@ class _Compiler:
 
     def outputs(
         self, raw: Mapping[Any, Any], path: KeyPath, zone: tzinfo
-    ) -> list[tuple[int, str, _Output]]:
+    ) -> list[tuple[int, str, Output]]:
         if "set" not in raw:
             self.fail(path, "a rule needs `set` (what each target should show)")
             return []
@@ -929,7 +487,7 @@ class _Compiler:
             )
             return []
         known = [*self.order, *sorted(STANDARD_TARGETS - set(self.order))]
-        outputs: list[tuple[int, str, _Output]] = []
+        outputs: list[tuple[int, str, Output]] = []
         for target, value in targets.items():
             where = (*path, str(target))
             if target == "*":
@@ -953,7 +511,7 @@ class _Compiler:
 
     def status(
         self, value: Any, path: KeyPath, zone: tzinfo, info: TargetInfo | None, target: str
-    ) -> _Output:
+    ) -> Output:
         """What ``target`` gets; checked against the fields it shows when ``info`` is known."""
         if value is None:
             return None
@@ -1000,7 +558,7 @@ class _Compiler:
             )
             for field, parts in texts.items()
         }
-        return _Template(fixed, compiled, tuple(_GETTERS[name] for name in used), zone)
+        return Template(fixed, compiled, tuple(GETTERS[name] for name in used), zone)
 
     def template(self, text: str, path: KeyPath) -> list[tuple[str, str | None, str]]:
         """``text`` as (literal, field or None, format spec) parts."""
@@ -1014,7 +572,7 @@ class _Compiler:
             if field is None:
                 parts.append((literal, None, ""))
                 continue
-            if field not in _GETTERS:
+            if field not in GETTERS:
                 expected = [f"{{{name}}}" for name in TEMPLATE_FIELDS]
                 self.unknown_key(path, f"{{{field}}}", "template field", expected)
                 field = None

@@ -27,7 +27,7 @@ from presence_sync.model import (
     describe,
     find_person,
 )
-from presence_sync.rules import Explanation, RuleSet
+from presence_sync.rules import Explanation, RuleSet, explain
 
 __all__ = [
     "Loaded",
@@ -245,6 +245,6 @@ def run(
     else:
         count = len(settings.rules or ())
         rules_text = f"{count} rule{'s' * (count != 1)} in {settings.source_file}"
-    explained = rules.explain(person, view, at)
+    explained = explain(rules, person, view, at)
     print(render(person, describe_situation(view, at, zone), rules_text, explained), file=out)
     return 0

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from presence_sync.config import load
 from presence_sync.model import Call, Direction, Line, LineView, Person, Presence, Status
-from presence_sync.rules import Explanation, Miss, compile_rules
+from presence_sync.rules import Explanation, Miss, compile_rules, explain
 from presence_sync.targets.base import TargetInfo
 
 ALL_FIELDS = frozenset({"availability", "activity", "text", "emoji", "dnd"})
@@ -63,7 +63,7 @@ def test_default_rules_explain_an_idle_line_and_a_call() -> None:
     rules = compile_rules(None, targets=INFOS)
     assert rules.defaults
 
-    idle = rules.explain(ANNA, LineView("100", Line.IDLE, Presence.AVAILABLE), WEDNESDAY_9)
+    idle = explain(rules, ANNA, LineView("100", Line.IDLE, Presence.AVAILABLE), WEDNESDAY_9)
     assert idle["teams_presence"] == Explanation(
         "teams_presence",
         None,
@@ -78,7 +78,7 @@ def test_default_rules_explain_an_idle_line_and_a_call() -> None:
         "do not disturb", None, "does not set slack_status (it sets: slack_dnd, teams_presence)"
     )
 
-    call = rules.explain(ANNA, in_call(Direction.INBOUND, None), WEDNESDAY_9)
+    call = explain(rules, ANNA, in_call(Direction.INBOUND, None), WEDNESDAY_9)
     assert {t: (e.rule, e.status) for t, e in call.items()} == {
         "teams_presence": ("on a call", Status(availability="Busy", activity="InACall")),
         "slack_status": ("on a call", Status(text="On a call", emoji=":telephone_receiver:")),
@@ -97,7 +97,7 @@ def test_default_rules_explain_an_idle_line_and_a_call() -> None:
 
 def test_a_vip_call_is_decided_by_the_list_rule() -> None:
     rules = compile_rules(RULES, targets=INFOS, lists=LISTS, timezone="Europe/Berlin")
-    explained = rules.explain(ANNA, in_call(Direction.INBOUND, "+49 30 123456"), WEDNESDAY_9)
+    explained = explain(rules, ANNA, in_call(Direction.INBOUND, "+49 30 123456"), WEDNESDAY_9)
     assert {t: (e.rule, e.status, e.missed) for t, e in explained.items()} == {
         t: ("VIP calls", Status(text="VIP call"), ()) for t in INFOS
     }
@@ -106,7 +106,7 @@ def test_a_vip_call_is_decided_by_the_list_rule() -> None:
 def test_direction_party_and_time_window_each_say_why_they_did_not_match() -> None:
     rules = compile_rules(RULES, targets=INFOS, lists=LISTS, timezone="Europe/Berlin")
 
-    inbound = rules.explain(ANNA, in_call(Direction.INBOUND, "4989777"), WEDNESDAY_9)["webhook"]
+    inbound = explain(rules, ANNA, in_call(Direction.INBOUND, "4989777"), WEDNESDAY_9)["webhook"]
     assert (inbound.rule, inbound.status) == ("on a call", Status(text="On a call"))
     assert [(m.rule, m.reason) for m in inbound.missed] == [
         ("VIP calls", "party_in: wants the other party on list vip, but 4989777 is not on it"),
@@ -114,18 +114,18 @@ def test_direction_party_and_time_window_each_say_why_they_did_not_match() -> No
     ]
 
     internal = in_call(Direction.OUTBOUND, "101", external=False)
-    assert rules.explain(ANNA, internal, WEDNESDAY_9)["webhook"].missed[1] == Miss(
+    assert explain(rules, ANNA, internal, WEDNESDAY_9)["webhook"].missed[1] == Miss(
         "rules[1]", None, "party: wants external, but the other party is internal"
     )
 
-    weekend = rules.explain(ANNA, in_call(Direction.OUTBOUND, "4989777"), SATURDAY_9)["webhook"]
+    weekend = explain(rules, ANNA, in_call(Direction.OUTBOUND, "4989777"), SATURDAY_9)["webhook"]
     assert weekend.missed[1] == Miss(
         "rules[1]",
         None,
         "time: wants mon-fri 08:00-18:00, but it is Sat 2026-12-05 09:00 Europe/Berlin",
     )
 
-    weekday = rules.explain(ANNA, in_call(Direction.OUTBOUND, "4989777"), WEDNESDAY_9)
+    weekday = explain(rules, ANNA, in_call(Direction.OUTBOUND, "4989777"), WEDNESDAY_9)
     assert (weekday["webhook"].rule, weekday["webhook"].status) == (
         "rules[1]",
         Status(text="Calling a customer"),
@@ -145,7 +145,7 @@ def test_unless_and_opt_out_are_named() -> None:
         groups=frozenset({"support"}),
         opt_out=frozenset({"slack_status"}),
     )
-    explained = rules.explain(support, in_call(Direction.INBOUND, None), WEDNESDAY_9)
+    explained = explain(rules, support, in_call(Direction.INBOUND, None), WEDNESDAY_9)
     assert explained["slack_status"] == Explanation("slack_status", None, "opt-out", None, ())
     teams = explained["teams_presence"]
     assert (teams.rule, teams.status) == (None, None)
@@ -164,7 +164,7 @@ def test_explain_agrees_with_evaluate() -> None:
         for now in (WEDNESDAY_9, SATURDAY_9, datetime(2026, 12, 2, 23, 0, tzinfo=UTC)):
             why: dict[str, str] = {}
             decided = rules.evaluate(ANNA, view, now, why=why)
-            explained = rules.explain(ANNA, view, now)
+            explained = explain(rules, ANNA, view, now)
             assert {t: e.status for t, e in explained.items()} == decided
             assert {t: e.rule for t, e in explained.items() if e.rule} == why
 
@@ -188,6 +188,6 @@ def test_rules_know_their_line_in_the_file(tmp_path: Path) -> None:
         problem=settings.problem,
         locate=settings.locate,
     )
-    call = rules.explain(ANNA, in_call(Direction.INBOUND, None), WEDNESDAY_9)["log"]
+    call = explain(rules, ANNA, in_call(Direction.INBOUND, None), WEDNESDAY_9)["log"]
     assert (call.rule, call.line) == ("rules[1]", 7)
     assert call.missed == (Miss("ringing", 4, "line: wants ringing, but the line is in-use"),)

@@ -537,12 +537,12 @@ def test_since_speaks_the_zone_of_the_rules_time_window() -> None:
     assert status == Status(text="since 18:01")
 
 
-def test_names_can_be_replaced_later() -> None:
+def test_names_can_be_given_later() -> None:
     rules = compile_rules(
         [{"set": {"webhook": {"text": "with {party_name}"}}}], targets=targets("webhook")
     )
     assert rules.evaluate(person(), OUTBOUND_INT, MONDAY)["webhook"] == Status(text="with unknown")
-    rules.names = extension_names
+    rules = rules.with_names(extension_names)
     assert rules.evaluate(person(), OUTBOUND_INT, MONDAY)["webhook"] == Status(
         text="with Bob Builder"
     )
