@@ -40,6 +40,7 @@ __all__ = [
     "StreamError",
     "TransientError",
     "UpstreamError",
+    "closest",
     "did_you_mean",
     "key_path",
     "unknown",
@@ -70,11 +71,18 @@ def key_path(path: Sequence[str | int]) -> str:
     return out
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice closest to ``word``, or None when none is close enough to
+    be a likely typo of it."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return close[0] if close else None
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """``did you mean "username"?`` for the choice closest to ``word``, or
     None when none is close enough to be a likely typo."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f'did you mean "{close[0]}"?' if close else None
+    close = closest(word, choices)
+    return f'did you mean "{close}"?' if close is not None else None
 
 
 def unknown(what: str, name: object, allowed: Iterable[str]) -> str:

@@ -345,9 +345,19 @@ class _Checker:
             raw_lists = data.get("lists")
             lists = {str(n): {} for n in raw_lists} if isinstance(raw_lists, dict) else {}
             timezone = _valid_zone(data.get("timezone"))
+        people, groups = _people_and_groups(data.get("people"))
         try:
             compile_rules(
-                raw, targets=self.infos, lists=lists, timezone=timezone, problem=self.problem
+                raw,
+                targets=self.infos,
+                lists=lists,
+                timezone=timezone,
+                problem=self.problem,
+                # Everyone is under `people:` today. Once a directory (an Entra
+                # group) adds people, pass None here or include them, or a rule
+                # naming one of those would be refused.
+                people=people,
+                groups=groups,
             )
         except ConfigError as exc:
             self.problems.extend(exc.problems)
@@ -419,6 +429,24 @@ def _valid_zone(value: Any) -> str:
             return "UTC"
         return value
     return "UTC"
+
+
+def _people_and_groups(raw: Any) -> tuple[frozenset[str], frozenset[str]]:
+    """The e-mail addresses (normalised) and groups of the entries under
+    ``people:`` as written, so rules are checked against them even when some
+    entry is invalid (validation reports that one)."""
+    emails: set[str] = set()
+    groups: set[str] = set()
+    for entry in raw if isinstance(raw, list) else ():
+        if not isinstance(entry, dict):
+            continue
+        email = entry.get("email")
+        if isinstance(email, str):
+            emails.add(normalise_email(email))
+        listed = entry.get("groups")
+        if isinstance(listed, list):
+            groups.update(g.strip() for g in listed if isinstance(g, str))
+    return frozenset(emails), frozenset(groups)
 
 
 def _no_target(name: str, names: set[str]) -> str:

@@ -12,17 +12,17 @@ Three modules, each with one job:
 Import from ``presence_sync.rules``; the submodules are its inside.
 """
 
-from presence_sync.rules.compiler import DEFAULT_RULES, STANDARD_TARGETS, compile_rules
+from presence_sync.rules.compiler import DEFAULT_RULES, TargetFacts, compile_rules
 from presence_sync.rules.explain import Explanation, Miss, explain
 from presence_sync.rules.ruleset import TEMPLATE_FIELDS, RuleSet
 
 __all__ = [
     "DEFAULT_RULES",
-    "STANDARD_TARGETS",
     "TEMPLATE_FIELDS",
     "Explanation",
     "Miss",
     "RuleSet",
+    "TargetFacts",
     "compile_rules",
     "explain",
 ]

@@ -25,12 +25,20 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, tzinfo
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from presence_sync.errors import ConfigError, ConfigProblem, KeyPath, key_path, unknown
+from presence_sync.errors import (
+    ConfigError,
+    ConfigProblem,
+    KeyPath,
+    closest,
+    did_you_mean,
+    key_path,
+    unknown,
+)
 from presence_sync.model import STATUS_FIELDS, Direction, Line, LineView, Person, Presence, Status
 from presence_sync.rules.ruleset import (
     GETTERS,
@@ -46,12 +54,24 @@ from presence_sync.rules.ruleset import (
     digits,
     no_name,
 )
-from presence_sync.targets.base import STANDARD_KINDS, TargetInfo
 
-__all__ = ["DEFAULT_RULES", "STANDARD_TARGETS", "compile_rules", "wanted"]
+__all__ = ["DEFAULT_RULES", "TargetFacts", "compile_rules", "wanted"]
 
-STANDARD_TARGETS: Final = STANDARD_KINDS
-"""Target kinds a rule may name even when they are not enabled (see ``STANDARD_KINDS``)."""
+
+class TargetFacts(Protocol):
+    """What the compiler needs to know of an enabled target (its class's
+    ``targets.base.TargetFacts`` is one, handed in by the config loader)."""
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """The ``Status`` fields the target shows."""
+        ...
+
+    @property
+    def check(self) -> Callable[[Mapping[str, Any]], str | None] | None:
+        """A check of the fixed values a rule sets (a message when wrong)."""
+        ...
+
 
 ProblemFactory = Callable[[Sequence[str | int], str], ConfigProblem]
 Locator = Callable[[Sequence[str | int]], tuple[int | None, int | None]]
@@ -111,12 +131,14 @@ def wanted(key: str, value: Any) -> str:
 def compile_rules(
     raw: list[Any] | None,
     *,
-    targets: Mapping[str, TargetInfo],
+    targets: Mapping[str, TargetFacts],
     lists: Mapping[str, Mapping[str, str | None]] | None = None,
     timezone: str = "UTC",
     problem: ProblemFactory | None = None,
     names: NameLookup | None = None,
     locate: Locator | None = None,
+    people: Collection[str] | None = None,
+    groups: Collection[str] | None = None,
 ) -> RuleSet:
     """Validate ``raw`` (``settings.rules`` as parsed from YAML; ``None`` or
     empty means ``DEFAULT_RULES``) and compile it for ``targets``, the enabled
@@ -130,9 +152,24 @@ def compile_rules(
     the line (and column) of a key path, so ``explain`` can name each rule's
     line (``Settings.locate``).
 
+    ``people`` (e-mail addresses, lower-case) and ``groups`` are everyone a
+    rule's ``people:`` and ``groups:`` may name; a name outside them is a
+    problem (a typo that could never match). None: not checked, for a caller
+    whose people come from elsewhere as well. A rule that sets a target
+    which is not in ``targets`` is a problem too; only ``DEFAULT_RULES``
+    (``raw`` empty) name targets that may not be enabled, and drop them.
+
     Raises ``ConfigError`` listing every problem found, not just the first.
     """
-    compiler = _Compiler(targets, lists or {}, problem or _plain_problem, locate if raw else None)
+    compiler = _Compiler(
+        targets,
+        lists or {},
+        problem or _plain_problem,
+        locate if raw else None,
+        people=None if people is None else frozenset(people),
+        groups=None if groups is None else frozenset(groups),
+        strict=bool(raw),
+    )
     zone = compiler.zone(timezone, ("timezone",)) or UTC
     rules = compiler.rules(raw if raw else DEFAULT_RULES, zone)
     if compiler.problems:
@@ -167,6 +204,18 @@ def _uses_call_context(raw: Sequence[Any]) -> bool:
     return False
 
 
+def _email_hint(email: str, known: frozenset[str]) -> str | None:
+    """ "did you mean" for a mistyped e-mail address. Within one domain only
+    the part before the @ is compared: by the whole address every
+    colleague's would look close."""
+    local, _, domain = email.partition("@")
+    same = {k.partition("@")[0]: k for k in known if k.partition("@")[2] == domain}
+    match = closest(local, same) if same else closest(email, known)
+    if match is None:
+        return None
+    return f'did you mean "{same[match] if same else match}"?'
+
+
 def _plain_problem(path: Sequence[str | int], message: str) -> ConfigProblem:
     return ConfigProblem("<rules>", None, None, key_path(path), message)
 
@@ -181,12 +230,19 @@ class _Compiler:
 
     def __init__(
         self,
-        targets: Mapping[str, TargetInfo],
+        targets: Mapping[str, TargetFacts],
         lists: Mapping[str, Mapping[str, str | None]],
         problem: ProblemFactory,
         locate: Locator | None = None,
+        *,
+        people: frozenset[str] | None = None,
+        groups: frozenset[str] | None = None,
+        strict: bool = True,
     ) -> None:
         self.targets = targets
+        self.known_people = people
+        self.known_groups = groups
+        self.strict = strict
         self.locate = locate
         self.order = list(targets)
         self.bits = {name: 1 << i for i, name in enumerate(self.order)}
@@ -381,10 +437,22 @@ class _Compiler:
     def people(self, value: Any, path: KeyPath, zone: tzinfo) -> Predicate:
         found: set[str] = set()
         for where, item in self.items(value, path, "e-mail address"):
-            if isinstance(item, str) and "@" in item.strip()[1:-1]:
-                found.add(item.strip().lower())
-            else:
+            if not isinstance(item, str) or "@" not in item.strip()[1:-1]:
                 self.fail(where, f'"{item}" is not an e-mail address')
+                continue
+            email = item.strip().lower()
+            found.add(email)
+            # Everyone is under `people:` today, so a name not there can never
+            # match. Once people also come from elsewhere (a directory such as
+            # an Entra group), the caller passes people=None (or all of them)
+            # and this check is left to whoever knows the whole list.
+            if self.known_people is not None and email not in self.known_people:
+                hint = _email_hint(email, self.known_people)
+                self.fail(
+                    where,
+                    f'no one under `people:` has the e-mail "{email}"'
+                    + (f" ({hint})" if hint else ""),
+                )
         emails = frozenset(found)
 
         def people(person: Person, view: LineView, now: datetime) -> bool:
@@ -395,10 +463,18 @@ class _Compiler:
     def groups(self, value: Any, path: KeyPath, zone: tzinfo) -> Predicate:
         found: set[str] = set()
         for where, item in self.items(value, path, "group"):
-            if isinstance(item, str) and item.strip():
-                found.add(item.strip())
-            else:
+            if not isinstance(item, str) or not item.strip():
                 self.fail(where, f'"{item}" is not a group name')
+                continue
+            group = item.strip()
+            found.add(group)
+            # Groups are what `people:` entries list (see people() above).
+            if self.known_groups is not None and group not in self.known_groups:
+                hint = did_you_mean(group, self.known_groups)
+                if hint is None:
+                    listed = ", ".join(sorted(self.known_groups))
+                    hint = f"groups in use: {listed}" if listed else "no one is in any group"
+                self.fail(where, f'no one under `people:` is in the group "{group}" ({hint})')
         wanted = frozenset(found)
 
         def groups(person: Person, view: LineView, now: datetime) -> bool:
@@ -486,20 +562,24 @@ class _Compiler:
                 "must map target names to a status (or null: cleared, the person's own status)",
             )
             return []
-        known = [*self.order, *sorted(STANDARD_TARGETS - set(self.order))]
         outputs: list[tuple[int, str, Output]] = []
         for target, value in targets.items():
             where = (*path, str(target))
             if target == "*":
                 continue
-            if target not in known:
-                self.unknown_key(where, target, "target", known)
-                continue
             info = self.targets.get(target)
-            # A standard target that is not enabled: check the status, then drop it.
-            output = self.status(value, where, zone, info, target)
-            if info is not None:
-                outputs.append((self.bits[target], target, output))
+            if info is None:
+                if self.strict:
+                    # It would never decide anything: surely not what was meant.
+                    self.fail(
+                        where,
+                        unknown("target", target, self.order)
+                        + "; a rule sets only targets enabled under `targets:`",
+                    )
+                continue  # a default rule's target that is not enabled
+            outputs.append(
+                (self.bits[target], target, self.status(value, where, zone, info, target))
+            )
         if "*" in targets:
             output = self.status(targets["*"], (*path, "*"), zone, None, "*")
             outputs.extend(
@@ -510,7 +590,7 @@ class _Compiler:
         return outputs
 
     def status(
-        self, value: Any, path: KeyPath, zone: tzinfo, info: TargetInfo | None, target: str
+        self, value: Any, path: KeyPath, zone: tzinfo, info: TargetFacts | None, target: str
     ) -> Output:
         """What ``target`` gets; checked against the fields it shows when ``info`` is known."""
         if value is None:

@@ -71,9 +71,11 @@ STANDARD_KINDS: frozenset[str] = frozenset(
         "log",
     }
 )
-"""The target kinds DESIGN.md names. Rules, ids and opt-outs may mention them
-even while they are not enabled (they are then unused), so switching a target
-off does not invalidate the file; any other name must be an enabled target."""
+"""The target kinds DESIGN.md names. A person's ids and opt-outs may mention
+them even while they are not enabled (they are then unused), so switching a
+target off does not invalidate ``people:``; any other name must be an enabled
+target. A rule must name enabled targets only: one that sets a target that is
+off could never decide anything."""
 
 
 SHARED_SECTIONS: frozenset[str] = frozenset({"microsoft", "slack", "tls", "timezone"})

@@ -51,6 +51,37 @@ def test_invalid_config_exits_78_naming_file_and_line(
     assert where in err
 
 
+def test_rules_that_could_never_match_exit_78_with_did_you_mean(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "nfon: {customer: K1234, username: u, password: p}\n"
+        "people:\n"
+        "  - {extension: '100', email: anna@example.com, groups: [support]}\n"
+        "targets: {log: {}}\n"
+        "rules:\n"
+        "  - when: {groups: [suport]}\n"
+        "    set: {log: {text: x}}\n"
+        "  - when: {people: [ana@example.com]}\n"
+        "    set: {log: {text: y}}\n"
+        "  - set: {slack_status: {text: z}}\n"
+    )
+    assert main(["check", "--offline", "-c", str(path)]) == EX_CONFIG
+    err = capsys.readouterr().err
+    assert (
+        f"{path}:6:21: rules[0].when.groups[0]: no one under `people:` is in the group "
+        '"suport" (did you mean "support"?)' in err
+    )
+    assert (
+        f"{path}:8:21: rules[1].when.people[0]: no one under `people:` has the e-mail "
+        '"ana@example.com" (did you mean "anna@example.com"?)' in err
+    )
+    assert f'{path}:10:25: rules[2].set.slack_status: unknown target "slack_status"' in err
+    assert "a rule sets only targets enabled under `targets:`" in err
+    assert "Traceback" not in err
+
+
 def test_unquoted_clock_time_in_a_rule_exits_78_naming_its_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

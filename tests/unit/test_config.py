@@ -203,7 +203,7 @@ lists:
 def test_yaml_12_scalars_keep_times_and_words_as_text(write: Callable[[str], Path]) -> None:
     # YAML 1.1 would read 18:00 as 1080 and `no` as false.
     path = write(
-        BASE
+        BASE.replace("email: anna@example.com", 'email: anna@example.com\n    groups: ["no"]')
         + """\
 rules:
   - when: {time: {from: 08:00, to: 18:00}, groups: no}

@@ -4,6 +4,7 @@ the default rules, and configuration errors with their key paths."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -402,7 +403,7 @@ def test_opt_out_always_gives_nothing() -> None:
 
 def test_result_has_every_enabled_target_and_only_those() -> None:
     rules = compile_rules(
-        [{"when": {"line": "in-use"}, "set": {"slack_dnd": {"dnd": True}, "log": {"text": "x"}}}],
+        [{"when": {"line": "in-use"}, "set": {"log": {"text": "x"}}}],
         targets=targets("log", "webhook"),
     )
     assert rules.targets == frozenset({"log", "webhook"})
@@ -863,10 +864,17 @@ ERROR_CASES: list[tuple[str, Any, list[tuple[str | int, ...]], str]] = [
         "calller",
     ),
     (
-        "standard target that is off is checked too",
-        [{"set": {"slack_dnd": {"dnd": 1}}}],
-        [("rules", 0, "set", "slack_dnd", "dnd")],
-        "true or false",
+        "a standard target that is off could never be set",
+        [{"set": {"slack_dnd": {"dnd": True}}}],
+        [("rules", 0, "set", "slack_dnd")],
+        'unknown target "slack_dnd" (expected one of: teams_presence, slack_status, webhook); '
+        "a rule sets only targets enabled under `targets:`",
+    ),
+    (
+        "a misspelt enabled target",
+        [{"set": {"slack_stauts": {"text": "x"}}}],
+        [("rules", 0, "set", "slack_stauts")],
+        'unknown target "slack_stauts" (did you mean "slack_status"?)',
     ),
 ]
 
@@ -955,5 +963,75 @@ def test_star_may_set_any_field() -> None:
 
 def test_enabled_target_with_a_custom_name_is_known() -> None:
     custom = {"alerts": TargetInfo("webhook", "alerts hook", ALL_FIELDS)}
-    rules = compile_rules([{"set": {"alerts": {"text": "x"}, "webhook": None}}], targets=custom)
+    rules = compile_rules([{"set": {"alerts": {"text": "x"}}}], targets=custom)
     assert rules.evaluate(person(), view(), MONDAY) == {"alerts": Status(text="x")}
+    # Its kind is no name of its own: a rule setting "webhook" sets nothing.
+    with pytest.raises(ConfigError, match='unknown target "webhook"'):
+        compile_rules([{"set": {"alerts": {"text": "x"}, "webhook": None}}], targets=custom)
+
+
+def test_the_default_rules_leave_out_the_targets_that_are_off() -> None:
+    # DEFAULT_RULES name teams_presence, slack_status and slack_dnd whatever
+    # is enabled: only a file's own rules must name enabled targets.
+    rules = compile_rules(None, targets=targets("log"))
+    assert rules.evaluate(person(), IN_USE, MONDAY) == {
+        "log": Status(
+            availability="Busy",
+            activity="InACall",
+            text="On a call",
+            emoji=":telephone_receiver:",
+        )
+    }
+
+
+KNOWN = {"people": ["anna@example.com", "bob@example.com"], "groups": ["support", "sales"]}
+
+
+@pytest.mark.parametrize(
+    ("condition", "message"),
+    [
+        (
+            {"groups": ["suport"]},
+            'no one under `people:` is in the group "suport" (did you mean "support"?)',
+        ),
+        (
+            {"groups": "finance"},
+            'no one under `people:` is in the group "finance" (groups in use: sales, support)',
+        ),
+        (
+            {"people": ["zed@example.com"]},
+            'no one under `people:` has the e-mail "zed@example.com"',
+        ),
+        (
+            {"people": ["Ana@Example.com"]},
+            'no one under `people:` has the e-mail "ana@example.com" '
+            '(did you mean "anna@example.com"?)',
+        ),
+    ],
+)
+def test_people_and_groups_nobody_has_are_problems(condition: dict[str, Any], message: str) -> None:
+    key = next(iter(condition))
+    where = ("rules", 0, "when", key) + ((0,) if isinstance(condition[key], list) else ())
+    found, error = problems(rule(when=condition), **KNOWN)
+    assert found == [where]
+    assert str(error).endswith(message)
+
+
+def test_people_and_groups_someone_has_are_fine() -> None:
+    rules = compile_rules(
+        rule(when={"people": ["Bob@example.com"], "groups": ["sales"]}),
+        targets=targets("slack_status"),
+        **KNOWN,
+    )
+    bob = replace(person("bob@example.com"), groups=frozenset({"sales"}))
+    assert rules.evaluate(bob, view(), MONDAY) == {"slack_status": Status(text="x")}
+
+
+def test_people_are_not_checked_when_not_all_are_known() -> None:
+    # people=None: some people come from elsewhere (a directory, later).
+    rules = compile_rules(
+        rule(when={"people": ["zed@example.com"]}), targets=targets("webhook", "slack_status")
+    )
+    assert rules.evaluate(person("zed@example.com"), view(), MONDAY)["slack_status"] == Status(
+        text="x"
+    )
