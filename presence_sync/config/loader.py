@@ -110,7 +110,11 @@ class _Checker:
         self.environ = environ
         self.problems = reader.problems
         self.context = ValidationContext(
-            Path(file).absolute().parent, environ, file, reader.index, secrets is None
+            Path(file).absolute().parent,
+            environ,
+            read_secrets=secrets is None,
+            file=file,
+            index=reader.index,
         )
         # Paths already reported (a bad YAML tag, ${VAR} or x_file): pydantic's
         # follow-up complaint about the same value would only add noise.

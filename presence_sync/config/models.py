@@ -1,18 +1,19 @@
 """Step 4 of ``load()``: the settings models, one per section of the file.
 
 Every section forbids unknown keys and is frozen. Value types with a
-message an admin can act on (``Duration``, ``HttpURL``, extensions, phone
-numbers, listen addresses) live here beside the models that use them.
+message an admin can act on (extensions, phone numbers, listen addresses)
+live here beside the models that use them; those the targets use too
+(``Duration``, ``HttpURL``) and the sections handed to targets
+(``microsoft:``, ``slack:``) live in ``presence_sync.sections``, below both,
+and are re-exported here.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
-import urllib.parse
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, Self, TypeAlias
@@ -25,7 +26,6 @@ from pydantic import (
     Field,
     GetPydanticSchema,
     PrivateAttr,
-    SecretStr,
     SerializeAsAny,
     ValidationInfo,
     field_validator,
@@ -34,10 +34,25 @@ from pydantic import (
 from pydantic_core import core_schema
 
 from presence_sync.config.reading import Index, Position
-from presence_sync.config.secrets import ALSO_FROM_FILE, warn_if_exposed
+from presence_sync.config.secrets import ALSO_FROM_FILE
 from presence_sync.errors import ConfigProblem, key_path
 from presence_sync.model import Person
 from presence_sync.net import parse_listen
+from presence_sync.sections import (
+    Duration,
+    HttpURL,
+    MicrosoftSettings,
+    PathContext,
+    SlackSettings,
+    SlackUserToken,
+    normalise_email,
+    parse_duration,
+    readable_file,
+)
+from presence_sync.sections import Email as _Email
+from presence_sync.sections import PositiveDuration as _PositiveDuration
+from presence_sync.sections import Secret as _Secret
+from presence_sync.sections import Text as _Text
 from presence_sync.targets.base import TargetOptions
 
 __all__ = [
@@ -53,6 +68,7 @@ __all__ = [
     "ResyncSettings",
     "Settings",
     "SlackSettings",
+    "SlackUserToken",
     "StateSettings",
     "TargetSpec",
     "TlsSettings",
@@ -67,21 +83,16 @@ DEFAULT_STATE_PATH: Final = Path("/var/lib/presence-sync/state.db")
 
 
 @dataclass(frozen=True, slots=True)
-class ValidationContext:
+class ValidationContext(PathContext):
     """What validators need beyond the value: handed in as pydantic's context.
 
-    ``base_dir`` resolves relative paths, ``environ`` serves defaults such as
-    ``$STATE_DIRECTORY``; ``file`` and ``index`` let the validated
-    ``Settings`` name lines in the file it came from.
+    Beside ``PathContext``'s ``base_dir``, ``environ`` and ``read_secrets``,
+    ``file`` and ``index`` let the validated ``Settings`` name lines in the
+    file it came from.
     """
 
-    base_dir: Path
-    environ: Mapping[str, str]
     file: str = "<memory>"
     index: Index = field(default_factory=Index)
-    read_secrets: bool = True
-    """False for commands that need no secret (``status``, ``explain``):
-    secret files such as a private key are then not opened."""
 
 
 def _context(info: ValidationInfo) -> ValidationContext:
@@ -91,129 +102,15 @@ def _context(info: ValidationInfo) -> ValidationContext:
     return ValidationContext(Path.cwd(), os.environ)
 
 
-_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?(?:ms|s|m|h|d))+")
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?)(ms|s|m|h|d)")
-_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a number of seconds or a string like ``250ms``, ``30s``,
-    ``5m``, ``1h30m``, ``1d`` (or ``"90"``). Raises ``ValueError`` when it is
-    none of these, negative, or not finite."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 30s, 5m or 1h30m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = "".join(value.split())
-        if text.startswith("-"):
-            raise ValueError("a duration must not be negative")
-        if re.fullmatch(r"[0-9]+(?:\.[0-9]*)?", text):
-            seconds = float(text)
-        elif _DURATION.fullmatch(text):
-            seconds = sum(
-                float(number) * _UNIT_SECONDS[unit] for number, unit in _DURATION_PART.findall(text)
-            )
-        else:
-            raise ValueError(
-                f"{value!r} is not a duration: write seconds, or e.g. 250ms, 30s, 5m, 1h30m, 1d"
-            )
-    else:
-        raise ValueError("expected a duration like 30s, 5m or 1h30m")
-    if not math.isfinite(seconds):
-        raise ValueError("a duration must be finite")
-    if seconds < 0:
-        raise ValueError("a duration must not be negative")
-    return seconds
-
-
-Duration: TypeAlias = Annotated[float, BeforeValidator(parse_duration)]
-"""Seconds as a float; accepts numbers (seconds) and ``30s``/``5m``/``1h30m``/``1d``/``250ms``."""
-
-_PositiveDuration: TypeAlias = Annotated[Duration, Field(gt=0)]
-
-
-def _http_url(value: str) -> str:
-    value = value.strip()
-    try:
-        parts = urllib.parse.urlsplit(value)
-    except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL")
-    return value
-
-
-HttpURL: TypeAlias = Annotated[str, AfterValidator(_http_url)]
-"""A string that is an absolute http(s) URL (kept as written, surrounding blanks removed)."""
-
-
-def _filled(value: str) -> str:
-    value = value.strip()
-    if not value:
-        raise ValueError("must not be empty")
-    return value
-
-
-_Text: TypeAlias = Annotated[str, AfterValidator(_filled)]
-
-
-def _filled_secret(value: SecretStr) -> SecretStr:
-    if not value.get_secret_value().strip():
-        raise ValueError("must not be empty")
-    return value
-
-
-_Secret: TypeAlias = Annotated[SecretStr, AfterValidator(_filled_secret)]
-
-
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     if value == Path():
         raise ValueError("must be a path")
     return value if value.is_absolute() else _context(info).base_dir / value
 
 
-def _readable_file(value: Path) -> Path:
-    if not value.is_file():
-        raise ValueError(f"no such file: {value}")
-    if not os.access(value, os.R_OK):
-        raise ValueError(f"cannot read {value}")
-    return value
-
-
 _ConfigPath: TypeAlias = Annotated[Path, AfterValidator(_resolve_path)]
 """A path; a relative one is taken from the config file's directory."""
-_ExistingFile: TypeAlias = Annotated[_ConfigPath, AfterValidator(_readable_file)]
-
-
-def _resolve_credential(value: Path, info: ValidationInfo) -> Path:
-    # Where every x_file secret is looked for: under systemd the service can
-    # read its secrets only as credentials, so a key file is one too.
-    if value == Path():
-        raise ValueError("must be a path")
-    if value.is_absolute():
-        return value
-    context = _context(info)
-    base = context.environ.get("CREDENTIALS_DIRECTORY")
-    return (Path(base) if base else context.base_dir) / value
-
-
-def _private_file(value: Path, info: ValidationInfo) -> Path:
-    if not _context(info).read_secrets:
-        return value
-    _readable_file(value)
-    warn_if_exposed(value, value.stat().st_mode, key=info.field_name or "")
-    return value
-
-
-_PrivateFile: TypeAlias = Annotated[
-    Path,
-    AfterValidator(_resolve_credential),
-    AfterValidator(_private_file),
-]
-"""An existing file holding a secret (a private key), found like a secret
-file: a relative path in ``$CREDENTIALS_DIRECTORY`` when set, else next to
-the configuration file. Warned about when others may read it."""
+_ExistingFile: TypeAlias = Annotated[_ConfigPath, AfterValidator(readable_file)]
 
 
 def _unquoted_digits_hint(value: object) -> object:
@@ -259,21 +156,6 @@ _PhoneNumber: TypeAlias = Annotated[
 ]
 
 
-def _email(value: str) -> str:
-    value = normalise_email(value)
-    local, at, domain = value.partition("@")
-    if not at or not local or not domain or "@" in domain or any(c.isspace() for c in value):
-        raise ValueError("not an e-mail address")
-    return value
-
-
-def normalise_email(value: str) -> str:
-    return value.strip().lower()
-
-
-_Email: TypeAlias = Annotated[str, AfterValidator(_email)]
-
-
 def _timezone(value: str) -> str:
     try:
         zoneinfo.ZoneInfo(value)
@@ -298,7 +180,8 @@ def _lower(value: object) -> object:
 
 
 class _Section(BaseModel):
-    """Base of every settings section: unknown keys are errors, values frozen."""
+    """Base of every settings section here, like ``sections.Section``:
+    unknown keys are errors, values frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -325,94 +208,6 @@ class NfonSettings(_Section):
     call_settle: Duration = 0.3
     """When rules use call context, how long a line that went in-use waits
     for its call event before it is decided without one (0: never waits)."""
-
-
-def _thumbprint(value: str) -> str:
-    hexdigits = re.sub(r"[\s:]", "", value).upper()
-    if not re.fullmatch(r"[0-9A-F]{40}|[0-9A-F]{64}", hexdigits):
-        raise ValueError("a certificate thumbprint is 40 (SHA-1) or 64 (SHA-256) hex digits")
-    return hexdigits
-
-
-class MicrosoftSettings(_Section):
-    """``microsoft:``, the Entra ID app for the Teams and Outlook targets.
-    It signs in with ``client_secret`` or with ``certificate_file`` +
-    ``certificate_thumbprint``: exactly one of the two."""
-
-    tenant_id: _Text
-    client_id: _Text
-    client_secret: _Secret | None = None
-    certificate_file: _PrivateFile | None = None
-    certificate_thumbprint: Annotated[str, AfterValidator(_thumbprint)] | None = None
-    authority: HttpURL = "https://login.microsoftonline.com"
-    graph_url: HttpURL = "https://graph.microsoft.com"
-
-    @model_validator(mode="after")
-    def _one_credential(self) -> Self:
-        certificate = self.certificate_file is not None or self.certificate_thumbprint is not None
-        if self.client_secret is not None and certificate:
-            raise ValueError(
-                "give client_secret or certificate_file + certificate_thumbprint, not both"
-            )
-        if self.client_secret is None and not certificate:
-            raise ValueError(
-                "no credential: give client_secret, or certificate_file + certificate_thumbprint"
-            )
-        if certificate and (self.certificate_file is None or self.certificate_thumbprint is None):
-            raise ValueError("certificate_file and certificate_thumbprint go together")
-        return self
-
-
-class SlackUserToken(_Section):
-    """One entry of ``slack.user_tokens``: a person's own user token
-    (``xoxp-``), usually as ``token_file`` (resolved like every secret file:
-    relative to ``$CREDENTIALS_DIRECTORY`` when set, else the config file)."""
-
-    email: _Email
-    token: _Secret
-
-
-class SlackSettings(_Section):
-    """``slack:``, the Slack tokens for the Slack targets.
-
-    ``token`` is an admin's user token that sets other people's statuses with
-    ``user=`` (paid plans; never admins or owners). ``user_tokens`` gives
-    people their own user token, one file each; it wins over ``token`` for
-    that person, and it is the only way for ``slack_dnd`` (Slack's ``dnd.*``
-    act on the token's own user). At least one of the two is needed.
-    ``request_timeout`` bounds every Web API request.
-    """
-
-    # Validation errors would otherwise quote token values.
-    model_config = ConfigDict(hide_input_in_errors=True)
-
-    token: _Secret | None = None
-    base_url: HttpURL = "https://slack.com/api/"
-    # An apply makes up to three requests in a row (lookup, read, write)
-    # within the targets' 60 s apply timeout.
-    request_timeout: Annotated[Duration, Field(gt=0, le=15)] = 10.0
-    user_tokens: list[SlackUserToken] = []
-
-    @model_validator(mode="after")
-    def _some_token(self) -> Self:
-        if self.token is None and not self.user_tokens:
-            raise ValueError(
-                "no token: give token (an admin's user token) or user_tokens "
-                "(people's own tokens), or both"
-            )
-        seen: set[str] = set()
-        for entry in self.user_tokens:
-            if entry.email in seen:
-                raise ValueError(f"user_tokens: {entry.email} is listed twice")
-            seen.add(entry.email)
-        return self
-
-    def user_token(self, email: str) -> str | None:
-        """The own user token of the person with ``email`` (lower-cased), if given."""
-        for entry in self.user_tokens:
-            if entry.email == email:
-                return entry.token.get_secret_value()
-        return None
 
 
 class TlsSettings(_Section):

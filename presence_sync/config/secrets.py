@@ -17,7 +17,7 @@ from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, SecretStr
 
-from presence_sync.ops.logging import kv
+from presence_sync.sections import warn_if_exposed
 
 __all__ = [
     "ALSO_FROM_FILE",
@@ -87,15 +87,3 @@ def read_secret(path: Path, *, key: str = "") -> str:
     if not text:
         raise ValueError(f"{path} is empty")
     return text
-
-
-def warn_if_exposed(path: Path, mode: int, *, key: str) -> None:
-    """Log a warning when permission bits ``mode`` of the secret file ``path``
-    (named by config ``key``) let group or others read it."""
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        # Like the store's warning for its database; we do not chmod a file
-        # the admin (or systemd) owns, we say how to fix it.
-        log.warning(
-            "secret file is readable by others; make it readable by its owner only (chmod 600)",
-            extra=kv(path=str(path), mode=f"{stat.S_IMODE(mode):04o}", key=key),
-        )

@@ -144,7 +144,7 @@ class TargetEnv:
     """What the composition root hands a target it builds; see ``target_env``.
 
     ``sections`` holds exactly the configuration sections the target declared
-    in ``TargetInfo.requires`` (e.g. ``config.MicrosoftSettings`` under
+    in ``TargetInfo.requires`` (e.g. ``sections.MicrosoftSettings`` under
     ``"microsoft"``), read-only; ``verify`` is what outbound HTTPS trusts:
     ``tls.ca_bundle`` as a string when the target requires ``tls`` and one is
     set, else True (the system store).

@@ -41,10 +41,10 @@ import requests
 from pydantic import Field
 
 from presence_sync.clock import Clock
-from presence_sync.config import Duration, MicrosoftSettings
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.model import Person
 from presence_sync.net import describe_error, proxy_for, retry_after, tls_context
+from presence_sync.sections import Duration, MicrosoftSettings
 from presence_sync.targets.base import Memory, TargetEnv, TargetOptions
 
 __all__ = [

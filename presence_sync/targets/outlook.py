@@ -18,8 +18,8 @@ from typing import Annotated, Any, ClassVar, Final
 
 from pydantic import Field
 
-from presence_sync.config import Duration
 from presence_sync.model import Applied, Line, Status, frozen_map
+from presence_sync.sections import Duration
 from presence_sync.targets.base import Change, TargetEnv, TargetInfo
 from presence_sync.targets.graph import GraphClient, GraphOptions, graph_datetime
 

@@ -41,10 +41,9 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
 
-from presence_sync.config import Duration
-from presence_sync.config.models import SlackSettings
 from presence_sync.model import Applied, Person, Status
 from presence_sync.ops.logging import kv
+from presence_sync.sections import Duration, SlackSettings
 from presence_sync.targets.base import Change, Memory, TargetEnv, TargetInfo, TargetOptions
 from presence_sync.targets.slack_client import SlackClient, SlackRefused, Who
 

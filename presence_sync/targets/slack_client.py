@@ -44,10 +44,10 @@ from typing import Any
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from presence_sync.config.models import SlackSettings
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.model import Person
 from presence_sync.net import describe_error, proxy_for, retry_after, tls_context
+from presence_sync.sections import SlackSettings
 from presence_sync.targets.base import Memory, TargetEnv
 
 __all__ = [

@@ -26,10 +26,10 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from presence_sync.config.models import SlackSettings
 from presence_sync.errors import PermanentError
 from presence_sync.model import Applied, Person
 from presence_sync.ops.logging import kv
+from presence_sync.sections import SlackSettings
 from presence_sync.targets.base import Change, TargetEnv, TargetInfo, TargetOptions
 from presence_sync.targets.slack_client import SlackClient
 

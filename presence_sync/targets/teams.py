@@ -23,10 +23,10 @@ from typing import Annotated, Any, ClassVar, Final
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from presence_sync.config import Duration
 from presence_sync.errors import PermanentError
 from presence_sync.model import Applied, frozen_map
 from presence_sync.ops.logging import kv
+from presence_sync.sections import Duration
 from presence_sync.targets.base import Change, TargetEnv, TargetInfo
 from presence_sync.targets.graph import (
     GraphClient,

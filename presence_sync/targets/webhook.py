@@ -32,7 +32,6 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from presence_sync.config import Duration, HttpURL
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.model import (
     STATUS_FIELDS,
@@ -45,6 +44,7 @@ from presence_sync.model import (
 )
 from presence_sync.net import describe_error, retry_after, tls_context
 from presence_sync.ops.logging import kv
+from presence_sync.sections import Duration, HttpURL
 from presence_sync.targets.base import Change, TargetEnv, TargetInfo, TargetOptions
 
 __all__ = [
