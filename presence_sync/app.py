@@ -42,8 +42,7 @@ from starlette.routing import BaseRoute
 
 from presence_sync import __version__
 from presence_sync.clock import Clock, SystemClock
-from presence_sync.config import Settings, TargetSpec
-from presence_sync.config import load as load_settings
+from presence_sync.config import Loaded, Settings, TargetSpec, resolve
 from presence_sync.directory import Directory
 from presence_sync.engine import Engine, check_target
 from presence_sync.errors import ConfigError, KeyPath, PresenceSyncError
@@ -60,10 +59,10 @@ from presence_sync.ops.pause_api import minimal_person, pause_routes
 from presence_sync.ops.status import Parts, PauseView, StatusBuilder
 from presence_sync.pauses import Pauses
 from presence_sync.readiness import STREAM_GRACE, Readiness, readiness
-from presence_sync.rules import RuleSet, compile_rules
+from presence_sync.rules import RuleSet
 from presence_sync.schedule import Job, Schedules, guarded
 from presence_sync.store import MemoryStore, SqliteStore, Store
-from presence_sync.targets.base import Target, TargetInfo, target_class, target_env
+from presence_sync.targets.base import Target, TargetFactory, target_class, target_env
 
 __all__ = [
     "STOP_TIMEOUT",
@@ -93,16 +92,6 @@ looks at each request). A check costs O(targets), not O(people)."""
 ID_CACHE_MAX_AGE = 7 * 86400.0
 
 
-@dataclass(frozen=True)
-class Loaded:
-    """A configuration file with everything derived from it validated:
-    settings, target classes and compiled rules."""
-
-    settings: Settings
-    rules: RuleSet
-    infos: Mapping[str, TargetInfo]
-
-
 def load(
     path: str | os.PathLike[str],
     *,
@@ -110,25 +99,16 @@ def load(
     environ: Mapping[str, str] | None = None,
     secrets: Callable[[KeyPath], bool] | None = None,
 ) -> Loaded:
-    """Load and validate ``path`` completely. Raises ``ConfigError``.
+    """Load and validate ``path`` completely (``config.resolve``: settings,
+    rules compiled once, target classes found once). Raises ``ConfigError``.
 
     With ``dry_run`` every configured target is still validated, but each is
     later built as a ``log`` target of the same name. ``environ`` replaces
     ``os.environ`` for ``${VAR}`` and ``$CREDENTIALS_DIRECTORY`` (``check
     --credentials``); ``secrets`` says which secret files are read (see
-    ``config.load``).
+    ``config.resolve``).
     """
-    settings = load_settings(path, environ, secrets=secrets)
-    infos = {name: target_class(spec.kind).info for name, spec in settings.targets.items()}
-    rules = compile_rules(
-        settings.rules,
-        targets=infos,
-        lists=settings.lists,
-        timezone=settings.timezone,
-        problem=settings.problem,
-        locate=settings.locate,
-    )
-    return Loaded(settings, rules, infos)
+    return resolve(path, environ, secrets=secrets)
 
 
 def log_warnings(settings: Settings) -> None:
@@ -183,7 +163,7 @@ async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtim
     ``PresenceSyncError`` when the store cannot be opened; nothing stays
     open then."""
     settings = loaded.settings
-    targets = await build_targets(settings, {}, {}, clock=clock, dry_run=dry_run)
+    targets = await build_targets(loaded, {}, {}, clock=clock, dry_run=dry_run)
     store: Store | None = None
     try:
         store = MemoryStore() if dry_run else SqliteStore(settings.state.path, clock=clock)
@@ -216,27 +196,31 @@ async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtim
     )
 
 
-def _build_target(settings: Settings, spec: TargetSpec, clock: Clock, dry_run: bool) -> Target:
-    """The target of ``spec``, handed only its own options and the sections
-    its class declares (``TargetInfo.requires``); with ``dry_run`` a ``log``
-    target of the same name."""
-    cls = target_class("log" if dry_run else spec.kind)
+def _build_target(
+    settings: Settings, cls: TargetFactory, spec: TargetSpec, clock: Clock, dry_run: bool
+) -> Target:
+    """The target of ``spec`` (of class ``cls``), handed only its own options
+    and the sections its class declares (``TargetInfo.requires``); with
+    ``dry_run`` a ``log`` target of the same name."""
+    if dry_run:
+        cls = target_class("log")
     env = target_env(cls.info, settings, clock=clock, user_agent=user_agent(settings.nfon.customer))
     return cls(spec.name, cls.Options() if dry_run else spec.options, env)
 
 
 async def build_targets(
-    settings: Settings,
+    loaded: Loaded,
     running: Mapping[str, Target],
     specs: Mapping[str, TargetSpec],
     *,
     clock: Clock,
     dry_run: bool = False,
 ) -> dict[str, Target]:
-    """A target for every entry of ``settings.targets``, reusing the
+    """A target for every entry of ``loaded.settings.targets``, reusing the
     ``running`` one whose spec (in ``specs``) did not change, each checked
     with the engine's ``check_target``. Raises ``TargetBuildError`` naming the
     first target that fails; the targets it built before are closed then."""
+    settings = loaded.settings
     built: dict[str, Target] = {}
     result: dict[str, Target] = {}
     try:
@@ -245,7 +229,7 @@ async def build_targets(
                 result[name] = running[name]
                 continue
             try:
-                target = _build_target(settings, spec, clock, dry_run)
+                target = _build_target(settings, loaded.classes[name], spec, clock, dry_run)
             except Exception as exc:
                 raise TargetBuildError(
                     f"target {name!r} ({spec.kind}) could not be built: {_reason(exc)}"
@@ -575,7 +559,7 @@ class Daemon:
             raise _Refused(f"people: {exc}") from exc
         try:
             targets = await build_targets(
-                settings, old.targets, old.specs, clock=self.clock, dry_run=self.dry_run
+                loaded, old.targets, old.specs, clock=self.clock, dry_run=self.dry_run
             )
         except TargetBuildError as exc:
             raise _Refused(str(exc)) from exc

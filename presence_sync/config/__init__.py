@@ -1,8 +1,11 @@
-"""The configuration: one YAML file in, one validated, frozen ``Settings`` out.
+"""The configuration: one YAML file in, validated and resolved once.
+
+``resolve()`` returns a ``Loaded``: the frozen ``Settings``, the rules
+compiled, each target's class; ``load()`` is its ``Settings`` alone.
 
 This package owns reading the file, ``${VAR}`` interpolation, ``x_file``
 secrets, the settings models, and every message an admin reads about a
-mistake in the file. ``load()`` works in four steps, one module each:
+mistake in the file. ``resolve()`` works in four steps, one module each:
 
 1. **Reading and positions** (``reading``). The YAML is composed into
    nodes (safe loader, YAML 1.2 scalars) and turned into plain dicts, lists
@@ -24,7 +27,7 @@ mistake in the file never ends in a traceback. Import from
 """
 
 from presence_sync.config.interpolation import interpolate
-from presence_sync.config.loader import load
+from presence_sync.config.loader import Loaded, load, resolve
 from presence_sync.config.models import (
     DEFAULT_NFON_URL,
     DEFAULT_STATE_PATH,
@@ -55,6 +58,7 @@ __all__ = [
     "HttpSettings",
     "HttpURL",
     "KeyPath",
+    "Loaded",
     "LoggingSettings",
     "MicrosoftSettings",
     "NfonSettings",
@@ -69,4 +73,5 @@ __all__ = [
     "load",
     "normalise_number",
     "parse_duration",
+    "resolve",
 ]

@@ -1,4 +1,4 @@
-"""``load()``: the four steps together, and every message about a mistake.
+"""``resolve()`` (and ``load()``): the four steps together, and every message about a mistake.
 
 ``_Checker`` collects problems while the steps run: interpolation (step 2),
 secret files (step 3) and validation (step 4) record each finding with the
@@ -14,6 +14,7 @@ import re
 import typing
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -30,10 +31,11 @@ from presence_sync.config.reading import Reader, read
 from presence_sync.config.secrets import UNREAD_SECRET, file_fields, leaf_types, read_secret
 from presence_sync.errors import ConfigError, ConfigProblem, KeyPath, key_path, unknown
 from presence_sync.model import STATUS_FIELDS
-from presence_sync.rules import compile_rules
+from presence_sync.rules import RuleSet, compile_rules
 from presence_sync.targets.base import (
     SHARED_SECTIONS,
     STANDARD_KINDS,
+    TargetFactory,
     TargetInfo,
     TargetOptions,
     UnknownTargetError,
@@ -41,12 +43,28 @@ from presence_sync.targets.base import (
     target_class,
 )
 
-__all__ = ["load"]
+__all__ = ["Loaded", "load", "resolve"]
 
 _M = typing.TypeVar("_M", bound=BaseModel)
 
 _TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _ABSENT: Final = object()
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A configuration file with everything the runtime needs resolved once:
+    the ``settings``, the compiled ``rules`` (without the directory's names:
+    ``RuleSet.with_names``) and the class of every enabled target by name."""
+
+    settings: Settings
+    rules: RuleSet
+    classes: Mapping[str, TargetFactory]
+
+    @property
+    def infos(self) -> Mapping[str, TargetInfo]:
+        """Each enabled target's class metadata, by target name."""
+        return {name: cls.info for name, cls in self.classes.items()}
 
 
 def load(
@@ -55,7 +73,19 @@ def load(
     *,
     secrets: Callable[[KeyPath], bool] | None = None,
 ) -> Settings:
-    """Read, check and return the configuration in ``path``.
+    """The settings of ``path``, checked completely as ``resolve`` does (the
+    rules included), for callers that need nothing more."""
+    return resolve(path, environ, secrets=secrets).settings
+
+
+def resolve(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    secrets: Callable[[KeyPath], bool] | None = None,
+) -> Loaded:
+    """Read, check and resolve the configuration in ``path``: its settings,
+    its rules compiled, its targets' classes found.
 
     ``environ`` (default ``os.environ``) serves ``${VAR}``, and its
     ``CREDENTIALS_DIRECTORY`` and ``STATE_DIRECTORY`` set where relative
@@ -84,14 +114,14 @@ def load(
     check.cross_check(data, raw_targets if isinstance(raw_targets, dict) else {})
     data["targets"] = specs
     settings = check.validate(Settings, data, ())
-    check.rules(data, settings)
+    rules = check.rules(data, settings)
 
-    if check.problems or settings is None:
+    if check.problems or settings is None or rules is None:
         unique = dict.fromkeys(check.problems)
         raise ConfigError(sorted(unique, key=lambda p: (p.line or 0, p.column or 0)))
     for warning in check.warnings(settings):
         settings.warn(warning)
-    return settings
+    return Loaded(settings, rules, {name: check.classes[name] for name in settings.targets})
 
 
 class _Checker:
@@ -124,6 +154,8 @@ class _Checker:
         # Every target whose kind could be loaded, valid options or not: the
         # rules are checked against these.
         self.infos: dict[str, TargetInfo] = {}
+        # The class of every target whose kind was found, looked up once.
+        self.classes: dict[str, TargetFactory] = {}
 
     def at(self, path: KeyPath, message: str, *, key: bool = False) -> None:
         line, column = self.index.locate(path, key=key)
@@ -307,6 +339,7 @@ class _Checker:
             self.at(kind_path, f"target kind {kind!r} cannot be loaded: no TargetInfo", key=True)
             return None
         self.infos[name] = info
+        self.classes[name] = cls
         self._required_sections(name, kind, info, root, path)
         options = self.prepare(cls.Options, options, path)
         validated = self.validate(cls.Options, options, path)
@@ -333,13 +366,13 @@ class _Checker:
 
     # -- the rules and the warnings ---------------------------------------------
 
-    def rules(self, data: Mapping[str, Any], settings: Settings | None) -> None:
-        """Compile ``rules:`` too, so that its problems are reported with all
-        the others in one go. Compiled again (with ``Settings.locate``) by
-        whoever runs them; this pass only looks for problems."""
+    def rules(self, data: Mapping[str, Any], settings: Settings | None) -> RuleSet | None:
+        """``rules:`` compiled (the one compilation the runtime uses), its
+        problems recorded with all the others so they are reported in one
+        go; None when there are any."""
         raw = data.get("rules")
         if raw is not None and not isinstance(raw, list):
-            return  # validation said so already
+            return None  # validation said so already
         if settings is not None:
             lists: Mapping[str, Mapping[str, str | None]] = settings.lists
             timezone = settings.timezone
@@ -351,12 +384,13 @@ class _Checker:
             timezone = _valid_zone(data.get("timezone"))
         people, groups = _people_and_groups(data.get("people"))
         try:
-            compile_rules(
+            return compile_rules(
                 raw,
                 targets=self.infos,
                 lists=lists,
                 timezone=timezone,
                 problem=self.problem,
+                locate=self.locate,
                 # Everyone is under `people:` today. Once a directory (an Entra
                 # group) adds people, pass None here or include them, or a rule
                 # naming one of those would be refused.
@@ -365,6 +399,10 @@ class _Checker:
             )
         except ConfigError as exc:
             self.problems.extend(exc.problems)
+            return None
+
+    def locate(self, path: Sequence[str | int]) -> tuple[int | None, int | None]:
+        return self.index.locate(tuple(path))
 
     def problem(self, path: Sequence[str | int], message: str) -> ConfigProblem:
         line, column = self.index.locate(tuple(path))

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from presence_sync import app
 from presence_sync.app import Daemon
+from presence_sync.clock import ManualClock
 from presence_sync.errors import TransientError
+from presence_sync.rules import compiler
 from presence_sync.schedule import guarded
+from presence_sync.targets import base
 
 
 async def test_a_failing_scheduled_job_logs_once_when_it_fails_and_once_when_it_recovers(
@@ -40,3 +45,62 @@ async def test_a_failing_scheduled_job_logs_once_when_it_fails_and_once_when_it_
 def test_the_daemon_has_no_runtime_before_it_runs(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="not running"):
         _ = Daemon(tmp_path / "config.yaml").runtime
+
+
+CONFIG = """\
+nfon:
+  customer: K1234
+  username: api
+  password: pw
+people:
+  - {extension: "100", email: anna@example.com}
+targets:
+  log: {}
+  hook: {kind: webhook, url: "https://hooks.example.com/x"}
+rules:
+  - when: {line: in-use}
+    set: {log: {text: On a call}, hook: {text: On a call}}
+state:
+  path: state.db
+http:
+  listen: ""
+"""
+
+
+async def test_loading_and_wiring_resolve_each_target_and_compile_the_rules_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups: list[str] = []
+    compiled: list[object] = []
+    builtin = dict(base.BUILTIN)
+
+    class Counting(dict[str, str]):
+        def get(self, kind: str, default: Any = None) -> Any:  # type: ignore[override]
+            lookups.append(kind)
+            return builtin.get(kind, default)
+
+    real_rules = compiler._Compiler.rules
+
+    def counting_rules(self: Any, raw: Any, zone: Any) -> Any:
+        compiled.append(raw)
+        return real_rules(self, raw, zone)
+
+    monkeypatch.setattr(base, "BUILTIN", Counting(builtin))
+    monkeypatch.setattr(compiler._Compiler, "rules", counting_rules)
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.replace("state.db", str(tmp_path / "s.db")))
+
+    loaded = app.load(config)
+    runtime = await app.wire(loaded, clock=ManualClock())
+    try:
+        assert sorted(lookups) == ["log", "webhook"]
+        assert len(compiled) == 1
+        assert set(runtime.targets) == {"log", "hook"}
+        # The runtime's rules are the compiled ones, with the directory's names.
+        assert runtime.rules.every_rule == loaded.rules.every_rule
+        assert runtime.rules.names == runtime.directory.name_for_number
+    finally:
+        runtime.feed.close()
+        await runtime.nfon.aclose()
+        await app.close_targets(runtime.targets.values())
+        runtime.store.close()
