@@ -3,7 +3,8 @@
 - ``load`` reads and validates a configuration file into a ``Loaded``;
 - ``wire`` builds a ``Runtime`` from it: store, directory, rules, targets,
   engine, the admin's pauses, line book, NFON client, the NFON → engine
-  ``Feed`` and the schedules, whole when it returns;
+  ``Feed`` and the schedules, whole when it returns; ``rewire`` builds the
+  ``Runtime`` of a reload beside the running one, just as whole;
 - ``Daemon`` is ``presence-sync run``: it loads and wires, then runs the
   lifecycle: the engine, both NFON streams, the schedules and the HTTP
   listener under one ``asyncio.TaskGroup``, signals, the systemd notify
@@ -69,12 +70,14 @@ __all__ = [
     "STREAM_GRACE",
     "Daemon",
     "Loaded",
+    "ReloadRefused",
     "Runtime",
     "TargetBuildError",
     "build_targets",
     "close_targets",
     "load",
     "log_warnings",
+    "rewire",
     "wire",
 ]
 
@@ -179,7 +182,7 @@ async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtim
             store.close()
         await close_targets(targets.values())
         raise
-    feed = Feed(nfon, lines, engine, directory, clock, settle=_settle(loaded))
+    feed = _feed(loaded, nfon, lines, engine, directory, clock)
     return Runtime(
         loaded=loaded,
         rules=rules,
@@ -261,6 +264,30 @@ def _settle(loaded: Loaded) -> float:
     return loaded.settings.nfon.call_settle if loaded.rules.uses_call_context else 0.0
 
 
+def _feed(
+    loaded: Loaded,
+    nfon: NfonClient,
+    lines: Lines,
+    engine: Engine,
+    directory: Directory,
+    clock: Clock,
+    *,
+    replaces: Feed | None = None,
+) -> Feed:
+    """The NFON → engine feed of ``loaded``, whole: its call settle from the
+    rules, and (when it ``replaces`` a feed on a reload) that one's last
+    full resync, which the status page goes on showing."""
+    return Feed(
+        nfon,
+        lines,
+        engine,
+        directory,
+        clock,
+        settle=_settle(loaded),
+        last_resync=None if replaces is None else replaces.last_resync,
+    )
+
+
 def _schedules(settings: Settings, feed: Feed, engine: Engine, store: Store) -> Schedules:
     async def reevaluate() -> None:
         engine.reevaluate()
@@ -288,16 +315,54 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _nfon_part(settings: Settings) -> tuple[Any, Any]:
-    """What the NFON client is built from (a change reconnects the streams)."""
-    return settings.nfon.model_dump(exclude={"call_settle"}), settings.tls
+class ReloadRefused(PresenceSyncError):
+    """A reload that cannot be applied; the message says why."""
+
+
+async def rewire(
+    old: Runtime, loaded: Loaded, *, clock: Clock, dry_run: bool = False
+) -> tuple[Runtime, bool]:
+    """The runtime of ``loaded`` for a reload, whole, beside ``old`` (which
+    keeps running until the daemon switches): the store, directory, engine,
+    pauses and line book are ``old``'s; targets whose spec did not change are
+    reused; the NFON client, feed and schedules are new only when the NFON
+    settings changed (the ``bool``, which then means: reconnect). Nothing is
+    switched or started here. Raises ``ReloadRefused`` (having closed what
+    it built)."""
+    settings = loaded.settings
+    try:
+        Directory(settings.people)  # the same checks replace_people makes
+    except ConfigError as exc:
+        raise ReloadRefused(f"people: {exc}") from exc
+    try:
+        targets = await build_targets(loaded, old.targets, old.specs, clock=clock, dry_run=dry_run)
+    except TargetBuildError as exc:
+        raise ReloadRefused(str(exc)) from exc
+    nfon_changed = NfonClient.parameters(settings) != NfonClient.parameters(old.settings)
+    nfon, feed, schedules = old.nfon, old.feed, old.schedules
+    if nfon_changed:
+        try:
+            nfon = NfonClient.from_settings(settings, clock=clock)
+        except Exception as exc:
+            running = {id(t) for t in old.targets.values()}
+            await close_targets(t for t in targets.values() if id(t) not in running)
+            raise ReloadRefused(f"NFON client could not be built: {_reason(exc)}") from exc
+        feed = _feed(loaded, nfon, old.lines, old.engine, old.directory, clock, replaces=old.feed)
+        schedules = _schedules(settings, feed, old.engine, old.store)
+    new = dataclasses.replace(
+        old,
+        loaded=loaded,
+        rules=loaded.rules.with_names(old.directory.name_for_number),
+        targets=targets,
+        specs=dict(settings.targets),
+        nfon=nfon,
+        feed=feed,
+        schedules=schedules,
+    )
+    return new, nfon_changed
 
 
 # --- the daemon --------------------------------------------------------------------------
-
-
-class _Refused(Exception):
-    """A reload that cannot be applied; the message says why."""
 
 
 class Daemon:
@@ -531,8 +596,8 @@ class Daemon:
             return self._refuse("invalid configuration", [str(p) for p in exc.problems])
         log_warnings(loaded.settings)
         try:
-            new, nfon_changed = await self._prepare(old, loaded)
-        except _Refused as exc:
+            new, nfon_changed = await rewire(old, loaded, clock=self.clock, dry_run=self.dry_run)
+        except ReloadRefused as exc:
             return self._refuse(str(exc))
         self._switch(old, new, nfon_changed, group)
         retired = [t for n, t in old.targets.items() if new.targets.get(n) is not t]
@@ -549,44 +614,6 @@ class Daemon:
         systemd.notify("READY=1", f"STATUS={self.readiness().status}")
         return True
 
-    async def _prepare(self, old: Runtime, loaded: Loaded) -> tuple[Runtime, bool]:
-        """Build and check everything ``loaded`` needs beside what ``old``
-        already runs; raises ``_Refused`` (having closed what it built)."""
-        settings = loaded.settings
-        try:
-            Directory(settings.people)  # the same checks replace_people makes
-        except ConfigError as exc:
-            raise _Refused(f"people: {exc}") from exc
-        try:
-            targets = await build_targets(
-                loaded, old.targets, old.specs, clock=self.clock, dry_run=self.dry_run
-            )
-        except TargetBuildError as exc:
-            raise _Refused(str(exc)) from exc
-        nfon_changed = _nfon_part(settings) != _nfon_part(old.settings)
-        nfon, feed, schedules = old.nfon, old.feed, old.schedules
-        if nfon_changed:
-            try:
-                nfon = NfonClient.from_settings(settings, clock=self.clock)
-            except Exception as exc:
-                running = {id(t) for t in old.targets.values()}
-                await close_targets(t for t in targets.values() if id(t) not in running)
-                raise _Refused(f"NFON client could not be built: {_reason(exc)}") from exc
-            feed = Feed(nfon, old.lines, old.engine, old.directory, self.clock)
-            feed.last_resync = old.feed.last_resync
-            schedules = _schedules(settings, feed, old.engine, old.store)
-        new = dataclasses.replace(
-            old,
-            loaded=loaded,
-            rules=loaded.rules.with_names(old.directory.name_for_number),
-            targets=targets,
-            specs=dict(settings.targets),
-            nfon=nfon,
-            feed=feed,
-            schedules=schedules,
-        )
-        return new, nfon_changed
-
     def _switch(
         self, old: Runtime, new: Runtime, nfon_changed: bool, group: asyncio.TaskGroup
     ) -> None:
@@ -598,7 +625,10 @@ class Daemon:
         new.engine.set_targets(new.targets)
         new.engine.set_rules(new.rules)
         new.engine.set_people(new.directory.people())
-        new.feed.settle = _settle(new.loaded)
+        if not nfon_changed:
+            # The running feed stays (its streams with it); the new rules may
+            # wait for call events differently. A new feed was built so.
+            new.feed.settle = _settle(new.loaded)
         if nfon_changed:
             log.info("NFON settings changed: reconnecting the streams")
             for task in self._stream_tasks:

@@ -47,8 +47,10 @@ log = logging.getLogger(__name__)
 class Feed:
     """Keeps ``lines`` and ``engine`` in step with what ``nfon`` reports.
 
-    ``settle`` (seconds, settable on reload) is the call settle described in
-    the module docstring; 0 hands every view over at once.
+    ``settle`` (seconds) is the call settle described in the module
+    docstring; 0 hands every view over at once. A reload that keeps this
+    feed (NFON unchanged) sets it again for the new rules; one that replaces
+    the feed hands the old one's ``last_resync`` to the new one.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class Feed:
         clock: Clock,
         *,
         settle: float = 0.0,
+        last_resync: datetime | None = None,
     ) -> None:
         self.nfon = nfon
         self.lines = lines
@@ -69,7 +72,7 @@ class Feed:
         self.settle = settle
         self.bootstrapped = False
         """The states stream delivered a full state at least once."""
-        self.last_resync: datetime | None = None
+        self.last_resync: datetime | None = last_resync
         """When the last full resync from the snapshot finished."""
         self._held: dict[str, asyncio.Task[None]] = {}
         self.calls = CallMeter(clock)

@@ -139,24 +139,29 @@ class NfonClient:
         clock: Clock | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> NfonClient:
-        """Build from ``config.Settings``: reads ``settings.nfon`` (base_url,
-        customer, username, password, request_timeout, liveness_timeout,
-        reconnect_max_delay) and ``settings.tls.ca_bundle``."""
+        """Build from ``config.Settings``: what ``parameters`` reads."""
+        return cls(**cls.parameters(settings), clock=clock, transport=transport)
+
+    @staticmethod
+    def parameters(settings: Any) -> dict[str, Any]:
+        """What a client is built from out of ``config.Settings``:
+        ``settings.nfon`` (base_url, customer, username, password,
+        request_timeout, liveness_timeout, reconnect_max_delay) and
+        ``settings.tls.ca_bundle``. A reload whose parameters differ needs a
+        new client (and reconnects the streams); nothing else does."""
         nfon = settings.nfon
         tls = getattr(settings, "tls", None)
         ca_bundle = getattr(tls, "ca_bundle", None)
-        return cls(
-            str(nfon.base_url),
-            nfon.customer,
-            nfon.username,
-            nfon.password,
-            verify=str(ca_bundle) if ca_bundle else True,
-            clock=clock,
-            request_timeout=float(nfon.request_timeout),
-            liveness_timeout=float(nfon.liveness_timeout),
-            reconnect_max_delay=float(nfon.reconnect_max_delay),
-            transport=transport,
-        )
+        return {
+            "base_url": str(nfon.base_url),
+            "customer": nfon.customer,
+            "username": nfon.username,
+            "password": nfon.password,
+            "verify": str(ca_bundle) if ca_bundle else True,
+            "request_timeout": float(nfon.request_timeout),
+            "liveness_timeout": float(nfon.liveness_timeout),
+            "reconnect_max_delay": float(nfon.reconnect_max_delay),
+        }
 
     def __repr__(self) -> str:
         return f"NfonClient({str(self._rest.base_url)!r}, customer={self.customer!r})"

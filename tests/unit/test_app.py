@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from presence_sync import app
 from presence_sync.app import Daemon
 from presence_sync.clock import ManualClock
 from presence_sync.errors import TransientError
+from presence_sync.feed import Feed
 from presence_sync.rules import compiler
 from presence_sync.schedule import guarded
 from presence_sync.targets import base
@@ -104,3 +106,49 @@ async def test_loading_and_wiring_resolve_each_target_and_compile_the_rules_once
         await runtime.nfon.aclose()
         await app.close_targets(runtime.targets.values())
         runtime.store.close()
+
+
+CALL_RULES = """\
+rules:
+  - when: {line: in-use, direction: outbound}
+    set: {log: {text: Calling out}}
+"""
+
+
+async def test_a_reload_builds_a_new_feed_whole(tmp_path: Path) -> None:
+    """A reload that changes NFON builds a new feed with its call settle and
+    the last resync of the one it replaces; one that does not keeps the feed
+    and the NFON client."""
+    config = tmp_path / "config.yaml"
+    plain = CONFIG.replace("state.db", str(tmp_path / "s.db"))
+    config.write_text(plain)
+    clock = ManualClock()
+    old = await app.wire(app.load(config), clock=clock, dry_run=True)
+    resynced = clock.now()
+    old = dataclasses.replace(
+        old, feed=Feed(old.nfon, old.lines, old.engine, old.directory, clock, last_resync=resynced)
+    )
+    rules = plain[: plain.index("rules:")] + CALL_RULES + plain[plain.index("state:") :]
+    built: list[app.Runtime] = []
+    try:
+        config.write_text(rules.replace("password: pw", "password: pw\n  call_settle: 2s"))
+        same, nfon_changed = await app.rewire(old, app.load(config), clock=clock, dry_run=True)
+        built.append(same)
+        assert not nfon_changed
+        assert same.feed is old.feed
+        assert same.nfon is old.nfon
+
+        config.write_text(rules.replace("customer: K1234", "customer: K9876"))
+        new, nfon_changed = await app.rewire(old, app.load(config), clock=clock, dry_run=True)
+        built.append(new)
+        assert nfon_changed
+        assert new.feed is not old.feed
+        assert new.feed.nfon is new.nfon
+        assert new.feed.settle == 0.3  # nfon.call_settle's default: the rules look at calls
+        assert new.feed.last_resync == resynced
+        assert new.rules.names == old.directory.name_for_number
+    finally:
+        for runtime in [*built, old]:
+            runtime.feed.close()
+            await runtime.nfon.aclose()
+        old.store.close()
