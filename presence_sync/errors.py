@@ -4,12 +4,25 @@
 PresenceSyncError
 ├── ConfigError            the admin's input is wrong; print it, no traceback, exit 78
 ├── AuthError              credentials rejected; stop hammering, alert loudly
+│   └── CredentialsRejected  (nfon.auth) NFON refused the login; wait ``retry_in`` seconds
 ├── UpstreamError          a remote API misbehaved
 │   ├── TransientError     try again later (``retry_after`` seconds when the server said)
 │   └── PermanentError     this request will never succeed as it is; do not retry it
-├── StreamError            an event stream ended or stalled; reconnect
-└── StoreError             the state database cannot be used (newer schema, damaged, full)
+│       └── SlackRefused   (targets.slack_client) Slack said no for this person (``error``)
+├── StoreError             the state database cannot be used (newer schema, damaged, full)
+├── PauseError             a pause or resume cannot be done; say why (the API: 4xx)
+│   ├── UnknownPerson      (pauses) nobody configured is that person: 404
+│   └── BadPause           (pauses) no such target, or a duration out of range: 400
+├── TargetBuildError       (app) a target cannot be built or run; refuse the start or reload
+├── ReloadRefused          (app) a reload cannot be applied; keep running as before
+├── DaemonDown             (tools.client) nothing answers at the daemon's address
+├── ApiError               (tools.client) the daemon answered an admin's command with an error
+└── TestCallFailed         (tools.testcall) a step of ``check --test-call`` did not happen
 ```
+
+The classes marked with a module live there, beside what raises them; the
+others live here. ``tests/unit/test_errors.py`` compares this drawing with
+the classes themselves, so it stays the truth.
 
 ``ConfigError`` carries where the problem is (file, line, key path) so that the
 CLI can print ``config.yaml:12:5: nfon.base_url: ...``. Every stage that checks
@@ -34,10 +47,10 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "KeyPath",
+    "PauseError",
     "PermanentError",
     "PresenceSyncError",
     "StoreError",
-    "StreamError",
     "TransientError",
     "UpstreamError",
     "closest",
@@ -180,11 +193,11 @@ class PermanentError(UpstreamError):
     parked until what we want for it changes."""
 
 
-class StreamError(PresenceSyncError):
-    """An event stream ended, stalled or could not be opened; the consumer
-    reconnects with backoff."""
-
-
 class StoreError(PresenceSyncError):
     """The store cannot be used as it is: the message says what the admin
     should do (upgrade, move a damaged file aside, free disk space)."""
+
+
+class PauseError(PresenceSyncError):
+    """A pause or resume that cannot be done; the message says why in words
+    an admin understands (``pauses`` raises its two kinds)."""

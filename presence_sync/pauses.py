@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
 from presence_sync.clock import Clock
-from presence_sync.errors import StoreError
+from presence_sync.errors import PauseError, StoreError
 from presence_sync.model import Person, find_person
 from presence_sync.ops.logging import kv
 from presence_sync.store import PauseRow, Store
@@ -53,11 +53,6 @@ LONGEST_PAUSE: Final = 366 * 86400.0
 _MAX_SLEEP: Final = 60.0
 """The end-time timer looks again at least this often (seconds), so a wall
 clock that jumps ends a pause at most this late."""
-
-
-class PauseError(Exception):
-    """A pause or resume that cannot be done; the message says why in words
-    an admin understands."""
 
 
 class UnknownPerson(PauseError, LookupError):
