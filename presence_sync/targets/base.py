@@ -60,22 +60,12 @@ BUILTIN: Mapping[str, str] = {
 }
 
 
-STANDARD_KINDS: frozenset[str] = frozenset(
-    {
-        "teams_presence",
-        "teams_status_message",
-        "outlook_calendar",
-        "slack_status",
-        "slack_dnd",
-        "webhook",
-        "log",
-    }
-)
-"""The target kinds DESIGN.md names. A person's ids and opt-outs may mention
-them even while they are not enabled (they are then unused), so switching a
-target off does not invalidate ``people:``; any other name must be an enabled
-target. A rule must name enabled targets only: one that sets a target that is
-off could never decide anything."""
+STANDARD_KINDS: frozenset[str] = frozenset(BUILTIN)
+"""The built-in kinds (those DESIGN.md names). A person's ids and opt-outs
+may mention them even while they are not enabled (they are then unused), so
+switching a target off does not invalidate ``people:``; any other name must
+be an enabled target. A rule must name enabled targets only: one that sets a
+target that is off could never decide anything."""
 
 
 SHARED_SECTIONS: frozenset[str] = frozenset({"microsoft", "slack", "tls", "timezone"})

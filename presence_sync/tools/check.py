@@ -28,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
+import random
 import sys
 import time
 import unicodedata
@@ -40,8 +42,9 @@ from typing import Any, TextIO, TypeVar
 from urllib.parse import quote
 
 from presence_sync.app import Loaded, load
-from presence_sync.clock import SystemClock
+from presence_sync.clock import Clock, SystemClock
 from presence_sync.config import Settings
+from presence_sync.engine import MIN_RETRY_AFTER, Backoff
 from presence_sync.errors import AuthError, PermanentError, TransientError, UpstreamError
 from presence_sync.model import Person
 from presence_sync.net import user_agent
@@ -75,6 +78,9 @@ SLACK_CONCURRENCY = 4
 """Slack lookups at once: ``users.lookupByEmail`` is Tier 3 (about 50 a minute)."""
 ATTEMPTS = 4
 """Tries per lookup before a transient failure counts as the person's problem."""
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+"""The engine's ``Backoff`` between tries of a lookup (seconds, full jitter)."""
 LIST_PAGE = 200
 """Members per ``users.list`` page: Slack recommends "no more than 200"."""
 PROGRESS_INTERVAL = 5.0
@@ -181,17 +187,32 @@ class _Gate:
     the service asked us to wait, and stopped (``stopped``) once it refused
     our credentials or did not answer ``ATTEMPTS`` times in a row: thousands
     of people are not each tried with credentials that do not work, or
-    against a service that is down."""
+    against a service that is down.
 
-    def __init__(self, limit: int, progress: _Progress, service: str) -> None:
+    Waiting is the engine's: a ``Retry-After`` pause no shorter than
+    ``MIN_RETRY_AFTER``, the engine's ``Backoff`` (full jitter) between
+    failures, both on the injected ``clock``."""
+
+    def __init__(
+        self,
+        limit: int,
+        progress: _Progress,
+        service: str,
+        *,
+        clock: Clock,
+        backoff: Backoff,
+    ) -> None:
         self._slots = asyncio.Semaphore(limit)
-        self._resume_at = 0.0
+        self._clock = clock
+        self._backoff = backoff
+        self._resume_at = -math.inf
         self._progress = progress
         self._service = service
         self.stopped: AuthError | TransientError | None = None
 
     def pause(self, seconds: float) -> None:
-        self._resume_at = max(self._resume_at, time.monotonic() + seconds)
+        seconds = max(seconds, MIN_RETRY_AFTER)
+        self._resume_at = max(self._resume_at, self._clock.monotonic() + seconds)
         self._progress.note(f"{self._service} asked us to wait {seconds:.0f} s")
 
     async def run(self, work: Callable[[], Awaitable[T]], *, refuse: bool = True) -> T:
@@ -202,12 +223,12 @@ class _Gate:
         later call raises the same at once. ``refuse=False``: the call does
         not use the shared credentials (a person's own token), so it neither
         stops the gate nor is stopped by it."""
-        backoff, failures = 0.5, 0
+        failures = 0
         while True:
             async with self._slots:
                 # A deadline, not an event: a pause set meanwhile extends it.
-                while (wait := self._resume_at - time.monotonic()) > 0:  # noqa: ASYNC110
-                    await asyncio.sleep(wait)
+                while (wait := self._resume_at - self._clock.monotonic()) > 0:
+                    await self._clock.sleep(wait)
                 if refuse and self.stopped is not None:
                     raise self.stopped
                 try:
@@ -225,8 +246,7 @@ class _Gate:
                         if refuse:
                             self.stopped = exc
                         raise
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+            await self._clock.sleep(self._backoff.delay(failures))
 
 
 class _Progress:
@@ -314,8 +334,11 @@ class _Resolver:
             self.slack = SlackClient(name, settings.slack, env)
         self.slack_members: dict[str, Mapping[str, object]] | None = None
         """Slack's members by e-mail (``slack_directory``), None: unknown."""
-        self.graph_gate = _Gate(GRAPH_CONCURRENCY, progress, "Microsoft Graph")
-        self.slack_gate = _Gate(SLACK_CONCURRENCY, progress, "Slack")
+        backoff = Backoff(random.Random(), base=BACKOFF_BASE, cap=BACKOFF_CAP)
+        self.graph_gate = _Gate(
+            GRAPH_CONCURRENCY, progress, "Microsoft Graph", clock=clock, backoff=backoff
+        )
+        self.slack_gate = _Gate(SLACK_CONCURRENCY, progress, "Slack", clock=clock, backoff=backoff)
 
     async def close(self) -> None:
         if self.graph is not None:
