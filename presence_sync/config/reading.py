@@ -285,7 +285,14 @@ class Reader:
             )
         self.index.values[path] = _position(node)
         if isinstance(node, yaml.ScalarNode):
-            return self.loader.construct_object(node)
+            try:
+                return self.loader.construct_object(node)
+            except (ValueError, TypeError, ArithmeticError):
+                # An explicit tag its text cannot be (``!!float Anna``):
+                # SafeConstructor lets Python's own error out.
+                tag = node.tag.removeprefix(_TAG)
+                self._problem(node, path, f"not a valid !!{tag}: {str(node.value)[:40]!r}")
+                return None
         if id(node) in self._open:
             self._problem(node, path, "an alias refers to a value that contains it")
             return None
