@@ -603,6 +603,43 @@ def test_unreadable_secret_file_names_path_not_secret(
     assert len(found) == 2  # no follow-up "password: required key missing"
 
 
+def test_missing_client_secret_file_is_one_problem_naming_the_unit_line(
+    write: Callable[[str], Path],
+) -> None:
+    path = write(
+        BASE + "microsoft:\n  tenant_id: t\n  client_id: c\n  client_secret_file: ms-secret\n"
+    )
+
+    found = one_problem(path, {})  # no "no credential: give client_secret" beside it
+
+    assert (found.key, found.line) == (
+        "microsoft.client_secret_file",
+        line_of(path, "client_secret_file"),
+    )
+    assert found.message.startswith(f"cannot read {path.parent / 'ms-secret'}: No such file")
+    assert "LoadCredential=ms-secret:/etc/credstore/presence-sync/ms-secret" in found.message
+    assert "presence-sync check --credentials DIR" in found.message
+
+
+def test_missing_credential_under_systemd_names_the_unit_line(
+    write: Callable[[str], Path], tmp_path: Path
+) -> None:
+    path = write(BASE.replace("password: nfon-secret-pw", "password_file: nfon-password"))
+
+    found = one_problem(path, {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")})
+
+    assert "LoadCredential=nfon-password:/etc/credstore/presence-sync/nfon-password" in (
+        found.message
+    )
+    assert "--credentials" not in found.message
+
+
+def test_no_credential_at_all_is_still_said(write: Callable[[str], Path]) -> None:
+    path = write(BASE + "microsoft:\n  tenant_id: t\n  client_id: c\n")
+    found = one_problem(path)
+    assert found.message.startswith("no credential: give client_secret")
+
+
 @pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o640, True), (0o600, False)])
 def test_secret_file_readable_by_others_is_warned_about(
     write: Callable[[str], Path],
