@@ -142,7 +142,7 @@ def _outcome(path: Path, environ: dict[str, str]) -> Settings | ConfigError:
 
 @pytest.mark.parametrize("part", range(4))
 def test_mutated_configs_load_or_fail_as_config_errors(tmp_path: Path, part: int) -> None:
-    """1,000 mutants per part, 4,000 in all (a part runs in some 5 s)."""
+    """750 mutants per part, 3,000 in all (a part takes some 2 s of CPU)."""
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "nfon-password").write_text("secret\n")
@@ -156,7 +156,7 @@ def test_mutated_configs_load_or_fail_as_config_errors(tmp_path: Path, part: int
     seed = 20261208 + part
     rng = random.Random(seed)
     loaded = refused = 0
-    for n in range(1000):
+    for n in range(750):
         mutant = mutate(SEED_CONFIG, rng)
         path.write_bytes(mutant)
         try:
@@ -176,7 +176,7 @@ def test_mutated_configs_load_or_fail_as_config_errors(tmp_path: Path, part: int
     # The mutator neither breaks everything nor nothing.
     print(f"seed {seed}: {loaded} mutants loaded, {refused} refused")
     assert loaded >= 10, (loaded, refused)
-    assert refused >= 500, (loaded, refused)
+    assert refused >= 400, (loaded, refused)
 
 
 WHOLE_FILE = {"the file is empty"}
@@ -337,7 +337,7 @@ _PARSERS: list[Callable[[Any], object]] = [
 
 
 @settings(
-    max_examples=400,
+    max_examples=300,
     derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
