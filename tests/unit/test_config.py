@@ -339,6 +339,19 @@ def test_merge_chain_is_cut_off_at_its_budget(write: Callable[[str], Path]) -> N
     assert found.line < 500
 
 
+def test_alias_bomb_is_cut_off_with_its_line(write: Callable[[str], Path]) -> None:
+    laughs = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)
+    )
+    path = write(BASE + "lists:\n" + "".join("  " + line for line in laughs.splitlines(True)))
+
+    found = one_problem(path)
+
+    assert found.message == "aliases (*name) expand to more than 100000 values (an alias bomb?)"
+    assert found.line is not None
+    assert found.line > line_of(path, "lists:")
+
+
 def test_mapping_merged_twice_is_merged_once() -> None:
     # PyYAML up to 6.0.3 doubled the pairs at each level: 2**30 here.
     text = "a0: &a0 {x: 1, y: 2}\n" + "".join(
