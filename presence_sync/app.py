@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -54,7 +55,7 @@ from presence_sync.net import parse_listen, user_agent
 from presence_sync.nfon import NfonClient
 from presence_sync.ops import logging as ops_logging
 from presence_sync.ops import metrics, systemd
-from presence_sync.ops.http import Listener, build_app, is_loopback
+from presence_sync.ops.http import Listener, bind, build_app, is_loopback
 from presence_sync.ops.logging import kv
 from presence_sync.ops.pause_api import minimal_person, pause_routes
 from presence_sync.ops.status import Parts, PauseView, StatusBuilder
@@ -365,6 +366,35 @@ async def rewire(
 # --- the daemon --------------------------------------------------------------------------
 
 
+def cannot_listen(settings: Settings, exc: OSError) -> ConfigError:
+    """The config error, at ``http.listen``, for an address we cannot listen on."""
+    listen = settings.http.listen
+    if exc.errno == errno.EADDRINUSE:
+        why = (
+            f"{listen} is in use by another program (another presence-sync?): "
+            "stop it, or choose another port"
+        )
+    elif exc.errno == errno.EACCES:
+        why = f"not allowed to listen on {listen}: ports below 1024 need privileges"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        why = f"cannot listen on {listen}: no network interface of this machine has that address"
+    else:
+        why = f"cannot listen on {listen}: {exc.strerror or exc}"
+    return ConfigError([settings.problem(["http", "listen"], why)])
+
+
+def _try_listen(settings: Settings) -> None:
+    """Bind ``http.listen`` once and let it go; ``ConfigError`` (exit 78)
+    when the address cannot be had. The listener binds it again once the
+    runtime exists (``SO_REUSEADDR``, so at once)."""
+    if not settings.http.listen:
+        return
+    try:
+        bind(*parse_listen(settings.http.listen)).close()
+    except OSError as exc:
+        raise cannot_listen(settings, exc) from None
+
+
 class Daemon:
     """``presence-sync run``: loads ``config_path``, wires it and runs it
     until stopped (see the module docstring).
@@ -436,6 +466,10 @@ class Daemon:
         if self._configure_logging:
             ops_logging.configure(settings.logging.level, settings.logging.format)
         log_warnings(settings)
+        # Before anything exists (the state database above all): a port
+        # that is taken is the admin's to fix, and systemd must not restart
+        # into it forever.
+        _try_listen(settings)
         runtime = await wire(loaded, clock=self.clock, dry_run=self.dry_run)
         self._runtime = runtime
         metrics.CONFIG_LAST_RELOAD_SUCCESS.set(self.clock.now().timestamp())
@@ -537,8 +571,8 @@ class Daemon:
         )
         try:
             listener = Listener(app, http.listen)
-        except OSError as exc:
-            raise PresenceSyncError(f"cannot listen on {http.listen}: {exc}") from exc
+        except OSError as exc:  # taken since _try_listen
+            raise cannot_listen(settings, exc) from None
         self.listen_address = listener.address
         host, port = listener.address[:2]
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

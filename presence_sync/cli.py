@@ -6,7 +6,10 @@ Exit codes: 0 done, or a long-running command (``run``, ``demo``, ``sim *``,
 what a systemd unit expects of ``systemctl stop``; 1 runtime failure; 2 usage
 error (argparse, also a simulator's port that is taken); 78 (``EX_CONFIG``)
 invalid configuration, which the systemd unit does not restart on; 130 a
-one-shot command interrupted by Ctrl-C before it finished.
+one-shot command interrupted by Ctrl-C before it finished; 141 (128 +
+SIGPIPE) the reader of its output went away (``... | head``): the command
+ends quietly, as a Unix tool killed by SIGPIPE does, and a shell's
+``pipefail`` sees it.
 
 The daemon's modules are imported inside the commands, so ``--help`` stays
 fast and a simulator command never loads the daemon. (The simulator
@@ -31,6 +34,9 @@ from presence_sync.errors import EX_CONFIG, ConfigError, PresenceSyncError
 from presence_sync.sim import options
 
 __all__ = ["main"]
+
+EX_PIPE = 128 + signal.SIGPIPE
+"""A closed pipe on stdout: what a shell reports for a tool SIGPIPE ended."""
 
 
 def default_config() -> str:
@@ -471,4 +477,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except (BrokenPipeError, BaseExceptionGroup) as exc:
+        # Also from inside a TaskGroup (``nfon watch``): a group of them.
+        if not _only_broken_pipes(exc):
+            raise
+        return _output_closed()
     return code
+
+
+def _only_broken_pipes(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_broken_pipes(inner) for inner in exc.exceptions)
+    return isinstance(exc, BrokenPipeError)
+
+
+def _output_closed() -> int:
+    """Whoever read our output is gone (``| head``): stop quietly. stdout
+    now points at /dev/null, so the interpreter's last flush of what is
+    still buffered does not fail again with a traceback on the way out."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EX_PIPE

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import re
@@ -175,17 +176,21 @@ class Watcher:
     """Looks at what each simulator shows every ``WATCH_INTERVAL`` seconds
     from a thread of its own and prints a line per change:
     ``10:31:02  Anna Schmidt · Teams: Busy/In a call``. ``views`` maps a
-    label to a function giving every person's text for it (by e-mail)."""
+    label to a function giving every person's text for it (by e-mail).
+    ``closed()`` is called (from its thread) when ``out`` is a pipe whose
+    reader went away (``demo | head``); it prints nothing more then."""
 
     def __init__(
         self,
         names: dict[str, str],
         views: dict[str, Callable[[], dict[str, str]]],
         out: TextIO,
+        closed: Callable[[], None],
     ) -> None:
         self.names = names
         self.views = views
         self.out = out
+        self.closed = closed
         self._stop = threading.Event()
         self._seen: dict[tuple[str, str], str] = {}
         self._thread = threading.Thread(target=self._run, name="demo-watcher", daemon=True)
@@ -203,6 +208,9 @@ class Watcher:
         while not self._stop.wait(WATCH_INTERVAL):
             try:
                 self._look(report=True)
+            except BrokenPipeError:
+                self.closed()
+                return
             except Exception as exc:  # a simulator going away at the very end
                 if not self._stop.is_set():
                     print(f"demo: cannot read a simulator: {exc}", file=sys.stderr)
@@ -309,14 +317,31 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                 "webhook": webhook,
             },
             out,
+            lambda: _call_in(loop, output_closed),
         )
         daemon = Daemon(config)
         loop = asyncio.get_running_loop()
+        closed = False
+
+        def output_closed() -> None:
+            # Whoever read the demo's lines is gone: it has no one to show
+            # anything to, so it stops (and the command exits as for ``| head``).
+            nonlocal closed
+            closed = True
+            daemon.stop()
+
         calls_rng = random.Random()
         calls = asyncio.run_coroutine_threadsafe(
             random_calls(nfon_sim, args.calls_per_minute, calls_rng), nfon.running.loop
         )
         started = asyncio.ensure_future(_when_listening(daemon, out, config, services, watcher))
+        started.add_done_callback(
+            lambda task: (
+                output_closed()
+                if not task.cancelled() and isinstance(task.exception(), BrokenPipeError)
+                else None
+            )
+        )
         stopper = None
         if args.duration is not None:
             stopper = loop.call_later(args.duration, daemon.stop)
@@ -328,6 +353,8 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             watcher.stop()
             if stopper is not None:
                 stopper.cancel()
+        if closed:
+            raise BrokenPipeError(errno.EPIPE, "the demo's output was closed")
         count = len(receiver.deliveries)
         print(
             f"\ndemo finished: the webhook receiver got {count} signed "
@@ -336,6 +363,11 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             flush=True,
         )
         return code
+
+
+def _call_in(loop: asyncio.AbstractEventLoop, function: Callable[[], None]) -> None:
+    """Run ``function`` in ``loop`` soon (from another thread)."""
+    loop.call_soon_threadsafe(function)
 
 
 async def _when_listening(

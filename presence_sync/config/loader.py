@@ -124,6 +124,22 @@ def resolve(
     return Loaded(settings, rules, {name: check.classes[name] for name in settings.targets})
 
 
+def _credential_hint(given: str, environ: Mapping[str, str]) -> str:
+    """What to do about a relative secret file that is not there: it is a
+    systemd credential the unit must load (``LoadCredential=``), and
+    ``check`` reads the credential store with ``--credentials``."""
+    if Path(given).is_absolute() or "/" in given.strip():
+        return ""
+    name = given.strip()
+    hint = (
+        f" (a systemd credential: add `LoadCredential={name}:/etc/credstore/presence-sync/"
+        f"{name}` to the unit, see systemd/README.md"
+    )
+    if not environ.get("CREDENTIALS_DIRECTORY"):
+        hint += "; outside the service `presence-sync check --credentials DIR` reads it from DIR"
+    return hint + ")"
+
+
 class _Checker:
     """Collects problems while ``load()`` runs; knows the file's positions."""
 
@@ -236,6 +252,10 @@ class _Checker:
             secret_path = (Path(base) if base else self.context.base_dir) / secret_path
         try:
             data[name] = read_secret(secret_path, key=key_path(file_path))
+        except FileNotFoundError as exc:
+            message = f"cannot read {secret_path}: {exc.strerror or exc}"
+            self.at(file_path, message + _credential_hint(given, self.environ))
+            return
         except OSError as exc:
             self.at(file_path, f"cannot read {secret_path}: {exc.strerror or exc}")
             return
@@ -261,6 +281,10 @@ class _Checker:
         relative, value, on_key = _follow(data, error["loc"], kind)
         path = base + relative
         if any(path[: len(done)] == done for done in self.failed):
+            return
+        if kind == "value_error" and any(done[:-1] == path for done in self.failed):
+            # A section's own check ("no credential: give client_secret")
+            # after one of its secret files could not be read: already said.
             return
         if kind == "missing":
             line, column = self.index.locate(path[:-1], key=True)

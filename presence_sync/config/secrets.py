@@ -8,7 +8,6 @@ A secret file that group or others may read is used, with a warning.
 from __future__ import annotations
 
 import logging
-import os
 import stat
 import types
 import typing
@@ -17,6 +16,7 @@ from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, SecretStr
 
+from presence_sync.config.reading import read_bounded
 from presence_sync.sections import warn_if_exposed
 
 __all__ = [
@@ -73,13 +73,13 @@ def read_secret(path: Path, *, key: str = "") -> str:
     Logs a warning (naming ``path`` and the config ``key`` that points to it,
     never the content) when group or others may read the file.
     """
-    with path.open("rb") as handle:
-        # The mode of the file actually opened, not of a name that may change.
-        mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
-        raw = handle.read(_MAX_SECRET_BYTES + 1)
-    warn_if_exposed(path, mode, key=key)
-    if len(raw) > _MAX_SECRET_BYTES:
-        raise ValueError(f"{path} is larger than 1 MiB")
+    try:
+        # Regular files only (a FIFO would hang us); the mode is that of the
+        # file actually opened, not of a name that may change.
+        raw, mode = read_bounded(path, _MAX_SECRET_BYTES)
+    except ValueError:
+        raise ValueError(f"{path} is larger than 1 MiB") from None
+    warn_if_exposed(path, stat.S_IMODE(mode), key=key)
     try:
         text = raw.decode("utf-8-sig").rstrip("\r\n")
     except UnicodeDecodeError:

@@ -163,10 +163,13 @@ class Worker:
         if log.isEnabledFor(level):
             person = flight.person
             rule = flight.rule
+            paused = rule is None and self._book.held(person.key, lane.name)
             if rule is not None:
                 decided = "opted out, " if rule == "opt-out" else f'rule "{rule}", '
             elif result.status is not None:
                 decided = ""  # a decider that names no rules (tests)
+            elif paused:
+                decided = "paused by an admin, "
             elif person.key in self._book.people:
                 decided = "no rule matched, "
             else:
@@ -188,7 +191,8 @@ class Worker:
                 extra=kv(
                     person=person.email,
                     target=lane.name,
-                    rule=rule,
+                    # A pause is no rule, and "rule=None" read as "none matched".
+                    **({"paused": True} if paused else {"rule": rule}),
                     old=old,
                     new=new,
                     duration_ms=ms,

@@ -3,8 +3,9 @@
 - ``POST /api/people/{who}/pause`` with a JSON body ``{"for": "2h" or null,
   "target": NAME or null}`` (both optional; an empty body pauses every target
   until resumed) → 200 and the PERSON document;
-- ``POST /api/people/{who}/resume`` → 200 and the PERSON document (also when
-  they were not paused: resuming is idempotent).
+- ``POST /api/people/{who}/resume`` → 200 and the PERSON document with
+  ``"was_paused"``: false when they were not paused (nothing changed then:
+  resuming is idempotent).
 
 ``who`` is a person's key, e-mail address or extension. Errors are JSON
 ``{"error": "..."}``: 404 for nobody of that name, 400 for an unknown target,
@@ -96,8 +97,11 @@ def pause_routes(pauses: Pauses, person_doc: PersonDoc | None = None) -> list[Ro
     ``person_doc(person)`` (default: ``minimal_person``)."""
     doc = person_doc or minimal_person(pauses)
 
-    def answer(act: Callable[[], Person], unstored: str) -> Response:
-        """``act()``'s person as a PERSON document, or the error it raised."""
+    def answer(
+        act: Callable[[], Person], unstored: str, extra: Mapping[str, Any] | None = None
+    ) -> Response:
+        """``act()``'s person as a PERSON document (with the fields ``extra``
+        holds once it ran), or the error it raised."""
         try:
             person = act()
         except UnknownPerson as exc:
@@ -107,7 +111,7 @@ def pause_routes(pauses: Pauses, person_doc: PersonDoc | None = None) -> list[Ro
         except StoreError as exc:
             log.error("%s: %s", unstored, exc)
             return error(500, f"{unstored}: {exc}")
-        return json_response(doc(person))
+        return json_response({**doc(person), **(extra or {})})
 
     async def pause(request: Request) -> Response:
         try:
@@ -124,10 +128,14 @@ def pause_routes(pauses: Pauses, person_doc: PersonDoc | None = None) -> list[Ro
         )
 
     async def resume(request: Request) -> Response:
-        return answer(
-            lambda: pauses.resume(request.path_params["who"])[0],
-            "the resume could not be stored, the pause stays",
-        )
+        extra: dict[str, Any] = {}
+
+        def act() -> Person:
+            person, ended = pauses.resume(request.path_params["who"])
+            extra["was_paused"] = ended is not None
+            return person
+
+        return answer(act, "the resume could not be stored, the pause stays", extra)
 
     return [
         Route("/api/people/{who}/pause", pause, methods=["POST"]),

@@ -4,8 +4,9 @@ to sync them again, and say what it did.
 
 The daemon is found like for every command (``tools.client.locate``:
 ``--url``, else the configuration's ``http.listen``, with its token). Exit
-codes: 0 done; 1 the daemon refused (nobody of that name, no such target) or
-did not answer; 2 a bad ``--for``; 78 invalid configuration.
+codes: 0 done (also ``resume`` of someone not paused, which says so); 1
+the daemon refused (nobody of that name, no such target) or did not
+answer; 2 a bad ``--for``; 78 invalid configuration.
 """
 
 from __future__ import annotations
@@ -87,5 +88,9 @@ def run_pause(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 def run_resume(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """``presence-sync resume``; returns the exit code."""
     doc = _post(args, "resume", None)
+    if doc.get("was_paused") is False:
+        # Not an error: what was asked for (not paused) is what they are.
+        print(f"{_who(doc)} was not paused: nothing to resume.", file=out)
+        return 0
     print(f"Resumed {_who(doc)}: presence-sync shows their line again.", file=out)
     return 0

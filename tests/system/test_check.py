@@ -394,6 +394,31 @@ def test_test_call_shows_each_target_taking_the_call_and_letting_go(
     assert times == sorted(times)
 
 
+def test_test_call_does_not_claim_to_clear_a_target_the_call_never_changed(
+    tmp_path: Path, services: Services, daemons: Callable[..., Daemon]
+) -> None:
+    rules = (
+        "rules:\n  - name: on a call\n    when: {line: in-use}\n"
+        "    set: {teams_presence: {availability: Busy, activity: InACall}}\n"
+    )
+    targets = "  teams_presence: {}\n  log: {}\n"
+    path = config(tmp_path / "config.yaml", services, targets=targets, extra=DAEMON + rules)
+    daemon = daemons("run", "-c", str(path))
+    daemon.wait_ready()
+
+    result = check("-c", str(path), "--test-call", "100", "--callee", "101", "--url", daemon.url())
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = _steps(result.stdout)
+    assert "log: the rules show nothing there for this call" in steps
+    assert "teams_presence cleared: the person's own status is back" in steps
+    assert not [step for step in steps if step.startswith("log cleared")], steps
+    assert (
+        "test call passed: 1 of 2 targets showed the call and were cleared again; "
+        "the rules show nothing at the others for it"
+    ) in result.stdout
+
+
 def test_test_call_nobody_answers_names_the_step_and_cancels_the_call(
     tmp_path: Path, services: Services, daemons: Callable[..., Daemon]
 ) -> None:

@@ -300,6 +300,20 @@ def test_bad_pauses_are_refused_with_a_clear_message(setup: Setup, daemons: Any)
     assert answer.json()["paused"] is None
 
 
+def test_resume_of_someone_not_paused_says_they_were_not(setup: Setup, daemons: Any) -> None:
+    daemon = daemons("run", "-c", str(setup.config))
+    daemon.wait_ready()
+
+    said = resume(setup, daemon, "anna@example.com")
+
+    assert said == "anna@example.com (Anna Schmidt) was not paused: nothing to resume.\n"
+    assert daemon.count(r"resumed: ") == 0
+    api = daemon.url() + "/api/people/anna@example.com"
+    assert httpx.post(f"{api}/resume").json()["was_paused"] is False
+    assert httpx.post(f"{api}/pause", json={}).status_code == 200
+    assert httpx.post(f"{api}/resume").json()["was_paused"] is True
+
+
 def test_off_loopback_a_pause_needs_the_token_which_the_command_reads_from_the_config(
     tmp_path: Path, nfon: SimHandle, hook: Hook, slack: SlackHandle, daemons: Any
 ) -> None:

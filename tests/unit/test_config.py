@@ -4,6 +4,7 @@ what the rest of the daemon gets when it is right."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import textwrap
 import types
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from presence_sync import config
-from presence_sync.config import Duration, HttpURL, Settings, load
+from presence_sync.config import Duration, HttpURL, Settings, load, reading
 from presence_sync.errors import ConfigError, ConfigProblem
 from presence_sync.model import Line, LineView, Status
 from presence_sync.rules import compile_rules
@@ -268,6 +269,117 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     assert found.message.startswith("cannot read the file")
 
 
+@pytest.mark.parametrize("char", ["\x08", "\x00", "\x7f", "\x1b"])
+def test_control_character_is_a_config_error_with_line_and_column(
+    write: Callable[[str], Path], char: str
+) -> None:
+    path = write(BASE.replace("customer: K1234", f"customer: K1{char}234"))
+
+    found = one_problem(path)
+
+    assert (found.line, found.column) == (line_of(path, "customer"), len("  customer: K1") + 1)
+    assert f"U+{ord(char):04X}" in found.message
+
+
+def test_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer forever
+
+    found = one_problem(fifo)
+
+    assert found.file == str(fifo)
+    assert found.message == "cannot read the file: a FIFO (named pipe), not a regular file"
+
+
+def test_device_is_refused_unread() -> None:
+    found = one_problem(Path("/dev/zero"))  # endless: read whole, a MemoryError
+    assert found.message == "cannot read the file: a character device, not a regular file"
+
+
+def test_file_over_one_mib_is_refused(write: Callable[[str], Path]) -> None:
+    path = write(BASE + "# padding\n" * (1 << 17))
+
+    found = one_problem(path)
+
+    assert found.message == "the file is larger than 1 MiB: is it the configuration?"
+
+
+def test_secret_file_that_is_a_fifo_is_refused(
+    write: Callable[[str], Path], tmp_path: Path
+) -> None:
+    os.mkfifo(tmp_path / "pw")
+    path = write(BASE.replace("password: nfon-secret-pw", "password_file: pw"))
+
+    found = one_problem(path)
+
+    assert (found.key, found.line) == ("nfon.password_file", line_of(path, "password_file"))
+    assert found.message.endswith("a FIFO (named pipe), not a regular file")
+
+
+def test_value_its_explicit_tag_cannot_be_is_a_config_error(write: Callable[[str], Path]) -> None:
+    path = write(BASE.replace("customer: K1234", "customer: !!float K1234"))
+
+    found = one_problem(path)
+
+    assert (found.key, found.line) == ("nfon.customer", line_of(path, "customer"))
+    assert found.message == "not a valid !!float: 'K1234'"
+
+
+def test_merge_chain_is_cut_off_at_its_budget(write: Callable[[str], Path]) -> None:
+    # Each mapping merges the one before it: n of them cost n*n/2 copied
+    # pairs (PyYAML itself recursed 3,000 deep here); hidden under a tag
+    # that is refused anyway, so nothing else would stop it.
+    chain = "".join(f"  - &m{i} {{<<: *m{i - 1}, k{i}: 0}}\n" for i in range(1, 3000))
+    path = write(BASE + "hidden: !x\n  - &m0 {k0: 0}\n" + chain + "lists: {<<: *m2999}\n")
+
+    found = one_problem(path)
+
+    assert found.message == ("merge keys (<<) copy more than 100000 values (an alias bomb?)"), found
+    assert found.line is not None
+    assert found.line < 500
+
+
+def test_alias_bomb_is_cut_off_with_its_line(write: Callable[[str], Path]) -> None:
+    laughs = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9)
+    )
+    path = write(BASE + "lists:\n" + "".join("  " + line for line in laughs.splitlines(True)))
+
+    found = one_problem(path)
+
+    assert found.message == "aliases (*name) expand to more than 100000 values (an alias bomb?)"
+    assert found.line is not None
+    assert found.line > line_of(path, "lists:")
+
+
+def test_mapping_merged_twice_is_merged_once() -> None:
+    # PyYAML up to 6.0.3 doubled the pairs at each level: 2**30 here.
+    text = "a0: &a0 {x: 1, y: 2}\n" + "".join(
+        f"a{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}]}}\n" for i in range(1, 31)
+    )
+    loader = reading._Loader(text)
+    try:
+        root = loader.get_single_node()
+    finally:
+        loader.dispose()
+    assert root is not None
+    assert [len(value.value) for _, value in root.value] == [2] * 31
+
+
+def test_merged_keys_are_overridden_not_duplicates(write: Callable[[str], Path]) -> None:
+    path = write(
+        BASE
+        + "rules:\n"
+        + "  - name: a\n    when: {line: in-use}\n    set: &busy {fake: {text: x}}\n"
+        + "  - name: b\n    when: {line: ringing}\n    set: {<<: *busy, fake: {text: y}}\n"
+    )
+    settings = load(path)
+    assert [rule["set"] for rule in settings.rules] == [
+        {"fake": {"text": "x"}},
+        {"fake": {"text": "y"}},
+    ]
+
+
 def test_duplicate_yaml_key_is_reported(write: Callable[[str], Path]) -> None:
     path = write(BASE.replace("  customer: K1234\n", "  customer: K1234\n  customer: K9\n"))
 
@@ -502,6 +614,43 @@ def test_unreadable_secret_file_names_path_not_secret(
     assert empty.line == line_of(path, "token_file")
     assert "is empty" in empty.message
     assert len(found) == 2  # no follow-up "password: required key missing"
+
+
+def test_missing_client_secret_file_is_one_problem_naming_the_unit_line(
+    write: Callable[[str], Path],
+) -> None:
+    path = write(
+        BASE + "microsoft:\n  tenant_id: t\n  client_id: c\n  client_secret_file: ms-secret\n"
+    )
+
+    found = one_problem(path, {})  # no "no credential: give client_secret" beside it
+
+    assert (found.key, found.line) == (
+        "microsoft.client_secret_file",
+        line_of(path, "client_secret_file"),
+    )
+    assert found.message.startswith(f"cannot read {path.parent / 'ms-secret'}: No such file")
+    assert "LoadCredential=ms-secret:/etc/credstore/presence-sync/ms-secret" in found.message
+    assert "presence-sync check --credentials DIR" in found.message
+
+
+def test_missing_credential_under_systemd_names_the_unit_line(
+    write: Callable[[str], Path], tmp_path: Path
+) -> None:
+    path = write(BASE.replace("password: nfon-secret-pw", "password_file: nfon-password"))
+
+    found = one_problem(path, {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")})
+
+    assert "LoadCredential=nfon-password:/etc/credstore/presence-sync/nfon-password" in (
+        found.message
+    )
+    assert "--credentials" not in found.message
+
+
+def test_no_credential_at_all_is_still_said(write: Callable[[str], Path]) -> None:
+    path = write(BASE + "microsoft:\n  tenant_id: t\n  client_id: c\n")
+    found = one_problem(path)
+    assert found.message.startswith("no credential: give client_secret")
 
 
 @pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o640, True), (0o600, False)])

@@ -1270,6 +1270,27 @@ async def test_one_log_line_per_change_and_no_phone_numbers(
     assert "no rule matched" in changes[1].getMessage()
 
 
+async def test_a_pause_that_clears_someone_says_so_not_no_rule_matched(
+    clock: ManualClock, store: MemoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = LogTarget("log", LogOptions(), TargetEnv(clock=clock, user_agent="test"))
+    engine = Engine(targets={"log": target}, store=store, rules=CallRules(["log"]), clock=clock)
+    engine.set_people([ANNA])
+    async with running(engine):
+        engine.observe(LineView(extension="100", line=Line.IN_USE))
+        await settle()
+        with caplog.at_level(logging.INFO, logger="presence_sync.engine"):
+            engine.hold(ANNA.key)
+            await settle()
+
+    assert list(target.history)[-1] == (ANNA.key, None)
+    [cleared] = [r for r in caplog.records if r.name == "presence_sync.engine"]
+    assert "paused by an admin" in cleared.getMessage()
+    assert "no rule matched" not in cleared.getMessage()
+    assert cleared.ctx["paused"] is True
+    assert "rule" not in cleared.ctx
+
+
 # --- the log target -------------------------------------------------------------------
 
 
