@@ -31,7 +31,6 @@ import logging
 import os
 import sys
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from presence_sync.errors import AuthError, PermanentError, TransientError, Upst
 from presence_sync.model import Person
 from presence_sync.net import user_agent
 from presence_sync.nfon import NfonClient
+from presence_sync.ops.logging import printable
 from presence_sync.store import MemoryStore, StoreMemory
 from presence_sync.targets.base import target_env
 from presence_sync.targets.graph import MICROSOFT_KINDS, GraphClient
@@ -555,10 +555,10 @@ async def resolve(loaded: Loaded, stderr: TextIO) -> Report:
 
 def _printable(text: str | None) -> str:
     """``text`` safe for a terminal: names come from NFON and are untrusted,
-    so control characters (escape sequences) show as ``?``."""
+    so control characters (escape sequences) show escaped (``\\x1b``)."""
     if not text:
         return "-"
-    return "".join("?" if unicodedata.category(c).startswith("C") else c for c in text)
+    return printable(text)
 
 
 def _cell(found: Found | None) -> str:
