@@ -481,11 +481,11 @@ _PAUSES_SINCE: Final = 2
 """The schema version that brought the ``pauses`` table."""
 
 BUSY_TIMEOUT_MS: Final = 5000
+"""How long a statement waits for another process's lock (``presence-sync
+check`` reading while the daemon writes) before it fails."""
 CHECKPOINT_EVERY: Final = 200
 """Group commits between two WAL checkpoints (a few pages each; SQLite's
 own automatic checkpoint comes every 1,000 pages)."""
-"""How long a statement waits for another process's lock (``presence-sync
-check`` reading while the daemon writes) before it fails."""
 
 _PUT_APPLIED: Final = (
     "INSERT OR REPLACE INTO applied (target, person_key, person, status, at, expires, data)"
@@ -643,9 +643,10 @@ class _Writer:
     applied rows in the order they are given. A ``sqlite3`` connection is
     bound to the thread that opened it, so the thread opens it itself."""
 
-    def __init__(self, path: Path, busy_ms: int) -> None:
+    def __init__(self, path: Path, busy_ms: int, synchronous: str) -> None:
         self._path = path
         self._busy_ms = busy_ms
+        self._synchronous = synchronous
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presence-sync-store")
 
@@ -659,7 +660,7 @@ class _Writer:
                 cached_statements=64,
             )
             db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
             db.execute("PRAGMA journal_size_limit = 4194304")
             self._local.db = db
         return db
@@ -704,13 +705,21 @@ class _Writer:
 class SqliteStore:
     """The daemon's store: one SQLite database file.
 
-    Durability: WAL journal with ``synchronous=NORMAL``. Every write has
-    committed to the WAL file when the call returns, so it survives a crash
-    or kill of the process at any instant; a power loss or kernel crash may
-    lose the last few commits but never leaves a damaged database (the
-    reconciler converges from an older state). ``busy_timeout`` (seconds,
-    default 5) is how long a write waits for a second process holding the
-    file (``presence-sync status``, a backup) before it fails.
+    Durability: WAL journal with ``synchronous=FULL``. Every write has
+    committed to the WAL file, and the file is synced to the disk, when the
+    call returns: it survives a crash or kill of the process at any instant,
+    and a power cut or kernel crash too. That matters for the write-ahead
+    record (a status we are about to set, which a power cut must not make us
+    forget, or nobody would take it back), the person's own saved status
+    (lost, it could not be given back), the objects we created and the
+    pauses. Only the id cache is written with ``synchronous=NORMAL``: a
+    lookup lost to a power cut is made again. The price is one sync of the
+    WAL file per commit (the engine groups its records, one commit per loop
+    turn; ``benchmarks/engine.py`` measures it). ``sync=False`` writes
+    everything with ``NORMAL`` (the last commits before a power cut may be
+    lost, never the database): for benchmarks and tests. ``busy_timeout``
+    (seconds, default 5) is how long a write waits for a second process
+    holding the file (``presence-sync status``, a backup) before it fails.
 
     Files: the database and its ``-wal``/``-shm`` files are created 0600 and
     missing parent directories 0700, whatever the umask. An existing directory
@@ -743,9 +752,11 @@ class SqliteStore:
         *,
         clock: Clock | None = None,
         busy_timeout: float = BUSY_TIMEOUT_MS / 1000,
+        sync: bool = True,
     ) -> None:
         self.path = Path(path)
         self._clock: Clock = clock or SystemClock()
+        self._synchronous = "FULL" if sync else "NORMAL"
         self._persons = _PersonCache()
         self._busy_ms = round(busy_timeout * 1000)
         self._writer: _Writer | None = None
@@ -785,7 +796,7 @@ class SqliteStore:
                 "state database cannot use WAL; writes are slower",
                 extra=kv(path=str(self.path), journal_mode=mode),
             )
-        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute(f"PRAGMA synchronous = {self._synchronous}")
         # Bounds the WAL file after a burst of writes.
         db.execute("PRAGMA journal_size_limit = 4194304")
         if version:
@@ -878,11 +889,12 @@ class SqliteStore:
 
     def try_write_applied(self, writes: Sequence[AppliedWrite]) -> bool:
         """Every put and delete in one transaction, now, if the write lock is
-        free (see ``Store.try_write_applied``). In WAL mode with
-        ``synchronous=NORMAL`` such a commit only appends to the WAL file
-        (tens of microseconds, no fsync): cheaper on the loop than a thread
-        hop. False, with nothing written, while another connection holds the
-        lock or groups given to ``awrite_applied`` are still being written."""
+        free (see ``Store.try_write_applied``). In WAL mode such a commit
+        appends to the WAL file and syncs it (one fsync on the loop's thread:
+        a fraction of a millisecond on an idle SSD, milliseconds on a busy
+        disk; none with ``sync=False``). False, with nothing written, while another
+        connection holds the lock or groups given to ``awrite_applied`` are
+        still being written."""
         runs = self._runs(writes)
         if not runs:
             return True
@@ -923,7 +935,7 @@ class SqliteStore:
         if writer is None:
             if self._closed:
                 raise StoreError(f"state database {self.path}: store is closed")
-            writer = self._writer = _Writer(self.path, self._busy_ms)
+            writer = self._writer = _Writer(self.path, self._busy_ms, self._synchronous)
             # Checkpoints now run in the writer thread, off the loop; this
             # connection's few other writes only append to the WAL.
             self._db.execute("PRAGMA wal_autocheckpoint = 0")
@@ -935,7 +947,7 @@ class SqliteStore:
         if db is None:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=0, cached_statements=64)
             db.execute("PRAGMA busy_timeout = 0")
-            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
             db.execute("PRAGMA wal_autocheckpoint = 0")
             self._now = db
         return db
@@ -1002,13 +1014,30 @@ class SqliteStore:
     def put_id(self, namespace: str, key: str, value: str) -> None:
         """Cache an id lookup, fetched now (replaces)."""
         now = _time_text(self._clock.now(), "clock.now()")
-        self._db.execute(_PUT_ID, (namespace, key, value, now))
+        with self._unsynced():
+            self._db.execute(_PUT_ID, (namespace, key, value, now))
 
     @_guarded
     def housekeeping(self, max_id_age: float) -> int:
         """Drop id cache entries older than ``max_id_age`` seconds; returns how many."""
         cutoff = self._clock.now() - timedelta(seconds=max_id_age)
-        return self._db.execute(_EXPIRE_IDS, (_time_text(cutoff, "cutoff"),)).rowcount
+        with self._unsynced():
+            return self._db.execute(_EXPIRE_IDS, (_time_text(cutoff, "cutoff"),)).rowcount
+
+    @contextmanager
+    def _unsynced(self) -> Iterator[None]:
+        # The id cache is the one thing a power cut may take back: a lost
+        # lookup is made again, so its writes skip the sync of the WAL file
+        # (a thousand people looked up at the first start would be a
+        # thousand syncs on the loop).
+        if self._synchronous == "NORMAL":
+            yield
+            return
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            self._db.execute(f"PRAGMA synchronous = {self._synchronous}")
 
     @_guarded
     def load_pauses(self) -> list[PauseRow]:
