@@ -183,6 +183,14 @@ class Store(Protocol):
         """Forget a person's pause; nothing happens when there is none."""
         ...
 
+    @property
+    def write_failure(self) -> str | None:
+        """Why the last write could not be committed (the database's own
+        words, e.g. ``database or disk is full``), or ``None`` when it was
+        (and before any write). Readiness shows it: while writes fail, every
+        change waits."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -540,6 +548,26 @@ def _guarded(
     return guarded
 
 
+def _write(
+    method: Callable[Concatenate[SqliteStore, _P], _R],
+) -> Callable[Concatenate[SqliteStore, _P], _R]:
+    """``_guarded`` for a write: its outcome is the store's ``write_failure``."""
+
+    def write(self: SqliteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            result = method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            self._write_failure = str(exc)
+            raise StoreError(f"state database {self.path}: {exc}") from exc
+        self._write_failure = None
+        return result
+
+    write.__name__ = method.__name__
+    write.__qualname__ = method.__qualname__
+    write.__doc__ = method.__doc__
+    return write
+
+
 @contextmanager
 def _private_umask() -> Iterator[None]:
     # The umask is process-wide; it is held only while files are created, and
@@ -764,6 +792,7 @@ class SqliteStore:
         self._backlog = 0
         self._commits = 0
         self._closed = False
+        self._write_failure: str | None = None
         try:
             with _private_umask():
                 _make_dirs(self.path.parent)
@@ -870,19 +899,19 @@ class SqliteStore:
         rows = (_decode_applied(row) for row in self._db.execute(_LOAD_APPLIED))
         return [row for row in rows if row is not None]
 
-    @_guarded
+    @_write
     def put_applied(self, target: str, person: Person, applied: Applied) -> None:
         """Remember what ``target`` confirmed for ``person`` (replaces).
         Raises ``ValueError`` for naive datetimes or ``data`` JSON cannot carry."""
         row = _applied_row(target, self._persons.text(person), person, applied)
         self._db.execute(_PUT_APPLIED, row)
 
-    @_guarded
+    @_write
     def delete_applied(self, target: str, person_key: str) -> None:
         """Forget (target, person); nothing happens when it is not there."""
         self._db.execute(_DELETE_APPLIED, (target, person_key))
 
-    @_guarded
+    @_write
     def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
         """Every put and delete in one transaction (see ``Store.write_applied``)."""
         _commit_runs(self._db, self._runs(writes))
@@ -903,13 +932,13 @@ class SqliteStore:
         writer = self._start_writer()
         try:
             _commit_runs(self._now_db(), runs, begin="BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
             if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                return False
+                return False  # not a failure: the writer thread waits for the lock
+            self._write_failure = str(exc)
             raise StoreError(f"state database {self.path}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"state database {self.path}: {exc}") from exc
+        self._write_failure = None
         self._commits += 1
         if self._commits % CHECKPOINT_EVERY == 0:
             writer.checkpoint()
@@ -927,8 +956,20 @@ class SqliteStore:
         self._backlog += 1
         try:
             await writer.commit(runs)
+        except StoreError as exc:
+            cause = exc.__cause__
+            self._write_failure = str(cause if isinstance(cause, sqlite3.Error) else exc)
+            raise
         finally:
             self._backlog -= 1
+        self._write_failure = None
+
+    @property
+    def write_failure(self) -> str | None:
+        """Why the last write failed (SQLite's words), ``None`` once one
+        succeeds (see ``Store.write_failure``). A write that waits for
+        another process's lock is not a failure until ``busy_timeout`` ends."""
+        return self._write_failure
 
     def _start_writer(self) -> _Writer:
         writer = self._writer
@@ -975,7 +1016,7 @@ class SqliteStore:
         row = self._db.execute(_GET_SAVED, (target, person_key)).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
-    @_guarded
+    @_write
     def put_saved(self, target: str, person_key: str, doc: Mapping[str, Any] | None) -> None:
         """Save the person's own status (``None`` deletes it). Raises
         ``ValueError`` when ``doc`` does not survive JSON unchanged."""
@@ -991,13 +1032,13 @@ class SqliteStore:
         """Open external objects: kind → external id (a fresh dict)."""
         return dict(self._db.execute(_GET_OBJECTS, (target, person_key)).fetchall())
 
-    @_guarded
+    @_write
     def put_object(self, target: str, person_key: str, kind: str, external_id: str) -> None:
         """Remember an external object (replaces the one of the same kind)."""
         now = _time_text(self._clock.now(), "clock.now()")
         self._db.execute(_PUT_OBJECT, (target, person_key, kind, external_id, now))
 
-    @_guarded
+    @_write
     def delete_object(self, target: str, person_key: str, kind: str) -> None:
         """Forget an external object; nothing happens when it is not there."""
         self._db.execute(_DELETE_OBJECT, (target, person_key, kind))
@@ -1010,14 +1051,14 @@ class SqliteStore:
             return None
         return str(row[0])
 
-    @_guarded
+    @_write
     def put_id(self, namespace: str, key: str, value: str) -> None:
         """Cache an id lookup, fetched now (replaces)."""
         now = _time_text(self._clock.now(), "clock.now()")
         with self._unsynced():
             self._db.execute(_PUT_ID, (namespace, key, value, now))
 
-    @_guarded
+    @_write
     def housekeeping(self, max_id_age: float) -> int:
         """Drop id cache entries older than ``max_id_age`` seconds; returns how many."""
         cutoff = self._clock.now() - timedelta(seconds=max_id_age)
@@ -1045,12 +1086,12 @@ class SqliteStore:
         rows = (_decode_pause(row) for row in self._db.execute(_LOAD_PAUSES))
         return [row for row in rows if row is not None]
 
-    @_guarded
+    @_write
     def put_pause(self, pause: PauseRow) -> None:
         """Remember a pause (replaces); ``ValueError`` for a naive datetime."""
         self._db.execute(_PUT_PAUSE, _pause_tuple(pause))
 
-    @_guarded
+    @_write
     def delete_pause(self, person_key: str) -> None:
         """Forget a person's pause; nothing happens when there is none."""
         self._db.execute(_DELETE_PAUSE, (person_key,))
@@ -1140,6 +1181,11 @@ class MemoryStore:
 
     def __repr__(self) -> str:
         return f"MemoryStore(applied={len(self._applied)})"
+
+    @property
+    def write_failure(self) -> str | None:
+        """Always ``None``: memory does not fill up the way a disk does."""
+        return None
 
     def _check(self) -> None:
         if self._closed:
