@@ -120,7 +120,7 @@ def warning_text(record: logging.LogRecord) -> str:
     text = f"warning: {record.getMessage()}"
     if isinstance(context, Mapping) and context:
         text += " (" + ", ".join(f"{k}={v}" for k, v in context.items()) + ")"
-    return text
+    return printable(text)  # a warning may quote a remote answer
 
 
 def load_checked(path: str, credentials: Path | None) -> Loaded:
@@ -573,7 +573,7 @@ def table(report: Report, settings: Settings) -> list[str]:
     order = ("NFON", "Microsoft", "Slack")
     for service, found in sorted(report.services.items(), key=lambda i: order.index(i[0])):
         state = f"PROBLEM: {found.problem}" if found.problem else f"ok: {found.value}"
-        lines.append(f"{service:<10} {state}")
+        lines.append(f"{service:<10} {_printable(state)}")
     lines.append("")
     headers = ["EXTENSION", "NAME", "E-MAIL"]
     has_entra = any(row.entra is not None for row in report.rows)
