@@ -3,7 +3,10 @@ transaction per row), grouped (``write_applied`` with 16 rows per
 transaction) and grouped as the engine commits a busy loop turn
 (``try_write_applied``: on the caller's thread while the write lock is free,
 with WAL checkpoints moved to the store's writer thread). Prints median,
-p99 and mean per row, as the calling thread (the event loop) pays it."""
+p99 and mean per row, as the calling thread (the event loop) pays it. The
+store syncs each commit to the disk (``synchronous=FULL``), so a row
+committed alone costs one fsync; ``benchmarks/engine.py`` compares synced
+and unsynced write-ahead records side by side."""
 
 from __future__ import annotations
 
