@@ -92,7 +92,7 @@ def ready(runtime: Runtime, clock: ManualClock, grace: float = 30) -> Readiness:
 
 
 def desired_text(runtime: Runtime) -> str | None:
-    (key,) = runtime.engine.snapshot().keys
+    (key,) = runtime.engine.picture().keys
     return key.desired.text if key.desired is not None else None
 
 
