@@ -47,7 +47,6 @@ from typing import Final
 from presence_sync.clock import Clock
 from presence_sync.model import Applied, Person, Status
 from presence_sync.ops import metrics
-from presence_sync.ops.logging import kv
 from presence_sync.targets.base import Target, TargetInfo
 
 from .ledger import Record
@@ -110,6 +109,43 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         return self.rng.uniform(0.0, self.ceiling(attempt))
+
+
+class Bucket:
+    """A token bucket: ``rate`` tokens a second up to ``burst``, one per
+    request (an infinite rate never waits)."""
+
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self._rate = rate
+        self._burst = float(max(1, burst))
+        self._tokens = self._burst
+        self._stamp = now
+
+    def resize(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(max(1, burst))
+        self._tokens = min(self._tokens, self._burst)
+
+    def take(self, now: float) -> float:
+        """0 when a request may start now (a token is used), else seconds to wait."""
+        rate = self._rate
+        if math.isinf(rate):
+            return 0.0
+        tokens = min(self._burst, self._tokens + max(0.0, now - self._stamp) * rate)
+        self._stamp = max(self._stamp, now)
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return 0.0
+        self._tokens = tokens
+        return (1.0 - tokens) / rate
+
+    def hold(self, until: float) -> None:
+        """Nothing fills up before ``until``, and at most one token is left:
+        a fresh bucket after a pause would burst straight into the same wall."""
+        self._tokens = min(self._tokens, 1.0)
+        self._stamp = max(self._stamp, until)
 
 
 class Phase(enum.Enum):
@@ -184,10 +220,11 @@ class Mode(enum.Enum):
     off on its own, the lane keeps sending."""
     THROTTLED = "retry-after"
     """The target asked us to wait (``Retry-After``): nothing starts until
-    ``Health.until``, then the lane is ``FAILING`` until a request succeeds."""
+    ``Health.until``; after it the episode goes on (as ``FAILING``) until a
+    request succeeds."""
     LOCKED_OUT = "auth"
-    """Our credentials were rejected: nothing starts until ``Health.until``,
-    then one request at a time (probing) until one succeeds."""
+    """Our credentials were rejected: nothing starts until ``Health.until``;
+    after it, one request at a time (``probing``) until one succeeds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,8 +350,7 @@ class Lane:
         """Heap of (monotonic time, seq, key) for backoff retries and refreshes;
         an entry is live only while its key's state still says that time."""
         self._seq = itertools.count()
-        self._tokens = float(max(1, info.burst))
-        self._stamp = clock.monotonic()
+        self._bucket = Bucket(info.rate, info.burst, clock.monotonic())
         self._health = _HEALTHY
         self._alarm = Alarm(clock, name, lambda: ring(self), watch)
         self._closed = False
@@ -386,21 +422,11 @@ class Lane:
         """A new object under the same name (reload): keys, queue and backoff stay."""
         self._target = target
         self._info = info
-        self._tokens = min(self._tokens, float(max(1, info.burst)))
+        self._bucket.resize(info.rate, info.burst)
 
     def take_token(self, now: float) -> float:
         """0 when a request may start now (a token is used), else seconds to wait."""
-        rate = self._info.rate
-        if math.isinf(rate):
-            return 0.0
-        burst = float(max(1, self._info.burst))
-        tokens = min(burst, self._tokens + max(0.0, now - self._stamp) * rate)
-        self._stamp = max(self._stamp, now)
-        if tokens >= 1.0:
-            self._tokens = tokens - 1.0
-            return 0.0
-        self._tokens = tokens
-        return (1.0 - tokens) / rate
+        return self._bucket.take(now)
 
     def paused(self, now: float) -> bool:
         return self._health.paused(now)
@@ -443,9 +469,7 @@ class Lane:
         if health.until != before.until:
             wall = self._clock.now() + timedelta(seconds=health.until - self._clock.monotonic())
             self._m_paused.set(wall.timestamp())
-        # A fresh bucket after a pause would burst straight into the same wall.
-        self._tokens = min(self._tokens, 1.0)
-        self._stamp = max(self._stamp, health.until)
+        self._bucket.hold(health.until)
 
     # --- the alarm and the end ----------------------------------------------------------
 
@@ -728,15 +752,3 @@ class Lane:
         wait = (due - self._clock.now()).total_seconds()
         if wait > 0:
             self.schedule_refresh(key, self._clock.monotonic() + wait)
-
-    def noted_noop(self, key: str, person: Person | None, desired: object) -> None:
-        """A queued key needed nothing by the time it was picked."""
-        self.stats.noops += 1
-        self.m_result["noop"].inc()
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "%s: %s nothing to do",
-                self.name,
-                person.email if person else key,
-                extra=kv(target=self.name, result="noop", desired=repr(desired)),
-            )

@@ -10,7 +10,8 @@ lane's health after a request.
 outcome            record      key        health    counters            log line
 =================  ==========  =========  ========  ==================  ==========
 applied            confirmed   clean      recovers  ok                  the change
-other than asked   confirmed   parked     recovers  ok                  WARNING
+other than asked   confirmed   clean,     recovers  ok                  WARNING
+                               parked
 throttled          before      front      throttle  transient throttled WARNING [1]
 uncertain          worse case  backoff    failing   transient           WARNING [1]
 timed out          worse case  backoff    failing   transient timeouts  WARNING [1]
@@ -28,9 +29,9 @@ write-ahead (the target refused outright, nothing changed there). *Worse
 case*: flagged uncertain (what was asked, or what was there). *Front*: the
 key goes back to the head of its queue, first when the pause ends.
 
-A failure's line and the key's ``error`` (the status page's reason) carry
-the target's own words without the target's name in front (the page and
-the line name it already), and the HTTP status when there is one.
+A failure's line says the HTTP status when there is one; the line and the
+key's ``error`` (the status page's reason) give the target's own words
+without the target's name in front, since both name the target already.
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ class Move(enum.Enum):
 
     CLEAN = "clean"
     PARK = "park"
+    """Parked until the desired status changes, with the cause as its error."""
+    CLEAN_PARK = "clean, then park"
+    """Clean (the target answered) but parked: asking again gets the same answer."""
     FRONT = "front"
     BACK_OFF = "backoff"
     NONE = "none"
@@ -292,7 +296,7 @@ def _rejected(said: _Said) -> None:
 
 TABLE: Final[dict[Kind, Row]] = {
     Kind.APPLIED: Row(Keep.CONFIRMED, Move.CLEAN, Turn.RECOVERS, ("ok",), "ok", _changed),
-    Kind.OTHER: Row(Keep.CONFIRMED, Move.PARK, Turn.RECOVERS, ("ok",), "ok", _other),
+    Kind.OTHER: Row(Keep.CONFIRMED, Move.CLEAN_PARK, Turn.RECOVERS, ("ok",), "ok", _other),
     Kind.THROTTLED: Row(
         Keep.BEFORE, Move.FRONT, Turn.THROTTLE, ("transient", "throttled"), "transient", _failing
     ),
@@ -360,11 +364,11 @@ class Outcomes:
         stats = lane.stats
         for counter in row.counters:
             setattr(stats, counter, getattr(stats, counter) + 1)
-        if outcome.kind is Kind.THROTTLED:
+        if "throttled" in row.counters:
             lane.m_throttled.inc()
         said_cause = cause(outcome.error, lane)
         first, pause = self._health(lane, row.health, outcome)
-        self._move(lane, flight, row.move, outcome, said_cause)
+        self._move(lane, flight, row.move, said_cause)
         if row.line is not None:
             said = _Said(lane, flight, outcome, said_cause, first, pause, self._decided(flight))
             row.line(said)
@@ -389,14 +393,15 @@ class Outcomes:
             return pause is not None and lane.health.rejections == 1, pause or 0.0
         return False, 0.0
 
-    def _move(self, lane: Lane, flight: Flight, move: Move, outcome: Outcome, why: str) -> None:
+    def _move(self, lane: Lane, flight: Flight, move: Move, why: str) -> None:
         key = flight.key
         if move is Move.CLEAN:
             lane.succeeded(key)
         elif move is Move.PARK:
-            if outcome.kind is Kind.OTHER:
-                lane.succeeded(key)
-            lane.park(key, flight.desired, why or None)
+            lane.park(key, flight.desired, why)
+        elif move is Move.CLEAN_PARK:
+            lane.succeeded(key)
+            lane.park(key, flight.desired, None)
         elif move is Move.FRONT:
             # The queue of the desired status now: a restore goes first.
             lane.requeue_front(key, self._book.desired_for(key, lane.name) is None, why)

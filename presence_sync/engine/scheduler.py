@@ -19,6 +19,8 @@ import math
 from collections.abc import Callable, Iterable
 
 from presence_sync.clock import Clock
+from presence_sync.model import Person
+from presence_sync.ops.logging import kv
 from presence_sync.targets.base import Target, TargetInfo
 
 from .book import Book, Unknown
@@ -201,7 +203,7 @@ class Scheduler:
             record = self._ledger.get(lane.name, key)
             if person is None or isinstance(desired, Unknown) or not lane.needs(desired, record):
                 lane.drop(key)
-                lane.noted_noop(key, person, desired)
+                _noted_noop(lane, key, person, desired)
                 if person is not None and not isinstance(desired, Unknown):
                     lane.plan_refresh(key, record)
                 continue
@@ -246,3 +248,16 @@ class Scheduler:
             return
         log.critical("reconciler task failed", exc_info=exc)
         self._failed(exc)
+
+
+def _noted_noop(lane: Lane, key: str, person: Person | None, desired: object) -> None:
+    """A queued key needed nothing by the time it was picked: it cost no request."""
+    lane.stats.noops += 1
+    lane.m_result["noop"].inc()
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug(
+            "%s: %s nothing to do",
+            lane.name,
+            person.email if person else key,
+            extra=kv(target=lane.name, result="noop", desired=repr(desired)),
+        )

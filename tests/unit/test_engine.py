@@ -474,6 +474,56 @@ async def test_an_unexpected_target_error_is_retried_and_logged_with_its_traceba
     assert failing[0].exc_info is not None
 
 
+async def test_a_target_failure_is_one_warning_with_its_status_and_cause_per_episode(
+    clock: ManualClock, store: MemoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A target named like its kind used to read "webhook webhook: receiver
+    answered 503" on the status page, and a throttle was an INFO line
+    without the HTTP status each time."""
+    remote = Remote(clock)
+    remote.failure = lambda: TransientError(
+        "webhook webhook: receiver answered 503 Service Unavailable", status=503
+    )
+    engine = engine_for(clock, store, {"webhook": make_target("webhook", remote)}, rng=MaxJitter())
+    with caplog.at_level(logging.INFO, logger="presence_sync.engine"):
+        async with running(engine):
+            for p in PEOPLE:
+                engine.observe(in_call(p.extension))
+            await tick(clock, 1)
+            await tick(clock, 2)
+            [key, *_] = engine.key_pictures([ANNA.key])
+            assert key.last_error == "receiver answered 503 Service Unavailable"
+            assert len(remote.requests) > len(PEOPLE)  # retried, still failing
+
+            remote.failure = lambda: TransientError(
+                "webhook webhook: receiver answered 429 Too Many Requests",
+                retry_after=10,
+                status=429,
+            )
+            await tick(clock, 4)
+            remote.failure = None
+            await run_until_idle(engine, clock)
+
+            # Recovered; now a second episode, a throttle from the start.
+            remote.fail_next.extend(
+                TransientError("webhook: receiver answered 429", retry_after=10, status=429)
+                for _ in range(3)
+            )
+            for p in PEOPLE:
+                engine.observe(idle(p.extension))
+            await run_until_idle(engine, clock)
+
+    assert remote.shows == {}
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in loud] == [
+        "webhook: target failing (HTTP 503), backing off: "
+        "receiver answered 503 Service Unavailable",
+        "webhook: asked to wait 10 s (HTTP 429): receiver answered 429",
+    ]
+    assert [r.__dict__["ctx"]["status"] for r in loud] == [503, 429]
+    assert [r.getMessage() for r in caplog.records].count("target recovered") == 2
+
+
 # --- nothing to do costs nothing ----------------------------------------------------
 
 
