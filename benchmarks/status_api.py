@@ -54,9 +54,9 @@ def main() -> None:
         StateEvent(p.extension, Line.IN_USE if i % 10 == 0 else Line.IDLE, Presence.AVAILABLE)
         for i, p in enumerate(people)
     ]
-    engine.resync(lines.on_full_state(states))
+    engine.resync(lines.on_full_state(states, engine))
     ready = Readiness(True, {}, "Ready: following NFON")
-    builder = StatusBuilder(lambda: Parts(clock.now(), engine, lines, ready, None))
+    builder = StatusBuilder(lambda: Parts(clock.now(), engine, ready, None))
 
     def timed(label: str, make: Callable[[], Any]) -> float:
         times = []

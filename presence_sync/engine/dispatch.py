@@ -270,6 +270,15 @@ class Engine:
         """A consistent picture of every target and key, for the status page."""
         return draw(self._clock, self._book, self._lanes, self._ledger)
 
+    def line(self, extension: str) -> LineView | None:
+        """The newest view of ``extension`` handed to the engine (``observe``,
+        ``resync``); ``lines.LineViews`` for the feed's fold and the status page."""
+        return self._book.line(extension)
+
+    def line_count(self) -> int:
+        """Extensions whose view the engine knows."""
+        return self._book.line_count()
+
     def people(self) -> list[Person]:
         """Everyone the engine may act for: configured people in configuration
         order, then people known only from the store's rows (being cleared)."""

@@ -22,7 +22,6 @@ from datetime import datetime, tzinfo
 from typing import Any, Final
 
 from presence_sync.engine import Engine, KeyPicture, TargetPicture
-from presence_sync.lines import Lines
 from presence_sync.model import Direction, Line, Person, Presence, describe, find_person
 from presence_sync.readiness import Readiness
 
@@ -68,7 +67,6 @@ class Parts:
 
     now: datetime
     engine: Engine
-    lines: Lines
     readiness: Readiness
     last_resync: datetime | None
     paused: Callable[[str], PauseView | None] = field(default=_no_pauses)
@@ -192,7 +190,7 @@ class StatusBuilder:
         return [self._person(parts, p, keys[p.key]) for p in page]
 
     def _person(self, parts: Parts, person: Person, snaps: Iterable[KeyPicture]) -> dict[str, Any]:
-        view = parts.lines.get(person.extension)
+        view = parts.engine.line(person.extension)
         line = presence = direction = None
         if view is not None:
             line = None if view.line is Line.UNKNOWN else view.line.value
