@@ -95,6 +95,19 @@ def check_target(name: str, target: Target) -> TargetInfo:
     return info
 
 
+def refresh_due(applied: Applied, refresh_before: float) -> datetime | None:
+    """When ``applied`` should be applied again (``refresh_before`` seconds
+    before it lapses), or None if never."""
+    if applied.status is None or applied.expires is None:
+        return None
+    lifetime = (applied.expires - applied.at).total_seconds()
+    due = applied.expires - timedelta(seconds=refresh_before)
+    # A lifetime shorter than refresh_before would make every refresh due at
+    # once: refresh at half-life instead, and never more than once a second.
+    earliest = applied.at + timedelta(seconds=max(lifetime / 2, MIN_REFRESH))
+    return max(due, earliest)
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Exponential backoff with full jitter: after the n-th failure in a row
@@ -146,6 +159,30 @@ class Bucket:
         a fresh bucket after a pause would burst straight into the same wall."""
         self._tokens = min(self._tokens, 1.0)
         self._stamp = max(self._stamp, until)
+
+
+class Timers:
+    """A heap of (monotonic time, key) for backoff retries and refreshes; an
+    entry is live only while its key's state still says that time."""
+
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+
+    def push(self, when: float, key: str) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), key))
+
+    def pop_due(self, now: float) -> Iterator[tuple[float, str]]:
+        """The entries due by ``now``, earliest first, each taken off."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            when, _, key = heapq.heappop(heap)
+            yield when, key
+
+    def next(self) -> float:
+        return self._heap[0][0] if self._heap else math.inf
 
 
 class Phase(enum.Enum):
@@ -346,19 +383,16 @@ class Lane:
         """Applies starting or running, in start order."""
         self._waiting = 0
         self._parked = 0
-        self._timers: list[tuple[float, int, str]] = []
-        """Heap of (monotonic time, seq, key) for backoff retries and refreshes;
-        an entry is live only while its key's state still says that time."""
-        self._seq = itertools.count()
+        self._timers = Timers()
         self._bucket = Bucket(info.rate, info.burst, clock.monotonic())
         self._health = _HEALTHY
         self._alarm = Alarm(clock, name, lambda: ring(self), watch)
         self._closed = False
-        self.stats: Final = TargetStats()
-        self.m_duration: Final = metrics.TARGET_REQUEST_DURATION.labels(name)
-        self.m_latency: Final = metrics.EVENT_TO_APPLY.labels(name)
-        self.m_throttled: Final = metrics.TARGET_THROTTLED.labels(name)
-        self.m_result: Final = {
+        self._stats = TargetStats()
+        self._m_duration = metrics.TARGET_REQUEST_DURATION.labels(name)
+        self._m_latency = metrics.EVENT_TO_APPLY.labels(name)
+        self._m_throttled = metrics.TARGET_THROTTLED.labels(name)
+        self._m_result = {
             result: metrics.TARGET_APPLIES.labels(name, result)
             for result in ("ok", "noop", "transient", "permanent", "auth")
         }
@@ -377,6 +411,11 @@ class Lane:
     @property
     def info(self) -> TargetInfo:
         return self._info
+
+    @property
+    def stats(self) -> TargetStats:
+        """Live counters (read them; ``sent`` and ``count`` move them)."""
+        return self._stats
 
     @property
     def health(self) -> Health:
@@ -470,6 +509,28 @@ class Lane:
             wall = self._clock.now() + timedelta(seconds=health.until - self._clock.monotonic())
             self._m_paused.set(wall.timestamp())
         self._bucket.hold(health.until)
+
+    # --- counters -----------------------------------------------------------------------
+
+    def sent(self, waited: float) -> None:
+        """A request goes out ``waited`` seconds after its key became dirty."""
+        self._stats.requests += 1
+        self._m_latency.observe(max(0.0, waited))
+
+    def count(self, counters: tuple[str, ...], result: str | None, took: float | None) -> None:
+        """One more of each ``TargetStats`` field in ``counters`` (and of the
+        throttle metric for ``throttled``); one more ``result`` of
+        ``presence_sync_target_applies_total``; ``took``: the request's
+        duration, if one was sent."""
+        stats = self._stats
+        for counter in counters:
+            setattr(stats, counter, getattr(stats, counter) + 1)
+        if "throttled" in counters:
+            self._m_throttled.inc()
+        if result is not None:
+            self._m_result[result].inc()
+        if took is not None:
+            self._m_duration.observe(took)
 
     # --- the alarm and the end ----------------------------------------------------------
 
@@ -616,7 +677,7 @@ class Lane:
         st.error = error
         st.retry_at = self._clock.monotonic() + backoff.delay(st.failures)
         self._waiting += 1
-        self._push_timer(st.retry_at, key)
+        self._timers.push(st.retry_at, key)
 
     def park(self, key: str, desired: Status | None, error: str | None) -> None:
         """``IN_FLIGHT`` → ``PARKED`` until the desired status is no longer ``desired``."""
@@ -670,18 +731,13 @@ class Lane:
             st = self._keys[key] = KeyState()
         if st.refresh_at is None:
             st.refresh_at = when
-            self._push_timer(when, key)
-
-    def _push_timer(self, when: float, key: str) -> None:
-        heapq.heappush(self._timers, (when, next(self._seq), key))
+            self._timers.push(when, key)
 
     def due(self, now: float) -> list[str]:
         """Fire the timers due by ``now``: a key backing off becomes ``IDLE``,
         a refresh is no longer pending. Returns the keys to look at again."""
-        timers = self._timers
         keys: list[str] = []
-        while timers and timers[0][0] <= now:
-            when, _, key = heapq.heappop(timers)
+        for when, key in self._timers.pop_due(now):
             st = self._keys.get(key)
             if st is None:
                 continue
@@ -697,7 +753,7 @@ class Lane:
         return keys
 
     def next_timer(self) -> float:
-        return self._timers[0][0] if self._timers else math.inf
+        return self._timers.next()
 
     def time_out(self, now: float) -> float:
         """Cancel the applies past their deadline (each once); returns the
@@ -716,17 +772,6 @@ class Lane:
 
     # --- what a key needs -------------------------------------------------------------
 
-    def refresh_due(self, applied: Applied) -> datetime | None:
-        """When ``applied`` should be applied again, or None if never."""
-        if applied.status is None or applied.expires is None:
-            return None
-        lifetime = (applied.expires - applied.at).total_seconds()
-        due = applied.expires - timedelta(seconds=self._info.refresh_before)
-        # A lifetime shorter than refresh_before would make every refresh due at
-        # once: refresh at half-life instead, and never more than once a second.
-        earliest = applied.at + timedelta(seconds=max(lifetime / 2, MIN_REFRESH))
-        return max(due, earliest)
-
     def needs(self, desired: Status | None, record: Record | None) -> bool:
         """Whether a key needs a request to get from ``record`` to
         ``desired``: they differ, the record is uncertain, or a refresh is
@@ -738,7 +783,7 @@ class Lane:
             return False
         if record.uncertain:
             return True
-        due = self.refresh_due(record.applied)
+        due = refresh_due(record.applied, self._info.refresh_before)
         return due is not None and due <= self._clock.now()
 
     def plan_refresh(self, key: str, record: Record | None) -> None:
@@ -746,7 +791,7 @@ class Lane:
         of its next refresh, if its status lapses by itself."""
         if record is None:
             return
-        due = self.refresh_due(record.applied)
+        due = refresh_due(record.applied, self._info.refresh_before)
         if due is None:
             return
         wait = (due - self._clock.now()).total_seconds()

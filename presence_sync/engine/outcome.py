@@ -358,14 +358,7 @@ class Outcomes:
             ledger.rejected(name, person, flight.before)
         else:
             ledger.uncertain(name, person, flight.desired)
-        if row.result is not None:
-            lane.m_duration.observe(outcome.took)
-            lane.m_result[row.result].inc()
-        stats = lane.stats
-        for counter in row.counters:
-            setattr(stats, counter, getattr(stats, counter) + 1)
-        if "throttled" in row.counters:
-            lane.m_throttled.inc()
+        lane.count(row.counters, row.result, None if row.result is None else outcome.took)
         said_cause = cause(outcome.error, lane)
         first, pause = self._health(lane, row.health, outcome)
         self._move(lane, flight, row.move, said_cause)

@@ -252,8 +252,7 @@ class Scheduler:
 
 def _noted_noop(lane: Lane, key: str, person: Person | None, desired: object) -> None:
     """A queued key needed nothing by the time it was picked: it cost no request."""
-    lane.stats.noops += 1
-    lane.m_result["noop"].inc()
+    lane.count(("noops",), "noop", None)
     if log.isEnabledFor(logging.DEBUG):
         log.debug(
             "%s: %s nothing to do",

@@ -45,8 +45,7 @@ class Worker:
         start = clock.monotonic()
         state = lane.state(key)
         since = start if state is None or state.since is None else state.since
-        lane.m_latency.observe(max(0.0, start - since))
-        lane.stats.requests += 1
+        lane.sent(start - since)
         kind: Kind
         error: BaseException | None = None
         wait = 0.0
