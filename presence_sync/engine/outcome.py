@@ -127,7 +127,8 @@ class Turn(enum.Enum):
 class Row:
     """What follows from one ``Kind``: ``counters`` are ``TargetStats``
     fields; ``result`` the label of ``presence_sync_target_applies_total``
-    (None: not counted); ``line`` writes the one log line."""
+    (None: not counted); ``line`` writes the one log line, at ``loudest``
+    or below (it is not called while that level is off)."""
 
     keep: Keep
     move: Move
@@ -135,13 +136,14 @@ class Row:
     counters: tuple[str, ...]
     result: str | None
     line: Callable[[_Said], None] | None
+    loudest: int = logging.WARNING
 
 
 @dataclass(frozen=True, slots=True)
 class _Said:
-    """What a log line may use: the request, its outcome, the cause, and
-    whether the health move began an episode (``first``) or the lock-out's
-    pause in seconds."""
+    """What a log line may use: the request, its outcome, the cause,
+    whether the health move began an episode (``first``), the lock-out's
+    pause in seconds, and the book (who is configured)."""
 
     lane: Lane
     flight: Flight
@@ -149,7 +151,7 @@ class _Said:
     cause: str
     first: bool
     pause: float
-    decided: str
+    book: Book
 
 
 def _status(outcome: Outcome) -> str:
@@ -184,7 +186,7 @@ def _changed(said: _Said) -> None:
         flight.person.email,
         old,
         CLEARED if applied.status is None else new,
-        said.decided,
+        _decided(flight, said.book),
         ms,
         extra=kv(
             person=flight.person.email,
@@ -295,7 +297,9 @@ def _rejected(said: _Said) -> None:
 
 
 TABLE: Final[dict[Kind, Row]] = {
-    Kind.APPLIED: Row(Keep.CONFIRMED, Move.CLEAN, Turn.RECOVERS, ("ok",), "ok", _changed),
+    Kind.APPLIED: Row(
+        Keep.CONFIRMED, Move.CLEAN, Turn.RECOVERS, ("ok",), "ok", _changed, logging.INFO
+    ),
     Kind.OTHER: Row(Keep.CONFIRMED, Move.CLEAN_PARK, Turn.RECOVERS, ("ok",), "ok", _other),
     Kind.THROTTLED: Row(
         Keep.BEFORE, Move.FRONT, Turn.THROTTLE, ("transient", "throttled"), "transient", _failing
@@ -311,11 +315,27 @@ TABLE: Final[dict[Kind, Row]] = {
         "transient",
         _failing,
     ),
-    Kind.REFUSED: Row(Keep.BEFORE, Move.PARK, Turn.NONE, ("permanent",), "permanent", _refused),
-    Kind.CREDENTIALS: Row(Keep.BEFORE, Move.FRONT, Turn.LOCK_OUT, ("auth",), "auth", _rejected),
+    Kind.REFUSED: Row(
+        Keep.BEFORE, Move.PARK, Turn.NONE, ("permanent",), "permanent", _refused, logging.ERROR
+    ),
+    Kind.CREDENTIALS: Row(
+        Keep.BEFORE, Move.FRONT, Turn.LOCK_OUT, ("auth",), "auth", _rejected, logging.ERROR
+    ),
     Kind.CANCELLED: Row(Keep.WORSE_CASE, Move.NONE, Turn.NONE, (), None, None),
 }
 """Every ``Kind``'s row (see the module docstring's table)."""
+
+
+def _decided(flight: Flight, book: Book) -> str:
+    """Why the status was chosen, as the change line says it."""
+    rule = flight.rule
+    if rule is not None:
+        return "opted out, " if rule == "opt-out" else f'rule "{rule}", '
+    if flight.desired is not None:
+        return ""  # a decider that names no rules (tests)
+    if flight.person.key in book.people:
+        return "no rule matched, "
+    return "no longer configured, "
 
 
 def cause(error: BaseException | None, lane: Lane) -> str:
@@ -359,15 +379,15 @@ class Outcomes:
         else:
             ledger.uncertain(name, person, flight.desired)
         lane.count(row.counters, row.result, None if row.result is None else outcome.took)
-        said_cause = cause(outcome.error, lane)
+        why = "" if outcome.error is None else cause(outcome.error, lane)
         first, pause = self._health(lane, row.health, outcome)
-        self._move(lane, flight, row.move, said_cause)
-        if row.line is not None:
-            said = _Said(lane, flight, outcome, said_cause, first, pause, self._decided(flight))
-            row.line(said)
-        if row.keep is Keep.CONFIRMED:
+        self._move(lane, flight, row.move, why)
+        if row.line is not None and log.isEnabledFor(row.loudest):
+            row.line(_Said(lane, flight, outcome, why, first, pause, self._book))
+        book = self._book
+        if row.keep is Keep.CONFIRMED and key not in book.people:
             # Someone who left while this apply ran: keep them until cleared everywhere.
-            self._book.settle_departed(person, ledger.held(key))
+            book.settle_departed(person, ledger.held(key))
 
     def _health(self, lane: Lane, move: Turn, outcome: Outcome) -> tuple[bool, float]:
         if move is Turn.RECOVERS:
@@ -400,14 +420,3 @@ class Outcomes:
             lane.requeue_front(key, self._book.desired_for(key, lane.name) is None, why)
         elif move is Move.BACK_OFF:
             lane.back_off(key, self._backoff, why)
-
-    def _decided(self, flight: Flight) -> str:
-        """Why the status was chosen, as the change line says it."""
-        rule = flight.rule
-        if rule is not None:
-            return "opted out, " if rule == "opt-out" else f'rule "{rule}", '
-        if flight.desired is not None:
-            return ""  # a decider that names no rules (tests)
-        if flight.person.key in self._book.people:
-            return "no rule matched, "
-        return "no longer configured, "
