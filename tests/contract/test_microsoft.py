@@ -27,7 +27,16 @@ from presence_sync.clock import ManualClock
 from presence_sync.config import MicrosoftSettings, TlsSettings
 from presence_sync.engine import Engine
 from presence_sync.errors import AuthError, ConfigError, PermanentError, TransientError
-from presence_sync.model import Applied, Call, Direction, Line, LineView, Person, Status
+from presence_sync.model import (
+    Applied,
+    Call,
+    Direction,
+    Line,
+    LineView,
+    Person,
+    Presence,
+    Status,
+)
 from presence_sync.rules import compile_rules
 from presence_sync.sim.certs import client_certificate
 from presence_sync.sim.graph import GraphHandle, GraphSim, SimClock, serve
@@ -565,9 +574,29 @@ def test_a_rule_with_a_pair_teams_refuses_is_a_config_error(
     assert message in problem.message
 
 
-def test_the_default_rules_pass_the_teams_check() -> None:
-    rules = compile_rules(None, targets={"teams_presence": TeamsPresenceTarget.info})
-    assert rules is not None
+def test_the_default_rules_show_pairs_teams_takes() -> None:
+    info = TeamsPresenceTarget.info
+    rules = compile_rules(None, targets={"teams_presence": info})
+    now = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    shown = {
+        state: rules.evaluate(PERSON, view, now)["teams_presence"]
+        for state, view in {
+            "in a call": LineView("100", line=Line.IN_USE),
+            "do not disturb": LineView("100", line=Line.IDLE, presence=Presence.DND),
+        }.items()
+    }
+    pairs = {
+        state: (status.availability, status.activity)
+        for state, status in shown.items()
+        if status is not None
+    }
+    assert pairs == {
+        "in a call": ("Busy", "InACall"),
+        "do not disturb": ("DoNotDisturb", "Presenting"),
+    }
+    assert info.check is not None
+    for availability, activity in pairs.values():
+        assert info.check({"availability": availability, "activity": activity}) is None
 
 
 # --- the shared Graph access --------------------------------------------------------
@@ -587,21 +616,64 @@ async def test_one_token_serves_every_target_until_shortly_before_it_expires(
     assert not [r for r in world.sim.requests("/v1.0/") if r.status == 401]
 
 
+class Gate:
+    """A TCP relay to ``upstream`` that holds every connection until
+    ``open()``: a sign-in endpoint that answers only when the test says so.
+    ``arrived`` is set, on this loop, when the first connection comes in."""
+
+    def __init__(self, upstream: str) -> None:
+        self._host, port = upstream.removeprefix("https://").rsplit(":", 1)
+        self._port = int(port)
+        self.arrived = asyncio.Event()
+        self._opened = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self.origin = ""
+
+    async def __aenter__(self) -> Gate:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.origin = f"https://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    def open(self) -> None:
+        self._opened.set()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.arrived.set()
+        await self._opened.wait()
+        up_reader, up_writer = await asyncio.open_connection(self._host, self._port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
 async def test_a_slow_token_endpoint_does_not_block_the_loop(world: World) -> None:
-    target = world.target("teams_presence")
-    world.sim.hang_next(0.5, f"/{world.sim.tenant}/oauth2/v2.0/token")
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.01)
-
-    ticker = asyncio.create_task(tick())
-    await world.apply(target, Status(availability="Busy", activity="InACall"))
-    ticker.cancel()
-    assert ticks >= 20  # the loop ran on while MSAL waited 0.5 s
+    """The simulator answers on this loop, so a sign-in that blocked it could
+    not even reach the held endpoint before MSAL's own timeout failed it."""
+    async with Gate(world.handle.origin) as gate:
+        microsoft = world.settings.microsoft.model_copy(update={"authority": gate.origin})
+        settings = SimpleNamespace(microsoft=microsoft, tls=world.settings.tls)
+        target = world.target("teams_presence", settings=settings)
+        applying = asyncio.create_task(
+            world.apply(target, Status(availability="Busy", activity="InACall"))
+        )
+        await asyncio.wait_for(gate.arrived.wait(), timeout=30)
+        # MSAL waits for the held sign-in endpoint, and this loop runs on.
+        assert not applying.done()
+        gate.open()
+        await applying
     assert _presence_shows(world)
 
 

@@ -263,6 +263,18 @@ async def test_ratelimited_as_429_pauses_with_retry_after(slack: Slack) -> None:
     assert slack.shown("ben").empty
 
 
+async def test_a_429_is_asked_once_the_engine_owns_the_retry(slack: Slack) -> None:
+    """Our client turns the SDK's retries off: a 429 goes back to the engine
+    at once (which pauses the lane), instead of the SDK sleeping in a worker
+    thread for Retry-After and asking again."""
+    slack.sim.fail_next("users.profile.get", "ratelimited", status=429, retry_after=1, count=2)
+    target = slack.status_target()
+    with pytest.raises(TransientError) as caught:
+        await target.apply(slack.change("slack_status", "ben", ON_A_CALL))
+    assert caught.value.retry_after == 1
+    assert slack.calls("users.profile.get") == 1
+
+
 async def test_ratelimited_inside_a_200_pauses_too(slack: Slack) -> None:
     slack.sim.fail_next("users.profile.get", "ratelimited")
     target = slack.status_target()
