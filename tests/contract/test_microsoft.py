@@ -1,5 +1,7 @@
 """The Microsoft targets against the Graph simulator, over TLS, with the real
-msal and httpx: one contract every target keeps, then each target's own.
+msal and httpx: the failure cases every Microsoft target shares beyond
+``target_contract.TargetContract`` (which ``test_target_contract.py`` runs for
+them), then each target's own.
 
 The targets are driven the way the engine drives them (``apply`` with a
 ``Change`` and a store-backed ``Memory``); the simulator runs on a
@@ -214,39 +216,10 @@ def kind(request: pytest.FixtureRequest) -> Kind:
     return param
 
 
-# --- the contract ------------------------------------------------------------------------
-
-
-async def test_apply_shows_and_clear_takes_back(world: World, kind: Kind) -> None:
-    target = world.target(kind.kind)
-    applied = await world.apply(target, kind.status)
-    assert applied.status == kind.status
-    assert kind.shows(world)
-    world.clock.advance(60)
-    gone = await world.apply(target, None, applied)
-    assert gone.status is None
-    assert kind.cleared(world)
-
-
-async def test_reapplying_the_same_status_leaves_the_same_result(world: World, kind: Kind) -> None:
-    target = world.target(kind.kind)
-    first = await world.apply(target, kind.status)
-    second = await world.apply(target, kind.status, first)
-    assert second.status == first.status
-    assert kind.shows(world)
-    await world.apply(target, None, second)
-    assert kind.cleared(world)
-
-
-async def test_401_gets_one_new_token_then_succeeds(world: World, kind: Kind) -> None:
-    target = world.target(kind.kind)
-    await world.apply(target, kind.status)  # warm: token and user id
-    issued = world.sim.tokens_issued
-    world.sim.fail_next("/v1.0/users/", 401, retry_after=None)
-    applied = await world.apply(target, None, Applied(kind.status, world.clock.now()))
-    assert applied.status is None
-    assert world.sim.tokens_issued == issued + 1
-    assert kind.cleared(world)
+# --- beyond the shared contract ---------------------------------------------------------
+# Apply, clear, re-apply, 401 then a new token, 429, a timeout and an unknown
+# person run for every target from tests/contract/target_contract.py; these
+# are the Microsoft-only failure cases, for each of the three kinds.
 
 
 async def test_401_twice_is_an_auth_error_naming_tenant_and_permission(
@@ -260,18 +233,10 @@ async def test_401_twice_is_an_auth_error_naming_tenant_and_permission(
     assert "User.Read.All" in str(error.value)
 
 
-async def test_429_with_retry_after_pauses(world: World, kind: Kind) -> None:
-    target = world.target(kind.kind)
-    await world.apply(target, kind.status)
-    world.sim.fail_next("/v1.0/users/", 429, retry_after=7)
-    with pytest.raises(TransientError) as error:
-        await world.apply(target, None, Applied(kind.status, world.clock.now()))
-    assert error.value.retry_after == 7
-    assert error.value.status == 429
-
-
 @pytest.mark.parametrize("status", [500, 502, 503])
-async def test_5xx_is_transient(world: World, kind: Kind, status: int) -> None:
+async def test_5xx_before_anything_is_known_is_transient(
+    world: World, kind: Kind, status: int
+) -> None:
     target = world.target(kind.kind)
     world.sim.fail_next("/v1.0/users/", status, retry_after=None)
     with pytest.raises(TransientError) as error:
@@ -280,21 +245,6 @@ async def test_5xx_is_transient(world: World, kind: Kind, status: int) -> None:
     applied = await world.apply(target, kind.status)  # the retry works
     assert applied.status == kind.status
     assert kind.shows(world)
-
-
-async def test_a_timeout_is_transient(world: World, kind: Kind) -> None:
-    target = world.target(kind.kind, timeout=0.3)
-    await world.apply(target, kind.status)
-    world.sim.hang_next(1.0, "/v1.0/users/")
-    with pytest.raises(TransientError, match=r"127\.0\.0\.1:\d+: no answer in time \(timeout\)"):
-        await world.apply(target, kind.status, Applied(kind.status, world.clock.now()))
-
-
-async def test_a_person_not_in_the_tenant_is_permanent_and_named(world: World, kind: Kind) -> None:
-    target = world.target(kind.kind)
-    nobody = Person(key="nobody@contoso.example", email="nobody@contoso.example", extension="9")
-    with pytest.raises(PermanentError, match=r"nobody@contoso\.example"):
-        await world.apply(target, kind.status, person=nobody)
 
 
 async def test_a_refused_permission_is_an_auth_error_naming_it(world: World, kind: Kind) -> None:
