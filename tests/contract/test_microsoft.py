@@ -1,5 +1,7 @@
 """The Microsoft targets against the Graph simulator, over TLS, with the real
-msal and httpx: one contract every target keeps, then each target's own.
+msal and httpx: the failure cases every Microsoft target shares beyond
+``target_contract.TargetContract`` (which ``test_target_contract.py`` runs for
+them), then each target's own.
 
 The targets are driven the way the engine drives them (``apply`` with a
 ``Change`` and a store-backed ``Memory``); the simulator runs on a
@@ -27,7 +29,16 @@ from presence_sync.clock import ManualClock
 from presence_sync.config import MicrosoftSettings, TlsSettings
 from presence_sync.engine import Engine
 from presence_sync.errors import AuthError, ConfigError, PermanentError, TransientError
-from presence_sync.model import Applied, Call, Direction, Line, LineView, Person, Status
+from presence_sync.model import (
+    Applied,
+    Call,
+    Direction,
+    Line,
+    LineView,
+    Person,
+    Presence,
+    Status,
+)
 from presence_sync.rules import compile_rules
 from presence_sync.sim.certs import client_certificate
 from presence_sync.sim.graph import GraphHandle, GraphSim, SimClock, serve
@@ -205,39 +216,10 @@ def kind(request: pytest.FixtureRequest) -> Kind:
     return param
 
 
-# --- the contract ------------------------------------------------------------------------
-
-
-async def test_apply_shows_and_clear_takes_back(world: World, kind: Kind) -> None:
-    target = world.target(kind.kind)
-    applied = await world.apply(target, kind.status)
-    assert applied.status == kind.status
-    assert kind.shows(world)
-    world.clock.advance(60)
-    gone = await world.apply(target, None, applied)
-    assert gone.status is None
-    assert kind.cleared(world)
-
-
-async def test_reapplying_the_same_status_leaves_the_same_result(world: World, kind: Kind) -> None:
-    target = world.target(kind.kind)
-    first = await world.apply(target, kind.status)
-    second = await world.apply(target, kind.status, first)
-    assert second.status == first.status
-    assert kind.shows(world)
-    await world.apply(target, None, second)
-    assert kind.cleared(world)
-
-
-async def test_401_gets_one_new_token_then_succeeds(world: World, kind: Kind) -> None:
-    target = world.target(kind.kind)
-    await world.apply(target, kind.status)  # warm: token and user id
-    issued = world.sim.tokens_issued
-    world.sim.fail_next("/v1.0/users/", 401, retry_after=None)
-    applied = await world.apply(target, None, Applied(kind.status, world.clock.now()))
-    assert applied.status is None
-    assert world.sim.tokens_issued == issued + 1
-    assert kind.cleared(world)
+# --- beyond the shared contract ---------------------------------------------------------
+# Apply, clear, re-apply, 401 then a new token, 429, a timeout and an unknown
+# person run for every target from tests/contract/target_contract.py; these
+# are the Microsoft-only failure cases, for each of the three kinds.
 
 
 async def test_401_twice_is_an_auth_error_naming_tenant_and_permission(
@@ -251,18 +233,10 @@ async def test_401_twice_is_an_auth_error_naming_tenant_and_permission(
     assert "User.Read.All" in str(error.value)
 
 
-async def test_429_with_retry_after_pauses(world: World, kind: Kind) -> None:
-    target = world.target(kind.kind)
-    await world.apply(target, kind.status)
-    world.sim.fail_next("/v1.0/users/", 429, retry_after=7)
-    with pytest.raises(TransientError) as error:
-        await world.apply(target, None, Applied(kind.status, world.clock.now()))
-    assert error.value.retry_after == 7
-    assert error.value.status == 429
-
-
 @pytest.mark.parametrize("status", [500, 502, 503])
-async def test_5xx_is_transient(world: World, kind: Kind, status: int) -> None:
+async def test_5xx_before_anything_is_known_is_transient(
+    world: World, kind: Kind, status: int
+) -> None:
     target = world.target(kind.kind)
     world.sim.fail_next("/v1.0/users/", status, retry_after=None)
     with pytest.raises(TransientError) as error:
@@ -271,21 +245,6 @@ async def test_5xx_is_transient(world: World, kind: Kind, status: int) -> None:
     applied = await world.apply(target, kind.status)  # the retry works
     assert applied.status == kind.status
     assert kind.shows(world)
-
-
-async def test_a_timeout_is_transient(world: World, kind: Kind) -> None:
-    target = world.target(kind.kind, timeout=0.3)
-    await world.apply(target, kind.status)
-    world.sim.hang_next(1.0, "/v1.0/users/")
-    with pytest.raises(TransientError, match=r"127\.0\.0\.1:\d+: no answer in time \(timeout\)"):
-        await world.apply(target, kind.status, Applied(kind.status, world.clock.now()))
-
-
-async def test_a_person_not_in_the_tenant_is_permanent_and_named(world: World, kind: Kind) -> None:
-    target = world.target(kind.kind)
-    nobody = Person(key="nobody@contoso.example", email="nobody@contoso.example", extension="9")
-    with pytest.raises(PermanentError, match=r"nobody@contoso\.example"):
-        await world.apply(target, kind.status, person=nobody)
 
 
 async def test_a_refused_permission_is_an_auth_error_naming_it(world: World, kind: Kind) -> None:
@@ -565,9 +524,29 @@ def test_a_rule_with_a_pair_teams_refuses_is_a_config_error(
     assert message in problem.message
 
 
-def test_the_default_rules_pass_the_teams_check() -> None:
-    rules = compile_rules(None, targets={"teams_presence": TeamsPresenceTarget.info})
-    assert rules is not None
+def test_the_default_rules_show_pairs_teams_takes() -> None:
+    info = TeamsPresenceTarget.info
+    rules = compile_rules(None, targets={"teams_presence": info})
+    now = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    shown = {
+        state: rules.evaluate(PERSON, view, now)["teams_presence"]
+        for state, view in {
+            "in a call": LineView("100", line=Line.IN_USE),
+            "do not disturb": LineView("100", line=Line.IDLE, presence=Presence.DND),
+        }.items()
+    }
+    pairs = {
+        state: (status.availability, status.activity)
+        for state, status in shown.items()
+        if status is not None
+    }
+    assert pairs == {
+        "in a call": ("Busy", "InACall"),
+        "do not disturb": ("DoNotDisturb", "Presenting"),
+    }
+    assert info.check is not None
+    for availability, activity in pairs.values():
+        assert info.check({"availability": availability, "activity": activity}) is None
 
 
 # --- the shared Graph access --------------------------------------------------------
@@ -587,21 +566,64 @@ async def test_one_token_serves_every_target_until_shortly_before_it_expires(
     assert not [r for r in world.sim.requests("/v1.0/") if r.status == 401]
 
 
+class Gate:
+    """A TCP relay to ``upstream`` that holds every connection until
+    ``open()``: a sign-in endpoint that answers only when the test says so.
+    ``arrived`` is set, on this loop, when the first connection comes in."""
+
+    def __init__(self, upstream: str) -> None:
+        self._host, port = upstream.removeprefix("https://").rsplit(":", 1)
+        self._port = int(port)
+        self.arrived = asyncio.Event()
+        self._opened = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self.origin = ""
+
+    async def __aenter__(self) -> Gate:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.origin = f"https://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    def open(self) -> None:
+        self._opened.set()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.arrived.set()
+        await self._opened.wait()
+        up_reader, up_writer = await asyncio.open_connection(self._host, self._port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
 async def test_a_slow_token_endpoint_does_not_block_the_loop(world: World) -> None:
-    target = world.target("teams_presence")
-    world.sim.hang_next(0.5, f"/{world.sim.tenant}/oauth2/v2.0/token")
-    ticks = 0
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.01)
-
-    ticker = asyncio.create_task(tick())
-    await world.apply(target, Status(availability="Busy", activity="InACall"))
-    ticker.cancel()
-    assert ticks >= 20  # the loop ran on while MSAL waited 0.5 s
+    """The simulator answers on this loop, so a sign-in that blocked it could
+    not even reach the held endpoint before MSAL's own timeout failed it."""
+    async with Gate(world.handle.origin) as gate:
+        microsoft = world.settings.microsoft.model_copy(update={"authority": gate.origin})
+        settings = SimpleNamespace(microsoft=microsoft, tls=world.settings.tls)
+        target = world.target("teams_presence", settings=settings)
+        applying = asyncio.create_task(
+            world.apply(target, Status(availability="Busy", activity="InACall"))
+        )
+        await asyncio.wait_for(gate.arrived.wait(), timeout=30)
+        # MSAL waits for the held sign-in endpoint, and this loop runs on.
+        assert not applying.done()
+        gate.open()
+        await applying
     assert _presence_shows(world)
 
 

@@ -23,7 +23,6 @@ import httpx
 import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from presence_sync.clock import ManualClock
 from presence_sync.sim.slack import IssuedToken, SlackSim, Status
@@ -407,11 +406,6 @@ def test_set_snooze_needs_a_duration(ws: Workspace) -> None:
 
 
 # --- rate limits -----------------------------------------------------------------------------
-
-
-def test_the_sdk_client_does_not_retry_429_by_itself() -> None:
-    handlers = WebClient().retry_handlers
-    assert not any(isinstance(h, RateLimitErrorRetryHandler) for h in handlers)
 
 
 def test_a_spent_method_budget_is_429_with_retry_after_for_every_token(tight_ws: Workspace) -> None:

@@ -1,6 +1,9 @@
 """Contract tests of the ``slack_status`` and ``slack_dnd`` targets against the
 Slack simulator, over loopback sockets with the real ``slack_sdk`` client and
-the store's real ``Memory``."""
+the store's real ``Memory``: what only Slack does. The cases every target
+shares (apply, clear, re-apply, a rejected token, 429 asked once, 5xx, a
+timeout, an unknown person) run from ``target_contract.py`` in
+``test_target_contract.py``."""
 
 from __future__ import annotations
 
@@ -341,26 +344,6 @@ async def test_owner_with_own_token_works(slack: Slack) -> None:
     target = slack.status_target()
     await target.apply(slack.change("slack_status", "otto", ON_A_CALL))
     assert slack.shown("otto").text == "On a call"
-
-
-async def test_unknown_person_is_parked(slack: Slack) -> None:
-    target = slack.status_target()
-    with pytest.raises(PermanentError, match=r"nobody@example\.com"):
-        await target.apply(slack.change("slack_status", "nobody", ON_A_CALL))
-
-
-async def test_timeout_is_transient(slack: Slack) -> None:
-    slack.sim.hang_next("users.profile.get", 2.0)
-    target = slack.status_target(timeout=0.3)
-    with pytest.raises(TransientError, match=r"127\.0\.0\.1:\d+: no answer in time \(timeout\)"):
-        await target.apply(slack.change("slack_status", "anna", ON_A_CALL))
-
-
-async def test_server_error_is_transient(slack: Slack) -> None:
-    slack.sim.fail_next("users.profile.set", "internal_error", status=500)
-    target = slack.status_target()
-    with pytest.raises(TransientError):
-        await target.apply(slack.change("slack_status", "anna", ON_A_CALL))
 
 
 # --- slack_dnd -----------------------------------------------------------------------------

@@ -975,19 +975,22 @@ async def test_a_held_write_lock_sends_the_group_to_the_writer_thread(tmp_path: 
     backup = sqlite3.connect(path, isolation_level=None)
     backup.execute("BEGIN IMMEDIATE")
     try:
-        # Nothing is written, and the call returns at once instead of waiting.
-        started = time.monotonic()
+        # Nothing is written, and the lock stays the other connection's.
         assert not store.try_write_applied([AppliedWrite("teams_presence", ANNA, ON_A_CALL)])
-        assert time.monotonic() - started < 1.0
+        assert backup.in_transaction
         writing = asyncio.get_running_loop().create_task(
             store.awrite_applied([AppliedWrite("teams_presence", ANNA, ON_A_CALL)])
         )
-        ticks = 0
-        while ticks < 20:  # the loop keeps running while the thread waits
-            await asyncio.sleep(0.005)
-            ticks += 1
+        # One step of the task hands the group to the writer thread and gives
+        # the loop back. Committed on the loop instead, that step would sit in
+        # SQLite's busy wait for the 10 s and end with the task failed.
+        await asyncio.sleep(0)
         assert not writing.done()
+        assert store.load_applied() == []  # the loop reads meanwhile
         backup.execute("ROLLBACK")
+        # The lock is free now, yet a later row does not overtake the queued
+        # group (no await since: the group is still the writer's).
+        assert not store.try_write_applied([AppliedWrite("slack_status", BOB, RESTORED)])
         await writing
     finally:
         backup.close()

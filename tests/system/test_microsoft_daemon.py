@@ -72,7 +72,12 @@ def _config(tmp_path: Path, nfon: SimHandle, hook: Hook, graph: Graph) -> Path:
 
 
 def test_pick_up_shows_in_a_call_and_hang_up_clears(
-    tmp_path: Path, nfon: SimHandle, hook: Hook, graph: Graph, daemons: Callable[..., Daemon]
+    tmp_path: Path,
+    nfon: SimHandle,
+    hook: Hook,
+    graph: Graph,
+    daemons: Callable[..., Daemon],
+    record_property: Callable[[str, object], None],
 ) -> None:
     daemon = daemons("run", "-c", str(_config(tmp_path, nfon, hook, graph)))
     daemon.wait_ready()
@@ -81,8 +86,10 @@ def test_pick_up_shows_in_a_call_and_hang_up_clears(
     started = time.monotonic()
     call = nfon.sim.call("100")
     eventually(lambda: graph.shown(ANNA) == ("Busy", "InACall"), "Anna in a call", within=5)
+    # Reported, not asserted: how fast is benchmarks' business (benchmarks/microsoft.py).
     took = time.monotonic() - started
-    assert took < 1.0, f"pick-up took {took:.3f} s to show in Teams"
+    record_property("pick_up_to_teams_seconds", round(took, 3))
+    print(f"pick-up showed in Teams after {took:.3f} s")
     [post] = graph.sim.requests(f"/v1.0/users/{graph.users[ANNA]}/presence/setPresence")
     assert post.body["sessionId"] == graph.client_id
     assert post.body["expirationDuration"] == "PT15M"

@@ -10,7 +10,7 @@ import re
 import signal
 import socket
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -143,13 +143,16 @@ def test_reloads_readiness_and_build_are_scraped_and_a_refused_reload_is_one_ent
     loaded_at = first.value("presence_sync_config_last_reload_success_timestamp_seconds")
     assert loaded_at > 0
 
-    # A good reload.
+    # A good reload: the timestamp moves to when it happened.
+    sent = datetime.now(UTC).timestamp()  # microseconds, as the daemon's clock gives them
     daemon.signal(signal.SIGHUP)
     daemon.wait_record(event="reload_ok")
     good = Scrape(daemon)
+    scraped = datetime.now(UTC).timestamp()
     assert good.value("presence_sync_config_reloads_total", result="ok") == 1
     assert good.value("presence_sync_config_reloads_total", result="refused") == 0
-    assert good.value("presence_sync_config_last_reload_success_timestamp_seconds") >= loaded_at
+    reloaded_at = good.value("presence_sync_config_last_reload_success_timestamp_seconds")
+    assert loaded_at < sent <= reloaded_at <= scraped
 
     # A refused one: two mistakes in the file, one log entry naming both.
     text = config.read_text()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from harness import Daemon, Hook, Notifications, write_config
+from polling import eventually
 
 from presence_sync.sim.nfon import SimHandle
 
@@ -16,6 +17,12 @@ pytestmark = pytest.mark.system
 
 GRACE = "2"  # seconds the state stream may be down (the daemon's default: 30)
 FOREVER = 1_000_000
+RETRIES = 10  # reconnects to wait for during the outage: seconds of it, several checks
+
+
+def reconnects(nfon: SimHandle) -> int:
+    """Attempts to open the states stream so far (refused during the outage)."""
+    return nfon.sim.stats.requests_by_path.get("GET /extensions/phone/states", 0)
 
 
 def test_an_nfon_outage_makes_the_daemon_not_ready_until_nfon_is_back(
@@ -49,8 +56,17 @@ def test_an_nfon_outage_makes_the_daemon_not_ready_until_nfon_is_back(
     assert stream["reason"].startswith("NFON stream down since")
     assert body["status"].startswith("Degraded: NFON stream down since")
     notify.wait(r"STATUS=Degraded: NFON stream down since")
-    # Logged once, however long the outage lasts (stdout may trail the notify socket).
+    # Logged once, however long the outage lasts (stdout may trail the notify
+    # socket): counted after the daemon has tried and failed several more times.
     daemon.wait_line(r"not ready")
+    tried = reconnects(nfon)
+    eventually(
+        lambda: reconnects(nfon) >= tried + RETRIES,
+        f"{RETRIES} more reconnects while NFON is down",
+        within=60,
+    )
+    daemon.readyz()  # and asked again meanwhile
+    assert daemon.wait_not_ready()["components"]["nfon_stream"]["ok"] is False
     assert daemon.count(r"not ready") == 1
 
     mark = notify.mark()

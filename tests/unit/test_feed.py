@@ -185,17 +185,25 @@ def nfon_answering(states: list[dict[str, str]]) -> NfonClient:
 async def test_an_empty_snapshot_does_not_clear_everyone(
     plain: Runtime, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    in_use = plain.lines.on_full_state(
-        [StateEvent("100", Line.IN_USE, Presence.AVAILABLE)], plain.feed
-    )
-    plain.engine.resync(in_use, complete=False)
+    in_use(plain)
+    assert desired_text(plain) == "On a call"
     async with nfon_answering([]) as nfon:
         feed = Feed(nfon, plain.lines, plain.engine, plain.directory, clock)
         await feed.resync()
-    view = plain.engine.line("100")
-    assert view is not None
-    assert view.line is Line.IN_USE
-    assert "snapshot listed no extensions" in caplog.text
+        # Anna is still on her call: her line and her status stay as they were.
+        view = plain.engine.line("100")
+        assert view is not None
+        assert view.line is Line.IN_USE
+        assert desired_text(plain) == "On a call"
+        assert feed.last_resync is None  # not counted as a resync
+        assert "snapshot listed no extensions" in caplog.text
+    # The same resync with a snapshot that lists her idle does clear her,
+    # so the checks above would see a clearing.
+    idle = [{"extension": "100", "line": "idle", "presence": "available"}]
+    async with nfon_answering(idle) as nfon:
+        feed = Feed(nfon, plain.lines, plain.engine, plain.directory, clock)
+        await feed.resync()
+    assert desired_text(plain) is None
 
 
 async def test_a_full_state_during_the_settle_wins_over_the_view_held_back(
