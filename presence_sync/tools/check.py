@@ -49,6 +49,7 @@ from presence_sync.nfon import NfonClient
 from presence_sync.store import MemoryStore, StoreMemory
 from presence_sync.targets.base import target_env
 from presence_sync.targets.graph import MICROSOFT_KINDS, GraphClient
+from presence_sync.targets.slack import rule_text_warnings
 from presence_sync.targets.slack_client import SlackClient, SlackRefused
 
 __all__ = [
@@ -622,7 +623,7 @@ async def run(
                 print(warning_text(record), file=stderr)
             warnings.clear()
         settings = loaded.settings
-        for warning in settings.warnings:
+        for warning in (*settings.warnings, *rule_text_warnings(settings)):
             print(f"warning: {warning}", file=stderr)
         targets = ", ".join(
             n if n == spec.kind else f"{n} ({spec.kind})" for n, spec in settings.targets.items()

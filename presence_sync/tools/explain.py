@@ -28,6 +28,7 @@ from presence_sync.model import (
     find_person,
 )
 from presence_sync.rules import Explanation, RuleSet
+from presence_sync.targets.slack import long_text
 
 __all__ = [
     "Loaded",
@@ -246,5 +247,12 @@ def run(
         count = len(settings.rules or ())
         rules_text = f"{count} rule{'s' * (count != 1)} in {settings.source_file}"
     explained = rules.explain(person, view, at)
+    for target, why in explained.items():
+        spec = settings.targets.get(target)
+        text = None if why.status is None else why.status.text
+        if spec is not None and spec.kind == "slack_status" and text:
+            too_long = long_text(text)
+            if too_long is not None:
+                print(f"warning: {target}: {too_long}", file=err)
     print(render(person, describe_situation(view, at, zone), rules_text, explained), file=out)
     return 0
