@@ -22,6 +22,7 @@ from presence_sync.sim.nfon import SimHandle
 from presence_sync.sim.slack import SlackSim
 from presence_sync.sim.slack_serve import SlackHandle
 from presence_sync.sim.slack_serve import serve_in_thread as serve_slack
+from presence_sync.sim.webhook_cli import describe_delivery
 
 pytestmark = pytest.mark.system
 
@@ -486,3 +487,13 @@ def test_the_webhook_is_reached_with_a_signed_ping_that_carries_no_change(
     assert re.search(r"^Webhook webhook\s+PROBLEM: no answer we can use: ", down.stdout, re.M), (
         down.stdout
     )
+
+
+def test_the_receiver_command_shows_a_ping_as_a_ping() -> None:
+    line = describe_delivery(
+        {"version": 1, "event": "ping", "id": "x", "target": "crm_hook", "at": "..."},
+        "valid",
+        200,
+    )
+    assert "ping for crm_hook · signature valid · answered 200" in line
+    assert "cleared" not in line
