@@ -77,7 +77,7 @@ MAX_EVENT_BYTES: Final = 4 * 1024 * 1024
 HEALTHY_AFTER: Final = 30.0
 """A connection that lasted this long resets the backoff even without events."""
 
-STATES_MAX_DELAY: Final = 5.0
+STATES_MAX_DELAY: Final = 3.0
 """The longest backoff of the states stream, whatever ``reconnect_max_delay``
 says: while it is down no status moves, so it tries again within seconds."""
 
