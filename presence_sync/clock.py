@@ -81,6 +81,11 @@ class ManualClock:
             heapq.heappop(self._sleepers)
         return self._sleepers[0][0] if self._sleepers else None
 
+    @property
+    def sleepers(self) -> int:
+        """How many sleeps are pending: one per task parked on this clock."""
+        return sum(1 for _, _, fut in self._sleepers if not fut.done())
+
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, waking every sleeper whose
         deadline falls inside, each at its own deadline. Tasks created just

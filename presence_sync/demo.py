@@ -401,8 +401,8 @@ def _last_documents(receiver: WebhookReceiver) -> dict[str, str]:
     out: dict[str, str] = {}
     for delivery in receiver.deliveries:
         body = delivery.body
-        if not delivery.accepted or not isinstance(body, dict):
-            continue
+        if not delivery.accepted or not isinstance(body, dict) or "person" not in body:
+            continue  # a ping (presence-sync check) shows nobody
         status = body.get("status")
         if isinstance(status, dict):
             shown = "/".join(str(status[k]) for k in ("availability", "activity") if status.get(k))

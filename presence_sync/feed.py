@@ -80,7 +80,8 @@ class Feed:
         self.bootstrapped = False
         """The states stream delivered a full state at least once."""
         self.last_resync: datetime | None = last_resync
-        """When the last full resync from the snapshot finished."""
+        """When the last full resync finished: a full state from the states
+        stream (each connect) or from the snapshot."""
         self._held: dict[str, tuple[LineView, asyncio.Task[None]]] = {}
         self.calls = CallMeter(clock)
 
@@ -98,6 +99,8 @@ class Feed:
                 self._unhold(v.extension for v in views)
                 dirty = self.engine.resync(views, complete=False)
                 self.bootstrapped = True
+                # Every line, as NFON has it now: a full resync like the snapshot's.
+                self.last_resync = self.clock.now()
                 log.info(
                     "full state from NFON",
                     extra=kv(extensions=len(views), changes=dirty, reconnect=item.reconnect),

@@ -42,6 +42,7 @@ __all__ = [
     "PauseError",
     "Pauses",
     "UnknownPerson",
+    "duration_problem",
     "shown_time",
 ]
 
@@ -49,6 +50,18 @@ log = logging.getLogger(__name__)
 
 LONGEST_PAUSE: Final = 366 * 86400.0
 """Seconds a timed pause may last at most; longer ones are until resumed."""
+
+
+def duration_problem(seconds: float) -> str | None:
+    """Why a pause cannot last ``seconds``, in the words the API and the
+    ``pause`` command both use; None when it can."""
+    if 0 < seconds <= LONGEST_PAUSE:
+        return None
+    return (
+        "a pause must last more than 0s and at most 366d; "
+        "leave the duration out to pause until resumed"
+    )
+
 
 _MAX_SLEEP: Final = 60.0
 """The end-time timer looks again at least this often (seconds), so a wall
@@ -168,11 +181,9 @@ class Pauses:
             if target not in names:
                 configured = ", ".join(names) or "none"
                 raise BadPause(f"no target is called {target!r}; configured targets: {configured}")
-        if seconds is not None and not 0 < seconds <= LONGEST_PAUSE:
-            raise BadPause(
-                "a pause must last more than 0s and at most 366d; "
-                "leave the duration out to pause until resumed"
-            )
+        problem = None if seconds is None else duration_problem(seconds)
+        if problem is not None:
+            raise BadPause(problem)
         now = self._clock.now()
         old = self._rows.get(person.key)
         targets: frozenset[str] | None = None if target is None else frozenset({target})

@@ -20,6 +20,7 @@ The streams never raise: they reconnect (see ``nfon/stream.py``).
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -36,8 +37,10 @@ from presence_sync.nfon.auth import NfonAuth
 from presence_sync.nfon.schema import FrameError, extension_from_wire, state_from_wire
 from presence_sync.nfon.stream import (
     CALLS_PATH,
+    STATES_MAX_DELAY,
     STATES_PATH,
     CallItem,
+    Reachability,
     StateItem,
     StreamHealth,
     StreamSettings,
@@ -74,6 +77,13 @@ class NfonClient:
     replaces the network (tests, benchmarks). Use it as an async context
     manager or call ``aclose()``.
 
+    The streams back off between attempts (``reconnect_base_delay`` doubling
+    up to ``reconnect_max_delay``, the states stream at most
+    ``states_max_delay``, full jitter drawn from ``rng``) and, with
+    ``wake_streams``, all try again at once when NFON answers any request
+    after an outage. ``wake_streams=False`` waits every backoff out in full;
+    it is there to compare with (``benchmarks/nfon_outage.py``).
+
     ``expected_extensions`` is the bootstrap size hint for ``states()``; an
     unfiltered ``snapshot()`` sets it, and the caller may too.
     """
@@ -93,6 +103,9 @@ class NfonClient:
         transport: httpx.AsyncBaseTransport | None = None,
         reconnect_base_delay: float = 0.5,
         bootstrap_quiet: float = 0.25,
+        states_max_delay: float = STATES_MAX_DELAY,
+        wake_streams: bool = True,
+        rng: random.Random | None = None,
     ) -> None:
         self.customer = customer
         self.clock: Clock = clock or SystemClock()
@@ -105,8 +118,10 @@ class NfonClient:
             "headers": {"User-Agent": self.user_agent},
             "verify": tls_context(verify),
             "transport": transport,
-            "event_hooks": {"response": [self._log_failure]},
+            "event_hooks": {"response": [self._observe]},
         }
+        self.reachability = Reachability()
+        """Whether NFON answers; its return ends every stream's backoff at once."""
         self._rest = httpx.AsyncClient(timeout=httpx.Timeout(request_timeout), **common)
         self.auth = NfonAuth(self._rest, username, password, clock=self.clock)
         self._rest.auth = self.auth
@@ -118,6 +133,9 @@ class NfonClient:
             liveness_timeout=liveness_timeout,
             reconnect_base_delay=reconnect_base_delay,
             reconnect_max_delay=reconnect_max_delay,
+            states_max_delay=states_max_delay,
+            rng=rng,
+            reachability=self.reachability if wake_streams else None,
         )
         self._throttle = Throttle()
         self.states_health = StreamHealth()
@@ -296,6 +314,7 @@ class NfonClient:
         except (AuthError, UpstreamError):
             raise
         except httpx.HTTPError as exc:
+            self.reachability.failed()
             where = self._rest.base_url.join(path)
             raise TransientError(f"NFON {method} {path}: {describe_error(exc, where)}") from exc
         status = response.status_code
@@ -346,8 +365,15 @@ class NfonClient:
 
     # --- diagnostics ----------------------------------------------------------------
 
-    async def _log_failure(self, response: httpx.Response) -> None:
-        if response.status_code >= 400:
+    async def _observe(self, response: httpx.Response) -> None:
+        """Every response of either client, token requests included: note
+        whether NFON answers, and log a failure with its request id."""
+        status = response.status_code
+        if status >= 500 or status in (408, 429):
+            self.reachability.failed()
+        else:
+            self.reachability.answered()
+        if status >= 400:
             log.info(
                 "nfon request failed",
                 extra=kv(

@@ -9,7 +9,11 @@ line ends and even the BOM anywhere.
 ``state_stream`` and ``call_stream`` hold one stream open for as long as the
 caller iterates: they reconnect after EOF, network errors, HTTP errors and
 silence (no byte for ``liveness_timeout``), with exponential backoff and full
-jitter, and turn each frame into a domain event. A frame that cannot be
+jitter, and turn each frame into a domain event. A presence service is
+judged by how soon it is right again after an outage, so the backoff never
+outlasts NFON's return: every consumer sharing one ``Reachability`` stops
+waiting as soon as any request to NFON is answered again after a failure,
+and the states stream's ceiling is ``STATES_MAX_DELAY`` seconds. A frame that cannot be
 understood is logged (rate-limited), counted and skipped; it never ends the
 stream. All waiting goes through the injected ``Clock``.
 
@@ -51,9 +55,11 @@ from presence_sync.ops.logging import Throttle, kv
 
 __all__ = [
     "MAX_EVENT_BYTES",
+    "STATES_MAX_DELAY",
     "CallItem",
     "Connected",
     "FullState",
+    "Reachability",
     "SSEDecoder",
     "ServerSentEvent",
     "StateItem",
@@ -71,7 +77,12 @@ MAX_EVENT_BYTES: Final = 4 * 1024 * 1024
 HEALTHY_AFTER: Final = 30.0
 """A connection that lasted this long resets the backoff even without events."""
 
+STATES_MAX_DELAY: Final = 3.0
+"""The longest backoff of the states stream, whatever ``reconnect_max_delay``
+says: while it is down no status moves, so it tries again within seconds."""
+
 RECONNECT_REASONS: Final = ("eof", "timeout", "network", "http_error", "auth")
+
 REJECT_REASONS: Final = ("json", "shape", "field", "too_large")
 
 STATES_PATH: Final = "extensions/phone/states"
@@ -276,6 +287,51 @@ CallItem = Connected | CallEvent
 # --- the reconnecting consumer -------------------------------------------------------
 
 
+class Reachability:
+    """Whether NFON answers, shared by every request to one NFON.
+
+    ``failed()`` is called when a request found NFON unreachable (no answer,
+    a timeout, 5xx, 408, 429) and ``answered()`` when NFON answered one
+    properly. The first answer after a failure wakes every backoff waiting in
+    ``wait``: the stream that got through first brings the others back with
+    it instead of leaving them to sit out their jitter. Only that transition
+    wakes anyone, so a stream refused for its own reasons (401, a bad path)
+    is not woken by requests that keep succeeding around it.
+    """
+
+    def __init__(self) -> None:
+        self.unreachable = False
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def failed(self) -> None:
+        self.unreachable = True
+
+    def answered(self) -> None:
+        if not self.unreachable:
+            return
+        self.unreachable = False
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self, clock: Clock, seconds: float) -> bool:
+        """Wait ``seconds`` of ``clock``'s time, or less if NFON answers again
+        meanwhile; true when woken early."""
+        if seconds <= 0:
+            await clock.sleep(0)
+            return False
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(woken)
+        timer = asyncio.ensure_future(clock.sleep(seconds))
+        try:
+            await asyncio.wait((woken, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            self._waiters.discard(woken)
+        return woken.done() and not timer.done()
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
     """How a stream consumer connects, waits and gives up on a connection."""
@@ -286,8 +342,13 @@ class StreamSettings:
     reconnect_base_delay: float = 0.5
     """First backoff step; the server's ``retry:`` field replaces it."""
     reconnect_max_delay: float = 60.0
+    states_max_delay: float = STATES_MAX_DELAY
+    """The states stream's own ceiling (the lower of the two applies)."""
     max_event_bytes: int = MAX_EVENT_BYTES
     rng: random.Random | None = None
+    reachability: Reachability | None = None
+    """Shared with every other request to the same NFON (see ``Reachability``);
+    ``None``: each backoff is waited out in full."""
 
 
 @dataclass(slots=True)
@@ -309,10 +370,15 @@ class _Failed(Exception):
     """A connection attempt or an open connection ended; ``reason`` is one
     of ``RECONNECT_REASONS`` (the metric label)."""
 
-    def __init__(self, reason: str, detail: str, *, wait_at_least: float = 0.0) -> None:
+    def __init__(
+        self, reason: str, detail: str, *, wait_at_least: float = 0.0, unreachable: bool = False
+    ) -> None:
         self.reason = reason
         self.detail = detail
         self.wait_at_least = wait_at_least
+        self.unreachable = unreachable
+        """NFON did not answer properly (no answer, timeout, 5xx, 408, 429),
+        as opposed to refusing us or ending a stream."""
         super().__init__(detail)
 
 
@@ -387,6 +453,8 @@ class _Connection:
         http: httpx.AsyncClient,
         settings: StreamSettings,
         health: StreamHealth | None = None,
+        *,
+        max_delay: float | None = None,
     ):
         self.name = name
         self.path = path
@@ -395,8 +463,11 @@ class _Connection:
         self.clock = settings.clock
         self.decoder = SSEDecoder(settings.max_event_bytes)
         self._rng = settings.rng or random.Random()
+        self._max_delay = min(settings.reconnect_max_delay, max_delay or math.inf)
+        self._reachability = settings.reachability
         self._attempt = 0
         self._delay = 0.0
+        self._wait_at_least = 0.0
         self._failing_since: float | None = None
         self._opened_at: float | None = None
         self._throttle = Throttle()
@@ -420,7 +491,7 @@ class _Connection:
         while True:
             if self._delay > 0:
                 self._state.state("backoff")
-                await self.clock.sleep(self._delay)
+                await self._backoff()
             if self.http.is_closed:
                 return None
             self._state.state("connecting")
@@ -448,6 +519,17 @@ class _Connection:
                 log.info("nfon stream connected", extra=kv(stream=self.name))
             return _Session(response, self.clock)
 
+    async def _backoff(self) -> None:
+        """Sleep ``_delay``, cut short when NFON answers again, but never
+        shorter than the floor a failure set (a ``Retry-After``, refused
+        credentials)."""
+        if self._reachability is None:
+            await self.clock.sleep(self._delay)
+            return
+        started = self.clock.monotonic()
+        if await self._reachability.wait(self.clock, self._delay):
+            await self.clock.sleep(self._wait_at_least - (self.clock.monotonic() - started))
+
     async def _connect(self) -> httpx.Response:
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
         if self.decoder.last_event_id:
@@ -460,11 +542,12 @@ class _Connection:
         except AuthError as exc:
             raise _Failed("auth", str(exc)) from None
         except UpstreamError as exc:  # a login that NFON did not answer properly
-            raise _Failed("http_error" if exc.status else "network", str(exc)) from None
+            reason = "http_error" if exc.status else "network"
+            raise _Failed(reason, str(exc), unreachable=_unreachable(exc.status)) from None
         except httpx.TimeoutException as exc:
-            raise _Failed("timeout", describe_error(exc, request.url)) from None
+            raise _Failed("timeout", describe_error(exc, request.url), unreachable=True) from None
         except httpx.HTTPError as exc:
-            raise _Failed("network", describe_error(exc, request.url)) from None
+            raise _Failed("network", describe_error(exc, request.url), unreachable=True) from None
         status = response.status_code
         content_type = response.headers.get("content-type", "text/event-stream").lower()
         if status == 200 and content_type.startswith("text/event-stream"):
@@ -474,7 +557,8 @@ class _Connection:
         request_id = response.headers.get("x-request-id")
         if request_id:
             detail += f" (request id {request_id})"
-        raise _Failed("auth" if status == 401 else "http_error", detail)
+        reason = "auth" if status == 401 else "http_error"
+        raise _Failed(reason, detail, unreachable=_unreachable(status))
 
     def failed(self, failure: _Failed, *, delivered: bool) -> None:
         """Count and log the end of a connection (or a failed attempt) and
@@ -492,8 +576,11 @@ class _Connection:
             self._attempt = 0
         hint = self.decoder.retry
         base = self.settings.reconnect_base_delay if hint is None else max(hint / 1000, 0.1)
-        ceiling = min(self.settings.reconnect_max_delay, base * 2 ** min(self._attempt, 30))
+        ceiling = min(self._max_delay, base * 2 ** min(self._attempt, 30))
         self._delay = max(self._rng.uniform(0, ceiling), failure.wait_at_least)
+        self._wait_at_least = failure.wait_at_least
+        if self._reachability is not None and failure.unreachable:
+            self._reachability.failed()
         self._attempt += 1
         fields = {"stream": self.name, "reason": failure.reason, "detail": failure.detail}
         if delivered and failure.reason == "eof":
@@ -565,13 +652,18 @@ class _Connection:
         self._state.state("stopped")
 
 
+def _unreachable(status: int | None) -> bool:
+    """Whether an answer (``None``: none at all) says NFON is unreachable."""
+    return status is None or status >= 500 or status in (408, 429)
+
+
 def _read_failure(exc: httpx.HTTPError, url: httpx.URL) -> _Failed:
     detail = describe_error(exc, url)
     if isinstance(exc, httpx.TimeoutException):
-        return _Failed("timeout", detail)
+        return _Failed("timeout", detail, unreachable=True)
     if isinstance(exc, httpx.RemoteProtocolError):  # the peer closed mid-body
         return _Failed("eof", detail)
-    return _Failed("network", detail)
+    return _Failed("network", detail, unreachable=True)
 
 
 async def state_stream(
@@ -590,7 +682,7 @@ async def state_stream(
     up to date with the connection. Runs until the caller stops iterating,
     cancels, or closes ``http``; never raises otherwise.
     """
-    conn = _Connection("states", path, http, settings, health)
+    conn = _Connection("states", path, http, settings, health, max_delay=settings.states_max_delay)
     clock = settings.clock
     unknown = conn.unknown
     reconnect = False

@@ -22,8 +22,18 @@ from datetime import datetime, tzinfo
 from typing import Any, Final
 
 from presence_sync.engine import Engine, KeyPicture, TargetPicture
-from presence_sync.model import Direction, Line, Person, Presence, describe, find_person
+from presence_sync.model import (
+    STATUS_FIELDS,
+    Direction,
+    Line,
+    Person,
+    Presence,
+    Status,
+    describe,
+    find_person,
+)
 from presence_sync.readiness import Readiness
+from presence_sync.targets.base import UnknownTargetError, target_class
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -89,6 +99,8 @@ class StatusBuilder:
         self._parts = parts
         self._zone = zone
         self._texts: dict[str, tuple[Person, str]] = {}
+        self._fields: dict[str, frozenset[str]] = {}
+        self._parked: dict[tuple[str, str], datetime] = {}
 
     # --- documents --------------------------------------------------------------------
 
@@ -187,9 +199,16 @@ class StatusBuilder:
         keys: dict[str, list[KeyPicture]] = {p.key: [] for p in page}
         for snap in parts.engine.key_pictures(keys):
             keys[snap.person].append(snap)
-        return [self._person(parts, p, keys[p.key]) for p in page]
+        kinds = {name: t.kind for name, t in parts.engine.target_states().items()}
+        return [self._person(parts, p, keys[p.key], kinds) for p in page]
 
-    def _person(self, parts: Parts, person: Person, snaps: Iterable[KeyPicture]) -> dict[str, Any]:
+    def _person(
+        self,
+        parts: Parts,
+        person: Person,
+        snaps: Iterable[KeyPicture],
+        kinds: dict[str, str],
+    ) -> dict[str, Any]:
         view = parts.engine.line(person.extension)
         line = presence = direction = None
         if view is not None:
@@ -213,31 +232,69 @@ class StatusBuilder:
                 "until": iso(pause.until, self._zone),
                 "targets": None if pause.targets is None else list(pause.targets),
             },
-            "targets": {s.target: self._key(s, pause) for s in snaps},
+            "targets": {
+                s.target: self._key(parts, s, kinds.get(s.target, ""), pause) for s in snaps
+            },
         }
 
-    def _key(self, snap: KeyPicture, pause: PauseView | None) -> dict[str, Any]:
+    def _since(self, parts: Parts, snap: KeyPicture, state: str) -> datetime | None:
+        """When the key came to ``state`` (as ``docs/api.md`` says): null
+        only while waiting for NFON."""
+        key = (snap.person, snap.target)
+        if state != "parked":
+            self._parked.pop(key, None)
+        if state == "waiting":
+            return None
+        if state == "parked":
+            # The engine keeps no time for a parked key: the first document
+            # that showed it so, at most one poll late.
+            return snap.since or self._parked.setdefault(key, parts.now)
+        if state == "in-sync" or snap.since is None:
+            # Since the target confirmed what it shows; nothing of ours there:
+            # since the last full state from NFON found it so.
+            if snap.applied is not None:
+                return snap.applied.at
+            return parts.last_resync or parts.now
+        return snap.since
+
+    def _shows(self, kind: str, status: Status) -> str:
+        """``status`` as the target of ``kind`` shows it: only the fields it
+        writes (a ``"*"`` rule hands every target the whole status)."""
+        fields = self._fields.get(kind)
+        if fields is None:
+            try:
+                fields = target_class(kind).info.fields
+            except UnknownTargetError:
+                fields = frozenset(STATUS_FIELDS)
+            self._fields[kind] = fields
+        if fields.issuperset(STATUS_FIELDS):
+            return describe(status)
+        return describe(
+            Status.from_dict({k: v for k, v in status.to_dict().items() if k in fields})
+        )
+
+    def _key(
+        self, parts: Parts, snap: KeyPicture, kind: str, pause: PauseView | None
+    ) -> dict[str, Any]:
         applied = snap.applied
         state = _STATES.get(snap.state, snap.state)
         reason = snap.last_error
-        since = snap.since
         if pause is not None and pause.covers(snap.target) and state in ("in-sync", "paused"):
             state, reason = "paused", "paused by an admin"
         if state == "waiting":
             reason = "waiting for NFON to report this line"
         elif state == "in-sync":
             reason = None
-            since = None if applied is None else applied.at
         applied_text = None
         if applied is not None and applied.status is not None:
-            applied_text = describe(applied.status)
+            applied_text = self._shows(kind, applied.status)
         if applied_text is not None and snap.uncertain:
             applied_text += " (not confirmed)"
         return {
-            "desired": None if snap.desired is None else describe(snap.desired),
+            "desired": None if snap.desired is None else self._shows(kind, snap.desired),
             "applied": applied_text,
             "state": state,
-            "since": iso(since, self._zone),
+            "since": iso(self._since(parts, snap, state), self._zone),
             "retry_at": iso(snap.retry_at, self._zone),
             "reason": reason,
             "rule": snap.rule,

@@ -43,6 +43,9 @@ def describe_delivery(body: Any, signature: str, answered: int) -> str:
     when = datetime.now().astimezone().strftime("%H:%M:%S")
     if not isinstance(body, dict):
         return f"{when}  not a JSON document · signature {signature} · answered {answered}"
+    if body.get("event") == "ping":  # presence-sync check: no change to show
+        target = body.get("target") or "?"
+        return f"{when}  ping for {target} · signature {signature} · answered {answered}"
     person = body.get("person") or {}
     who = person.get("name") or person.get("email") or "?"
     status = body.get("status")

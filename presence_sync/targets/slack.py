@@ -34,6 +34,7 @@ the emoji comes from the rule. Tokens and errors: ``slack_client``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,18 +42,63 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
 
+from presence_sync.errors import ConfigProblem
 from presence_sync.model import Applied, Person, Status
 from presence_sync.ops.logging import kv
 from presence_sync.sections import Duration, SlackSettings
 from presence_sync.targets.base import Change, Memory, TargetEnv, TargetInfo, TargetOptions
 from presence_sync.targets.slack_client import SlackClient, SlackRefused, Who
 
-__all__ = ["MAX_TEXT", "RATE", "SlackStatus", "SlackStatusOptions", "SlackStatusTarget"]
+__all__ = [
+    "MAX_TEXT",
+    "RATE",
+    "SlackStatus",
+    "SlackStatusOptions",
+    "SlackStatusTarget",
+    "long_text",
+    "rule_text_warnings",
+]
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 100
 """Slack's limit on ``status_text`` (characters); longer gives ``too_long``."""
+
+_FIELD = re.compile(r"\{[^{}]*\}")
+
+
+def long_text(text: str) -> str | None:
+    """The warning for a status text longer than Slack shows (the daemon's
+    log line, ``check``'s and ``explain``'s warning); None when it fits."""
+    if len(text) <= MAX_TEXT:
+        return None
+    return (
+        f"Slack shows at most {MAX_TEXT} characters of a status text; this one has "
+        f"{len(text)} and is cut to {MAX_TEXT - 1} and …"
+    )
+
+
+def rule_text_warnings(settings: Any) -> list[ConfigProblem]:
+    """``long_text`` for every text a rule gives a ``slack_status`` target
+    (``settings`` as loaded), at the rule's line. A text with template
+    fields is measured without them: too long even then, it always is."""
+    slack = {name for name, spec in settings.targets.items() if spec.kind == "slack_status"}
+    problems: list[ConfigProblem] = []
+    for index, rule in enumerate(settings.rules or ()):
+        sets = rule.get("set") if isinstance(rule, Mapping) else None
+        if not isinstance(sets, Mapping):
+            continue
+        for name, value in sets.items():
+            if not (name in slack or (name == "*" and slack - set(sets))):
+                continue
+            text = value.get("text") if isinstance(value, Mapping) else None
+            if not isinstance(text, str):
+                continue
+            warning = long_text(_FIELD.sub("", text))
+            if warning is not None:
+                problems.append(settings.problem(["rules", index, "set", name, "text"], warning))
+    return problems
+
 
 RATE = 0.4
 """Applies per second. Each apply writes ``users.profile.set`` at most once,
@@ -190,13 +236,11 @@ class SlackStatusTarget:
         if not text and not emoji:
             # Nothing to show: the person's own status is what they get.
             return None
-        if len(text) > MAX_TEXT:
+        warning = long_text(text)
+        if warning is not None:
             if not self._warned_long:
                 self._warned_long = True
-                log.warning(
-                    "slack status text cut to Slack's limit",
-                    extra=kv(target=self.name, length=len(text), limit=MAX_TEXT),
-                )
+                log.warning(warning, extra=kv(target=self.name, length=len(text)))
             text = text[: MAX_TEXT - 1] + "…"
         return SlackStatus(text=text, emoji=emoji)
 

@@ -50,6 +50,7 @@ from presence_sync.targets.base import Change, TargetEnv, TargetInfo, TargetOpti
 __all__ = [
     "DELIVERY_HEADER",
     "DOCUMENT_VERSION",
+    "EVENT_HEADER",
     "SIGNATURE_HEADER",
     "TIMESTAMP_HEADER",
     "WebhookTarget",
@@ -64,6 +65,9 @@ changing meaning); new fields may appear within a version."""
 DELIVERY_HEADER = "X-Presence-Sync-Delivery"
 TIMESTAMP_HEADER = "X-Presence-Sync-Timestamp"
 SIGNATURE_HEADER = "X-Presence-Sync-Signature"
+EVENT_HEADER = "X-Presence-Sync-Event"
+"""``change`` for a status change; ``ping`` for ``check``'s test delivery,
+which carries no person and asks the receiver to do nothing but answer."""
 
 _MASK = "**********"
 # RFC 9110 field-name token characters.
@@ -239,9 +243,12 @@ class WebhookTarget:
             "line": _line_doc(change.view, party),
         }
 
-    def _headers(self, delivery: str, timestamp: str, body: bytes) -> dict[str, str]:
+    def _headers(
+        self, delivery: str, timestamp: str, body: bytes, event: str = "change"
+    ) -> dict[str, str]:
         headers = dict(self._options.headers)
         headers["Content-Type"] = "application/json"
+        headers[EVENT_HEADER] = event
         headers[DELIVERY_HEADER] = delivery
         headers[TIMESTAMP_HEADER] = timestamp
         if self._secret is not None:
@@ -261,6 +268,33 @@ class WebhookTarget:
             self._document(change, delivery, now), ensure_ascii=False, separators=(",", ":")
         ).encode()
         headers = self._headers(delivery, str(int(now.timestamp())), body)
+        code = await self._post(body, headers)
+        log.debug("webhook delivered", extra=kv(target=self.name, delivery=delivery, status=code))
+        return Applied(
+            status=change.desired, at=self._clock.now(), data=frozen_map({"delivery": delivery})
+        )
+
+    async def ping(self) -> str:
+        """One ``ping`` delivery (``docs/webhook.md``): signed like a change,
+        with no person in it, so a receiver acts on nothing. Returns what it
+        proved, in words; raises as ``apply`` does for the answer."""
+        now = self._clock.now()
+        delivery = str(uuid.uuid4())
+        document = {
+            "version": DOCUMENT_VERSION,
+            "event": "ping",
+            "id": delivery,
+            "target": self.name,
+            "at": _rfc3339(now),
+        }
+        body = json.dumps(document, separators=(",", ":")).encode()
+        headers = self._headers(delivery, str(int(now.timestamp())), body, event="ping")
+        code = await self._post(body, headers)
+        signed = "signed" if self._secret is not None else "unsigned (no secret configured)"
+        return f"{_redact_url(self._url)} answered {code} to a {signed} ping"
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> int:
+        """POST one delivery; its status on 2xx, else the error it stands for."""
         try:
             response = await self._client.post(self._url, content=body, headers=headers)
         except httpx.TimeoutException as exc:
@@ -271,13 +305,7 @@ class WebhookTarget:
         except httpx.TransportError as exc:
             raise TransientError(f"webhook {self.name}: {describe_error(exc, self._url)}") from exc
         self._check(response)
-        log.debug(
-            "webhook delivered",
-            extra=kv(target=self.name, delivery=delivery, status=response.status_code),
-        )
-        return Applied(
-            status=change.desired, at=self._clock.now(), data=frozen_map({"delivery": delivery})
-        )
+        return response.status_code
 
     def _check(self, response: httpx.Response) -> None:
         """Raise the error a non-2xx ``response`` stands for."""

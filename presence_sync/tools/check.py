@@ -52,7 +52,9 @@ from presence_sync.ops.logging import printable
 from presence_sync.store import MemoryStore, StoreMemory
 from presence_sync.targets.base import target_env
 from presence_sync.targets.graph import MICROSOFT_KINDS, GraphClient
+from presence_sync.targets.slack import rule_text_warnings
 from presence_sync.targets.slack_client import SlackClient, SlackRefused
+from presence_sync.targets.webhook import WebhookOptions, WebhookTarget
 
 __all__ = [
     "ATTEMPTS",
@@ -334,6 +336,11 @@ class _Resolver:
             self.slack = SlackClient(name, settings.slack, env)
         self.slack_members: dict[str, Mapping[str, object]] | None = None
         """Slack's members by e-mail (``slack_directory``), None: unknown."""
+        self.webhooks: list[WebhookTarget] = []
+        for name, spec in settings.targets.items():
+            if isinstance(spec.options, WebhookOptions):
+                env = target_env(loaded.infos[name], settings, clock=clock, user_agent=agent)
+                self.webhooks.append(WebhookTarget(name, spec.options, env))
         backoff = Backoff(random.Random(), base=BACKOFF_BASE, cap=BACKOFF_CAP)
         self.graph_gate = _Gate(
             GRAPH_CONCURRENCY, progress, "Microsoft Graph", clock=clock, backoff=backoff
@@ -341,6 +348,8 @@ class _Resolver:
         self.slack_gate = _Gate(SLACK_CONCURRENCY, progress, "Slack", clock=clock, backoff=backoff)
 
     async def close(self) -> None:
+        for hook in self.webhooks:
+            await hook.aclose()
         if self.graph is not None:
             await self.graph.aclose()
         if self.slack is not None:
@@ -348,6 +357,17 @@ class _Resolver:
         self.store.close()
 
     # -- services --
+
+    async def webhook(self, report: Report, hook: WebhookTarget) -> None:
+        """One ping (docs/webhook.md): the receiver answers, and accepts our
+        signature, without being handed a presence change to act on."""
+        service = f"Webhook {hook.name}"
+        try:
+            report.services[service] = Found(await hook.ping())
+        except AuthError as exc:
+            report.services[service] = Found(problem=f"refused: {_reason(exc)}")
+        except UpstreamError as exc:
+            report.services[service] = Found(problem=f"no answer we can use: {_reason(exc)}")
 
     async def nfon(self, report: Report) -> dict[str, str | None] | None:
         """NFON's extensions (number → name); None when NFON failed."""
@@ -560,8 +580,11 @@ async def resolve(loaded: Loaded, stderr: TextIO) -> Report:
             await resolver.slack_login(report)
             await resolver.slack_directory(report)
 
-        nfon, _, _ = await asyncio.gather(
-            resolver.nfon(report), resolver.microsoft_login(report), slack()
+        nfon, _, _, *_ = await asyncio.gather(
+            resolver.nfon(report),
+            resolver.microsoft_login(report),
+            slack(),
+            *(resolver.webhook(report, hook) for hook in resolver.webhooks),
         )
         report.rows = list(await asyncio.gather(*(resolver.row(p, nfon) for p in people)))
         if nfon is not None:
@@ -594,7 +617,11 @@ def table(report: Report, settings: Settings) -> list[str]:
     """The report as text lines: services, then one row per person."""
     lines = []
     order = ("NFON", "Microsoft", "Slack")
-    for service, found in sorted(report.services.items(), key=lambda i: order.index(i[0])):
+    ranked = sorted(
+        report.services.items(),
+        key=lambda i: (order.index(i[0]) if i[0] in order else len(order), i[0]),
+    )
+    for service, found in ranked:
         state = f"PROBLEM: {found.problem}" if found.problem else f"ok: {found.value}"
         lines.append(f"{service:<10} {_printable(state)}")
     lines.append("")
@@ -645,7 +672,7 @@ async def run(
                 print(warning_text(record), file=stderr)
             warnings.clear()
         settings = loaded.settings
-        for warning in settings.warnings:
+        for warning in (*settings.warnings, *rule_text_warnings(settings)):
             print(f"warning: {warning}", file=stderr)
         targets = ", ".join(
             n if n == spec.kind else f"{n} ({spec.kind})" for n, spec in settings.targets.items()

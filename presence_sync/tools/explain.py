@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import Protocol, TextIO
 
 from presence_sync.config import Settings
@@ -28,11 +28,13 @@ from presence_sync.model import (
     find_person,
 )
 from presence_sync.rules import Explanation, RuleSet, explain
+from presence_sync.targets.slack import long_text
 
 __all__ = [
     "Loaded",
     "add_arguments",
     "describe_situation",
+    "local_time_note",
     "parse_at",
     "render",
     "run",
@@ -92,12 +94,51 @@ def _at(text: str) -> datetime:
 
 
 def parse_at(given: datetime | None, zone: tzinfo, now: datetime) -> datetime:
-    """``given`` (naive: in ``zone``), else ``now``, as an aware time."""
+    """``given`` (naive: in ``zone``), else ``now``, as an aware time. A
+    naive time that ``zone`` skips (the hour the clocks jump forward) raises
+    ``ValueError`` naming the gap; one it has twice (the hour they go back)
+    is the first of the two (``fold=0``), as ``local_time_note`` says."""
     if given is None:
         return now.astimezone(zone)
-    if given.tzinfo is None:
-        return given.replace(tzinfo=zone)
-    return given
+    if given.tzinfo is not None:
+        return given
+    at = given.replace(tzinfo=zone)
+    before, after = at.replace(fold=0).utcoffset(), at.replace(fold=1).utcoffset()
+    if before is not None and after is not None and before < after:
+        # Only in a gap does fold=0 (the offset before it) read differently
+        # from fold=1 (the one after) with the earlier offset first.
+        raise ValueError(
+            f"{given:%Y-%m-%d %H:%M} does not exist in {zone}: the clocks go "
+            f"from {_offset(before)} to {_offset(after)} then and skip "
+            f"{_minutes(after - before)}; give a time outside the gap, or an offset"
+        )
+    return at
+
+
+def local_time_note(given: datetime | None, zone: tzinfo) -> str | None:
+    """For a naive ``given`` that happens twice in ``zone`` (the clocks go
+    back), which of the two ``explain`` uses; None otherwise."""
+    if given is None or given.tzinfo is not None:
+        return None
+    at = given.replace(tzinfo=zone)
+    first, second = at.replace(fold=0).utcoffset(), at.replace(fold=1).utcoffset()
+    if first is None or second is None or first <= second:
+        return None
+    return (
+        f"{given:%Y-%m-%d %H:%M} happens twice in {zone} (the clocks go back): "
+        f"using the first, {_offset(first)}; write {_offset(second)} for the second"
+    )
+
+
+def _offset(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds()) // 60
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def _minutes(delta: timedelta) -> str:
+    minutes = int(delta.total_seconds()) // 60
+    return f"{minutes} minutes"
 
 
 def situation(
@@ -229,7 +270,14 @@ def run(
         )
         return EXIT_UNKNOWN_PERSON
     zone = settings.zone
-    at = parse_at(args.at, zone, datetime.now(zone))
+    try:
+        at = parse_at(args.at, zone, datetime.now(zone))
+    except ValueError as exc:
+        print(f"presence-sync explain: error: argument --at: {exc}", file=err)
+        return EXIT_USAGE
+    note = local_time_note(args.at, zone)
+    if note is not None:
+        print(f"note: --at {note}", file=err)
     view = situation(
         person,
         people,
@@ -246,5 +294,12 @@ def run(
         count = len(settings.rules or ())
         rules_text = f"{count} rule{'s' * (count != 1)} in {settings.source_file}"
     explained = explain(rules, person, view, at)
+    for target, why in explained.items():
+        spec = settings.targets.get(target)
+        text = None if why.status is None else why.status.text
+        if spec is not None and spec.kind == "slack_status" and text:
+            too_long = long_text(text)
+            if too_long is not None:
+                print(f"warning: {target}: {too_long}", file=err)
     print(render(person, describe_situation(view, at, zone), rules_text, explained), file=out)
     return 0

@@ -5,13 +5,17 @@ to sync them again, and say what it did.
 The daemon is found like for every command (``tools.client.locate``:
 ``--url``, else the configuration's ``http.listen``, with its token). Exit
 codes: 0 done (also ``resume`` of someone not paused, which says so); 1
-the daemon refused (nobody of that name, no such target) or did not
-answer; 2 a bad ``--for``; 78 invalid configuration.
+nobody of that name, or the daemon did not answer; 2 a usage error: a
+``--for`` that is no duration, is not more than 0s or is over 366d, or a
+``--target`` the daemon does not have, each said the way argparse says it
+(``presence-sync pause: error: argument --for: ...``); 78 invalid
+configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -19,20 +23,32 @@ from urllib.parse import quote
 
 from presence_sync.ops.logging import printable
 
-__all__ = ["add_arguments", "run_pause", "run_resume"]
+__all__ = ["EXIT_USAGE", "add_arguments", "run_pause", "run_resume"]
+
+EXIT_USAGE = 2
 
 
 def _duration(text: str) -> float:
-    """argparse type: a duration (``30m``, ``2h``, ``1d``); a usage error otherwise."""
+    """argparse type: a duration (``30m``, ``2h``, ``1d``) a pause may last;
+    a usage error otherwise, in the daemon's words."""
     from presence_sync.config import parse_duration
+    from presence_sync.pauses import duration_problem
 
+    given = text.strip()
     try:
-        seconds = parse_duration(text)
+        seconds = parse_duration(given.removeprefix("-"))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError("a pause must last more than 0s")
+    problem = duration_problem(-seconds if given.startswith("-") else seconds)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{given}: {problem}")
     return seconds
+
+
+def _usage_error(option: str, message: str, err: TextIO) -> int:
+    """A usage error found after parsing, said as argparse says its own."""
+    print(f"presence-sync pause: error: argument {option}: {message}", file=err)
+    return EXIT_USAGE
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, pause: bool) -> None:
@@ -40,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, pause: bool) -> None:
     ``--config`` and ``--url``."""
     parser.add_argument("who", metavar="PERSON", help="e-mail address or extension")
     if pause:
+        # "--for -5m" is a duration given wrong, not an unknown option: let
+        # values that start with "-" and a digit through to _duration.
+        parser._negative_number_matcher = re.compile(r"^-\d")
         parser.add_argument(
             "--for",
             dest="duration",
@@ -71,9 +90,17 @@ def _who(doc: Mapping[str, Any]) -> str:
     return printable(f"{doc['email']} ({name})" if name else str(doc["email"]))
 
 
-def run_pause(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_pause(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """``presence-sync pause``; returns the exit code."""
-    doc = _post(args, "pause", {"for": args.duration, "target": args.target})
+    from presence_sync.tools.client import ApiError
+
+    try:
+        doc = _post(args, "pause", {"for": args.duration, "target": args.target})
+    except ApiError as exc:
+        # --for was checked here; what the daemon refuses with 400 is --target.
+        if exc.status != 400:
+            raise
+        return _usage_error("--target", str(exc).removeprefix("the daemon refused: "), err)
     paused = doc.get("paused") or {}
     targets = paused.get("targets")
     where = "every target" if targets is None else ", ".join(targets)

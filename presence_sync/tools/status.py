@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Final, TextIO
 
 from presence_sync.model import Person, describe
@@ -46,16 +47,22 @@ def clean(value: object) -> str:
     return "" if value is None else printable(str(value))
 
 
-def when(value: str | None) -> str:
-    """An API time stamp for people: ``2026-12-02 13:04:05 +01:00``."""
+def when(value: str | None, today: str = "") -> str:
+    """An API time stamp for people, in the one format every screen uses
+    (the readiness reasons' too): the clock time with its zone offset,
+    ``13:04:05+01:00``, after the date (``2026-12-01 13:04:05+01:00``) unless
+    it is on ``today`` (``YYYY-MM-DD``)."""
     if not value:
         return ""
     date, _, rest = value.partition("T")
-    for sign in "+-":
-        if sign in rest:
-            clock, _, offset = rest.rpartition(sign)
-            return f"{date} {clock} {sign}{offset}"
-    return f"{date} {rest}"
+    if rest.endswith("Z"):
+        rest = rest[:-1] + "+00:00"
+    return rest if date == today else f"{date} {rest}"
+
+
+def day(value: str | None) -> str:
+    """The date of an API time stamp (``at``): what ``when`` leaves out."""
+    return (value or "")[:10]
 
 
 def table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
@@ -93,7 +100,7 @@ def status(
                     return 1
                 doc = client.get("/api/status", {"limit": 1})
                 _daemon(doc, located, out)
-                _person(person, out)
+                _person(person, day(doc["at"]), out)
                 return 0
             pages = _all_pages(client, "not-in-sync" if not_in_sync else "all")
     except DaemonDown as exc:
@@ -105,7 +112,7 @@ def status(
     if not people:
         print("Nobody is out of sync." if not_in_sync else "No people configured.", file=out)
         return 0
-    _people(people, list(pages[0]["daemon"]["targets"]), out)
+    _people(people, list(pages[0]["daemon"]["targets"]), day(pages[0]["at"]), out)
     total, matched = pages[0]["total"], pages[0]["matched"]
     print(file=out)
     print(
@@ -128,16 +135,17 @@ def _all_pages(client: Client, filter_: str) -> list[dict[str, Any]]:
 
 def _daemon(doc: Mapping[str, Any], located: Located, out: TextIO) -> None:
     daemon = doc["daemon"]
+    today = day(doc["at"])
     print(f"presence-sync at {located.url}: {clean(daemon['status'])}", file=out)
     names = {"nfon_stream": "NFON stream", "nfon_login": "NFON login"}
     for name, component in daemon["components"].items():
         if name in names:
             print(f"  {names[name]}: {clean(component['reason'])}", file=out)
-    print(f"  Last full resync: {when(daemon['last_resync']) or 'not yet'}", file=out)
+    print(f"  Last full resync: {when(daemon['last_resync'], today) or 'not yet'}", file=out)
     for name, t in daemon["targets"].items():
         state = t["state"]
         if t["until"]:
-            state += f" until {when(t['until'])}"
+            state += f" until {when(t['until'], today)}"
         if t["reason"]:
             state += f" ({clean(t['reason'])})"
         print(
@@ -147,12 +155,12 @@ def _daemon(doc: Mapping[str, Any], located: Located, out: TextIO) -> None:
         )
 
 
-def _key_state(k: Mapping[str, Any]) -> str:
+def _key_state(k: Mapping[str, Any], today: str) -> str:
     text = STATES.get(k["state"], str(k["state"]))
     if k["since"]:
-        text += f" since {when(k['since'])}"
+        text += f" since {when(k['since'], today)}"
     if k["retry_at"]:
-        text += f", next try {when(k['retry_at'])}"
+        text += f", next try {when(k['retry_at'], today)}"
     return text
 
 
@@ -162,7 +170,9 @@ def _shows(k: Mapping[str, Any]) -> str:
     return clean(applied if applied == desired else f"{applied} → wants {desired}")
 
 
-def _people(people: Iterable[Mapping[str, Any]], targets: list[str], out: TextIO) -> None:
+def _people(
+    people: Iterable[Mapping[str, Any]], targets: list[str], today: str, out: TextIO
+) -> None:
     rows = [["NAME", "E-MAIL", "EXT", "LINE", "PRESENCE", "CALL", "TARGET", "STATE", "SHOWS"]]
     for p in people:
         first = [
@@ -178,11 +188,11 @@ def _people(people: Iterable[Mapping[str, Any]], targets: list[str], out: TextIO
             if k is None:
                 continue
             lead = first if i == 0 else [""] * len(first)
-            rows.append([*lead, clean(name), _key_state(k), _shows(k)])
+            rows.append([*lead, clean(name), _key_state(k, today), _shows(k)])
     table(rows, out)
 
 
-def _person(p: Mapping[str, Any], out: TextIO) -> None:
+def _person(p: Mapping[str, Any], today: str, out: TextIO) -> None:
     print(file=out)
     name = clean(p["name"] or "(no name)")
     print(f"{name} <{clean(p['email'])}>, extension {clean(p['extension'])}", file=out)
@@ -192,11 +202,11 @@ def _person(p: Mapping[str, Any], out: TextIO) -> None:
     )
     if p["paused"]:
         pause = p["paused"]
-        until = f" until {when(pause['until'])}" if pause["until"] else " until resumed"
+        until = f" until {when(pause['until'], today)}" if pause["until"] else " until resumed"
         only = f" for {', '.join(pause['targets'])}" if pause["targets"] else ""
         print(f"  Paused{only}{until}", file=out)
     for name, k in p["targets"].items():
-        print(f"  {clean(name)}: {_key_state(k)}", file=out)
+        print(f"  {clean(name)}: {_key_state(k, today)}", file=out)
         print(f"    wants: {clean(k['desired'] or '(their own status)')}", file=out)
         print(f"    shows: {clean(k['applied'] or '(their own status)')}", file=out)
         if k["rule"]:
@@ -211,6 +221,7 @@ def _person(p: Mapping[str, Any], out: TextIO) -> None:
 def _stored(located: Located, who: str | None, out: TextIO) -> int:
     path = located.settings.state.path
     rows, pauses = read_stored(path)
+    today = datetime.now().astimezone().date().isoformat()
     print(f"Stored view (the daemon is down), read from {path}:", file=out)
     print("what each target last confirmed; nothing newer is known here.", file=out)
     print(file=out)
@@ -229,19 +240,23 @@ def _stored(located: Located, who: str | None, out: TextIO) -> int:
     if not rows:
         print("Nothing stored: no target shows anything of ours.", file=out)
     else:
-        _stored_table(rows, out)
+        _stored_table(rows, today, out)
     for pause in pauses:
         only = f" for {', '.join(sorted(pause.targets))}" if pause.targets is not None else ""
         until = (
             " until resumed"
             if pause.until is None
-            else f" until {when(pause.until.astimezone().isoformat(timespec='seconds'))}"
+            else f" until {when(_local(pause.until), today)}"
         )
         print(f"Paused: {clean(pause.person_key)}{only}{until}.", file=out)
     return 1
 
 
-def _stored_table(rows: Sequence[AppliedRow], out: TextIO) -> None:
+def _local(at: datetime) -> str:
+    return at.astimezone().isoformat(timespec="seconds")
+
+
+def _stored_table(rows: Sequence[AppliedRow], today: str, out: TextIO) -> None:
     people: dict[str, Person] = {}
     for row in rows:
         people.setdefault(row.person.key, row.person)
@@ -257,7 +272,7 @@ def _stored_table(rows: Sequence[AppliedRow], out: TextIO) -> None:
                 clean(p.extension),
                 clean(row.target),
                 clean(shows),
-                when(applied.at.astimezone().isoformat(timespec="seconds")),
+                when(_local(applied.at), today),
             ]
         )
     table(lines, out)

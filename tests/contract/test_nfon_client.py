@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import pytest
+from outage import FOREVER, recovery
 from polling import eventually_async
 from prometheus_client import REGISTRY
 
@@ -115,6 +116,10 @@ def matches(event: StateEvent | None, wire: dict[str, str]) -> bool:
 
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def states_requests(handle: SimHandle) -> int:
+    return handle.sim.stats.requests_by_path.get("GET /extensions/phone/states", 0)
 
 
 def rejected(stream: str, reason: str) -> float:
@@ -645,3 +650,36 @@ async def test_closing_the_client_ends_open_streams() -> None:
         await follow.close()
     assert follow.task.exception() is None
     assert stream_state("calls") == "stopped"
+
+
+# --- after an outage (issue 16 point 16) ----------------------------------------------
+
+
+async def test_after_a_30_s_outage_both_streams_are_back_within_5_s_of_its_end() -> None:
+    """Twenty 30-s outages on an injected clock, each with its own jitter: the
+    first stream to get through wakes the other, and the states stream never
+    waits more than a few seconds, so every run is right again within 5 s."""
+    with simulator(keepalive=None) as h:
+        runs = [await recovery(h, seed) for seed in range(20)]
+    slowest = max(run.both for run in runs)
+    print(f"recovery after a 30-s outage, 20 runs: max {slowest:.2f} s")
+    assert slowest <= 5.0, runs
+
+
+async def test_a_stream_refused_for_its_own_reasons_is_not_woken_by_other_answers() -> None:
+    """Only NFON's return wakes a backoff: a 401 loop or a 404 on one path is
+    no outage, and the other stream's answers do not make it hammer NFON."""
+    with simulator(keepalive=None) as h:
+        clock = ManualClock()
+        client = client_for(h, clock=clock, reconnect_base_delay=8.0)
+        h.sim.fail_next("/extensions/phone/states", 404, count=FOREVER)
+        states = Follow(client.states())
+        await eventually_async(lambda: states_requests(h) == 1, "the first states request")
+        await eventually_async(lambda: clock.sleepers == 1, "the states stream to back off")
+        calls = Follow(client.calls())
+        await calls.nth(Connected)
+        assert not client.reachability.unreachable
+        assert states_requests(h) == 1
+        await states.close()
+        await calls.close()
+        await client.aclose()

@@ -72,7 +72,8 @@ def test_status_shows_the_daemon_and_every_person_through_a_call(
     assert health["status"] == "Ready: following NFON"
     assert health["components"]["nfon_stream"]["ok"] is True
     assert health["components"]["nfon_login"] == {"ok": True, "reason": "accepted"}
-    assert health["last_resync"] is None  # the periodic one is an hour away
+    # The periodic one is an hour away; the stream's first full state was one.
+    timestamp(health["last_resync"])
     assert health["targets"] == {
         "webhook": {
             "kind": "webhook",
@@ -100,7 +101,8 @@ def test_status_shows_the_daemon_and_every_person_through_a_call(
                 "desired": None,
                 "applied": None,
                 "state": "in-sync",
-                "since": None,
+                # Nothing of ours there: in sync since the full state found it so.
+                "since": health["last_resync"],
                 "retry_at": None,
                 "reason": None,
                 "rule": None,
@@ -227,11 +229,16 @@ def test_resync_now_fetches_the_snapshot(
 ) -> None:
     daemon = start(tmp_path, nfon, hook, daemons)
     before = snapshots(nfon)
-    assert status(daemon)["daemon"]["last_resync"] is None
+    bootstrap = status(daemon)["daemon"]["last_resync"]
+    timestamp(bootstrap)  # the stream's first full state
+    eventually(lambda: status(daemon)["at"] > bootstrap, "a second to pass")
     response = httpx.post(daemon.url() + "/api/resync", timeout=5)
     assert response.status_code == 202
     assert response.json() == {"ok": True}
-    last = eventually(lambda: status(daemon)["daemon"]["last_resync"], "last_resync to be set")
+    last = eventually(
+        lambda: (t := status(daemon)["daemon"]["last_resync"]) != bootstrap and t,
+        "last_resync to move",
+    )
     timestamp(last)
     assert snapshots(nfon) == before + 1
     daemon.wait_line(r"resync.*extensions=3")
@@ -262,13 +269,15 @@ def test_changes_need_the_token_on_a_listener_that_is_not_loopback(
     assert basic.status_code == 401
     # Even an unknown path answers 401, not 404: nothing is told without the token.
     assert httpx.post(url + "/api/nothing", timeout=5).status_code == 401
-    assert status(daemon)["daemon"]["last_resync"] is None
+    bootstrap = status(daemon)["daemon"]["last_resync"]  # the stream's first full state
+    eventually(lambda: status(daemon)["at"] > bootstrap, "a second to pass")
+    assert status(daemon)["daemon"]["last_resync"] == bootstrap  # nothing ran
 
     accepted = httpx.post(
         url + "/api/resync", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
     )
     assert accepted.status_code == 202
-    eventually(lambda: status(daemon)["daemon"]["last_resync"], "the resync to run")
+    eventually(lambda: status(daemon)["daemon"]["last_resync"] != bootstrap, "the resync to run")
     assert TOKEN not in daemon.output()
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import PEOPLE, Daemon
+from harness import HOOK_SECRET, PEOPLE, Daemon, Hook
 
 from presence_sync.sim.graph import GraphHandle, GraphSim
 from presence_sync.sim.graph import serve_in_thread as serve_graph
@@ -22,6 +22,7 @@ from presence_sync.sim.nfon import SimHandle
 from presence_sync.sim.slack import SlackSim
 from presence_sync.sim.slack_serve import SlackHandle
 from presence_sync.sim.slack_serve import serve_in_thread as serve_slack
+from presence_sync.sim.webhook_cli import describe_delivery
 
 pytestmark = pytest.mark.system
 
@@ -473,3 +474,51 @@ def test_ctrl_c_during_a_test_call_cancels_the_call_and_exits_130(
     assert probe.wait_exit(15) == 130
     assert services.nfon.sim.active_calls() == []
     assert services.nfon.sim.state_of("100")["line"] == "idle"
+
+
+def test_the_webhook_is_reached_with_a_signed_ping_that_carries_no_change(
+    tmp_path: Path, services: Services, hook: Hook
+) -> None:
+    """issue 16 point 18: the online check proves the receiver answers and
+    takes our signature, and hands it nothing to act on."""
+    targets = f"  webhook: {{url: {hook.url}, secret: {HOOK_SECRET}}}\n"
+    path = config(tmp_path / "config.yaml", services, targets=targets)
+    result = check("-c", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(
+        rf"^Webhook webhook\s+ok: {re.escape(hook.url)} answered 200 to a signed ping$",
+        result.stdout,
+        re.M,
+    ), result.stdout
+    [ping] = hook.deliveries()
+    assert ping.signature == "valid"
+    assert ping.headers["x-presence-sync-event"] == "ping"
+    assert ping.body["event"] == "ping"
+    assert "person" not in ping.body
+    assert "status" not in ping.body
+    assert HOOK_SECRET not in result.stdout + result.stderr
+
+    # A receiver that refuses our signature, and one that is not there.
+    hook.receiver.fail_next(401)
+    refused = check("-c", str(path))
+    assert refused.returncode == 1
+    assert re.search(r"^Webhook webhook\s+PROBLEM: refused: .*401", refused.stdout, re.M), (
+        refused.stdout
+    )
+    gone = path.read_text().replace(hook.url, "http://127.0.0.1:9/hook")
+    path.write_text(gone)
+    down = check("-c", str(path))
+    assert down.returncode == 1
+    assert re.search(r"^Webhook webhook\s+PROBLEM: no answer we can use: ", down.stdout, re.M), (
+        down.stdout
+    )
+
+
+def test_the_receiver_command_shows_a_ping_as_a_ping() -> None:
+    line = describe_delivery(
+        {"version": 1, "event": "ping", "id": "x", "target": "crm_hook", "at": "..."},
+        "valid",
+        200,
+    )
+    assert "ping for crm_hook · signature valid · answered 200" in line
+    assert "cleared" not in line

@@ -258,15 +258,27 @@ def test_bad_pauses_are_refused_with_a_clear_message(setup: Setup, daemons: Any)
     assert nobody.returncode == 1
     assert "nobody configured is 'nobody@example.com'" in nobody.stderr
     assert "Traceback" not in nobody.stderr
+    # Every bad option is a usage error (exit 2), said one way (issue 16 point 15).
     target = cli("pause", "anna@example.com", "--target", "teams", "--url", url)
-    assert target.returncode == 1
-    assert "no target is called 'teams'; configured targets: webhook, slack_status" in (
-        target.stderr
+    assert target.returncode == 2
+    assert (
+        "presence-sync pause: error: argument --target: no target is called 'teams'; "
+        "configured targets: webhook, slack_status" in target.stderr
     )
     banana = cli("pause", "anna@example.com", "--for", "banana", "--url", url)
     assert banana.returncode == 2
     assert "usage: presence-sync pause" in banana.stderr
-    assert "'banana' is not a duration" in banana.stderr
+    assert "presence-sync pause: error: argument --for: 'banana' is not a duration" in (
+        banana.stderr
+    )
+    for duration in ("400d", "-5m", "0s"):
+        wrong = cli("pause", "anna@example.com", "--for", duration, "--url", url)
+        assert wrong.returncode == 2, wrong.stderr
+        assert (
+            f"presence-sync pause: error: argument --for: {duration}: a pause must last "
+            "more than 0s and at most 366d" in wrong.stderr
+        ), wrong.stderr
+        assert "Traceback" not in wrong.stderr
     gone = cli("resume", "anna@example.com", "--url", "http://127.0.0.1:9")
     assert gone.returncode == 1
     assert "nothing answers at http://127.0.0.1:9" in gone.stderr

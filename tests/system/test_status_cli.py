@@ -19,7 +19,18 @@ pytestmark = pytest.mark.system
 
 ANNA = "anna@example.com"
 CALLER = "4930123456"
-TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d\d:\d\d"
+TIME = r"(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d[+-]\d\d:\d\d"
+"""The one way every time is shown (issue 16 point 15), the readiness reasons' way."""
+
+
+def one_time_format(text: str) -> list[str]:
+    """Every time of day in ``text``, each checked to be shown as ``TIME``."""
+    times = re.findall(
+        r"(?:\d{4}-\d\d-\d\d[ T])?\d\d:\d\d:\d\d(?:[+-]\d\d:\d\d|Z)?(?: [+-]\d\d:\d\d)?", text
+    )
+    for found in times:
+        assert re.fullmatch(TIME, found), f"{found!r} is not shown as {TIME}"
+    return times
 
 
 def stored(directory: Path) -> dict[str, bytes]:
@@ -63,6 +74,10 @@ def test_status_shows_everyone_and_one_person_from_the_running_daemon(
     assert f"presence-sync at {daemon.url()}: Ready: following NFON" in out
     assert "NFON login: accepted" in out
     assert "Target webhook (webhook): running; 0 queued" in out
+    # The stream's first full state is a full resync.
+    assert re.search(r"Last full resync: " + TIME + "\n", out), out
+    assert re.search(r"NFON stream: connected since " + TIME + "\n", out), out
+    assert len(one_time_format(out)) >= 5, out
     anna = next(line for line in out.splitlines() if ANNA in line)
     assert re.search(
         r"Anna Schmidt\s+anna@example\.com\s+100\s+in-use\s+available\s+inbound\s+webhook"
@@ -72,7 +87,10 @@ def test_status_shows_everyone_and_one_person_from_the_running_daemon(
         anna,
     ), anna
     ben = next(line for line in out.splitlines() if "ben@example.com" in line)
-    assert re.search(r"idle\s+available\s+-\s+webhook\s+in sync\s+\(their own\)", ben), ben
+    # In sync with nothing of ours: since the full state found Ben so.
+    assert re.search(
+        r"idle\s+available\s+-\s+webhook\s+in sync since " + TIME + r"\s+\(their own\)", ben
+    ), ben
     assert "3 people." in out
     assert CALLER not in out
 
@@ -81,6 +99,7 @@ def test_status_shows_everyone_and_one_person_from_the_running_daemon(
     assert "Anna Schmidt <anna@example.com>, extension 100" in one.stdout
     assert "Line: in-use, presence available, inbound call" in one.stdout
     assert re.search(r"webhook: in sync since .*\n    wants: Busy/InACall", one.stdout), one.stdout
+    one_time_format(one.stdout)
     assert "ben@example.com" not in one.stdout
 
     nobody = cli("status", "-c", str(config), "nobody@example.com")
@@ -139,6 +158,7 @@ def test_status_reads_the_stored_view_when_the_daemon_is_down(
         anna,
     ), anna
     assert CALLER not in shown.stdout
+    one_time_format(shown.stdout)
 
     one = cli("status", "-c", str(config), "ANNA@example.com")
     assert one.returncode == 1

@@ -5,6 +5,7 @@ a reload, and a name from the NFON directory is shown as text, never run."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,6 +91,17 @@ def test_the_page_shows_a_call_live_and_names_as_text(
     expect(webhook.locator(".applied")).to_contain_text("InACall")
     expect(webhook).to_contain_text("in sync")
     assert CALLER not in page.content()
+    # One time format on the page, the readiness reasons' (issue 16 point 15).
+    shown = (
+        "\n".join(page.locator(where).inner_text() for where in ("#health", "#updated"))
+        + webhook.inner_text()
+    )
+    times = re.findall(
+        r"(?:\d{4}-\d\d-\d\d[ T])?\d\d:\d\d:\d\d(?:[+-]\d\d:\d\d|Z)?(?: [+-]\d\d:\d\d)?", shown
+    )
+    assert len(times) >= 4, shown
+    for found in times:
+        assert re.fullmatch(r"(\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d[+-]\d\d:\d\d", found), shown
 
     evil_nfon.sim.hangup(call)
     hook.wait_status("anna@example.com", None)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 
 import pytest
-from documented import ROOT, Command, documented_commands, subcommands
+from documented import ROOT, Command, documented_commands, guides, subcommands
 
 from presence_sync.cli import build_parser
 
@@ -63,3 +64,21 @@ def test_operations_guide_covers_day_two() -> None:
     ):
         assert symptom in headings, symptom
     assert "/var/lib/private/presence-sync" in text
+
+
+def test_the_guides_cite_public_sources_not_notes_outside_the_repository() -> None:
+    """A reader has the repository and the web, not the notes it was written
+    from (issue 16 point 19)."""
+    for guide in guides():
+        text = guide.read_text()
+        name = guide.relative_to(ROOT)
+        assert not re.search(r"`reference/[\w-]+\.md`", text), name
+        assert not re.search(r"(project|shared) notes", text), name
+        for path in re.findall(r"`((?:docs|systemd|benchmarks|tests)/[\w./-]+\.(?:md|py))`", text):
+            assert (ROOT / path).is_file(), f"{name} cites {path}, which is not in the repository"
+    slack = (ROOT / "docs" / "slack.md").read_text()
+    assert "https://api.slack.com/methods/users.profile.set" in slack
+    assert "https://docs.slack.dev/apis/web-api/rate-limits" in slack
+    simulators = (ROOT / "docs" / "simulators.md").read_text()
+    assert "https://learn.microsoft.com/graph/throttling-limits" in simulators
+    assert "https://api.slack.com/methods/users.profile.set" in simulators

@@ -207,3 +207,36 @@ def test_people_warning_is_printed(tmp_path: Path, capsys: pytest.CaptureFixture
     code, _, err = explain(capsys, "-c", str(path), "100")
     assert code == 1
     assert err.startswith(f"warning: {path}:3:9: people: no one is listed")
+
+
+def test_a_local_time_the_clocks_skip_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Europe/Berlin skips 02:00-03:00 on 2026-03-29 (issue 16 point 15)."""
+    path = write(tmp_path, CONFIG)
+    code, out, err = explain(capsys, "-c", str(path), "100", "--at", "2026-03-29 02:30")
+    assert (code, out) == (2, "")
+    assert err.startswith(
+        "presence-sync explain: error: argument --at: 2026-03-29 02:30 does not exist in "
+        "Europe/Berlin: the clocks go from +01:00 to +02:00 then and skip 60 minutes"
+    ), err
+    code, out, err = explain(capsys, "-c", str(path), "100", "--at", "2026-03-29 03:30")
+    assert code == 0
+    assert "(2026-03-29T03:30+02:00)" in out
+
+
+def test_a_local_time_that_happens_twice_says_which_one_is_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Europe/Berlin has 02:00-03:00 twice on 2026-10-25."""
+    path = write(tmp_path, CONFIG)
+    code, out, err = explain(capsys, "-c", str(path), "100", "--at", "2026-10-25 02:30")
+    assert code == 0
+    assert (
+        "note: --at 2026-10-25 02:30 happens twice in Europe/Berlin (the clocks go back): "
+        "using the first, +02:00; write +01:00 for the second" in err
+    ), err
+    assert "(2026-10-25T02:30+02:00)" in out
+    code, out, err = explain(capsys, "-c", str(path), "100", "--at", "2026-10-25T02:30+01:00")
+    assert code == 0
+    assert "note:" not in err

@@ -94,12 +94,15 @@ def guide_check_command() -> list[str]:
 def test_exec_start_runs_the_daemon_from_the_guides_venv_with_the_guides_config() -> None:
     argv = shlex.split(unit_value("ExecStart"))
     assert argv[0] == f"{VENV}/bin/presence-sync"
+    # The system's interpreter by its full path: a bare python3 may be root's
+    # pyenv one under /root, which ProtectHome=yes hides from the service.
     assert shlex.split(next(line for line in guide_install_block() if "-m venv" in line)) == [
-        "python3",
+        "/usr/bin/python3",
         "-m",
         "venv",
         VENV,
     ]
+    assert unit_value("ProtectHome") == "yes"
     args = build_parser().parse_args(argv[1:])
     assert args.command == "run"
     assert args.config == "/etc/presence-sync/config.yaml"
@@ -316,6 +319,46 @@ def test_the_service_sees_what_the_check_saw(
     loaded = load(_moved(config, tmp_path))
 
     assert loaded.settings.nfon.password.get_secret_value() == secrets["nfon-password"]
+
+
+def test_the_guide_needs_neither_an_editor_variable_nor_a_terminal() -> None:
+    lines = guide_install_block()
+    assert not any(line.startswith("$EDITOR") for line in lines), "fails when $EDITOR is unset"
+    assert not any("systemd-ask-password" in line for line in lines), "hangs without a terminal"
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        pytest.param("pa ss\\word\n", "pa ss\\word", id="piped-in"),
+        pytest.param("", None, id="nothing-given"),
+    ],
+)
+def test_the_guides_secret_line_works_without_a_terminal(
+    tmp_path: Path, typed: str, stored: str | None
+) -> None:
+    """The guide's command run as written, by bash with no terminal (a new
+    session, the password piped in): the file holds exactly the password,
+    root-only, and no password means no (empty) file."""
+    [line] = [line for line in guide_install_block() if f"> {CREDSTORE}/nfon-password" in line]
+    store = tmp_path / "credstore"
+    store.mkdir(mode=0o700)
+    done = subprocess.run(
+        ["bash", "-c", line.replace(CREDSTORE, str(store))],
+        input=typed,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        start_new_session=True,
+        check=False,
+    )
+    secret = store / "nfon-password"
+    if stored is None:
+        assert not secret.exists()
+        return
+    assert done.returncode == 0, done.stderr
+    assert secret.read_text() == stored
+    assert secret.stat().st_mode & 0o777 == 0o600
 
 
 def test_the_guide_keeps_secrets_root_only() -> None:
