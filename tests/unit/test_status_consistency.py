@@ -43,7 +43,7 @@ def build(
     engine.set_people([person("anna", "100"), person("ben", "101"), person("cleo", "102")])
     lines = Lines(clock)
     ready = Readiness(True, {}, "Ready: following NFON")
-    builder = StatusBuilder(lambda: Parts(clock.now(), engine, lines, ready, resync), zone=ZONE)
+    builder = StatusBuilder(lambda: Parts(clock.now(), engine, ready, resync), zone=ZONE)
     return engine, lines, builder, clock
 
 
@@ -53,7 +53,7 @@ def test_every_key_has_a_since_except_while_waiting_for_nfon() -> None:
         StateEvent("100", Line.IN_USE, Presence.AVAILABLE),
         StateEvent("101", Line.IDLE, Presence.AVAILABLE),
     ]
-    engine.resync(lines.on_full_state(states), complete=False)
+    engine.resync(lines.on_full_state(states, engine), complete=False)
     doc = builder.status()
     since = {
         (p["email"], name): (k["state"], k["since"])
@@ -71,7 +71,7 @@ def test_every_key_has_a_since_except_while_waiting_for_nfon() -> None:
 
 def test_a_target_column_shows_only_what_that_target_writes() -> None:
     engine, lines, builder, _ = build()
-    engine.resync(lines.on_full_state([StateEvent("100", Line.IN_USE, Presence.AVAILABLE)]))
+    engine.resync(lines.on_full_state([StateEvent("100", Line.IN_USE, Presence.AVAILABLE)], engine))
     anna = builder.person("100")
     assert anna is not None
     assert anna["targets"]["teams"]["desired"] == 'Busy/InACall "On a call"'
