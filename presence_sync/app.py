@@ -22,7 +22,8 @@ refused reload is closed, and the reason is logged once, as one entry
 by result (``presence_sync_config_reloads_total``).
 
 Readiness (``/readyz`` and ``STATUS=``) means working *now*; see
-``presence_sync.readiness``.
+``presence_sync.api.readiness``. The listener and what its routes read are
+``presence_sync.api`` (``api.daemon.DaemonApi``).
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from starlette.routing import BaseRoute
-
 from presence_sync import __version__
+from presence_sync.api.daemon import DaemonApi
+from presence_sync.api.http import Listener
+from presence_sync.api.readiness import STREAM_GRACE, Readiness, readiness
 from presence_sync.clock import Clock, SystemClock
 from presence_sync.config import Settings, TargetSpec
 from presence_sync.config import load as load_settings
@@ -49,17 +51,12 @@ from presence_sync.engine import Engine, check_target
 from presence_sync.errors import ConfigError, KeyPath, PresenceSyncError
 from presence_sync.feed import Feed
 from presence_sync.lines import Lines
-from presence_sync.model import Person
-from presence_sync.net import parse_listen, user_agent
+from presence_sync.net import user_agent
 from presence_sync.nfon import NfonClient
 from presence_sync.ops import logging as ops_logging
 from presence_sync.ops import metrics, systemd
-from presence_sync.ops.http import Listener, build_app, is_loopback
 from presence_sync.ops.logging import kv
-from presence_sync.ops.pause_api import minimal_person, pause_routes
-from presence_sync.ops.status import Parts, PauseView, StatusBuilder
 from presence_sync.pauses import Pauses
-from presence_sync.readiness import STREAM_GRACE, Readiness, readiness
 from presence_sync.rules import RuleSet, compile_rules
 from presence_sync.schedule import Job, Schedules, guarded
 from presence_sync.store import MemoryStore, SqliteStore, Store
@@ -345,7 +342,14 @@ class Daemon:
         self._stream_tasks: list[asyncio.Task[None]] = []
         self._resync_task: asyncio.Task[None] | None = None
         self.listen_address: tuple[Any, ...] | None = None
-        self.status = StatusBuilder(self._status_parts)
+        self.api = DaemonApi(
+            lambda: self._runtime,
+            readiness=self.readiness,
+            resync=self.request_resync,
+            clock=self.clock,
+        )
+        """The HTTP side: the listener's routes and what they read."""
+        self.status = self.api.status
         """The documents of the status API (``/api/status``, ``/api/people/...``)."""
 
     @property
@@ -392,7 +396,8 @@ class Daemon:
         self._runtime = runtime
         metrics.CONFIG_LAST_RELOAD_SUCCESS.set(self.clock.now().timestamp())
         try:
-            listener = self._listener(settings)
+            listener = self.api.listener(settings.http)
+            self.listen_address = None if listener is None else listener.address
             return await self._run(listener)
         finally:
             runtime = self.runtime
@@ -465,40 +470,6 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
-
-    def _listener(self, settings: Settings) -> Listener | None:
-        http = settings.http
-        if not http.listen:
-            return None
-        loopback = is_loopback(parse_listen(http.listen)[0])
-        token = None if http.token is None else http.token.get_secret_value()
-        if not loopback and token is None:
-            log.warning(
-                "http.listen is not a loopback address and no http.token is set: "
-                "the API refuses every change (resync, pause); set http.token_file",
-                extra=kv(listen=http.listen),
-            )
-        app = build_app(
-            self._health,
-            self._ready,
-            status=self.status,
-            resync=self.request_resync,
-            routes=self._api_routes(),
-            token=token,
-            loopback=loopback,
-        )
-        try:
-            listener = Listener(app, http.listen)
-        except OSError as exc:
-            raise PresenceSyncError(f"cannot listen on {http.listen}: {exc}") from exc
-        self.listen_address = listener.address
-        host, port = listener.address[:2]
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        log.info(
-            "listening for /healthz /readyz /metrics, the status page / and /api",
-            extra=kv(address=shown),
-        )
-        return listener
 
     def _start_streams(self, group: asyncio.TaskGroup, feed: Feed) -> None:
         self._stream_tasks = [
@@ -656,7 +627,7 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def readiness(self) -> Readiness:
-        """Whether the daemon works now (see ``presence_sync.readiness``);
+        """Whether the daemon works now (see ``presence_sync.api.readiness``);
         each answer is also what ``presence_sync_ready`` shows."""
         runtime = self.runtime
         now = readiness(
@@ -686,42 +657,3 @@ class Daemon:
             if now.status != last.status:
                 systemd.notify(f"STATUS={now.status}")
             last = now
-
-    def _api_routes(self) -> list[BaseRoute]:
-        """API routes beyond status and resync (changes among them get the
-        bearer-token guard like every other non-GET request): pause and
-        resume, answering with the status API's PERSON document."""
-        pauses = self.runtime.pauses
-        minimal = minimal_person(pauses)
-
-        def person_doc(person: Person) -> Mapping[str, Any]:
-            # Someone paused and since removed has no status document.
-            return self.status.person(person.key) or minimal(person)
-
-        return [*pause_routes(pauses, person_doc)]
-
-    def _status_parts(self) -> Parts:
-        runtime = self.runtime
-        return Parts(
-            now=self.clock.now(),
-            engine=runtime.engine,
-            lines=runtime.lines,
-            readiness=self.readiness(),
-            last_resync=runtime.feed.last_resync,
-            paused=self._paused,
-        )
-
-    def _paused(self, key: str) -> PauseView | None:
-        row = self.runtime.pauses.get(key)
-        if row is None:
-            return None
-        return PauseView(row.until, None if row.targets is None else tuple(sorted(row.targets)))
-
-    def _health(self) -> tuple[bool, Mapping[str, Any]]:
-        return True, {"version": __version__}
-
-    def _ready(self) -> tuple[bool, Mapping[str, Any]]:
-        if self._runtime is None:
-            return False, {"status": "starting", "components": {}}
-        now = self.readiness()
-        return now.ok, {"status": now.status, "components": now.components}

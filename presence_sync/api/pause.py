@@ -25,10 +25,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from presence_sync.api.http import error, json_response
 from presence_sync.config import parse_duration
 from presence_sync.errors import StoreError
 from presence_sync.model import Person
-from presence_sync.ops.http import error, json_response
 from presence_sync.pauses import BadPause, Pauses, UnknownPerson
 
 __all__ = ["PersonDoc", "minimal_person", "pause_routes"]

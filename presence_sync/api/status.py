@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any, Final
 
+from presence_sync.api.readiness import Readiness
 from presence_sync.engine import Engine, KeySnapshot, TargetSnapshot
 from presence_sync.lines import Lines
 from presence_sync.model import Direction, Line, Person, Presence, describe, find_person
-from presence_sync.readiness import Readiness
 
 __all__ = [
     "DEFAULT_LIMIT",

@@ -15,7 +15,7 @@
   value from the API is put in with ``textContent``, and a Content Security
   Policy allows only its own script and style, by hash);
 - ``/api/status``, ``/api/people/{who}``, ``POST /api/resync``: the JSON API
-  (``docs/api.md``; documents built by ``ops.status``). More routes (pause,
+  (``docs/api.md``; documents built by ``api.status``). More routes (pause,
   resume) come in through ``build_app(routes=...)``.
 
 Writes: every request other than GET and HEAD passes ``WriteGuard``. On a
@@ -54,13 +54,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from presence_sync.net import parse_listen
-from presence_sync.ops.status import DEFAULT_LIMIT, StatusBuilder
+from presence_sync.api.status import DEFAULT_LIMIT, StatusBuilder
+from presence_sync.net import bind, parse_listen
 
 __all__ = [
     "Listener",
     "WriteGuard",
-    "bind",
     "build_app",
     "error",
     "is_loopback",
@@ -176,25 +175,6 @@ def _page() -> tuple[bytes, str]:
         ]
     )
     return text.encode(), policy
-
-
-def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (0 = any free port), bound
-    before the server starts so its address is known at once."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on
-    # sockets whose proto says TCP, and with Nagle on every response whose
-    # headers and body are written separately waits ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-    except BaseException:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
 
 
 def build_app(
