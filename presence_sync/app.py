@@ -41,7 +41,7 @@ from typing import Any
 
 from presence_sync import __version__
 from presence_sync.api.daemon import DaemonApi
-from presence_sync.api.http import Listener
+from presence_sync.api.listener import Listener
 from presence_sync.api.readiness import STREAM_GRACE, Readiness, readiness
 from presence_sync.clock import Clock, SystemClock
 from presence_sync.config import Settings, TargetSpec

@@ -5,7 +5,9 @@ the configuration and the simulators would otherwise write again.
 - ``retry_after``: seconds to wait from a ``Retry-After`` header.
 - ``user_agent``: the ``User-Agent`` every outbound request carries.
 - ``parse_listen``: ``host:port`` / ``[v6]:port`` → ``(host, port)``; ``bind``:
-  a listening TCP socket for the daemon's listener and the simulators.
+  a listening TCP socket for the daemon's listener and the simulators;
+  ``split_host``: a ``Host`` header (or ``http.allowed_hosts`` entry) →
+  ``(host, port or None)``, normalized.
 - ``describe_error`` / ``error_cause``: why an outbound request failed, in
   words an admin can act on (which host; refused, DNS, TLS, timeout, reset),
   for httpx, requests (MSAL) and urllib (slack_sdk) alike.
@@ -38,6 +40,7 @@ __all__ = [
     "parse_listen",
     "proxy_for",
     "retry_after",
+    "split_host",
     "tls_context",
     "user_agent",
 ]
@@ -180,6 +183,36 @@ def parse_listen(text: str) -> tuple[str, int]:
     if port > 65535:
         raise ValueError("the port must be 0..65535")
     return host, port
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """``"Example.COM:80"`` → ``("example.com", 80)``, ``"[::1]"`` →
+    ``("::1", None)``: the host normalized (lower case, no final dot, an IP
+    address in its short form) and the port if given; None when ``value``
+    is not a host with an optional port."""
+    value = value.strip()
+    if value.startswith("["):
+        inside, bracket, rest = value[1:].partition("]")
+        if not bracket:
+            return None
+        try:
+            host = str(ipaddress.IPv6Address(inside))
+        except ValueError:
+            return None
+        port_text = rest[1:] if rest.startswith(":") else None
+        if rest and port_text is None:
+            return None
+    else:
+        host, colon, port_text_ = value.partition(":")
+        port_text = port_text_ if colon else None
+        host = host.lower().removesuffix(".")
+        if not host or not all(c.isascii() and (c.isalnum() or c in "-._") for c in host):
+            return None
+    if port_text is None:
+        return host, None
+    if not port_text.isdigit() or int(port_text) > 65535:
+        return None
+    return host, int(port_text)
 
 
 def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:

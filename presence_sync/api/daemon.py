@@ -15,7 +15,9 @@ from typing import Any, Protocol
 from starlette.routing import BaseRoute
 
 from presence_sync import __version__
-from presence_sync.api.http import Listener, build_app, is_loopback
+from presence_sync.api.hosts import Hosts
+from presence_sync.api.http import build_app, is_loopback
+from presence_sync.api.listener import Listener
 from presence_sync.api.pause import minimal_person, pause_routes
 from presence_sync.api.readiness import Readiness
 from presence_sync.api.status import Parts, PauseView, StatusBuilder
@@ -26,7 +28,7 @@ from presence_sync.errors import PresenceSyncError
 from presence_sync.feed import Feed
 from presence_sync.lines import Lines
 from presence_sync.model import Person
-from presence_sync.net import parse_listen
+from presence_sync.net import bind, parse_listen
 from presence_sync.ops.logging import kv
 from presence_sync.pauses import Pauses
 
@@ -77,7 +79,8 @@ class DaemonApi:
         address cannot be bound."""
         if not http.listen:
             return None
-        loopback = is_loopback(parse_listen(http.listen)[0])
+        host, port = parse_listen(http.listen)
+        loopback = is_loopback(host)
         token = None if http.token is None else http.token.get_secret_value()
         if not loopback and token is None:
             log.warning(
@@ -85,19 +88,32 @@ class DaemonApi:
                 "the API refuses every change (resync, pause); set http.token_file",
                 extra=kv(listen=http.listen),
             )
-        app = build_app(
-            self._health,
-            self._ready,
-            status=self.status,
-            resync=self._resync,
-            routes=self._routes(),
-            token=token,
-            loopback=loopback,
-        )
         try:
-            listener = Listener(app, http.listen)
+            sock = bind(host, port)
         except OSError as exc:
             raise PresenceSyncError(f"cannot listen on {http.listen}: {exc}") from exc
+        try:
+            hosts = Hosts.of(
+                host,
+                sock.getsockname()[1],
+                loopback=loopback,
+                public_url=http.public_url,
+                extra=http.allowed_hosts,
+            )
+            app = build_app(
+                self._health,
+                self._ready,
+                status=self.status,
+                resync=self._resync,
+                routes=self._routes(),
+                hosts=hosts,
+                token=token,
+                loopback=loopback,
+            )
+            listener = Listener(app, sock)
+        except BaseException:
+            sock.close()
+            raise
         host, port = listener.address[:2]
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         log.info(
