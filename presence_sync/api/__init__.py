@@ -1,7 +1,9 @@
 """The daemon's API: the roof over everything else.
 
-- ``http``: the listener, its write guard and its routes (``/healthz``,
-  ``/readyz``, ``/metrics``, the status page and the JSON API);
+- ``http``: the routes (``/healthz``, ``/readyz``, ``/metrics``, the status
+  page and the JSON API) behind their guards (``Host``, body, writes);
+- ``hosts``: which ``Host`` names the listener answers to (DNS rebinding);
+- ``listener``: the server under them, with its connection limits;
 - ``status``: the status picture's JSON documents (``docs/api.md``);
 - ``pause``: the pause and resume routes;
 - ``readiness``: whether the daemon works *now*, part by part;

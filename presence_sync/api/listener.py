@@ -19,6 +19,10 @@ once the process is out of file descriptors. So:
   closing of the longest-waiting connection are each logged once a minute,
   with how many were held back; asyncio retries accepting every second.
 
+uvicorn's own ``limit_concurrency`` is not used: it keeps accepting
+connections and answers requests beyond the limit with a plain-text 503, so
+it bounds neither connections nor files.
+
 Every answer the server gives itself (400, 408, 503) is JSON like the API's
 (``{"error": ...}``), and uvicorn's own log lines go through the daemon's
 logging (``ops.logging``), at most once a minute per message.
