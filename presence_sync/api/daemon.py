@@ -9,6 +9,7 @@ answers 503 "starting".
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -32,7 +33,7 @@ from presence_sync.net import bind, parse_listen
 from presence_sync.ops.logging import kv
 from presence_sync.pauses import Pauses
 
-__all__ = ["DaemonApi", "Running"]
+__all__ = ["DaemonApi", "Running", "bind_listener"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,18 @@ class Running(Protocol):
 
     @property
     def feed(self) -> Feed: ...
+
+
+def bind_listener(http: HttpSettings) -> socket.socket | None:
+    """The socket ``http.listen`` asks for, bound and listening (None when
+    off), so that a busy address is known before anything else starts.
+    Raises ``PresenceSyncError`` naming the address."""
+    if not http.listen:
+        return None
+    try:
+        return bind(*parse_listen(http.listen))
+    except OSError as exc:
+        raise PresenceSyncError(f"cannot listen on {http.listen}: {exc}") from exc
 
 
 class DaemonApi:
@@ -73,13 +86,13 @@ class DaemonApi:
         self.status = StatusBuilder(self._parts)
         """The documents of the status API (``/api/status``, ``/api/people/...``)."""
 
-    def listener(self, http: HttpSettings) -> Listener | None:
-        """The listener ``http`` asks for, bound (not serving yet), or None
-        when ``http.listen`` is off. Raises ``PresenceSyncError`` when the
-        address cannot be bound."""
+    def listener(self, http: HttpSettings, sock: socket.socket | None = None) -> Listener | None:
+        """The listener ``http`` asks for, not serving yet, on ``sock`` (from
+        ``bind_listener``; bound here when None), or None when ``http.listen``
+        is off. Raises ``PresenceSyncError`` when the address cannot be bound."""
         if not http.listen:
             return None
-        host, port = parse_listen(http.listen)
+        host, _ = parse_listen(http.listen)
         loopback = is_loopback(host)
         token = None if http.token is None else http.token.get_secret_value()
         if not loopback and token is None:
@@ -88,10 +101,9 @@ class DaemonApi:
                 "the API refuses every change (resync, pause); set http.token_file",
                 extra=kv(listen=http.listen),
             )
-        try:
-            sock = bind(host, port)
-        except OSError as exc:
-            raise PresenceSyncError(f"cannot listen on {http.listen}: {exc}") from exc
+        sock = sock or bind_listener(http)
+        if sock is None:
+            return None
         try:
             hosts = Hosts.of(
                 host,
