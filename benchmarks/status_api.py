@@ -21,12 +21,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from presence_sync.api.readiness import Readiness
+from presence_sync.api.status import Parts, StatusBuilder
 from presence_sync.clock import SystemClock
 from presence_sync.engine import Engine
 from presence_sync.lines import Lines
 from presence_sync.model import Line, Person, Presence, StateEvent
-from presence_sync.ops.status import Parts, StatusBuilder
-from presence_sync.readiness import Readiness
 from presence_sync.rules import compile_rules
 from presence_sync.store import MemoryStore
 from presence_sync.targets.base import TargetEnv

@@ -23,7 +23,8 @@ refused reload is closed, and the reason is logged once, as one entry
 by result (``presence_sync_config_reloads_total``).
 
 Readiness (``/readyz`` and ``STATUS=``) means working *now*; see
-``presence_sync.readiness``.
+``presence_sync.api.readiness``. The listener and what its routes read are
+``presence_sync.api`` (``api.daemon.DaemonApi``).
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ import errno
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from starlette.routing import BaseRoute
-
 from presence_sync import __version__
+from presence_sync.api.daemon import DaemonApi, bind_listener
+from presence_sync.api.listener import Listener
+from presence_sync.api.readiness import STREAM_GRACE, Readiness, readiness
 from presence_sync.clock import Clock, SystemClock
 from presence_sync.config import Loaded, Settings, TargetSpec, resolve
 from presence_sync.directory import Directory
@@ -50,17 +53,12 @@ from presence_sync.engine import Engine, check_target
 from presence_sync.errors import ConfigError, KeyPath, PresenceSyncError
 from presence_sync.feed import Feed
 from presence_sync.lines import Lines
-from presence_sync.model import Person
-from presence_sync.net import parse_listen, user_agent
+from presence_sync.net import user_agent
 from presence_sync.nfon import NfonClient
 from presence_sync.ops import logging as ops_logging
 from presence_sync.ops import metrics, systemd
-from presence_sync.ops.http import Listener, bind, build_app, is_loopback
 from presence_sync.ops.logging import kv
-from presence_sync.ops.pause_api import minimal_person, pause_routes
-from presence_sync.ops.status import Parts, PauseView, StatusBuilder
 from presence_sync.pauses import Pauses
-from presence_sync.readiness import STREAM_GRACE, Readiness, readiness
 from presence_sync.rules import RuleSet
 from presence_sync.schedule import Job, Schedules, guarded
 from presence_sync.store import MemoryStore, SqliteStore, Store
@@ -383,14 +381,12 @@ def cannot_listen(settings: Settings, exc: OSError) -> ConfigError:
     return ConfigError([settings.problem(["http", "listen"], why)])
 
 
-def _try_listen(settings: Settings) -> None:
-    """Bind ``http.listen`` once and let it go; ``ConfigError`` (exit 78)
-    when the address cannot be had. The listener binds it again once the
-    runtime exists (``SO_REUSEADDR``, so at once)."""
-    if not settings.http.listen:
-        return
+def _bind_listen(settings: Settings) -> socket.socket | None:
+    """The listener's socket, bound now and kept for it (None when off);
+    ``ConfigError`` (exit 78) at ``http.listen`` when the address cannot be
+    had, so that this is known before anything else exists."""
     try:
-        bind(*parse_listen(settings.http.listen)).close()
+        return bind_listener(settings.http)
     except OSError as exc:
         raise cannot_listen(settings, exc) from None
 
@@ -423,7 +419,14 @@ class Daemon:
         self._stream_tasks: list[asyncio.Task[None]] = []
         self._resync_task: asyncio.Task[None] | None = None
         self.listen_address: tuple[Any, ...] | None = None
-        self.status = StatusBuilder(self._status_parts)
+        self.api = DaemonApi(
+            lambda: self._runtime,
+            readiness=self.readiness,
+            resync=self.request_resync,
+            clock=self.clock,
+        )
+        """The HTTP side: the listener's routes and what they read."""
+        self.status = self.api.status
         """The documents of the status API (``/api/status``, ``/api/people/...``)."""
 
     @property
@@ -469,12 +472,18 @@ class Daemon:
         # Before anything exists (the state database above all): a port
         # that is taken is the admin's to fix, and systemd must not restart
         # into it forever.
-        _try_listen(settings)
-        runtime = await wire(loaded, clock=self.clock, dry_run=self.dry_run)
+        sock = _bind_listen(settings)
+        try:
+            runtime = await wire(loaded, clock=self.clock, dry_run=self.dry_run)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
         self._runtime = runtime
         metrics.CONFIG_LAST_RELOAD_SUCCESS.set(self.clock.now().timestamp())
         try:
-            listener = self._listener(settings)
+            listener = self.api.listener(settings.http, sock)
+            self.listen_address = None if listener is None else listener.address
             return await self._run(listener)
         finally:
             runtime = self.runtime
@@ -547,40 +556,6 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
-
-    def _listener(self, settings: Settings) -> Listener | None:
-        http = settings.http
-        if not http.listen:
-            return None
-        loopback = is_loopback(parse_listen(http.listen)[0])
-        token = None if http.token is None else http.token.get_secret_value()
-        if not loopback and token is None:
-            log.warning(
-                "http.listen is not a loopback address and no http.token is set: "
-                "the API refuses every change (resync, pause); set http.token_file",
-                extra=kv(listen=http.listen),
-            )
-        app = build_app(
-            self._health,
-            self._ready,
-            status=self.status,
-            resync=self.request_resync,
-            routes=self._api_routes(),
-            token=token,
-            loopback=loopback,
-        )
-        try:
-            listener = Listener(app, http.listen)
-        except OSError as exc:  # taken since _try_listen
-            raise cannot_listen(settings, exc) from None
-        self.listen_address = listener.address
-        host, port = listener.address[:2]
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        log.info(
-            "listening for /healthz /readyz /metrics, the status page / and /api",
-            extra=kv(address=shown),
-        )
-        return listener
 
     def _start_streams(self, group: asyncio.TaskGroup, feed: Feed) -> None:
         self._stream_tasks = [
@@ -703,7 +678,7 @@ class Daemon:
             await asyncio.sleep(interval)
 
     def readiness(self) -> Readiness:
-        """Whether the daemon works now (see ``presence_sync.readiness``);
+        """Whether the daemon works now (see ``presence_sync.api.readiness``);
         each answer is also what ``presence_sync_ready`` shows."""
         runtime = self.runtime
         now = readiness(
@@ -738,41 +713,3 @@ class Daemon:
             if now.status != last.status:
                 systemd.notify(f"STATUS={now.status}")
             last = now
-
-    def _api_routes(self) -> list[BaseRoute]:
-        """API routes beyond status and resync (changes among them get the
-        bearer-token guard like every other non-GET request): pause and
-        resume, answering with the status API's PERSON document."""
-        pauses = self.runtime.pauses
-        minimal = minimal_person(pauses)
-
-        def person_doc(person: Person) -> Mapping[str, Any]:
-            # Someone paused and since removed has no status document.
-            return self.status.person(person.key) or minimal(person)
-
-        return [*pause_routes(pauses, person_doc)]
-
-    def _status_parts(self) -> Parts:
-        runtime = self.runtime
-        return Parts(
-            now=self.clock.now(),
-            engine=runtime.engine,
-            readiness=self.readiness(),
-            last_resync=runtime.feed.last_resync,
-            paused=self._paused,
-        )
-
-    def _paused(self, key: str) -> PauseView | None:
-        row = self.runtime.pauses.get(key)
-        if row is None:
-            return None
-        return PauseView(row.until, None if row.targets is None else tuple(sorted(row.targets)))
-
-    def _health(self) -> tuple[bool, Mapping[str, Any]]:
-        return True, {"version": __version__}
-
-    def _ready(self) -> tuple[bool, Mapping[str, Any]]:
-        if self._runtime is None:
-            return False, {"status": "starting", "components": {}}
-        now = self.readiness()
-        return now.ok, {"status": now.status, "components": now.components}

@@ -4,7 +4,10 @@ the configuration and the simulators would otherwise write again.
 - ``tls_context``: what to hand httpx as ``verify`` for an optional CA bundle.
 - ``retry_after``: seconds to wait from a ``Retry-After`` header.
 - ``user_agent``: the ``User-Agent`` every outbound request carries.
-- ``parse_listen``: ``host:port`` / ``[v6]:port`` → ``(host, port)``.
+- ``parse_listen``: ``host:port`` / ``[v6]:port`` → ``(host, port)``; ``bind``:
+  a listening TCP socket for the daemon's listener and the simulators;
+  ``split_host``: a ``Host`` header (or ``http.allowed_hosts`` entry) →
+  ``(host, port or None)``, normalized.
 - ``describe_error`` / ``error_cause``: why an outbound request failed, in
   words an admin can act on (which host; refused, DNS, TLS, timeout, reset),
   for httpx, requests (MSAL) and urllib (slack_sdk) alike.
@@ -31,11 +34,13 @@ from presence_sync import __version__
 
 __all__ = [
     "ERROR_CAUSES",
+    "bind",
     "describe_error",
     "error_cause",
     "parse_listen",
     "proxy_for",
     "retry_after",
+    "split_host",
     "tls_context",
     "user_agent",
 ]
@@ -178,6 +183,55 @@ def parse_listen(text: str) -> tuple[str, int]:
     if port > 65535:
         raise ValueError("the port must be 0..65535")
     return host, port
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """``"Example.COM:80"`` → ``("example.com", 80)``, ``"[::1]"`` →
+    ``("::1", None)``: the host normalized (lower case, no final dot, an IP
+    address in its short form) and the port if given; None when ``value``
+    is not a host with an optional port."""
+    value = value.strip()
+    if value.startswith("["):
+        inside, bracket, rest = value[1:].partition("]")
+        if not bracket:
+            return None
+        try:
+            host = str(ipaddress.IPv6Address(inside))
+        except ValueError:
+            return None
+        port_text = rest[1:] if rest.startswith(":") else None
+        if rest and port_text is None:
+            return None
+    else:
+        host, colon, port_text_ = value.partition(":")
+        port_text = port_text_ if colon else None
+        host = host.lower().removesuffix(".")
+        if not host or not all(c.isascii() and (c.isalnum() or c in "-._") for c in host):
+            return None
+    if port_text is None:
+        return host, None
+    if not port_text.isdigit() or int(port_text) > 65535:
+        return None
+    return host, int(port_text)
+
+
+def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (0 = any free port), bound
+    before the server starts so its address is known at once."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on
+    # sockets whose proto says TCP, and with Nagle on every response whose
+    # headers and body are written separately waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 # --- why a connection failed -------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from presence_sync.config.reading import Index, Position
 from presence_sync.config.secrets import ALSO_FROM_FILE
 from presence_sync.errors import ConfigProblem, key_path
 from presence_sync.model import Person
-from presence_sync.net import parse_listen
+from presence_sync.net import parse_listen, split_host
 from presence_sync.sections import (
     Duration,
     HttpURL,
@@ -175,6 +176,25 @@ def _listen(value: object) -> str | None:
     return value.strip()
 
 
+def _public_url(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError("expected a URL like https://presence.example.com")
+    parts = urllib.parse.urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            "expected an http or https URL with a host, like https://presence.example.com"
+        )
+    return value.strip()
+
+
+def _allowed_host(value: object) -> str:
+    if not isinstance(value, str) or split_host(value) is None:
+        raise ValueError('expected a host name or host:port, like "presence.internal"')
+    return value.strip()
+
+
 def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
@@ -304,13 +324,20 @@ class HttpSettings(_Section):
     ``listen`` empty or null turns it off. ``token`` (or ``token_file``) is
     the bearer token that changes through the API (resync, pause) need when
     ``listen`` is not a loopback address; without one such a listener
-    refuses every change."""
+    refuses every change. ``public_url`` and ``allowed_hosts`` name it
+    beside its address (``api.hosts``)."""
 
     # Validation errors would otherwise quote the token.
     model_config = ConfigDict(hide_input_in_errors=True)
 
     listen: Annotated[str | None, BeforeValidator(_listen)] = "127.0.0.1:9477"
     token: _Secret | None = None
+    public_url: Annotated[str | None, BeforeValidator(_public_url)] = None
+    """Where people reach the listener (through a reverse proxy, say): its
+    host is a name the listener answers to."""
+    allowed_hosts: tuple[Annotated[str, BeforeValidator(_allowed_host)], ...] = ()
+    """More names (``host`` or ``host:port``) the listener answers to in a
+    request's ``Host``; every other name gets 421 (DNS rebinding)."""
 
     @property
     def address(self) -> tuple[str, int] | None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import uvicorn
 
-from presence_sync.ops.http import bind
+from presence_sync.net import bind
 
 __all__ = ["CannotListen", "LoopProxy", "Running", "bind", "listen", "serve", "serve_in_thread"]
 

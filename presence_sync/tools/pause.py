@@ -1,5 +1,5 @@
 """``presence-sync pause`` and ``resume``: ask the running daemon, through its
-API (``presence_sync.ops.pause_api``), to leave a person alone for a while or
+API (``presence_sync.api.pause``), to leave a person alone for a while or
 to sync them again, and say what it did.
 
 The daemon is found like for every command (``tools.client.locate``:

@@ -1,4 +1,4 @@
-"""Connections accepted on ``ops.http.bind`` sockets send without Nagle's
+"""Connections accepted on ``net.bind`` sockets send without Nagle's
 delay: asyncio sets TCP_NODELAY only on sockets whose proto is TCP, and
 without it a response written in two parts waits ~40 ms for a delayed ACK."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from presence_sync.ops.http import bind
+from presence_sync.net import bind
 
 
 async def test_accepted_connections_have_nodelay() -> None:

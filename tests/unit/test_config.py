@@ -829,6 +829,35 @@ def test_bad_http_listen(write: Callable[[str], Path], listen: str) -> None:
     assert found.key == "http.listen"
 
 
+def test_http_names_beside_the_address(write: Callable[[str], Path]) -> None:
+    text = (
+        "http:\n  public_url: https://presence.example.com/\n"
+        '  allowed_hosts: [presence.internal, "[::1]:8080", "status.example.org:80"]\n'
+    )
+    settings = load(write(BASE + text), {})
+    assert settings.http.public_url == "https://presence.example.com/"
+    assert settings.http.allowed_hosts == (
+        "presence.internal",
+        "[::1]:8080",
+        "status.example.org:80",
+    )
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ("public_url: presence.example.com", "http.public_url"),
+        ("public_url: ftp://presence.example.com", "http.public_url"),
+        ('allowed_hosts: ["a b"]', "http.allowed_hosts[0]"),
+        ('allowed_hosts: [ok.example.com, "host:99999"]', "http.allowed_hosts[1]"),
+    ],
+)
+def test_bad_http_names(write: Callable[[str], Path], line: str, key: str) -> None:
+    path = write(BASE + f"http:\n  {line}\n")
+    found = one_problem(path)
+    assert (found.key, found.line) == (key, line_of(path, line.split(":")[0] + ":"))
+
+
 def test_state_path_defaults_to_systemd_state_directory(
     write: Callable[[str], Path], tmp_path: Path
 ) -> None:

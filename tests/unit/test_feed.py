@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
+from presence_sync.api.readiness import Readiness, readiness
 from presence_sync.app import Runtime, load, wire
 from presence_sync.clock import ManualClock
 from presence_sync.engine import Engine
@@ -28,7 +29,6 @@ from presence_sync.model import (
     StateEvent,
 )
 from presence_sync.nfon import NfonClient
-from presence_sync.readiness import Readiness, readiness
 from presence_sync.rules import compile_rules
 from presence_sync.store import MemoryStore
 from presence_sync.targets.base import Change, TargetInfo, TargetOptions, target_class

@@ -14,10 +14,10 @@ import pytest
 from engine_helpers import BUSY, CallRules, Remote, idle, in_call, make_target, person, settle
 from starlette.applications import Starlette
 
+from presence_sync.api.pause import pause_routes
 from presence_sync.clock import ManualClock
 from presence_sync.engine import Engine
 from presence_sync.model import find_person
-from presence_sync.ops.pause_api import pause_routes
 from presence_sync.pauses import BadPause, Pauses, UnknownPerson
 from presence_sync.store import PauseRow, SqliteStore, Store
 

@@ -15,13 +15,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from presence_sync.api.http import WriteGuard, is_loopback
+from presence_sync.api.readiness import Readiness
+from presence_sync.api.status import Parts, PauseView, StatusBuilder, iso
 from presence_sync.clock import ManualClock
 from presence_sync.engine import Engine
 from presence_sync.lines import Lines
 from presence_sync.model import Line, Presence, StateEvent
-from presence_sync.ops.http import WriteGuard, is_loopback
-from presence_sync.ops.status import Parts, PauseView, StatusBuilder, iso
-from presence_sync.readiness import Readiness
 from presence_sync.store import MemoryStore
 from presence_sync.targets.base import TargetEnv
 from presence_sync.targets.log import LogOptions, LogTarget

@@ -10,12 +10,12 @@ from typing import ClassVar
 
 from engine_helpers import CallRules, person
 
+from presence_sync.api.readiness import Readiness
+from presence_sync.api.status import Parts, StatusBuilder
 from presence_sync.clock import ManualClock
 from presence_sync.engine import Engine
 from presence_sync.lines import Lines
 from presence_sync.model import Line, Presence, StateEvent
-from presence_sync.ops.status import Parts, StatusBuilder
-from presence_sync.readiness import Readiness
 from presence_sync.store import MemoryStore
 from presence_sync.targets.base import TargetEnv, TargetInfo
 from presence_sync.targets.log import LogOptions, LogTarget

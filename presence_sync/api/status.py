@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any, Final
 
+from presence_sync.api.readiness import Readiness
 from presence_sync.engine import Engine, KeyPicture, TargetPicture
 from presence_sync.model import (
     STATUS_FIELDS,
@@ -32,7 +33,6 @@ from presence_sync.model import (
     describe,
     find_person,
 )
-from presence_sync.readiness import Readiness
 from presence_sync.targets.base import UnknownTargetError, target_class
 
 __all__ = [

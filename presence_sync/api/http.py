@@ -15,57 +15,81 @@
   value from the API is put in with ``textContent``, and a Content Security
   Policy allows only its own script and style, by hash);
 - ``/api/status``, ``/api/people/{who}``, ``POST /api/resync``: the JSON API
-  (``docs/api.md``; documents built by ``ops.status``). More routes (pause,
+  (``docs/api.md``; documents built by ``api.status``). More routes (pause,
   resume) come in through ``build_app(routes=...)``.
 
-Writes: every request other than GET and HEAD passes ``WriteGuard``. On a
-listener that is not loopback it needs ``Authorization: Bearer <http.token>``
-(401 without or with a wrong one; 403 when no token is configured, so such a
-listener takes no change at all). A browser request from another site (an
-``Origin`` that is not this listener) is refused everywhere, so a web page
-cannot make the browser post to a loopback listener.
+Every request, in this order:
+
+1. ``HostGuard``: its ``Host`` must name the listener (``api.hosts``), else
+   421: a page whose name was rebound to our address (DNS rebinding) gets
+   nothing, not even a GET;
+2. ``BodyLimit``: its body is at most ``MAX_BODY`` bytes (413) and arrives
+   within ``BODY_TIMEOUT`` seconds (408);
+3. ``WriteGuard``: a request other than GET and HEAD on a listener that is
+   not loopback needs ``Authorization: Bearer <http.token>`` (401 without or
+   with a wrong one; 403 when no token is configured, so such a listener
+   takes no change at all). A browser request from another site (an
+   ``Origin`` that is not this listener) is refused everywhere, so a web page
+   cannot make the browser post to a loopback listener.
+
+Every answer is JSON (``{"error": ...}`` for a failure, an unexpected
+exception included: 500, logged with its traceback) and carries
+``X-Content-Type-Options: nosniff``, ``Cache-Control: no-store`` and
+``Referrer-Policy: no-referrer``. The connection limits (idle connections,
+header time and size) are the server's: ``api.listener``.
 
 Nothing here shows a secret or a caller number.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import contextlib
 import hashlib
 import importlib.resources
 import ipaddress
+import logging
 import re
 import secrets
 import socket
 import urllib.parse
-from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Final
 
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from presence_sync.net import parse_listen
-from presence_sync.ops.status import DEFAULT_LIMIT, StatusBuilder
+from presence_sync.api.hosts import Hosts
+from presence_sync.api.status import DEFAULT_LIMIT, StatusBuilder
+from presence_sync.ops.logging import Throttle, kv
 
 __all__ = [
-    "Listener",
+    "BODY_TIMEOUT",
+    "MAX_BODY",
+    "BodyLimit",
+    "HostGuard",
     "WriteGuard",
-    "bind",
     "build_app",
     "error",
     "is_loopback",
     "json_response",
 ]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY: Final = 4096
+"""Bytes a request body may have: a pause is some 40."""
+BODY_TIMEOUT: Final = 10.0
+"""Seconds a request body may take to arrive, once its head has."""
 
 Probe = Callable[[], tuple[bool, Mapping[str, Any]]]
 
@@ -104,6 +128,124 @@ def error(status_code: int, message: str, headers: Mapping[str, str] | None = No
     response = json_response({"error": message}, status_code)
     response.headers.update(headers or {})
     return response
+
+
+_SECURE_HEADERS: Final = [(k.lower().encode(), v.encode()) for k, v in _HEADERS.items()]
+
+
+@dataclass(frozen=True, slots=True)
+class SecureHeaders:
+    """ASGI middleware: every answer carries ``_HEADERS`` (a route may set
+    its own values; missing ones are added)."""
+
+    app: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                have = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in _SECURE_HEADERS if k not in have]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+@dataclass(frozen=True, slots=True)
+class HostGuard:
+    """ASGI middleware: a request whose ``Host`` does not name the listener
+    (``hosts``) gets 421, whatever its method and path; logged once a minute."""
+
+    app: ASGIApp
+    hosts: Hosts
+    throttle: Throttle = field(default_factory=Throttle)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = Headers(scope=scope).get("host")
+            if not self.hosts.allows(host):
+                held = self.throttle.allow("host")
+                if held is not None:
+                    log.warning(
+                        "refused a request for a host name this listener does not answer "
+                        "to (a DNS rebinding attempt, or a name missing from http.allowed_hosts)",
+                        extra=kv(event="http_host_refused", host=host, held_back=held),
+                    )
+                shown = host if host is not None and len(host) <= 100 else f"{host!s:.100}…"
+                refusal = error(
+                    421,
+                    f"this listener does not answer to the host {shown!r}: use its address, "
+                    "or add the name to http.allowed_hosts",
+                )
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimit:
+    """ASGI middleware: reads a request's body whole before the route runs,
+    refusing one over ``limit`` bytes (413) or slower than ``timeout``
+    seconds (408); the route then reads it from memory."""
+
+    app: ASGIApp
+    limit: int = MAX_BODY
+    timeout: float = BODY_TIMEOUT
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal: Response | None = None
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and (not length.strip().isdigit() or int(length) > self.limit):
+            refusal = self._too_large()
+        else:
+            body = bytearray()
+            try:
+                async with asyncio.timeout(self.timeout):
+                    while True:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            return  # the client left: nobody to answer
+                        body += message.get("body", b"")
+                        if len(body) > self.limit:
+                            refusal = self._too_large()
+                            break
+                        if not message.get("more_body", False):
+                            break
+            except TimeoutError:
+                refusal = error(
+                    408,
+                    f"the request body did not arrive within {self.timeout:g} s",
+                    {"Connection": "close"},
+                )
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> Response:
+        # Connection: close, since the rest of the body is never read.
+        return error(
+            413,
+            f"the request body is over {self.limit} bytes (a pause or resume needs some 40)",
+            {"Connection": "close"},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,25 +320,6 @@ def _page() -> tuple[bytes, str]:
     return text.encode(), policy
 
 
-def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (0 = any free port), bound
-    before the server starts so its address is known at once."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on
-    # sockets whose proto says TCP, and with Nagle on every response whose
-    # headers and body are written separately waits ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-    except BaseException:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
 def build_app(
     health: Probe,
     ready: Probe,
@@ -204,18 +327,20 @@ def build_app(
     status: StatusBuilder | None = None,
     resync: Callable[[], object] | None = None,
     routes: Sequence[BaseRoute] = (),
+    hosts: Hosts,
     token: str | None = None,
     loopback: bool = True,
 ) -> Starlette:
     """The listener's routes around two probes that report (ok, details).
 
     ``status`` serves the page and the JSON API; ``resync`` is called for
-    ``POST /api/resync``; ``routes`` are added as they are (the guard covers
-    them too). ``token`` and ``loopback`` configure ``WriteGuard``."""
+    ``POST /api/resync``; ``routes`` are added as they are (the guards cover
+    them too). ``hosts`` are the names the listener answers to (``HostGuard``);
+    ``token`` and ``loopback`` configure ``WriteGuard``."""
 
     def probe_response(probe: Probe) -> Response:
         ok, details = probe()
-        return JSONResponse({"ok": ok, **details}, status_code=200 if ok else 503)
+        return json_response({"ok": ok, **details}, 200 if ok else 503)
 
     async def healthz(_: Request) -> Response:
         return probe_response(health)
@@ -224,7 +349,7 @@ def build_app(
         return probe_response(ready)
 
     async def metrics(_: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST, headers=_HEADERS)
 
     table: list[BaseRoute] = [
         Route("/healthz", healthz),
@@ -235,15 +360,25 @@ def build_app(
         table += _api_routes(status, resync)
     table += routes
 
-    async def not_found(request: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPException):
             return error(exc.status_code, exc.detail, exc.headers)
-        return error(500, "internal error")
+        return await internal_error(request, exc)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # Starlette re-raises the exception after this answer: uvicorn logs
+        # it with its traceback, in the daemon's log format.
+        return error(500, "internal error (see the daemon's log)")
 
     return Starlette(
         routes=table,
-        middleware=[Middleware(WriteGuard, token=token, required=not loopback)],
-        exception_handlers={HTTPException: not_found},
+        middleware=[
+            Middleware(SecureHeaders),
+            Middleware(HostGuard, hosts=hosts),
+            Middleware(BodyLimit),
+            Middleware(WriteGuard, token=token, required=not loopback),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
     )
 
 
@@ -294,33 +429,3 @@ def _api_routes(status: StatusBuilder, resync: Callable[[], object] | None) -> l
         Route("/api/people/{who}", api_person),
         Route("/api/resync", api_resync, methods=["POST"]),
     ]
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: the daemon owns SIGTERM/SIGHUP."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class Listener:
-    """Serves ``app`` on ``listen`` inside the daemon's task group."""
-
-    def __init__(self, app: Starlette, listen: str) -> None:
-        host, port = parse_listen(listen)
-        self.sock = bind(host, port)
-        self.address = self.sock.getsockname()
-        config = uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
-        )
-        self._server = _Server(config)
-
-    async def serve(self) -> None:
-        try:
-            await self._server.serve(sockets=[self.sock])
-        finally:
-            self.sock.close()
-
-    def stop(self) -> None:
-        self._server.should_exit = True

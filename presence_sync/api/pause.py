@@ -9,8 +9,10 @@
 
 ``who`` is a person's key, e-mail address or extension. Errors are JSON
 ``{"error": "..."}``: 404 for nobody of that name, 400 for an unknown target,
-a duration that is none, or a body that is not the object above, 500 when
-the state database cannot keep the change (nothing changed then). The
+a duration that is none, or a body that is not the object above (also one
+nested too deeply to parse), 413 for a body over the listener's limit (a few
+KiB), 500 when the state database cannot keep the change (nothing changed
+then). The
 listener's ``WriteGuard`` (a bearer token off loopback, no requests from
 other web sites) covers these routes like every other change.
 """
@@ -26,10 +28,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from presence_sync.api.http import error, json_response
 from presence_sync.config import parse_duration
 from presence_sync.errors import StoreError
 from presence_sync.model import Person
-from presence_sync.ops.http import error, json_response
 from presence_sync.pauses import BadPause, Pauses, UnknownPerson
 
 __all__ = ["PersonDoc", "minimal_person", "pause_routes"]
@@ -67,6 +69,10 @@ async def _body(request: Request) -> dict[str, Any]:
         body = json.loads(raw)
     except ValueError:
         raise BadPause('the body is not JSON: send {"for": "2h", "target": null}') from None
+    except RecursionError:
+        # Nesting deeper than the parser's recursion (~1000 levels fit in a
+        # few KiB): no pause looks like that.
+        raise BadPause("the body is nested too deeply to be a pause") from None
     if not isinstance(body, dict):
         raise BadPause('the body must be a JSON object like {"for": "2h", "target": null}')
     unknown = sorted(set(body) - set(_FIELDS))
