@@ -8,7 +8,7 @@ keys stay queued: "not in sync"), and times ``StatusBuilder`` for the first
 page, a search, the "not in sync" filter and one person. Goal: every
 document < 50 ms at 10,000 people. Beside them, in the same run, the naive
 page: every person's every key from the engine's whole picture
-(``Engine.snapshot()``) on each poll, and the ratio of the two.
+(``Engine.picture()``) on each poll, and the ratio of the two.
 
 Usage: ``python benchmarks/status_api.py [--people 10000] [--repeat 20]``.
 """
@@ -54,9 +54,9 @@ def main() -> None:
         StateEvent(p.extension, Line.IN_USE if i % 10 == 0 else Line.IDLE, Presence.AVAILABLE)
         for i, p in enumerate(people)
     ]
-    engine.resync(lines.on_full_state(states))
+    engine.resync(lines.on_full_state(states, engine))
     ready = Readiness(True, {}, "Ready: following NFON")
-    builder = StatusBuilder(lambda: Parts(clock.now(), engine, lines, ready, None))
+    builder = StatusBuilder(lambda: Parts(clock.now(), engine, ready, None))
 
     def timed(label: str, make: Callable[[], Any]) -> float:
         times = []
@@ -75,7 +75,7 @@ def main() -> None:
     timed("search 'person 99'", lambda: builder.status(q="person 99"))
     timed("not in sync, first page", lambda: builder.status(filter="not-in-sync"))
     timed("one person by extension", lambda: builder.person(str(10_000 + args.people - 1)))
-    naive = timed("naive: whole picture, every key", engine.snapshot)
+    naive = timed("naive: whole picture, every key", engine.picture)
     print(f"first page vs naive whole picture: {naive / first:.1f}x faster")
 
 

@@ -718,7 +718,6 @@ class Daemon:
         return Parts(
             now=self.clock.now(),
             engine=runtime.engine,
-            lines=runtime.lines,
             readiness=self.readiness(),
             last_resync=runtime.feed.last_resync,
             paused=self._paused,

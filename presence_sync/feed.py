@@ -15,7 +15,13 @@ event arrives: two writes and a visible flicker. So such a view is held back
 for up to ``settle`` seconds, or until the call event (or any change that
 makes the line no longer in use without a call) arrives, whichever is first;
 then the newest view of the line goes to the engine. Full states (stream
-bootstrap, snapshot) are never held: they are the repair path.
+bootstrap, snapshot) are never held: they are the repair path, and a line
+they name is no longer held either.
+
+Line views. The engine keeps the one book of line views (``Engine.line``);
+the feed keeps only the views it holds back. ``Lines`` folds each event onto
+the newest view of its line, read through the feed (``line``): the held
+view if there is one, else the engine's.
 
 Every NFON event is logged at debug level (``event=nfon_state`` /
 ``event=nfon_call``) with the extension and what changed, never the other
@@ -45,7 +51,8 @@ log = logging.getLogger(__name__)
 
 
 class Feed:
-    """Keeps ``lines`` and ``engine`` in step with what ``nfon`` reports.
+    """Keeps ``engine`` in step with what ``nfon`` reports, folding each event
+    with ``lines``.
 
     ``settle`` (seconds) is the call settle described in the module
     docstring; 0 hands every view over at once. A reload that keeps this
@@ -74,7 +81,7 @@ class Feed:
         """The states stream delivered a full state at least once."""
         self.last_resync: datetime | None = last_resync
         """When the last full resync from the snapshot finished."""
-        self._held: dict[str, asyncio.Task[None]] = {}
+        self._held: dict[str, tuple[LineView, asyncio.Task[None]]] = {}
         self.calls = CallMeter(clock)
 
     # --- streams ----------------------------------------------------------------------
@@ -87,7 +94,8 @@ class Feed:
                 # The bootstrap has no end marker (its end is inferred), so an
                 # extension missing from it is not taken as gone: the periodic
                 # snapshot is the complete picture.
-                views = self.lines.on_full_state(item.states, complete=False)
+                views = self.lines.on_full_state(item.states, self, complete=False)
+                self._unhold(v.extension for v in views)
                 dirty = self.engine.resync(views, complete=False)
                 self.bootstrapped = True
                 log.info(
@@ -96,7 +104,7 @@ class Feed:
                 )
             else:
                 _log_state(item)
-                view = self.lines.on_state(item)
+                view = self.lines.on_state(item, self)
                 if view is not None:
                     self.offer(view)
 
@@ -108,31 +116,45 @@ class Feed:
                 continue
             _log_call(item)
             self.calls.observe(item)
-            view = self.lines.on_call(item)
+            view = self.lines.on_call(item, self)
             if view is not None:
                 self.offer(view)
+
+    def line(self, extension: str) -> LineView | None:
+        """The newest view of ``extension``: held back here, else the
+        engine's (``lines.LineViews``)."""
+        held = self._held.get(extension)
+        return held[0] if held is not None else self.engine.line(extension)
 
     def offer(self, view: LineView) -> None:
         """Hand a line's new view to the engine, or hold it back while its
         call may still be on the way (see the module docstring)."""
         extension = view.extension
         if self.settle > 0 and view.line is Line.IN_USE and view.call is None:
-            if extension not in self._held:
-                self._held[extension] = asyncio.create_task(
-                    self._release(extension), name=f"settle-{extension}"
-                )
+            held = self._held.get(extension)
+            task = held[1] if held is not None else None
+            if task is None:
+                task = asyncio.create_task(self._release(extension), name=f"settle-{extension}")
+            self._held[extension] = (view, task)
             return
         held = self._held.pop(extension, None)
         if held is not None:
-            held.cancel()
+            held[1].cancel()
         self.engine.observe(view)
 
     async def _release(self, extension: str) -> None:
         await self.clock.sleep(self.settle)
-        self._held.pop(extension, None)
-        view = self.lines.get(extension)
-        if view is not None:
-            self.engine.observe(view)
+        view, _ = self._held.pop(extension)
+        self.engine.observe(view)
+
+    def _unhold(self, extensions: Iterable[str]) -> None:
+        """A full state hands these lines to the engine: nothing of theirs
+        is held back any more."""
+        if self._held:
+            for extension in extensions:
+                held = self._held.pop(extension, None)
+                if held is not None:
+                    held[1].cancel()
 
     def held(self) -> Iterable[str]:
         """Extensions whose view is being held back right now."""
@@ -140,7 +162,7 @@ class Feed:
 
     def close(self) -> None:
         """Drop every held view (the engine hears of them at the next full state)."""
-        for task in self._held.values():
+        for _, task in self._held.values():
             task.cancel()
         self._held.clear()
 
@@ -151,11 +173,13 @@ class Feed:
         whose desired status already equals the applied one."""
         start = self.clock.monotonic()
         states = await self.nfon.snapshot()
-        if not states and len(self.lines):
+        if not states and self.engine.line_count():
             # Taken as complete, an empty answer would clear everyone.
             log.warning("NFON snapshot listed no extensions at all; resync skipped")
             return
-        views = self.lines.on_full_state(states)
+        views = self.lines.on_full_state(states, self)
+        # Complete: a line held back and missing from it is gone as well.
+        self._unhold(self.held())
         dirty = self.engine.resync(views, complete=True)
         took = self.clock.monotonic() - start
         metrics.RESYNC_DURATION.observe(took)

@@ -1,4 +1,10 @@
-"""The line book: folds NFON state and call events into one ``LineView`` per extension.
+"""Folding NFON state and call events into one ``LineView`` per extension.
+
+``Lines`` keeps no views: the engine's book does (the views it decides on),
+and a feed holds back the few it has not handed over yet (call settle).
+Each fold reads the newest view of an extension through ``LineViews`` and
+returns the next one, for the caller to hand on. ``Lines`` remembers only
+the server's timestamps, to tell a stale full state from a fresh one.
 
 The state stream says *whether* a line is busy; the call stream says *with
 whom* and in which direction. Neither stream is reliable on its own (the call
@@ -21,11 +27,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
+from typing import Protocol
 
 from presence_sync.clock import Clock
 from presence_sync.model import Call, CallEvent, CallState, Line, LineView, StateEvent
 
-__all__ = ["Lines"]
+__all__ = ["LineViews", "Lines"]
 
 _RINGING = frozenset({CallState.RING, CallState.CALLER_RING, CallState.DIAL, CallState.CALLER_DIAL})
 _ANSWERED = frozenset({CallState.ANSWER, CallState.CALLER_ANSWER})
@@ -33,27 +40,25 @@ _ENDED = frozenset({CallState.HANGUP, CallState.END})
 _NOT_ON_A_CALL = frozenset({Line.IDLE, Line.OFFLINE})
 
 
+class LineViews(Protocol):
+    """Where the newest view of each extension is kept."""
+
+    def line(self, extension: str) -> LineView | None:
+        """The newest view of ``extension``; None when NFON never named it."""
+        ...
+
+
 class Lines:
-    """The newest ``LineView`` of every extension NFON told us about."""
+    """The fold of NFON's events into line views (see the module docstring)."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._views: dict[str, LineView] = {}
         self._stamps: dict[str, datetime] = {}
 
-    def get(self, extension: str) -> LineView | None:
-        return self._views.get(extension)
-
-    def views(self) -> list[LineView]:
-        return list(self._views.values())
-
-    def __len__(self) -> int:
-        return len(self._views)
-
-    def on_state(self, event: StateEvent) -> LineView | None:
-        """Fold one state change in; returns the new view, or ``None`` when
-        nothing a rule could see has changed."""
-        old = self._views.get(event.extension)
+    def on_state(self, event: StateEvent, views: LineViews) -> LineView | None:
+        """Fold one state change into its line's view in ``views``; returns
+        the new view, or ``None`` when nothing a rule could see has changed."""
+        old = views.line(event.extension)
         self._remember(event)
         stamp = event.updated or self._clock.now()
         if old is None:
@@ -64,7 +69,6 @@ class Lines:
             call = None if event.line in _NOT_ON_A_CALL else old.call
             since = stamp if event.line != old.line else old.since
             view = LineView(event.extension, event.line, event.presence, call, since)
-        self._views[event.extension] = view
         return view
 
     def _remember(self, event: StateEvent) -> None:
@@ -74,11 +78,12 @@ class Lines:
         else:
             self._stamps.pop(event.extension, None)
 
-    def on_call(self, event: CallEvent) -> LineView | None:
-        """Fold one call event in; returns the new view when it changed."""
+    def on_call(self, event: CallEvent, views: LineViews) -> LineView | None:
+        """Fold one call event into its line's view in ``views``; returns the
+        new view when it changed."""
         if not event.extension:
             return None
-        old = self._views.get(event.extension) or LineView(event.extension)
+        old = views.line(event.extension) or LineView(event.extension)
         current = old.call
         now = event.updated or self._clock.now()
         if event.state in _ENDED:
@@ -98,20 +103,20 @@ class Lines:
             view = replace(old, call=call)
         else:
             return None
-        self._views[event.extension] = view
         return view
 
     def on_full_state(
-        self, states: Iterable[StateEvent], *, complete: bool = True
+        self, states: Iterable[StateEvent], views: LineViews, *, complete: bool = True
     ) -> list[LineView]:
-        """Take a picture of many lines at once (stream bootstrap or snapshot)
-        and return their views. With ``complete`` it replaces everything and
-        extensions missing from it are forgotten; without, it is merged in. A
-        state older than a change we already applied keeps the newer one."""
+        """Fold the state of many lines at once (stream bootstrap or snapshot)
+        into their views in ``views`` and return the new ones. With
+        ``complete`` the caller replaces every view by them (extensions
+        missing from it are gone); without, merges them in. A state older
+        than a change already folded in keeps the newer view."""
         fresh: dict[str, LineView] = {}
         stamps: dict[str, datetime] = {}
         for event in states:
-            old = self._views.get(event.extension)
+            old = views.line(event.extension)
             seen = self._stamps.get(event.extension)
             if (
                 old is not None
@@ -134,9 +139,8 @@ class Lines:
             if event.updated is not None:
                 stamps[event.extension] = event.updated
         if complete:
-            self._views, self._stamps = fresh, stamps
+            self._stamps = stamps
         else:
-            self._views.update(fresh)
             for extension in fresh:
                 self._stamps.pop(extension, None)
             self._stamps.update(stamps)

@@ -11,7 +11,9 @@ What is kept, per table of the SQLite schema:
 
 - ``applied``: what each target confirmed for each person, with the person as
   they were then (so someone removed from the configuration can still be
-  cleared), the target's memo (``Applied.data``) and the expiry;
+  cleared), the target's memo (``Applied.data``), the expiry, and whether the
+  engine is sure of it (``uncertain``, schema version 3: a write-ahead record
+  or a request with an unknown outcome);
 - ``saved``: the person's own status, saved by a target before it overwrote it;
 - ``objects``: external objects a target created and must remove (calendar
   events), kind → external id;
@@ -76,11 +78,14 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class AppliedRow:
     """One remembered (target, person) with the person as they were when
-    applied, so a person who left the configuration can still be cleared."""
+    applied, so a person who left the configuration can still be cleared.
+    ``uncertain``: the engine does not know whether the target shows
+    ``applied`` (see ``engine.ledger``); ``applied.data`` is only the target's."""
 
     target: str
     person: Person
     applied: Applied
+    uncertain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +102,14 @@ class PauseRow:
 
 class AppliedWrite(NamedTuple):
     """One change of the applied rows, for ``Store.write_applied``:
-    ``applied`` replaces the (target, person) row, ``None`` deletes it.
-    (A named tuple: the engine builds one per record, on its hot path.)"""
+    ``applied`` replaces the (target, person) row, ``None`` deletes it;
+    ``uncertain`` as in ``AppliedRow``. (A named tuple: the engine builds one
+    per record, on its hot path.)"""
 
     target: str
     person: Person
     applied: Applied | None
+    uncertain: bool = False
 
 
 class Store(Protocol):
@@ -114,8 +121,11 @@ class Store(Protocol):
         """Every remembered (target, person), for the engine's start."""
         ...
 
-    def put_applied(self, target: str, person: Person, applied: Applied) -> None:
-        """Remember what ``target`` confirmed for ``person`` (replaces)."""
+    def put_applied(
+        self, target: str, person: Person, applied: Applied, *, uncertain: bool = False
+    ) -> None:
+        """Remember what ``target`` confirmed for ``person`` (replaces);
+        ``uncertain`` as in ``AppliedRow``."""
         ...
 
     def delete_applied(self, target: str, person_key: str) -> None:
@@ -317,7 +327,7 @@ def _person_from(text: str) -> Person:
     )
 
 
-_Row = tuple[str, str, str, str | None, str, str | None, str]
+_Row = tuple[str, str, str, str | None, str, str | None, str, int]
 """(target, person_key, person, status, at, expires, data), as stored."""
 
 
@@ -337,7 +347,9 @@ class _PersonCache:
         return text
 
 
-def _applied_row(target: str, person_text: str, person: Person, applied: Applied) -> _Row:
+def _applied_row(
+    target: str, person_text: str, person: Person, applied: Applied, uncertain: bool
+) -> _Row:
     """Encode one applied row; raises ``ValueError`` for bad input."""
     status = applied.status
     try:
@@ -349,6 +361,7 @@ def _applied_row(target: str, person_text: str, person: Person, applied: Applied
             _time_text(applied.at, ".at"),
             None if applied.expires is None else _time_text(applied.expires, ".expires"),
             _json_doc(applied.data, ".data"),
+            1 if uncertain else 0,
         )
     except ValueError as exc:
         # The name of the row is only spelled out when something is wrong.
@@ -358,15 +371,21 @@ def _applied_row(target: str, person_text: str, person: Person, applied: Applied
 def _decode_applied(row: _Row) -> AppliedRow | None:
     """Decode one stored row; ``None`` (and a warning) for a row that no
     longer decodes, so one damaged row does not keep the daemon from starting."""
-    target, person_key, person_text, status_text, at, expires, data = row
+    target, person_key, person_text, status_text, at, expires, data, uncertain = row
     try:
+        memo = json.loads(data)
+        # A database from before schema version 3 read without migrating
+        # (``read_stored``) still carries the flag inside the memo.
+        flagged = bool(uncertain) or memo.pop(_LEGACY_UNCERTAIN, None) is not None
         applied = Applied(
             status=None if status_text is None else Status.from_dict(json.loads(status_text)),
             at=_parse_time(at),
             expires=None if expires is None else _parse_time(expires),
-            data=frozen_map(json.loads(data)),
+            data=frozen_map(memo),
         )
-        return AppliedRow(target=target, person=_person_from(person_text), applied=applied)
+        return AppliedRow(
+            target=target, person=_person_from(person_text), applied=applied, uncertain=flagged
+        )
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         log.warning(
             "skipping an applied row that does not decode; it stays in the store",
@@ -468,6 +487,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             since       TEXT NOT NULL
         ) WITHOUT ROWID""",
     ),
+    (
+        # The engine's own flag moves out of the target's memo into a column.
+        "ALTER TABLE applied ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0",
+        """UPDATE applied
+            SET uncertain = 1, data = json_remove(data, '$."presence_sync.uncertain"')
+            WHERE json_type(data, '$."presence_sync.uncertain"') IS NOT NULL""",
+    ),
 )
 """Schema migrations: entry ``n`` brings ``PRAGMA user_version`` from ``n`` to
 ``n + 1`` and runs in one transaction with the version bump. Released entries
@@ -479,6 +505,10 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _PAUSES_SINCE: Final = 2
 """The schema version that brought the ``pauses`` table."""
+_UNCERTAIN_SINCE: Final = 3
+"""The schema version that brought the ``uncertain`` column of ``applied``."""
+_LEGACY_UNCERTAIN: Final = "presence_sync.uncertain"
+"""Where schema versions 1 and 2 kept the uncertain flag: a key of ``data``."""
 
 BUSY_TIMEOUT_MS: Final = 5000
 CHECKPOINT_EVERY: Final = 200
@@ -488,11 +518,16 @@ own automatic checkpoint comes every 1,000 pages)."""
 check`` reading while the daemon writes) before it fails."""
 
 _PUT_APPLIED: Final = (
-    "INSERT OR REPLACE INTO applied (target, person_key, person, status, at, expires, data)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT OR REPLACE INTO applied"
+    " (target, person_key, person, status, at, expires, data, uncertain)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _LOAD_APPLIED: Final = (
-    "SELECT target, person_key, person, status, at, expires, data"
+    "SELECT target, person_key, person, status, at, expires, data, uncertain"
+    " FROM applied ORDER BY target, person_key"
+)
+_LOAD_APPLIED_V2: Final = (
+    "SELECT target, person_key, person, status, at, expires, data, 0"
     " FROM applied ORDER BY target, person_key"
 )
 _DELETE_APPLIED: Final = "DELETE FROM applied WHERE target = ? AND person_key = ?"
@@ -860,10 +895,12 @@ class SqliteStore:
         return [row for row in rows if row is not None]
 
     @_guarded
-    def put_applied(self, target: str, person: Person, applied: Applied) -> None:
+    def put_applied(
+        self, target: str, person: Person, applied: Applied, *, uncertain: bool = False
+    ) -> None:
         """Remember what ``target`` confirmed for ``person`` (replaces).
         Raises ``ValueError`` for naive datetimes or ``data`` JSON cannot carry."""
-        row = _applied_row(target, self._persons.text(person), person, applied)
+        row = _applied_row(target, self._persons.text(person), person, applied, uncertain)
         self._db.execute(_PUT_APPLIED, row)
 
     @_guarded
@@ -950,7 +987,8 @@ class SqliteStore:
                 sql, args = _DELETE_APPLIED, (w.target, w.person.key)
             else:
                 text = self._persons.text(w.person)
-                sql, args = _PUT_APPLIED, _applied_row(w.target, text, w.person, w.applied)
+                row = _applied_row(w.target, text, w.person, w.applied, w.uncertain)
+                sql, args = _PUT_APPLIED, row
             if runs and runs[-1][0] is sql:
                 runs[-1][1].append(args)
             else:
@@ -1074,7 +1112,8 @@ def read_stored(path: str | os.PathLike[str]) -> tuple[list[AppliedRow], list[Pa
                 f"state database {file} was written by a newer presence-sync "
                 f"(schema version {version}); upgrade presence-sync to read it"
             )
-        rows = (_decode_applied(row) for row in db.execute(_LOAD_APPLIED).fetchall())
+        load = _LOAD_APPLIED if version >= _UNCERTAIN_SINCE else _LOAD_APPLIED_V2
+        rows = (_decode_applied(row) for row in db.execute(load).fetchall())
         pauses = (
             (_decode_pause(row) for row in db.execute(_LOAD_PAUSES).fetchall())
             if version >= _PAUSES_SINCE
@@ -1121,9 +1160,11 @@ class MemoryStore:
         rows = (_decode_applied(self._applied[k]) for k in sorted(self._applied))
         return [row for row in rows if row is not None]
 
-    def put_applied(self, target: str, person: Person, applied: Applied) -> None:
+    def put_applied(
+        self, target: str, person: Person, applied: Applied, *, uncertain: bool = False
+    ) -> None:
         self._check()
-        row = _applied_row(target, self._persons.text(person), person, applied)
+        row = _applied_row(target, self._persons.text(person), person, applied, uncertain)
         self._applied[target, person.key] = row
 
     def delete_applied(self, target: str, person_key: str) -> None:
@@ -1139,7 +1180,9 @@ class MemoryStore:
             else (
                 w.target,
                 w.person.key,
-                _applied_row(w.target, self._persons.text(w.person), w.person, w.applied),
+                _applied_row(
+                    w.target, self._persons.text(w.person), w.person, w.applied, w.uncertain
+                ),
             )
             for w in writes
         ]

@@ -27,7 +27,7 @@ rows of the store), and works on keys whose two differ:
   before it lapses, through the same dirty queue;
 - a status counts as applied only once the target confirmed it. Before a
   status is sent to a target with remote state, it is recorded as *maybe
-  applied* (write-ahead, flagged ``UNCERTAIN``), so a crash at any instant,
+  applied* (write-ahead, a record flagged uncertain), so a crash at any instant,
   SIGKILL during the request included, leaves a store that knows what may
   need taking back. A request whose outcome is unknown (a timeout, a 5xx, a
   cancelled apply) keeps the key uncertain: the worse case (what it asked
@@ -51,15 +51,22 @@ The package, one piece per module, each readable alone:
 - ``book``: people, departed people, line views and rules → desired status
   (pure);
 - ``lane``: one target's per-key state (one ``Phase`` per key), queues,
-  token bucket, pause and backoff; ``check_target``;
-- ``ledger``: the applied rows and the write-ahead records; group commits,
-  off the event loop, retried while the store cannot write;
-- ``worker``: one apply and what its answer means for the key;
-- ``dispatch``: ``Engine``, the public API, the loop that picks work once
-  per loop turn and the commit loop that sends a request once its
-  write-ahead record is stored;
-- ``snapshot``, ``picture``: counters and pictures for tests and the status
-  page.
+  token bucket, health (one ``Health`` value), backoff and alarm;
+  ``check_target``;
+- ``ledger``: the records (a target's answer, flagged when uncertain) and
+  the write-ahead records; group commits, off the event loop, retried
+  while the store cannot write;
+- ``worker``: one apply: build the change, call the target, say what it
+  came to (an ``Outcome``);
+- ``outcome``: the one table of what follows from each outcome (record,
+  counters, health, the key's next phase, the log line);
+- ``scheduler``: the dirty set and the loop that picks work once per loop
+  turn; ``commits``: the groups a request waits for until its write-ahead
+  record is stored;
+- ``dispatch``: ``Engine``, the public API;
+- ``picture``, ``draw``: counters and pictures (the engine's view of
+  itself, for tests and the status page; NFON's full state is its
+  *snapshot*, a different thing).
 """
 
 from __future__ import annotations
@@ -68,10 +75,10 @@ from __future__ import annotations
 from presence_sync.targets.base import Target, TargetInfo
 
 from .book import UNKNOWN, Decider, Desired
-from .dispatch import STORE_RETRY, Engine
+from .commits import STORE_RETRY
+from .dispatch import Engine
 from .lane import AUTH_PAUSE, AUTH_PAUSE_CAP, MIN_REFRESH, MIN_RETRY_AFTER, Backoff, check_target
-from .ledger import UNCERTAIN
-from .snapshot import EngineSnapshot, KeySnapshot, TargetSnapshot, TargetStats
+from .picture import EnginePicture, KeyPicture, TargetPicture, TargetStats
 
 __all__ = [
     "AUTH_PAUSE",
@@ -79,17 +86,16 @@ __all__ = [
     "MIN_REFRESH",
     "MIN_RETRY_AFTER",
     "STORE_RETRY",
-    "UNCERTAIN",
     "UNKNOWN",
     "Backoff",
     "Decider",
     "Desired",
     "Engine",
-    "EngineSnapshot",
-    "KeySnapshot",
+    "EnginePicture",
+    "KeyPicture",
     "Target",
     "TargetInfo",
-    "TargetSnapshot",
+    "TargetPicture",
     "TargetStats",
     "check_target",
 ]

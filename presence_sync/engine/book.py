@@ -1,5 +1,6 @@
-"""The desired-state book: who is configured, what each line shows, and what
-every target should show for each person. Pure: no I/O, no asyncio, no clock
+"""The desired-state book: who is configured, what each line shows (the
+daemon's only store of line views), and what every target should show for
+each person. Pure: no I/O, no asyncio, no clock
 of its own (callers pass ``now``).
 
 A person's desired status is ``UNKNOWN`` until their line is known (an
@@ -103,6 +104,15 @@ class Book:
 
     def person(self, key: str) -> Person | None:
         return self._people.get(key) or self._departed.get(key)
+
+    def line(self, extension: str) -> LineView | None:
+        """The view the decisions for ``extension`` were made from (the one
+        line book of the daemon: ``lines.Lines`` folds events onto it)."""
+        return self._views.get(extension)
+
+    def line_count(self) -> int:
+        """Extensions with a view."""
+        return len(self._views)
 
     def view_of(self, key: str) -> LineView | None:
         """The line view of a configured person (None for departed ones)."""

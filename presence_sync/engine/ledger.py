@@ -3,7 +3,7 @@ code that changes it, in memory and in the store.
 
 A status counts as applied only once the target confirmed it. Before a status
 is sent to a target with remote state it is recorded as *maybe applied*
-(``write_ahead``: the row flagged ``UNCERTAIN``), so a crash at any instant,
+(``write_ahead``: a ``Record`` flagged ``uncertain``), so a crash at any instant,
 SIGKILL during the request included, leaves a store that knows what may need
 taking back. A request whose outcome is unknown keeps the worse case recorded
 and flagged (``uncertain``) until one request for that key succeeds; a
@@ -29,47 +29,47 @@ A store that cannot write (locked past its busy timeout, disk full) loses
 nothing: the group goes back in front of the staged rows, ``commit`` says
 so, and the failure is logged once until a commit succeeds again. A row the
 store refuses as a bad value (``ValueError``, logged) stays in memory flagged
-``UNCERTAIN``, so its key is applied, and recorded, again; ``commit`` returns
+uncertain, so its key is applied, and recorded, again; ``commit`` returns
 those keys for the engine to back off.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import NamedTuple
 
 from presence_sync.clock import Clock
-from presence_sync.model import Applied, Person, Status, frozen_map
+from presence_sync.model import Applied, Person, Status
 from presence_sync.ops.logging import kv
 from presence_sync.store import AppliedRow, AppliedWrite, Store
 
-__all__ = ["UNCERTAIN", "Ledger", "as_confirmed", "is_uncertain"]
+__all__ = ["Ledger", "Record"]
 
 log = logging.getLogger("presence_sync.engine")
 
-UNCERTAIN: Final = "presence_sync.uncertain"
-"""Key the engine sets in ``Applied.data`` of a row it is not sure about
-(see ``Engine``); targets never see it."""
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What the ledger knows of one (target, person). ``applied`` is the
+    target's last answer (its ``data`` only the target's own memo);
+    ``uncertain``: a request for it may or may not have arrived (a
+    write-ahead record, an unanswered request), so ``applied`` is the worse
+    case and the key is applied again until one request succeeds."""
+
+    applied: Applied
+    uncertain: bool = False
+
+    @property
+    def status(self) -> Status | None:
+        return self.applied.status
 
 
-_FLAG_ONLY: Final = frozen_map({UNCERTAIN: True})
-"""The memo of an uncertain row with no memo of the target's (the common case)."""
-
-
-def as_confirmed(applied: Applied | None) -> Applied | None:
-    """``applied`` as a target should see it: without the engine's own flag."""
-    if applied is None or UNCERTAIN not in applied.data:
-        return applied
-    data = {k: v for k, v in applied.data.items() if k != UNCERTAIN}
-    return dataclasses.replace(applied, data=frozen_map(data))
-
-
-def is_uncertain(applied: Applied | None) -> bool:
-    return applied is not None and UNCERTAIN in applied.data
+def confirmed(record: Record | None) -> Applied | None:
+    """The ``Applied`` of ``record`` as a target is handed it (``Change.applied``)."""
+    return None if record is None else record.applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,7 @@ class Failed:
 
 class _Pending(NamedTuple):
     write: AppliedWrite
+    record: Record | None
     what: str
 
 
@@ -94,18 +95,18 @@ class Ledger:
         self._store = store
         self._clock = clock
         self._wake = wake
-        self._rows: dict[str, dict[str, Applied]] = {}
+        self._rows: dict[str, dict[str, Record]] = {}
         self._staged: list[_Pending] = []
         self._committing = 0
         self._down_since: float | None = None
 
     # --- reading ------------------------------------------------------------------------
 
-    def rows(self, target: str) -> Mapping[str, Applied]:
-        """Person key → applied row of one target (read only)."""
+    def rows(self, target: str) -> Mapping[str, Record]:
+        """Person key → record of one target (read only)."""
         return self._rows.get(target, {})
 
-    def get(self, target: str, key: str) -> Applied | None:
+    def get(self, target: str, key: str) -> Record | None:
         rows = self._rows.get(target)
         return None if rows is None else rows.get(key)
 
@@ -133,7 +134,7 @@ class Ledger:
             self._rows.setdefault(name, {})
         loaded = [row for row in self._store.load_applied() if row.target in names]
         for row in loaded:
-            self._rows[row.target][row.person.key] = row.applied
+            self._rows[row.target][row.person.key] = Record(row.applied, row.uncertain)
         return loaded
 
     def drop(self, target: str) -> None:
@@ -142,33 +143,37 @@ class Ledger:
 
     # --- writing ------------------------------------------------------------------------
 
-    def record(self, target: str, person: Person, row: Applied | None, what: str) -> None:
-        """Stage ``row`` for (target, person): ``None``, or nothing of ours
-        with no memo, deletes it. Memory has it now, the store at the commit."""
-        kept = None if row is None or (row.status is None and not row.data) else row
-        self._stage(_Pending(AppliedWrite(target, person, kept), what))
-        self._wake()
+    def record(self, target: str, person: Person, applied: Applied | None) -> None:
+        """Stage what the target confirmed for (target, person): ``None``, or
+        nothing of ours with no memo, deletes the record. Memory has it now,
+        the store at the commit."""
+        kept = None if applied is None or (applied.status is None and not applied.data) else applied
+        self._put(target, person, None if kept is None else Record(kept), "an applied status")
 
     def uncertain(self, target: str, person: Person, attempted: Status | None) -> None:
         """Remember that the remote side may now show ``attempted`` (or still
         what it showed): the worse case, flagged, so the key is applied again."""
-        row = self._uncertain_row(target, person.key, attempted)
-        if row is not None:
-            self.record(target, person, row, "an uncertain status")
+        record = self._uncertain_record(target, person.key, attempted)
+        if record is not None:
+            self._put(target, person, record, "an uncertain status")
 
-    def rejected(self, target: str, person: Person, before: Applied | None) -> None:
+    def rejected(self, target: str, person: Person, before: Record | None) -> None:
         """The target refused the request outright (4xx, 429, auth): nothing
         changed there, so a write-ahead record goes back to what was before."""
         if self.get(target, person.key) is not before:
-            self.record(target, person, before, "the record from before a refused request")
+            self._put(target, person, before, "the record from before a refused request")
 
     def write_ahead(self, target: str, person: Person, attempted: Status) -> None:
         """Before a request for ``attempted`` leaves: stage the record that
         the target may now show it (flagged uncertain), unless the record
         already says so. The request may go once ``commit`` has written it."""
-        row = self._uncertain_row(target, person.key, attempted)
-        if row is not None:
-            self._stage(_Pending(AppliedWrite(target, person, row), "an uncertain status"))
+        record = self._uncertain_record(target, person.key, attempted)
+        if record is not None:
+            self._stage(_pending(target, person, record, "an uncertain status"))
+
+    def _put(self, target: str, person: Person, record: Record | None, what: str) -> None:
+        self._stage(_pending(target, person, record, what))
+        self._wake()
 
     def try_commit(self) -> bool:
         """Write every staged row now if the store can without waiting for
@@ -230,26 +235,27 @@ class Ledger:
         write = pending.write
         rows = self._rows.get(write.target)
         if rows is not None:  # else the target was removed meanwhile
-            if write.applied is None:
+            if pending.record is None:
                 rows.pop(write.person.key, None)
             else:
-                rows[write.person.key] = write.applied
+                rows[write.person.key] = pending.record
         self._staged.append(pending)
 
-    def _uncertain_row(self, target: str, key: str, attempted: Status | None) -> Applied | None:
+    def _uncertain_record(self, target: str, key: str, attempted: Status | None) -> Record | None:
         """The worse case after a request for ``attempted`` (None when the
         record already says so, or when nothing of ours can be there)."""
         old = self.get(target, key)
         status = attempted if attempted is not None else (old.status if old else None)
         if old is None and status is None:
             return None  # clearing where nothing of ours was known: nothing can be left
-        if old is not None and old.status == status and UNCERTAIN in old.data:
+        if old is not None and old.status == status and old.uncertain:
             return None
-        data = (
-            _FLAG_ONLY if old is None or not old.data else frozen_map({**old.data, UNCERTAIN: True})
-        )
-        expires = old.expires if old is not None and old.status == status else None
-        return Applied(status=status, at=self._clock.now(), expires=expires, data=data)
+        if old is None:
+            return Record(Applied(status=status, at=self._clock.now()), uncertain=True)
+        was = old.applied
+        expires = was.expires if was.status == status else None
+        applied = Applied(status=status, at=self._clock.now(), expires=expires, data=was.data)
+        return Record(applied, uncertain=True)
 
     async def _write(self, batch: list[_Pending]) -> list[Failed]:
         """One transaction. A value the store refuses (``ValueError``: a
@@ -275,16 +281,18 @@ class Ledger:
                 extra=kv(target=write.target, person=write.person.email),
             )
             rows = self._rows.get(write.target)
-            if rows is not None and rows.get(key) is write.applied:
+            if rows is not None and rows.get(key) is pending.record:
                 # Memory must not claim what the store lacks: flag it, so the
                 # key is applied (and recorded) again.
-                row = write.applied
-                data = {**(row.data if row else {}), UNCERTAIN: True}
-                rows[key] = Applied(
-                    status=None if row is None else row.status,
-                    at=self._clock.now() if row is None else row.at,
-                    expires=None if row is None else row.expires,
-                    data=frozen_map(data),
-                )
+                row = pending.record
+                applied = Applied(status=None, at=self._clock.now()) if row is None else row.applied
+                rows[key] = Record(applied, uncertain=True)
             failed.append(Failed(write.target, key, exc))
         return failed
+
+
+def _pending(target: str, person: Person, record: Record | None, what: str) -> _Pending:
+    if record is None:
+        return _Pending(AppliedWrite(target, person, None), None, what)
+    write = AppliedWrite(target, person, record.applied, record.uncertain)
+    return _Pending(write, record, what)

@@ -1,111 +1,94 @@
-"""``picture``: the engine's state as the status page shows it, read from
-the book, the lanes and the ledger without changing anything.
+"""What the reconciler shows of itself: counters and point-in-time pictures
+(tests, benchmarks, the status page). Pure data; ``draw`` makes them.
 
-``picture`` covers every key; the status API asks for one page of people at
-a time (``key_pictures``) and filters with ``unsettled``, so a poll costs
-O(people) cheap lookups plus O(page × targets) snapshots, never
-O(people × targets) objects."""
+"Picture" is the engine's word; NFON's full state of every line is its
+"snapshot" (``NfonClient.snapshot``), and the two never share a name."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
 
-from presence_sync.clock import Clock
+from presence_sync.model import Applied, Status
 
-from .book import Book, Unknown
-from .lane import Lane, Phase
-from .ledger import Ledger, as_confirmed, is_uncertain
-from .snapshot import EngineSnapshot, KeySnapshot, TargetSnapshot
-
-__all__ = ["key_pictures", "picture", "target_pictures", "unsettled"]
+__all__ = ["EnginePicture", "KeyPicture", "TargetPicture", "TargetStats"]
 
 
-def target_pictures(clock: Clock, lanes: Mapping[str, Lane]) -> dict[str, TargetSnapshot]:
-    """Every target at this instant, without its keys: O(targets)."""
-    mono = clock.monotonic()
-    wall = clock.now()
-    targets: dict[str, TargetSnapshot] = {}
-    for name, lane in lanes.items():
-        paused = lane.paused(mono)
-        targets[name] = TargetSnapshot(
-            name=name,
-            kind=lane.info.kind,
-            dirty=lane.dirty(),
-            in_flight=len(lane.flights),
-            backoff=lane.waiting,
-            parked=lane.parked,
-            paused_until=wall + timedelta(seconds=lane.paused_until - mono) if paused else None,
-            pause_reason=lane.pause_reason if paused else None,
-            stats=dataclasses.replace(lane.stats),
-        )
-    return targets
+@dataclass(slots=True)
+class TargetStats:
+    """Counters of one target since the engine started (tests, benchmarks).
+
+    ``requests`` counts calls of ``Target.apply``; ``noops`` keys that were
+    dirty but needed nothing by the time a worker looked; the failure
+    counters split ``requests`` that did not succeed (``timeouts`` are also
+    counted in ``transient``).
+    """
+
+    requests: int = 0
+    ok: int = 0
+    noops: int = 0
+    transient: int = 0
+    permanent: int = 0
+    auth: int = 0
+    throttled: int = 0
+    timeouts: int = 0
+
+    @property
+    def failures(self) -> int:
+        """Requests that did not succeed."""
+        return self.transient + self.permanent + self.auth
 
 
-def key_pictures(
-    clock: Clock, book: Book, lanes: Mapping[str, Lane], ledger: Ledger, keys: Iterable[str]
-) -> list[KeySnapshot]:
-    """The (person, target) keys of the people ``keys`` (unknown ones are
-    skipped) at this instant, person by person, targets in lane order."""
-    mono = clock.monotonic()
-    wall = clock.now()
+@dataclass(frozen=True, slots=True)
+class TargetPicture:
+    """One lane at one instant. ``dirty``: keys queued; ``in_flight``:
+    requests running or starting; ``backoff``: keys waiting for a retry;
+    ``paused_until``/``pause_reason`` (``"retry-after"`` or ``"auth"``)
+    while the whole target waits."""
 
-    def at(when: float) -> datetime:
-        return wall + timedelta(seconds=when - mono)
-
-    out: list[KeySnapshot] = []
-    for key in keys:
-        person = book.person(key)
-        if person is None:
-            continue
-        for name, lane in lanes.items():
-            desired = book.desired_for(key, name)
-            known = not isinstance(desired, Unknown)
-            applied = ledger.get(name, key)
-            st = lane.state(key)
-            phase = Phase.IDLE if st is None else st.phase
-            if phase is not Phase.IDLE:
-                state = phase.value
-            elif book.held(key, name):
-                state = "paused"
-            else:
-                state = phase.value if known else "unknown"
-            retry = st.retry_at if st is not None and phase is Phase.BACKOFF else None
-            since = None if st is None or st.since is None else at(st.since)
-            out.append(
-                KeySnapshot(
-                    person=key,
-                    email=person.email,
-                    target=name,
-                    desired=None if isinstance(desired, Unknown) else desired,
-                    desired_known=known,
-                    applied=as_confirmed(applied),
-                    state=state,
-                    retry_at=None if retry is None else at(retry),
-                    last_error=None if st is None else st.error,
-                    uncertain=is_uncertain(applied),
-                    since=since,
-                    rule=book.rule_for(key, name) if known else None,
-                )
-            )
-    return out
+    name: str
+    kind: str
+    dirty: int
+    in_flight: int
+    backoff: int
+    parked: int
+    paused_until: datetime | None
+    pause_reason: str | None
+    stats: TargetStats
 
 
-def unsettled(book: Book, lanes: Mapping[str, Lane]) -> set[str]:
-    """Person keys with at least one target not in sync: queued, starting,
-    in flight, backing off, parked, or waiting for their line. Costs a set
-    difference over the people plus the keys the lanes hold; no snapshot."""
-    out = book.waiting() if lanes else set()
-    for lane in lanes.values():
-        out.update(key for key, st in lane.keys.items() if st.phase is not Phase.IDLE)
-    return out
+@dataclass(frozen=True, slots=True)
+class KeyPicture:
+    """One (person, target) key. ``desired_known`` is False while the person's
+    line is not known yet (``desired`` is then ``None`` and meaningless).
+    ``state``: ``in-sync``, ``dirty``, ``starting`` (its write-ahead record
+    is being stored), ``in-flight``, ``backoff``, ``parked``, ``unknown``,
+    or ``paused`` (an admin paused the person here and nothing is left to do).
+    ``uncertain``: the last request's outcome is unknown and ``applied`` is
+    the worse case. ``since``: when the key last became dirty, until it is
+    clean again. ``rule``: the name of the rule behind ``desired`` (its
+    ``name``, else its key path like ``rules[3]``; ``"opt-out"``; None: no
+    rule did)."""
+
+    person: str
+    email: str
+    target: str
+    desired: Status | None
+    desired_known: bool
+    applied: Applied | None
+    state: str
+    retry_at: datetime | None
+    last_error: str | None
+    uncertain: bool = False
+    since: datetime | None = None
+    rule: str | None = None
 
 
-def picture(clock: Clock, book: Book, lanes: Mapping[str, Lane], ledger: Ledger) -> EngineSnapshot:
-    """Every target and every (person, target) key at this instant, target by target."""
-    targets = target_pictures(clock, lanes)
-    keys = key_pictures(clock, book, lanes, ledger, book.known())
-    order = {name: i for i, name in enumerate(lanes)}
-    keys.sort(key=lambda k: order[k.target])  # stable: people stay in order within a target
-    return EngineSnapshot(at=clock.now(), targets=targets, keys=tuple(keys))
+@dataclass(frozen=True, slots=True)
+class EnginePicture:
+    """Everything the status page shows about the reconciler."""
+
+    at: datetime
+    targets: Mapping[str, TargetPicture]
+    keys: tuple[KeyPicture, ...]

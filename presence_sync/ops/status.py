@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any, Final
 
-from presence_sync.engine import Engine, KeySnapshot, TargetSnapshot
-from presence_sync.lines import Lines
+from presence_sync.engine import Engine, KeyPicture, TargetPicture
 from presence_sync.model import Direction, Line, Person, Presence, describe, find_person
 from presence_sync.readiness import Readiness
 
@@ -68,7 +67,6 @@ class Parts:
 
     now: datetime
     engine: Engine
-    lines: Lines
     readiness: Readiness
     last_resync: datetime | None
     paused: Callable[[str], PauseView | None] = field(default=_no_pauses)
@@ -167,7 +165,7 @@ class StatusBuilder:
             "targets": {name: self._target(t) for name, t in parts.engine.target_states().items()},
         }
 
-    def _target(self, t: TargetSnapshot) -> dict[str, Any]:
+    def _target(self, t: TargetPicture) -> dict[str, Any]:
         if t.pause_reason == "auth":
             state, reason = "refused", f"{t.name} rejects our credentials"
         elif t.pause_reason is not None:
@@ -186,13 +184,13 @@ class StatusBuilder:
         }
 
     def _people(self, parts: Parts, page: Sequence[Person]) -> list[dict[str, Any]]:
-        keys: dict[str, list[KeySnapshot]] = {p.key: [] for p in page}
-        for snap in parts.engine.key_snapshots(keys):
+        keys: dict[str, list[KeyPicture]] = {p.key: [] for p in page}
+        for snap in parts.engine.key_pictures(keys):
             keys[snap.person].append(snap)
         return [self._person(parts, p, keys[p.key]) for p in page]
 
-    def _person(self, parts: Parts, person: Person, snaps: Iterable[KeySnapshot]) -> dict[str, Any]:
-        view = parts.lines.get(person.extension)
+    def _person(self, parts: Parts, person: Person, snaps: Iterable[KeyPicture]) -> dict[str, Any]:
+        view = parts.engine.line(person.extension)
         line = presence = direction = None
         if view is not None:
             line = None if view.line is Line.UNKNOWN else view.line.value
@@ -218,7 +216,7 @@ class StatusBuilder:
             "targets": {s.target: self._key(s, pause) for s in snaps},
         }
 
-    def _key(self, snap: KeySnapshot, pause: PauseView | None) -> dict[str, Any]:
+    def _key(self, snap: KeyPicture, pause: PauseView | None) -> dict[str, Any]:
         applied = snap.applied
         state = _STATES.get(snap.state, snap.state)
         reason = snap.last_error

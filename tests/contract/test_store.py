@@ -129,6 +129,24 @@ class StoreContract:
         assert row.applied.expires.utcoffset() is not None
         assert row.applied.data["nested"] == {"list": [1, "zwei", None, True, 2.5, {"deep": []}]}
 
+    def test_the_uncertain_flag_is_kept_beside_the_target_memo(
+        self, store: Store, reopen: Callable[[], Store]
+    ) -> None:
+        store.put_applied("teams_presence", ANNA, ON_A_CALL, uncertain=True)
+        store.write_applied([AppliedWrite("slack_status", ANNA, ON_A_CALL, uncertain=True)])
+        store.write_applied([AppliedWrite("slack_status", BOB, RESTORED)])
+
+        rows = by_key(reopen().load_applied())
+
+        assert rows == {
+            ("teams_presence", ANNA.key): AppliedRow(
+                "teams_presence", ANNA, ON_A_CALL, uncertain=True
+            ),
+            ("slack_status", ANNA.key): AppliedRow("slack_status", ANNA, ON_A_CALL, uncertain=True),
+            ("slack_status", BOB.key): AppliedRow("slack_status", BOB, RESTORED),
+        }
+        assert rows["teams_presence", ANNA.key].applied.data == ON_A_CALL.data
+
     @pytest.mark.parametrize(
         "applied",
         [
@@ -661,9 +679,56 @@ def test_a_database_of_the_first_schema_opens_and_gains_the_pauses_table(
         store.close()
     assert read_stored(path)[1] == [pause]
 
-    assert read_back(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(2,)]
+    assert read_back(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)] == [(3,)]
     migrated = [r for r in caplog.records if "migrated" in r.getMessage()]
-    assert [r.__dict__["ctx"]["schema_version"] for r in migrated] == [2]
+    assert [r.__dict__["ctx"]["schema_version"] for r in migrated] == [2, 3]
+
+
+def test_a_database_of_the_second_schema_keeps_its_uncertain_records_in_a_column(
+    tmp_path: Path,
+) -> None:
+    """Schema version 2 kept the engine's "not confirmed" flag as a key of the
+    target's memo. Read as it is and after the migration, such a record is
+    still uncertain, and the target's memo is only the target's again."""
+    path = tmp_path / "state.db"
+    db = raw(path)
+    for step in MIGRATIONS[:2]:
+        for statement in step:
+            db.execute(statement)
+    db.execute("PRAGMA user_version = 2")
+    person = """'{"key":"bob@example.com","email":"bob@example.com","extension":"101"}'"""
+    busy = """'{"availability":"Busy","activity":"InACall"}'"""
+    db.execute(
+        "INSERT INTO applied (target, person_key, person, status, at, data) VALUES"
+        f" ('teams_presence', 'bob@example.com', {person}, {busy}, '2026-01-05T09:00:00+00:00',"
+        """ '{"presence_sync.uncertain":true,"session":"s-1"}'),"""
+        f" ('slack_status', 'bob@example.com', {person}, {busy}, '2026-01-05T09:00:00+00:00',"
+        """ '{"session":"s-2"}')"""
+    )
+    db.commit()
+    db.close()
+
+    def seen(rows: list[AppliedRow]) -> dict[str, tuple[bool, dict[str, object]]]:
+        return {r.target: (r.uncertain, dict(r.applied.data)) for r in rows}
+
+    expected = {
+        "teams_presence": (True, {"session": "s-1"}),
+        "slack_status": (False, {"session": "s-2"}),
+    }
+    assert seen(read_stored(path)[0]) == expected  # read-only: not migrated
+    assert read_back(path, "PRAGMA user_version") == [(2,)]
+
+    store = SqliteStore(path)
+    try:
+        assert seen(store.load_applied()) == expected
+    finally:
+        store.close()
+    assert read_back(path, "PRAGMA user_version") == [(3,)]
+    assert sorted(read_back(path, "SELECT target, uncertain, data FROM applied")) == [
+        ("slack_status", 0, '{"session":"s-2"}'),
+        ("teams_presence", 1, '{"session":"s-1"}'),
+    ]
+    assert seen(read_stored(path)[0]) == expected
 
 
 def test_a_pause_that_no_longer_decodes_is_skipped_and_kept(

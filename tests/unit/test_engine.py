@@ -35,7 +35,7 @@ from polling import eventually_async
 from prometheus_client import REGISTRY
 
 from presence_sync.clock import ManualClock
-from presence_sync.engine import STORE_RETRY, UNCERTAIN, Engine, check_target
+from presence_sync.engine import STORE_RETRY, Engine, check_target
 from presence_sync.errors import AuthError, PermanentError, StoreError, TransientError
 from presence_sync.model import (
     STATUS_FIELDS,
@@ -162,8 +162,8 @@ async def test_concurrency_per_target_is_bounded(clock: ManualClock, store: Memo
             engine.observe(in_call(p.extension))
         await settle()
         assert len(remote.requests) == 2
-        assert engine.snapshot().targets["teams"].in_flight == 2
-        assert engine.snapshot().targets["teams"].dirty == 2
+        assert engine.picture().targets["teams"].in_flight == 2
+        assert engine.picture().targets["teams"].dirty == 2
         assert remote.gate is not None
         remote.gate.set()
         await run_until_idle(engine, clock)
@@ -252,7 +252,7 @@ async def test_retry_after_pauses_only_that_target(clock: ManualClock, store: Me
         engine.observe(in_call("100"))
         await settle()
         assert slack.shows == {ANNA.key: BUSY}
-        snap = engine.snapshot().targets["teams"]
+        snap = engine.picture().targets["teams"]
         assert snap.pause_reason == "retry-after"
         assert snap.paused_until == clock.now() + timedelta(seconds=30)
 
@@ -371,7 +371,7 @@ async def test_an_apply_that_hangs_times_out_and_is_retried(
         assert engine.stats["teams"].timeouts == 0
         await tick(clock, 0.2)
         assert engine.stats["teams"].timeouts == 1
-        assert engine.snapshot().targets["teams"].backoff == 1
+        assert engine.picture().targets["teams"].backoff == 1
         await tick(clock, 1.0)  # retried after 1 s
         assert remote.gate is not None
         remote.gate.set()
@@ -396,7 +396,7 @@ async def test_a_permanent_error_parks_the_key_until_its_desired_status_changes(
             engine.reevaluate()
             await tick(clock, 3600)
             assert remote.times() == [0]
-            key = next(k for k in engine.snapshot().keys if k.person == ANNA.key)
+            key = next(k for k in engine.picture().keys if k.person == ANNA.key)
             assert key.state == "parked"
             assert key.last_error == "404 user not found"
 
@@ -431,8 +431,8 @@ async def test_rejected_credentials_pause_the_target_and_probe_with_one_request(
                 engine.observe(in_call(p.extension))
             await settle()
             first_batch = len(teams.requests)  # up to the concurrency, all rejected
-            assert engine.snapshot().targets["teams"].pause_reason == "auth"
-            assert engine.target_states() == engine.snapshot().targets
+            assert engine.picture().targets["teams"].pause_reason == "auth"
+            assert engine.target_states() == engine.picture().targets
             assert engine.target_states()["slack"].pause_reason is None
             assert slack.shows == {p.key: BUSY for p in PEOPLE}
 
@@ -472,6 +472,56 @@ async def test_an_unexpected_target_error_is_retried_and_logged_with_its_traceba
     failing = [r for r in caplog.records if "target failing" in r.getMessage()]
     assert len(failing) == 1
     assert failing[0].exc_info is not None
+
+
+async def test_a_target_failure_is_one_warning_with_its_status_and_cause_per_episode(
+    clock: ManualClock, store: MemoryStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A target named like its kind used to read "webhook webhook: receiver
+    answered 503" on the status page, and a throttle was an INFO line
+    without the HTTP status each time."""
+    remote = Remote(clock)
+    remote.failure = lambda: TransientError(
+        "webhook webhook: receiver answered 503 Service Unavailable", status=503
+    )
+    engine = engine_for(clock, store, {"webhook": make_target("webhook", remote)}, rng=MaxJitter())
+    with caplog.at_level(logging.INFO, logger="presence_sync.engine"):
+        async with running(engine):
+            for p in PEOPLE:
+                engine.observe(in_call(p.extension))
+            await tick(clock, 1)
+            await tick(clock, 2)
+            [key, *_] = engine.key_pictures([ANNA.key])
+            assert key.last_error == "receiver answered 503 Service Unavailable"
+            assert len(remote.requests) > len(PEOPLE)  # retried, still failing
+
+            remote.failure = lambda: TransientError(
+                "webhook webhook: receiver answered 429 Too Many Requests",
+                retry_after=10,
+                status=429,
+            )
+            await tick(clock, 4)
+            remote.failure = None
+            await run_until_idle(engine, clock)
+
+            # Recovered; now a second episode, a throttle from the start.
+            remote.fail_next.extend(
+                TransientError("webhook: receiver answered 429", retry_after=10, status=429)
+                for _ in range(3)
+            )
+            for p in PEOPLE:
+                engine.observe(idle(p.extension))
+            await run_until_idle(engine, clock)
+
+    assert remote.shows == {}
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in loud] == [
+        "webhook: target failing (HTTP 503), backing off: "
+        "receiver answered 503 Service Unavailable",
+        "webhook: asked to wait 10 s (HTTP 429): receiver answered 429",
+    ]
+    assert [r.__dict__["ctx"]["status"] for r in loud] == [503, 429]
+    assert [r.getMessage() for r in caplog.records].count("target recovered") == 2
 
 
 # --- nothing to do costs nothing ----------------------------------------------------
@@ -548,7 +598,7 @@ async def test_a_person_removed_from_the_configuration_is_cleared(
 
     assert teams.shows == slack.shows == {BOB.key: BUSY}
     assert stored(store) == {("teams", BOB.key): BUSY, ("slack", BOB.key): BUSY}
-    assert all(k.person != ANNA.key for k in engine.snapshot().keys)
+    assert all(k.person != ANNA.key for k in engine.picture().keys)
 
 
 async def test_a_person_who_left_while_the_daemon_was_down_is_cleared_at_start(
@@ -690,7 +740,8 @@ async def test_drain_gives_up_after_its_timeout(clock: ManualClock, store: Memor
     # Stopping cancelled the apply: the remote side may or may not show it now.
     [row] = store.load_applied()
     assert row.applied.status == BUSY
-    assert row.applied.data == {UNCERTAIN: True}
+    assert row.uncertain
+    assert row.applied.data == {}
 
 
 @pytest.mark.parametrize("still_in_call", [True, False])
@@ -710,7 +761,7 @@ async def test_an_apply_cancelled_at_shutdown_is_redone_after_a_restart(
     assert remote.active == set()
     assert engine.pending() == 1  # still dirty, for whoever runs it next
     # Whether the remote side got it is unknown, so the store says so.
-    assert [row.applied.data for row in store.load_applied()] == [{UNCERTAIN: True}]
+    assert [(row.uncertain, row.applied.data) for row in store.load_applied()] == [(True, {})]
 
     remote.gate = None
     later = engine_for(clock, store, {"teams": make_target("teams", remote)})
@@ -762,7 +813,8 @@ async def test_a_status_is_recorded_before_it_is_sent(
         # In flight: nothing confirmed, but the store knows what may be there.
         [row] = store.load_applied()
         assert row.applied.status == BUSY
-        assert row.applied.data == {UNCERTAIN: True}
+        assert row.uncertain
+        assert row.applied.data == {}
         assert remote.gate is not None
         remote.gate.set()
         await run_until_idle(engine, clock)
@@ -796,7 +848,7 @@ class JournalStore(MemoryStore):
 
     def __init__(self, clock: ManualClock) -> None:
         super().__init__(clock=clock)
-        self.transactions: list[list[tuple[str, str, Applied | None]]] = []
+        self.transactions: list[list[AppliedWrite]] = []
         self.refuse = 0
 
     def try_write_applied(self, writes: Sequence[AppliedWrite]) -> bool:
@@ -809,7 +861,7 @@ class JournalStore(MemoryStore):
             self.refuse -= 1
             raise StoreError("state database: disk I/O error")
         super().write_applied(writes)
-        self.transactions.append([(w.target, w.person.key, w.applied) for w in writes])
+        self.transactions.append(list(writes))
 
 
 async def test_requests_started_together_are_written_ahead_in_one_transaction(
@@ -825,8 +877,8 @@ async def test_requests_started_together_are_written_ahead_in_one_transaction(
         # Every request left after one commit holding all four records.
         assert len(store.transactions) == 1
         [ahead] = store.transactions
-        assert {key for _, key, _ in ahead} == {p.key for p in PEOPLE}
-        assert all(row is not None and row.data == {UNCERTAIN: True} for _, _, row in ahead)
+        assert {w.person.key for w in ahead} == {p.key for p in PEOPLE}
+        assert all(w.applied is not None and w.uncertain and not w.applied.data for w in ahead)
         assert remote.gate is not None
         remote.gate.set()
         await run_until_idle(engine, clock)
@@ -847,7 +899,7 @@ async def test_a_write_ahead_the_store_could_not_take_is_retried_before_sending(
         async with running(engine):
             engine.observe(in_call("100"))
             await settle()
-            [key] = [k for k in engine.snapshot().keys if k.person == ANNA.key]
+            [key] = [k for k in engine.picture().keys if k.person == ANNA.key]
             assert key.state == "starting"
             assert remote.requests == []  # nothing leaves before its record is stored
             await tick(clock, STORE_RETRY)
@@ -872,7 +924,7 @@ async def test_a_confirmation_the_store_could_not_take_is_kept_and_retried(
     async with running(engine):
         engine.observe(in_call("100"))
         await until(lambda: len(remote.active) == 1)
-        assert store.load_applied()[0].applied.data == {UNCERTAIN: True}
+        assert store.load_applied()[0].uncertain
         store.refuse = 1  # the confirmation
         gate.set()
         await settle()
@@ -900,7 +952,7 @@ async def test_one_bad_memo_does_not_keep_other_rows_from_the_store(
         engine.observe(in_call("100"))
         engine.observe(in_call("101"))
         await settle()
-        keys = {k.person: k for k in engine.snapshot().keys}
+        keys = {k.person: k for k in engine.picture().keys}
     assert stored(store)[("teams", BOB.key)] == BUSY
     assert keys[BOB.key].state == "in-sync"
     assert keys[ANNA.key].state == "backoff"
@@ -988,7 +1040,7 @@ async def test_a_held_write_lock_does_not_freeze_the_loop(
                 gaps.append(time.monotonic() - before)
             assert max(gaps) < 1.0  # a blocked loop would stall for the 5 s busy timeout
             assert teams.requests == []  # not sent before its record is stored
-            keys = {(k.target, k.person): k.state for k in engine.snapshot().keys}
+            keys = {(k.target, k.person): k.state for k in engine.picture().keys}
             assert keys["teams", ANNA.key] == "starting"
             backup.execute("ROLLBACK")
             await eventually_async(lambda: teams.requests, "the request once its record is in")
@@ -1183,7 +1235,7 @@ async def test_metrics_count_results_per_target(clock: ManualClock, store: Memor
     assert _sample("presence_sync_reconcile_dirty_keys", target="metrics-t") == 0
 
 
-async def test_snapshot_shows_each_key(clock: ManualClock, store: MemoryStore) -> None:
+async def test_the_picture_shows_each_key(clock: ManualClock, store: MemoryStore) -> None:
     remote = Remote(clock)
     remote.fail_for[BOB.key] = TransientError("503 from upstream")
     engine = engine_for(clock, store, {"teams": make_target("teams", remote)})
@@ -1191,7 +1243,7 @@ async def test_snapshot_shows_each_key(clock: ManualClock, store: MemoryStore) -
         engine.observe(in_call("100"))
         engine.observe(in_call("101"))
         await settle()
-        snap = engine.snapshot()
+        snap = engine.picture()
     keys = {k.person: k for k in snap.keys}
     assert keys[ANNA.key].state == "in-sync"
     anna = keys[ANNA.key].applied
@@ -1352,7 +1404,7 @@ async def test_the_deciding_rule_travels_with_the_decision_but_is_no_reason_to_w
     engine.set_people(PEOPLE)
 
     def rule_shown() -> str | None:
-        [key] = [k for k in engine.snapshot().keys if k.person == ANNA.key]
+        [key] = [k for k in engine.picture().keys if k.person == ANNA.key]
         return key.rule
 
     with caplog.at_level(logging.INFO, logger="presence_sync.engine"):

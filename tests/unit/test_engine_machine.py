@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
 from presence_sync.clock import ManualClock
-from presence_sync.engine import UNCERTAIN, Engine
+from presence_sync.engine import Engine
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.model import Line, LineView, Person, Presence, Status
 from presence_sync.store import MemoryStore
@@ -212,8 +212,8 @@ class EngineMachine(RuleBasedStateMachine):
             remote.fail_for.clear()
         self.run(run_until_idle(self.engine, self.clock))
 
-        parked = {(k.target, k.person) for k in self.engine.snapshot().keys if k.state == "parked"}
-        rows = {(r.target, r.person.key): r.applied for r in self.store.load_applied()}
+        parked = {(k.target, k.person) for k in self.engine.picture().keys if k.state == "parked"}
+        rows = {(r.target, r.person.key): r for r in self.store.load_applied()}
         for target, remote in self.remotes.items():
             for who in PEOPLE:
                 key = (target, who.key)
@@ -222,11 +222,11 @@ class EngineMachine(RuleBasedStateMachine):
                 if key in parked:
                     # Parked after a request with an unknown outcome, the store
                     # may only hold the worse case; otherwise it is exact.
-                    if row is None or UNCERTAIN not in row.data:
-                        assert (row and row.status) == shown, key
+                    if row is None or not row.uncertain:
+                        assert (row and row.applied.status) == shown, key
                     continue
-                assert row is None or UNCERTAIN not in row.data, key
-                assert (row and row.status) == shown, key
+                assert row is None or not row.uncertain, key
+                assert (row and row.applied.status) == shown, key
                 assert shown == self._wanted(target, who), key
 
         sent = sum(len(r.requests) for r in self.remotes.values())

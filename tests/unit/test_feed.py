@@ -67,7 +67,9 @@ async def runtime_for(tmp_path: Path, clock: ManualClock, rules: str) -> AsyncIt
     config.write_text(CONFIG.replace("state.db", str(tmp_path / "s.db")) + rules)
     runtime = await wire(load(config), clock=clock, dry_run=True)
     runtime.feed.offer(
-        runtime.lines.on_full_state([StateEvent("100", Line.IDLE, Presence.AVAILABLE)])[0]
+        runtime.lines.on_full_state(
+            [StateEvent("100", Line.IDLE, Presence.AVAILABLE)], runtime.feed
+        )[0]
     )
     yield runtime
     runtime.feed.close()
@@ -92,19 +94,19 @@ def ready(runtime: Runtime, clock: ManualClock, grace: float = 30) -> Readiness:
 
 
 def desired_text(runtime: Runtime) -> str | None:
-    (key,) = runtime.engine.snapshot().keys
+    (key,) = runtime.engine.picture().keys
     return key.desired.text if key.desired is not None else None
 
 
 def in_use(runtime: Runtime) -> None:
-    view = runtime.lines.on_state(StateEvent("100", Line.IN_USE, Presence.AVAILABLE))
+    view = runtime.lines.on_state(StateEvent("100", Line.IN_USE, Presence.AVAILABLE), runtime.feed)
     assert view is not None
     runtime.feed.offer(view)
 
 
 def outbound_call(runtime: Runtime) -> None:
     event = CallEvent("c1", CallState.RING, "100", Direction.OUTBOUND, "100", "K1234", "4930")
-    view = runtime.lines.on_call(event)
+    view = runtime.lines.on_call(event, runtime.feed)
     assert view is not None
     runtime.feed.offer(view)
 
@@ -183,12 +185,39 @@ def nfon_answering(states: list[dict[str, str]]) -> NfonClient:
 async def test_an_empty_snapshot_does_not_clear_everyone(
     plain: Runtime, clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    plain.lines.on_full_state([StateEvent("100", Line.IN_USE, Presence.AVAILABLE)])
+    in_use = plain.lines.on_full_state(
+        [StateEvent("100", Line.IN_USE, Presence.AVAILABLE)], plain.feed
+    )
+    plain.engine.resync(in_use, complete=False)
     async with nfon_answering([]) as nfon:
         feed = Feed(nfon, plain.lines, plain.engine, plain.directory, clock)
         await feed.resync()
-    assert plain.lines.get("100") is not None
+    view = plain.engine.line("100")
+    assert view is not None
+    assert view.line is Line.IN_USE
     assert "snapshot listed no extensions" in caplog.text
+
+
+async def test_a_full_state_during_the_settle_wins_over_the_view_held_back(
+    outbound: Runtime, clock: ManualClock
+) -> None:
+    """The feed holds back the in-use view; the snapshot meanwhile says the
+    line is idle again. The held view must not overwrite that afterwards."""
+    idle = [{"extension": "100", "line": "idle", "presence": "available"}]
+    async with nfon_answering(idle) as nfon:
+        feed = Feed(nfon, outbound.lines, outbound.engine, outbound.directory, clock, settle=0.3)
+        view = outbound.lines.on_state(StateEvent("100", Line.IN_USE, Presence.AVAILABLE), feed)
+        assert view is not None
+        feed.offer(view)
+        assert list(feed.held()) == ["100"]
+        assert feed.line("100") == view  # the next event folds onto the held view
+        await feed.resync()
+        assert list(feed.held()) == []
+        await clock.advance(1.0)
+    shown = outbound.engine.line("100")
+    assert shown is not None
+    assert shown.line is Line.IDLE
+    assert desired_text(outbound) is None
 
 
 # --- readiness -------------------------------------------------------------------------

@@ -64,7 +64,7 @@ class World:
         return sum(len(r.times(key)) for r in self.remotes.values())
 
     def states(self, key: str) -> dict[str, str]:
-        return {k.target: k.state for k in self.engine.snapshot().keys if k.person == key}
+        return {k.target: k.state for k in self.engine.picture().keys if k.person == key}
 
 
 @pytest.fixture
@@ -291,7 +291,7 @@ def test_before_nfon_reports_a_line_a_person_paused_everywhere_waits_for_nothing
     engine.hold(BOB.key, {"slack"})
 
     assert engine.unsettled() == {BOB.key}
-    states = {(k.person, k.target): k.state for k in engine.snapshot().keys}
+    states = {(k.person, k.target): k.state for k in engine.picture().keys}
     assert states == {
         (ANNA.key, "teams"): "paused",
         (ANNA.key, "slack"): "paused",

@@ -40,7 +40,7 @@ def build(count: int) -> tuple[Engine, Lines, StatusBuilder, ManualClock]:
     engine.set_people(people)
     lines = Lines(clock)
     ready = Readiness(True, {}, "Ready: following NFON")
-    builder = StatusBuilder(lambda: Parts(clock.now(), engine, lines, ready, None), zone=ZONE)
+    builder = StatusBuilder(lambda: Parts(clock.now(), engine, ready, None), zone=ZONE)
     return engine, lines, builder, clock
 
 
@@ -55,7 +55,7 @@ def test_the_not_in_sync_filter_agrees_with_every_key_state() -> None:
         StateEvent(str(100 + i), Line.IN_USE if i % 7 == 0 else Line.IDLE, Presence.AVAILABLE)
         for i in range(20)
     ]
-    engine.resync(lines.on_full_state(states), complete=False)
+    engine.resync(lines.on_full_state(states, engine), complete=False)
     doc = builder.status(limit=1000)
     unsettled = {
         p["key"]
@@ -92,13 +92,12 @@ def test_search_paging_and_lookups() -> None:
 
 def test_a_paused_person_shows_paused_targets() -> None:
     engine, lines, _, clock = build(2)
-    engine.resync(lines.on_full_state([StateEvent("100", Line.IDLE, Presence.AVAILABLE)]))
+    engine.resync(lines.on_full_state([StateEvent("100", Line.IDLE, Presence.AVAILABLE)], engine))
     until = clock.now() + timedelta(hours=2)
     builder = StatusBuilder(
         lambda: Parts(
             clock.now(),
             engine,
-            lines,
             Readiness(True, {}, "Ready"),
             None,
             paused=lambda key: PauseView(until, ("slack",)) if key == "p000@example.com" else None,
