@@ -9,7 +9,12 @@ temporary directory and the ``log`` target (muted), on the real clock:
    with them (a "maybe applied" record committed before every set, as for
    Teams or Slack), in alternating rounds so that a neighbour's load hits
    both alike; prints both rates and their ratio, goal ratio ≥ 0.90 (the
-   absolute figures depend on the machine, the ratio much less);
+   absolute figures depend on the machine, the ratio much less). The SQLite
+   store syncs every commit to the disk (``synchronous=FULL``, so a power
+   cut cannot take back a write-ahead record); a third configuration, in
+   the same rounds, writes the same records without the sync
+   (``SqliteStore(sync=False)``), and the ratio synced / unsynced is the
+   price of that durability;
 2. p99 from ``observe`` to the target's ``apply`` call at 1,000 events/s
    (write-ahead on), goal < 5 ms;
 3. a full resync of every extension with nothing changed, goal < 1 s and zero
@@ -149,9 +154,9 @@ async def bench(
 ) -> None:
     clock = SystemClock()
 
-    def new_store(name: str) -> Store:
+    def new_store(name: str, sync: bool = True) -> Store:
         if store_kind == "sqlite":
-            return SqliteStore(directory / f"{name}.db", clock=clock)
+            return SqliteStore(directory / f"{name}.db", clock=clock, sync=sync)
         return MemoryStore(clock=clock)
 
     people = [
@@ -160,6 +165,16 @@ async def bench(
     ]
     plain = await start("without write-ahead", TimedLogTarget, new_store("plain"), people)
     ahead = await start("with write-ahead", RemoteLogTarget, new_store("ahead"), people)
+    # The price of syncing each commit: the same records, not synced.
+    unsynced = None
+    if store_kind == "sqlite":
+        unsynced = await start(
+            "with write-ahead, not synced",
+            RemoteLogTarget,
+            new_store("unsynced", sync=False),
+            people,
+        )
+    setups = [plain, ahead] + ([unsynced] if unsynced else [])
 
     print(f"engine benchmark: {people_count:,} people, compiled default rules, {store_kind} store,")
     print(
@@ -169,10 +184,12 @@ async def bench(
 
     # 1. throughput, both configurations in alternating rounds
     per_round = max(1, events // rounds)
-    for _ in range(rounds):
-        for setup in (plain, ahead):
+    for n in range(rounds):
+        # Each round starts with another configuration, so none always
+        # runs right after the same one.
+        for setup in setups[n % len(setups) :] + setups[: n % len(setups)]:
             await throughput(setup, people, per_round)
-    for setup in (plain, ahead):
+    for setup in setups:
         rate = setup.events / setup.seconds
         rounds_text = ", ".join(f"{r:,.0f}" for r in setup.rates)
         report(
@@ -195,6 +212,16 @@ async def bench(
         "≥ 0.90",
         cpu_ratio >= 0.90,
     )
+    if unsynced is not None:
+        synced = (ahead.events / ahead.seconds) / (unsynced.events / unsynced.seconds)
+        synced_cpu = (ahead.events / ahead.cpu) / (unsynced.events / unsynced.cpu)
+        # No goal: the figure is what durability costs on this machine's disk.
+        print(f"  {'   ratio synced / unsynced write-ahead (wall)':<50} {synced:>16.3f}")
+        print(f"  {'   ratio synced / unsynced write-ahead (CPU time)':<50} {synced_cpu:>16.3f}")
+        unsynced.engine.stop()
+        await unsynced.runner
+        unsynced.store.close()
+        del unsynced
 
     plain.engine.stop()
     await plain.runner

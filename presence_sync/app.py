@@ -673,7 +673,12 @@ class Daemon:
         each answer is also what ``presence_sync_ready`` shows."""
         runtime = self.runtime
         now = readiness(
-            runtime.nfon, runtime.feed, runtime.engine, clock=self.clock, grace=self.stream_grace
+            runtime.nfon,
+            runtime.feed,
+            runtime.engine,
+            clock=self.clock,
+            grace=self.stream_grace,
+            store=runtime.store,
         )
         metrics.set_readiness(now.components)
         return now

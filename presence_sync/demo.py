@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from presence_sync.ops.logging import printable
 from presence_sync.sim.nfon import NfonSim
 from presence_sync.sim.nfon import serve_in_thread as serve_nfon
 
@@ -217,7 +218,8 @@ class Watcher:
                 if report:
                     when = datetime.now().astimezone().strftime("%H:%M:%S")
                     name = self.names.get(email, email)
-                    print(f"{when}  {name} · {label}: {text}", file=self.out, flush=True)
+                    shown = printable(f"{name} · {label}: {text}")
+                    print(f"{when}  {shown}", file=self.out, flush=True)
 
 
 # --- running it ----------------------------------------------------------------------------

@@ -10,7 +10,10 @@ when its cause ends.
 - ``nfon_login``: NFON accepts the API credentials (a refused login counts
   at once: waiting will not fix it);
 - ``target:<name>``: the target is not paused because it rejected our
-  credentials.
+  credentials;
+- ``store``: the last write to the state database was committed (a full
+  disk or an I/O error makes every change wait: the engine keeps the
+  records and retries, and the first commit that succeeds makes it ready).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from presence_sync.clock import Clock
 from presence_sync.engine import Engine
 from presence_sync.feed import Feed
 from presence_sync.nfon import NfonClient
+from presence_sync.store import Store
 
 __all__ = ["STREAM_GRACE", "Readiness", "readiness"]
 
@@ -43,7 +47,13 @@ class Readiness:
 
 
 def readiness(
-    nfon: NfonClient, feed: Feed, engine: Engine, *, clock: Clock, grace: float = STREAM_GRACE
+    nfon: NfonClient,
+    feed: Feed,
+    engine: Engine,
+    *,
+    clock: Clock,
+    grace: float = STREAM_GRACE,
+    store: Store | None = None,
 ) -> Readiness:
     """Readiness of the daemon following ``nfon`` through ``feed`` into
     ``engine`` (see the module docstring); times are local, with the zone offset."""
@@ -86,6 +96,13 @@ def readiness(
             components[f"target:{name}"] = {"ok": False, "reason": reason}
         else:
             components[f"target:{name}"] = {"ok": True, "reason": "working"}
+    if store is not None:
+        failure = store.write_failure
+        components["store"] = (
+            {"ok": True, "reason": "writable"}
+            if failure is None
+            else {"ok": False, "reason": f"store: cannot commit: {failure}"}
+        )
     failing = [c["reason"] for c in components.values() if not c["ok"]]
     status = "Degraded: " + "; ".join(failing) if failing else "Ready: following NFON"
     return Readiness(not failing, components, status)

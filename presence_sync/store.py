@@ -193,6 +193,14 @@ class Store(Protocol):
         """Forget a person's pause; nothing happens when there is none."""
         ...
 
+    @property
+    def write_failure(self) -> str | None:
+        """Why the last write could not be committed (the database's own
+        words, e.g. ``database or disk is full``), or ``None`` when it was
+        (and before any write). Readiness shows it: while writes fail, every
+        change waits."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -511,11 +519,11 @@ _LEGACY_UNCERTAIN: Final = "presence_sync.uncertain"
 """Where schema versions 1 and 2 kept the uncertain flag: a key of ``data``."""
 
 BUSY_TIMEOUT_MS: Final = 5000
+"""How long a statement waits for another process's lock (``presence-sync
+check`` reading while the daemon writes) before it fails."""
 CHECKPOINT_EVERY: Final = 200
 """Group commits between two WAL checkpoints (a few pages each; SQLite's
 own automatic checkpoint comes every 1,000 pages)."""
-"""How long a statement waits for another process's lock (``presence-sync
-check`` reading while the daemon writes) before it fails."""
 
 _PUT_APPLIED: Final = (
     "INSERT OR REPLACE INTO applied"
@@ -573,6 +581,26 @@ def _guarded(
     guarded.__qualname__ = method.__qualname__
     guarded.__doc__ = method.__doc__
     return guarded
+
+
+def _write(
+    method: Callable[Concatenate[SqliteStore, _P], _R],
+) -> Callable[Concatenate[SqliteStore, _P], _R]:
+    """``_guarded`` for a write: its outcome is the store's ``write_failure``."""
+
+    def write(self: SqliteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            result = method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            self._write_failure = str(exc)
+            raise StoreError(f"state database {self.path}: {exc}") from exc
+        self._write_failure = None
+        return result
+
+    write.__name__ = method.__name__
+    write.__qualname__ = method.__qualname__
+    write.__doc__ = method.__doc__
+    return write
 
 
 @contextmanager
@@ -678,9 +706,10 @@ class _Writer:
     applied rows in the order they are given. A ``sqlite3`` connection is
     bound to the thread that opened it, so the thread opens it itself."""
 
-    def __init__(self, path: Path, busy_ms: int) -> None:
+    def __init__(self, path: Path, busy_ms: int, synchronous: str) -> None:
         self._path = path
         self._busy_ms = busy_ms
+        self._synchronous = synchronous
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presence-sync-store")
 
@@ -694,7 +723,7 @@ class _Writer:
                 cached_statements=64,
             )
             db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
             db.execute("PRAGMA journal_size_limit = 4194304")
             self._local.db = db
         return db
@@ -739,13 +768,21 @@ class _Writer:
 class SqliteStore:
     """The daemon's store: one SQLite database file.
 
-    Durability: WAL journal with ``synchronous=NORMAL``. Every write has
-    committed to the WAL file when the call returns, so it survives a crash
-    or kill of the process at any instant; a power loss or kernel crash may
-    lose the last few commits but never leaves a damaged database (the
-    reconciler converges from an older state). ``busy_timeout`` (seconds,
-    default 5) is how long a write waits for a second process holding the
-    file (``presence-sync status``, a backup) before it fails.
+    Durability: WAL journal with ``synchronous=FULL``. Every write has
+    committed to the WAL file, and the file is synced to the disk, when the
+    call returns: it survives a crash or kill of the process at any instant,
+    and a power cut or kernel crash too. That matters for the write-ahead
+    record (a status we are about to set, which a power cut must not make us
+    forget, or nobody would take it back), the person's own saved status
+    (lost, it could not be given back), the objects we created and the
+    pauses. Only the id cache is written with ``synchronous=NORMAL``: a
+    lookup lost to a power cut is made again. The price is one sync of the
+    WAL file per commit (the engine groups its records, one commit per loop
+    turn; ``benchmarks/engine.py`` measures it). ``sync=False`` writes
+    everything with ``NORMAL`` (the last commits before a power cut may be
+    lost, never the database): for benchmarks and tests. ``busy_timeout``
+    (seconds, default 5) is how long a write waits for a second process
+    holding the file (``presence-sync status``, a backup) before it fails.
 
     Files: the database and its ``-wal``/``-shm`` files are created 0600 and
     missing parent directories 0700, whatever the umask. An existing directory
@@ -778,9 +815,11 @@ class SqliteStore:
         *,
         clock: Clock | None = None,
         busy_timeout: float = BUSY_TIMEOUT_MS / 1000,
+        sync: bool = True,
     ) -> None:
         self.path = Path(path)
         self._clock: Clock = clock or SystemClock()
+        self._synchronous = "FULL" if sync else "NORMAL"
         self._persons = _PersonCache()
         self._busy_ms = round(busy_timeout * 1000)
         self._writer: _Writer | None = None
@@ -788,6 +827,7 @@ class SqliteStore:
         self._backlog = 0
         self._commits = 0
         self._closed = False
+        self._write_failure: str | None = None
         try:
             with _private_umask():
                 _make_dirs(self.path.parent)
@@ -820,7 +860,7 @@ class SqliteStore:
                 "state database cannot use WAL; writes are slower",
                 extra=kv(path=str(self.path), journal_mode=mode),
             )
-        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute(f"PRAGMA synchronous = {self._synchronous}")
         # Bounds the WAL file after a burst of writes.
         db.execute("PRAGMA journal_size_limit = 4194304")
         if version:
@@ -894,7 +934,7 @@ class SqliteStore:
         rows = (_decode_applied(row) for row in self._db.execute(_LOAD_APPLIED))
         return [row for row in rows if row is not None]
 
-    @_guarded
+    @_write
     def put_applied(
         self, target: str, person: Person, applied: Applied, *, uncertain: bool = False
     ) -> None:
@@ -903,23 +943,24 @@ class SqliteStore:
         row = _applied_row(target, self._persons.text(person), person, applied, uncertain)
         self._db.execute(_PUT_APPLIED, row)
 
-    @_guarded
+    @_write
     def delete_applied(self, target: str, person_key: str) -> None:
         """Forget (target, person); nothing happens when it is not there."""
         self._db.execute(_DELETE_APPLIED, (target, person_key))
 
-    @_guarded
+    @_write
     def write_applied(self, writes: Sequence[AppliedWrite]) -> None:
         """Every put and delete in one transaction (see ``Store.write_applied``)."""
         _commit_runs(self._db, self._runs(writes))
 
     def try_write_applied(self, writes: Sequence[AppliedWrite]) -> bool:
         """Every put and delete in one transaction, now, if the write lock is
-        free (see ``Store.try_write_applied``). In WAL mode with
-        ``synchronous=NORMAL`` such a commit only appends to the WAL file
-        (tens of microseconds, no fsync): cheaper on the loop than a thread
-        hop. False, with nothing written, while another connection holds the
-        lock or groups given to ``awrite_applied`` are still being written."""
+        free (see ``Store.try_write_applied``). In WAL mode such a commit
+        appends to the WAL file and syncs it (one fsync on the loop's thread:
+        a fraction of a millisecond on an idle SSD, milliseconds on a busy
+        disk; none with ``sync=False``). False, with nothing written, while another
+        connection holds the lock or groups given to ``awrite_applied`` are
+        still being written."""
         runs = self._runs(writes)
         if not runs:
             return True
@@ -928,13 +969,13 @@ class SqliteStore:
         writer = self._start_writer()
         try:
             _commit_runs(self._now_db(), runs, begin="BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
+        except sqlite3.Error as exc:
             code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
             if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                return False
+                return False  # not a failure: the writer thread waits for the lock
+            self._write_failure = str(exc)
             raise StoreError(f"state database {self.path}: {exc}") from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"state database {self.path}: {exc}") from exc
+        self._write_failure = None
         self._commits += 1
         if self._commits % CHECKPOINT_EVERY == 0:
             writer.checkpoint()
@@ -952,15 +993,27 @@ class SqliteStore:
         self._backlog += 1
         try:
             await writer.commit(runs)
+        except StoreError as exc:
+            cause = exc.__cause__
+            self._write_failure = str(cause if isinstance(cause, sqlite3.Error) else exc)
+            raise
         finally:
             self._backlog -= 1
+        self._write_failure = None
+
+    @property
+    def write_failure(self) -> str | None:
+        """Why the last write failed (SQLite's words), ``None`` once one
+        succeeds (see ``Store.write_failure``). A write that waits for
+        another process's lock is not a failure until ``busy_timeout`` ends."""
+        return self._write_failure
 
     def _start_writer(self) -> _Writer:
         writer = self._writer
         if writer is None:
             if self._closed:
                 raise StoreError(f"state database {self.path}: store is closed")
-            writer = self._writer = _Writer(self.path, self._busy_ms)
+            writer = self._writer = _Writer(self.path, self._busy_ms, self._synchronous)
             # Checkpoints now run in the writer thread, off the loop; this
             # connection's few other writes only append to the WAL.
             self._db.execute("PRAGMA wal_autocheckpoint = 0")
@@ -972,7 +1025,7 @@ class SqliteStore:
         if db is None:
             db = sqlite3.connect(self.path, isolation_level=None, timeout=0, cached_statements=64)
             db.execute("PRAGMA busy_timeout = 0")
-            db.execute("PRAGMA synchronous = NORMAL")
+            db.execute(f"PRAGMA synchronous = {self._synchronous}")
             db.execute("PRAGMA wal_autocheckpoint = 0")
             self._now = db
         return db
@@ -1001,7 +1054,7 @@ class SqliteStore:
         row = self._db.execute(_GET_SAVED, (target, person_key)).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
-    @_guarded
+    @_write
     def put_saved(self, target: str, person_key: str, doc: Mapping[str, Any] | None) -> None:
         """Save the person's own status (``None`` deletes it). Raises
         ``ValueError`` when ``doc`` does not survive JSON unchanged."""
@@ -1017,13 +1070,13 @@ class SqliteStore:
         """Open external objects: kind → external id (a fresh dict)."""
         return dict(self._db.execute(_GET_OBJECTS, (target, person_key)).fetchall())
 
-    @_guarded
+    @_write
     def put_object(self, target: str, person_key: str, kind: str, external_id: str) -> None:
         """Remember an external object (replaces the one of the same kind)."""
         now = _time_text(self._clock.now(), "clock.now()")
         self._db.execute(_PUT_OBJECT, (target, person_key, kind, external_id, now))
 
-    @_guarded
+    @_write
     def delete_object(self, target: str, person_key: str, kind: str) -> None:
         """Forget an external object; nothing happens when it is not there."""
         self._db.execute(_DELETE_OBJECT, (target, person_key, kind))
@@ -1036,17 +1089,34 @@ class SqliteStore:
             return None
         return str(row[0])
 
-    @_guarded
+    @_write
     def put_id(self, namespace: str, key: str, value: str) -> None:
         """Cache an id lookup, fetched now (replaces)."""
         now = _time_text(self._clock.now(), "clock.now()")
-        self._db.execute(_PUT_ID, (namespace, key, value, now))
+        with self._unsynced():
+            self._db.execute(_PUT_ID, (namespace, key, value, now))
 
-    @_guarded
+    @_write
     def housekeeping(self, max_id_age: float) -> int:
         """Drop id cache entries older than ``max_id_age`` seconds; returns how many."""
         cutoff = self._clock.now() - timedelta(seconds=max_id_age)
-        return self._db.execute(_EXPIRE_IDS, (_time_text(cutoff, "cutoff"),)).rowcount
+        with self._unsynced():
+            return self._db.execute(_EXPIRE_IDS, (_time_text(cutoff, "cutoff"),)).rowcount
+
+    @contextmanager
+    def _unsynced(self) -> Iterator[None]:
+        # The id cache is the one thing a power cut may take back: a lost
+        # lookup is made again, so its writes skip the sync of the WAL file
+        # (a thousand people looked up at the first start would be a
+        # thousand syncs on the loop).
+        if self._synchronous == "NORMAL":
+            yield
+            return
+        self._db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            self._db.execute(f"PRAGMA synchronous = {self._synchronous}")
 
     @_guarded
     def load_pauses(self) -> list[PauseRow]:
@@ -1054,12 +1124,12 @@ class SqliteStore:
         rows = (_decode_pause(row) for row in self._db.execute(_LOAD_PAUSES))
         return [row for row in rows if row is not None]
 
-    @_guarded
+    @_write
     def put_pause(self, pause: PauseRow) -> None:
         """Remember a pause (replaces); ``ValueError`` for a naive datetime."""
         self._db.execute(_PUT_PAUSE, _pause_tuple(pause))
 
-    @_guarded
+    @_write
     def delete_pause(self, person_key: str) -> None:
         """Forget a person's pause; nothing happens when there is none."""
         self._db.execute(_DELETE_PAUSE, (person_key,))
@@ -1150,6 +1220,11 @@ class MemoryStore:
 
     def __repr__(self) -> str:
         return f"MemoryStore(applied={len(self._applied)})"
+
+    @property
+    def write_failure(self) -> str | None:
+        """Always ``None``: memory does not fill up the way a disk does."""
+        return None
 
     def _check(self) -> None:
         if self._closed:

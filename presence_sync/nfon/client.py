@@ -45,7 +45,7 @@ from presence_sync.nfon.stream import (
     state_stream,
 )
 from presence_sync.ops import metrics
-from presence_sync.ops.logging import Throttle, kv
+from presence_sync.ops.logging import Throttle, kv, printable
 
 __all__ = ["NfonClient"]
 
@@ -62,7 +62,7 @@ def _error_text(response: httpx.Response) -> str:
     except ValueError:
         return ""
     text = body.get("error") if isinstance(body, dict) else None
-    return f": {str(text)[:200]}" if text else ""
+    return f": {printable(str(text)[:200])}" if text else ""
 
 
 class NfonClient:

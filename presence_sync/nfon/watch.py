@@ -6,7 +6,9 @@ there, and do line and presence changes arrive? One aligned line per change::
     09:14:02  100  Anna Example  in-use   available
     09:14:02  100  Anna Example  inbound call answered (external)
 
-Call lines never show the other party's number.
+Call lines never show the other party's number. Names and extensions come
+from NFON and are shown escaped (``printable``): a name cannot move the
+cursor or recolour the terminal.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from presence_sync.model import (
 )
 from presence_sync.nfon.client import NfonClient
 from presence_sync.nfon.stream import Connected, FullState
+from presence_sync.ops.logging import printable
 
 __all__ = ["watch"]
 
@@ -45,9 +48,9 @@ class _Printer:
     ) -> None:
         self.client = client
         self.out = out
-        self.names = {e.extension: e.name or "" for e in directory} if names else None
-        self.ext_width = max((len(e.extension) for e in directory), default=3)
-        self.name_width = max((len(e.name or "") for e in directory), default=0)
+        self.names = {e.extension: printable(e.name or "") for e in directory} if names else None
+        self.ext_width = max((len(printable(e.extension)) for e in directory), default=3)
+        self.name_width = max(map(len, (self.names or {}).values()), default=0)
         self.shown: dict[str, tuple[Line, Presence]] = {}
 
     def emit(self, text: str) -> None:
@@ -56,10 +59,10 @@ class _Printer:
         self.out.flush()
 
     def who(self, extension: str | None) -> str:
-        extension = extension or "?"
-        text = f"{extension:<{self.ext_width}}"
+        shown = printable(extension or "?")
+        text = f"{shown:<{self.ext_width}}"
         if self.names is not None:
-            text += f"  {self.names.get(extension, ''):<{self.name_width}}"
+            text += f"  {self.names.get(extension or '?', ''):<{self.name_width}}"
         return text
 
     def state(self, event: StateEvent) -> None:

@@ -12,6 +12,15 @@ name (``reload_refused``, ``nfon_call``, ...): match on that and the other
 fields, never on the wording of the message. Libraries that log every request at INFO (httpx)
 are turned down to WARNING: their lines would repeat ours and could carry
 tokens in URLs.
+
+Text from NFON, Graph and Slack is untrusted and reaches messages and fields
+(an error text, a name in a status). Both formatters pass the whole message
+and every field through ``printable``, so a record is one line whatever a
+call site put in it: a newline and ``<2>`` in a Slack error cannot make
+journald read a forged critical entry, and an escape sequence in an NFON name
+cannot recolour a terminal. A traceback keeps its lines (the frames are our
+own code), with each exception's text escaped and, under journald, each line
+carrying the record's priority.
 """
 
 from __future__ import annotations
@@ -21,11 +30,21 @@ import logging
 import os
 import sys
 import time
+import traceback
+import unicodedata
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-__all__ = ["JsonFormatter", "TextFormatter", "Throttle", "configure", "kv", "local_time"]
+__all__ = [
+    "JsonFormatter",
+    "TextFormatter",
+    "Throttle",
+    "configure",
+    "kv",
+    "local_time",
+    "printable",
+]
 
 _SYSLOG_PRIORITY = {
     logging.CRITICAL: 2,
@@ -49,6 +68,24 @@ def local_time(created: float) -> str:
     return datetime.fromtimestamp(created).astimezone().isoformat(timespec="milliseconds")
 
 
+def _escaped(char: str) -> bool:
+    # Controls (C0 with \n \r \t ESC, DEL, C1), format characters (the
+    # bidi overrides and isolates among them), surrogates, private use,
+    # unassigned, and the Unicode line and paragraph separators.
+    category = unicodedata.category(char)
+    return category[0] == "C" or category in ("Zl", "Zp")
+
+
+def printable(text: str) -> str:
+    """``text`` safe for one log line or a terminal: every control, format
+    and separator character written as its Python escape (``\\n``,
+    ``\\x1b``, ``\\u2028``, ``\\u202e``); everything else, accents and
+    scripts included, unchanged. A backslash stays as it is."""
+    if text.isprintable():  # the common case, in C: spaces of other kinds are kept too
+        return text
+    return "".join(c.encode("unicode_escape").decode() if _escaped(c) else c for c in text)
+
+
 def _context(record: logging.LogRecord) -> Mapping[str, Any]:
     ctx = getattr(record, "ctx", None)
     return ctx if isinstance(ctx, Mapping) else {}
@@ -56,10 +93,64 @@ def _context(record: logging.LogRecord) -> Mapping[str, Any]:
 
 def _fmt_value(value: Any) -> str:
     # A list (several problems) stays one line: "a; b" (JSON keeps the array).
+    # A value with a space, quote, backslash or escaped character is quoted
+    # as a Python or JSON string would be: "a\\b" is a backslash, "a\nb" a
+    # newline that was in the text.
     text = "; ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
-    if not text or any(c in text for c in ' "=\n'):
-        return json.dumps(text, ensure_ascii=False)
-    return text
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+        return text
+    return '"' + printable(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
+def _safe(value: Any) -> Any:
+    """A JSON field's value with every string in it through ``printable``."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, list | tuple):
+        return [_safe(v) for v in value]
+    if isinstance(value, Mapping):
+        return {printable(str(k)): _safe(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return printable(str(value))
+
+
+_CAUSE = "The above exception was the direct cause of the following exception:"
+_CONTEXT = "During handling of the above exception, another exception occurred:"
+
+
+def _traceback_lines(exc: BaseException) -> list[str]:
+    """The traceback of ``exc`` and the exceptions it was raised from, as
+    Python prints it, with each exception's own text through ``printable``:
+    frames and source lines are ours, the text may be a remote answer."""
+    chain: list[tuple[BaseException, str | None]] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    link: str | None = None
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append((current, link))
+        if current.__cause__ is not None:
+            current, link = current.__cause__, _CAUSE
+        elif current.__context__ is not None and not current.__suppress_context__:
+            current, link = current.__context__, _CONTEXT
+        else:
+            current = None
+    lines: list[str] = []
+    for each, following in reversed(chain):
+        if each.__traceback__ is not None:
+            lines.append("Traceback (most recent call last):")
+            frames = traceback.format_tb(each.__traceback__)
+            lines.extend(part for chunk in frames for part in chunk.splitlines())
+        kind = type(each)
+        name = kind.__qualname__
+        if kind.__module__ not in ("builtins", "__main__"):
+            name = f"{kind.__module__}.{name}"
+        text = printable(str(each))
+        lines.append(f"{name}: {text}" if text else name)
+        if following:
+            lines.extend(("", following, ""))
+    return lines
 
 
 class TextFormatter(logging.Formatter):
@@ -71,15 +162,21 @@ class TextFormatter(logging.Formatter):
         self.journald = journald
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [record.getMessage()]
-        parts.extend(f"{k}={_fmt_value(v)}" for k, v in _context(record).items())
+        parts = [printable(record.getMessage())]
+        parts.extend(f"{printable(str(k))}={_fmt_value(v)}" for k, v in _context(record).items())
         line = " ".join(parts)
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        # Under journald every line of a record (a traceback's too) starts
+        # with the record's priority: the journal keeps the level of each,
+        # and no text inside a line can set one.
+        prio = f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>" if self.journald else ""
         if self.journald:
-            prio = _SYSLOG_PRIORITY.get(record.levelno, 6)
-            return f"<{prio}>{record.name}: {line}"
-        return f"{local_time(record.created)} {record.levelname:<7} {record.name}: {line}"
+            head = f"{prio}{record.name}: "
+        else:
+            head = f"{local_time(record.created)} {record.levelname:<7} {record.name}: "
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return head + line
+        return "\n".join([head + line, *(prio + text for text in _traceback_lines(exc))])
 
 
 class JsonFormatter(logging.Formatter):
@@ -91,12 +188,13 @@ class JsonFormatter(logging.Formatter):
             "ts": local_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": printable(record.getMessage()),
         }
-        doc.update(_context(record))
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str, ensure_ascii=False)
+        doc.update(_safe(dict(_context(record))))
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            doc["exc"] = "\n".join(_traceback_lines(exc))
+        return json.dumps(doc, ensure_ascii=False)
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:

@@ -10,7 +10,7 @@ method; a bad request answers 400 ``{"error": "..."}``.
 - ``POST /_sim/users/{id}/client``: a Teams client signs in ``{availability?, activity?}``
   (``{}`` signs it out)
 - ``GET /_sim/users/{id}/presence``, ``GET /_sim/users/{id}/events``
-- ``POST /_sim/fail``: ``{path?, status?, count?, retry_after?}``
+- ``POST /_sim/fail``: ``{path?, status?, count?, retry_after?, message?}``
 - ``POST /_sim/hang``: ``{seconds, path?, count?}``
 - ``GET|DELETE /_sim/requests`` (``?path=`` prefix)
 - ``POST /_sim/clock/advance``: ``{seconds}`` (only with a ``SimClock``)
@@ -130,6 +130,7 @@ class _Control:
                 int(b.get("status", 429)),
                 int(b.get("count", 1)),
                 b.get("retry_after", 1.0),
+                str(b.get("message", "Injected failure.")),
             ),
         )
 
@@ -197,7 +198,7 @@ def control_routes(sim: GraphSim) -> list[Route]:
         ControlRoute(user + "/events", c.events, {"GET": "the user's calendar events"}),
         ControlRoute("/_sim/fail", c.fail, {
             "POST": "answer the next requests to a path with an error {path?, status?, "
-                    "count?, retry_after?}",
+                    "count?, retry_after?, message? (error.message)}",
         }),
         ControlRoute("/_sim/hang", c.hang, {
             "POST": "hold the answer to the next requests {seconds, path?, count?}",

@@ -126,10 +126,10 @@ class _Graph:
             await asyncio.sleep(hang)
         failure = self.sim.take_failure(path)
         if failure is not None:
-            status, retry_after = failure
+            status, retry_after, message = failure
             headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
             code = _STATUS_CODES.get(status, "ServiceError")
-            return body, GraphError(status, code, "Injected failure.", headers)
+            return body, GraphError(status, code, message, headers)
         return body, None
 
     def _record(self, request: Request, body: Any, status: int, client_id: str | None) -> None:

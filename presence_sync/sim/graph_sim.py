@@ -68,6 +68,7 @@ class _Failure:
     status: int
     remaining: int
     retry_after: float | None
+    message: str = "Injected failure."
 
 
 @dataclass
@@ -202,12 +203,18 @@ class GraphSim:
 
     # -- control: failures ---------------------------------------------------
     def fail_next(
-        self, path: str = "", status: int = 429, count: int = 1, retry_after: float | None = 1.0
+        self,
+        path: str = "",
+        status: int = 429,
+        count: int = 1,
+        retry_after: float | None = 1.0,
+        message: str = "Injected failure.",
     ) -> None:
         """The next ``count`` requests whose path starts with ``path`` are
-        answered ``status`` (with ``Retry-After`` unless None) instead."""
+        answered ``status`` (with ``Retry-After`` unless None) instead, with
+        ``message`` as the ``error.message`` of Graph's error body."""
         with self._lock:
-            self._failures.append(_Failure(path, status, count, retry_after))
+            self._failures.append(_Failure(path, status, count, retry_after, message))
 
     def hang_next(self, seconds: float, path: str = "", count: int = 1) -> None:
         """The next ``count`` requests to ``path`` wait ``seconds`` (real
@@ -292,13 +299,14 @@ class GraphSim:
         with self._lock:
             self._log.append(entry)
 
-    def take_failure(self, path: str) -> tuple[int, float | None] | None:
-        """Consume an injected failure matching ``path``, if any."""
+    def take_failure(self, path: str) -> tuple[int, float | None, str] | None:
+        """Consume an injected failure matching ``path``, if any: its status,
+        ``Retry-After`` and message."""
         with self._lock:
             for failure in self._failures:
                 if failure.remaining > 0 and path.startswith(failure.prefix):
                     failure.remaining -= 1
-                    return failure.status, failure.retry_after
+                    return failure.status, failure.retry_after, failure.message
             return None
 
     def take_hang(self, path: str) -> float:

@@ -11,6 +11,14 @@ entry-point group ``presence_sync.targets``::
 
     [project.entry-points."presence_sync.targets"]
     pager = "acme_presence.pager:PagerTarget"
+
+A plugin target runs inside the daemon's process, with its user, its files
+and its memory. ``TargetInfo.requires`` scopes what a target is *handed*
+(``TargetEnv.sections``): an API that keeps a well-behaved target from
+depending on sections it has no business with, not isolation. Code in the
+process can reach every secret the daemon holds (the NFON password, every
+token) through the interpreter. Install only plugins you would trust with
+all of them (``docs/security.md``).
 """
 
 from __future__ import annotations

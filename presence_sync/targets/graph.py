@@ -44,6 +44,7 @@ from presence_sync.clock import Clock
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.model import Person
 from presence_sync.net import describe_error, proxy_for, retry_after, tls_context
+from presence_sync.ops.logging import printable
 from presence_sync.sections import Duration, MicrosoftSettings
 from presence_sync.targets.base import Memory, TargetEnv, TargetOptions
 
@@ -210,7 +211,9 @@ class Credential:
                 self._app.remove_tokens_for_client()
                 result = self._app.acquire_token_for_client(scopes=[self.scope])
             except msal.exceptions.MsalServiceError as exc:
-                raise TransientError(f"{self._where()}: token endpoint failed: {exc}") from exc
+                raise TransientError(
+                    f"{self._where()}: token endpoint failed: {printable(str(exc))}"
+                ) from exc
             except requests.RequestException as exc:
                 raise TransientError(
                     f"{self._where()}: token endpoint unreachable: "
@@ -223,7 +226,7 @@ class Credential:
                 description = str(result.get("error_description") or result.get("error"))
                 raise AuthError(
                     f"{self._where()}: Entra refused the app's credentials: "
-                    f"{description.splitlines()[0]}"
+                    f"{printable((description.splitlines() or [''])[0])}"
                 )
             lifetime = float(result.get("expires_in") or 3600)
             self._token = _Token(result["access_token"], now + timedelta(seconds=lifetime))
@@ -296,14 +299,15 @@ class GraphOptions(TargetOptions):
 
 
 def _graph_error(response: httpx.Response) -> tuple[str, str]:
-    """Graph's ``error.code`` and ``error.message`` (empty when absent)."""
+    """Graph's ``error.code`` and ``error.message`` (empty when absent),
+    control characters escaped: the text goes into log lines and the status."""
     try:
         error = response.json().get("error") or {}
     except (ValueError, AttributeError):
         return "", ""
     if not isinstance(error, Mapping):
         return "", ""
-    return str(error.get("code") or ""), str(error.get("message") or "")
+    return printable(str(error.get("code") or "")), printable(str(error.get("message") or ""))
 
 
 class GraphClient:

@@ -47,6 +47,7 @@ from slack_sdk.errors import SlackApiError
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.model import Person
 from presence_sync.net import describe_error, proxy_for, retry_after, tls_context
+from presence_sync.ops.logging import printable
 from presence_sync.sections import SlackSettings
 from presence_sync.targets.base import Memory, TargetEnv
 
@@ -229,7 +230,9 @@ class SlackClient:
         response = exc.response
         status = response.status_code
         data = response.data if isinstance(response.data, Mapping) else {}
-        error = str(data.get("error") or "")
+        # Slack's codes are short words; anything else in the field is shown
+        # escaped, since it ends up in log lines and the status.
+        error = printable(str(data.get("error") or ""))
         what = f"slack {self._target}: {method}"
         if status == 429 or error == "ratelimited":
             header = _header(response.headers, "Retry-After")

@@ -43,7 +43,7 @@ from presence_sync.model import (
     frozen_map,
 )
 from presence_sync.net import describe_error, retry_after, tls_context
-from presence_sync.ops.logging import kv
+from presence_sync.ops.logging import kv, printable
 from presence_sync.sections import Duration, HttpURL
 from presence_sync.targets.base import Change, TargetEnv, TargetInfo, TargetOptions
 
@@ -285,7 +285,8 @@ class WebhookTarget:
         if 200 <= code < 300:
             return
         request_id = response.headers.get("X-Request-Id")
-        what = f"webhook {self.name}: receiver answered {code} {response.reason_phrase}".rstrip()
+        reason = printable(response.reason_phrase)  # the receiver's words, escaped
+        what = f"webhook {self.name}: receiver answered {code} {reason}".rstrip()
         if code in (429, 503):
             wait = retry_after(response.headers.get("Retry-After"), self._clock.now())
             raise TransientError(what, retry_after=wait, status=code, request_id=request_id)

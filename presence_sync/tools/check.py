@@ -33,7 +33,6 @@ import os
 import random
 import sys
 import time
-import unicodedata
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from presence_sync.errors import AuthError, PermanentError, TransientError, Upst
 from presence_sync.model import Person
 from presence_sync.net import user_agent
 from presence_sync.nfon import NfonClient
+from presence_sync.ops.logging import printable
 from presence_sync.store import MemoryStore, StoreMemory
 from presence_sync.targets.base import target_env
 from presence_sync.targets.graph import MICROSOFT_KINDS, GraphClient
@@ -126,7 +126,7 @@ def warning_text(record: logging.LogRecord) -> str:
     text = f"warning: {record.getMessage()}"
     if isinstance(context, Mapping) and context:
         text += " (" + ", ".join(f"{k}={v}" for k, v in context.items()) + ")"
-    return text
+    return printable(text)  # a warning may quote a remote answer
 
 
 def load_checked(path: str, credentials: Path | None) -> Loaded:
@@ -578,10 +578,10 @@ async def resolve(loaded: Loaded, stderr: TextIO) -> Report:
 
 def _printable(text: str | None) -> str:
     """``text`` safe for a terminal: names come from NFON and are untrusted,
-    so control characters (escape sequences) show as ``?``."""
+    so control characters (escape sequences) show escaped (``\\x1b``)."""
     if not text:
         return "-"
-    return "".join("?" if unicodedata.category(c).startswith("C") else c for c in text)
+    return printable(text)
 
 
 def _cell(found: Found | None) -> str:
@@ -596,7 +596,7 @@ def table(report: Report, settings: Settings) -> list[str]:
     order = ("NFON", "Microsoft", "Slack")
     for service, found in sorted(report.services.items(), key=lambda i: order.index(i[0])):
         state = f"PROBLEM: {found.problem}" if found.problem else f"ok: {found.value}"
-        lines.append(f"{service:<10} {state}")
+        lines.append(f"{service:<10} {_printable(state)}")
     lines.append("")
     headers = ["EXTENSION", "NAME", "E-MAIL"]
     has_entra = any(row.entra is not None for row in report.rows)

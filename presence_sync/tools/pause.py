@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 from urllib.parse import quote
 
+from presence_sync.ops.logging import printable
+
 __all__ = ["add_arguments", "run_pause", "run_resume"]
 
 
@@ -63,8 +65,9 @@ def _post(args: argparse.Namespace, action: str, body: Mapping[str, Any] | None)
 
 
 def _who(doc: Mapping[str, Any]) -> str:
+    # The name may be NFON's: shown escaped, as every remote text on a terminal.
     name = doc.get("name")
-    return f"{doc['email']} ({name})" if name else str(doc["email"])
+    return printable(f"{doc['email']} ({name})" if name else str(doc["email"]))
 
 
 def run_pause(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:

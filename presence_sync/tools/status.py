@@ -16,12 +16,12 @@ shown escaped, so a name cannot move the cursor or recolour the terminal.
 from __future__ import annotations
 
 import os
-import unicodedata
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, TextIO
 
 from presence_sync.model import Person, describe
+from presence_sync.ops.logging import printable
 from presence_sync.store import AppliedRow, read_stored
 from presence_sync.tools.client import ApiError, Client, DaemonDown, Located, locate
 
@@ -43,11 +43,7 @@ STATES: Final = {
 
 def clean(value: object) -> str:
     """``value`` as text safe for a terminal: control characters escaped."""
-    text = "" if value is None else str(value)
-    return "".join(
-        c if unicodedata.category(c)[0] != "C" else c.encode("unicode_escape").decode()
-        for c in text
-    )
+    return "" if value is None else printable(str(value))
 
 
 def when(value: str | None) -> str:

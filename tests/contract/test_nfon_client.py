@@ -617,6 +617,24 @@ async def test_watch_prints_the_directory_states_and_calls() -> None:
     assert "4930123456" not in out.getvalue()
 
 
+async def test_watch_shows_names_from_nfon_escaped() -> None:
+    """A name with an escape sequence or a line break cannot recolour the
+    admin's terminal or start a line of its own."""
+    with simulator(extensions=[("100", "Anna \x1b[31mRed\nFake line\u202e")]) as h:
+        out = io.StringIO()
+        async with client_for(h) as client:
+            task = asyncio.create_task(watch(client, out))
+            await eventually_async(lambda: out.getvalue().count("\n") >= 2, "the bootstrap line")
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    lines = [re.sub(r"^\d\d:\d\d:\d\d  ", "", line) for line in out.getvalue().splitlines()]
+    assert lines == [
+        "1 extensions",
+        "100  Anna \\x1b[31mRed\\nFake line\\u202e  idle     available",
+    ]
+
+
 async def test_closing_the_client_ends_open_streams() -> None:
     with simulator() as h:
         client = client_for(h)

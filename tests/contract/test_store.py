@@ -624,11 +624,12 @@ def test_a_readable_database_file_is_made_private_with_a_warning(
     assert warning.__dict__["ctx"] == {"path": str(path), "mode": "0644"}
 
 
-def test_wal_mode_synchronous_normal_and_schema_version(tmp_path: Path) -> None:
+def test_wal_mode_synchronous_full_and_schema_version(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     store = SqliteStore(path)
     try:
-        assert store._db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+        # FULL: a commit is on the disk when it returns (test_store_sync.py).
+        assert store._db.execute("PRAGMA synchronous").fetchone() == (2,)
         assert store._db.execute("PRAGMA busy_timeout").fetchone()[0] > 0
     finally:
         store.close()
