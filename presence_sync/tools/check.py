@@ -49,7 +49,7 @@ from presence_sync.model import Person
 from presence_sync.net import user_agent
 from presence_sync.nfon import NfonClient
 from presence_sync.ops.logging import printable
-from presence_sync.store import MemoryStore, StoreMemory
+from presence_sync.store import MemoryStore, TargetMemory
 from presence_sync.targets.base import target_env
 from presence_sync.targets.graph import MICROSOFT_KINDS, GraphClient
 from presence_sync.targets.slack_client import SlackClient, SlackRefused
@@ -472,7 +472,7 @@ class _Resolver:
                 if response.status_code == 404:
                     return Found(problem=f"no Entra user with the configured id {given}")
                 return Found(given)
-            memory = StoreMemory(self.store, graph.target, person.key)
+            memory = TargetMemory(self.store, graph.target, person.key)
             return Found(await self.graph_gate.run(lambda: graph.user_id(person, memory)))
         except AuthError:
             return Found(problem="not checked: Microsoft refused our credentials")
