@@ -83,6 +83,7 @@ class Cluster:
         self.log = self.dir / "server.log"
         self.port = 0
         self._names = itertools.count(1)
+        self._shared: str | None = None
         if self.user is not None:
             shutil.chown(self.dir, self.user)
         pwfile = self.dir / "pwfile"
@@ -145,6 +146,18 @@ class Cluster:
         with self.admin() as db:
             db.execute(f"CREATE DATABASE {name} OWNER {ROLE}")
         return self.url(name)
+
+    def shared(self) -> str:
+        """The URL of one database for every test of this process that
+        keeps apart from the others by a customer of its own (the store
+        keys every row by customer): no database to create per test."""
+        if self._shared is None:
+            self._shared = self.database()
+        return self._shared
+
+    def customer(self) -> str:
+        """A customer (K-account) no other test of this process uses."""
+        return f"K{os.getpid()}{next(self._names):04d}"
 
     def close(self) -> None:
         try:

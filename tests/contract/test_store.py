@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pgcluster import ROLE_PASSWORD
+from pgcluster import ROLE_PASSWORD, Cluster
 
 from presence_sync.clock import ManualClock
 from presence_sync.model import Applied, Person, Status, frozen_map
@@ -531,20 +531,30 @@ class TestMemoryStore(StoreContract):
 
 
 class TestPostgresStore(StoreContract):
+    """On one database for the whole class, each test with a customer of
+    its own: that the rows of one customer are not another's is part of
+    what this shows (see also ``test_customers_share_a_database_apart``)."""
+
     @pytest.fixture
-    def store(self, clock: ManualClock, pg_url: str) -> Iterator[Store]:
-        store = PostgresStore(pg_url, customer="K1234", password=ROLE_PASSWORD, clock=clock)
+    def customer(self, postgres: Cluster) -> str:
+        return postgres.customer()
+
+    @pytest.fixture
+    def store(self, clock: ManualClock, postgres: Cluster, customer: str) -> Iterator[Store]:
+        url = postgres.shared()
+        store = PostgresStore(url, customer=customer, password=ROLE_PASSWORD, clock=clock)
         yield store
         store.close()
 
     @pytest.fixture
     def reopen(self, store: Store, request: pytest.FixtureRequest) -> Callable[[], Store]:
         clock: ManualClock = request.getfixturevalue("clock")
-        url: str = request.getfixturevalue("pg_url")
+        url = request.getfixturevalue("postgres").shared()
+        customer: str = request.getfixturevalue("customer")
 
         def again() -> Store:
             store.close()
-            fresh = PostgresStore(url, customer="K1234", password=ROLE_PASSWORD, clock=clock)
+            fresh = PostgresStore(url, customer=customer, password=ROLE_PASSWORD, clock=clock)
             request.addfinalizer(fresh.close)
             return fresh
 
