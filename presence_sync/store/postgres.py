@@ -57,7 +57,7 @@ from presence_sync.store.codec import (
 )
 from presence_sync.store.schema import APPLICATION_ID, POSTGRES_MIGRATIONS
 
-__all__ = ["CONNECT_TIMEOUT", "STATEMENT_TIMEOUT", "PostgresStore", "describe"]
+__all__ = ["CONNECT_TIMEOUT", "STATEMENT_TIMEOUT", "PostgresStore", "describe", "probe"]
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,42 @@ def describe(url: str) -> str:
     host = str(parts.get("host") or "")
     port = f":{parts['port']}" if parts.get("port") else ""
     return f"postgresql://{user}{host}{port}/{parts.get('dbname') or ''}"
+
+
+def probe(url: str, *, customer: str, password: str | None = None) -> str:
+    """Connect to the database at ``url`` and say what is there, changing
+    nothing (for ``presence-sync check``): the server's version, the schema
+    version, and how many applied rows ``customer`` has. Raises
+    ``StoreError`` (naming the database, never a password) when it cannot
+    connect, or when the schema is newer than this presence-sync knows."""
+    where = describe(url)
+    db = _Connection(url, password, where)
+    try:
+        server = db.rows("SHOW server_version", ())[0][0]
+        exists = db.rows("SELECT to_regclass('presence_sync_schema') IS NOT NULL", ())[0][0]
+        if not exists:
+            return (
+                f"{where}: PostgreSQL {server}, no presence-sync tables yet "
+                "(the daemon creates them when it starts)"
+            )
+        version = int(db.rows("SELECT version FROM presence_sync_schema", ())[0][0])
+        known = len(POSTGRES_MIGRATIONS)
+        if version > known:
+            raise StoreError(
+                f"state database {where} has schema version {version}, written by a newer "
+                f"presence-sync; this one understands up to version {known}"
+            )
+        if version < 1:
+            return f"{where}: PostgreSQL {server}, schema version {version} of {known}"
+        rows = db.rows(
+            "SELECT count(*) FROM presence_sync_applied WHERE customer = %s", (customer,)
+        )[0][0]
+        return (
+            f"{where}: PostgreSQL {server}, schema version {version} of {known}, "
+            f"{rows} applied rows of {customer}"
+        )
+    finally:
+        db.close()
 
 
 class _Connection:

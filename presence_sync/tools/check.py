@@ -44,7 +44,13 @@ from presence_sync.app import Loaded, load
 from presence_sync.clock import Clock, SystemClock
 from presence_sync.config import Settings
 from presence_sync.engine import MIN_RETRY_AFTER, Backoff
-from presence_sync.errors import AuthError, PermanentError, TransientError, UpstreamError
+from presence_sync.errors import (
+    AuthError,
+    PermanentError,
+    StoreError,
+    TransientError,
+    UpstreamError,
+)
 from presence_sync.model import Person
 from presence_sync.net import user_agent
 from presence_sync.nfon import NfonClient
@@ -366,6 +372,25 @@ class _Resolver:
         )
         return {info.extension: info.name for info in infos}
 
+    async def state(self, report: Report) -> None:
+        """Whether the PostgreSQL store of ``state.url`` answers (a SQLite
+        file needs no login: the daemon creates it)."""
+        settings = self.settings
+        url = settings.state.url
+        if url is None:
+            return
+        from presence_sync.store.postgres import probe
+
+        secret = settings.state.password
+        password = None if secret is None else secret.get_secret_value()
+        customer = settings.nfon.customer
+        try:
+            found = await asyncio.to_thread(probe, url, customer=customer, password=password)
+        except StoreError as exc:
+            report.services["State"] = Found(problem=_reason(exc))
+            return
+        report.services["State"] = Found(found)
+
     async def microsoft_login(self, report: Report) -> None:
         graph = self.graph
         if graph is None:
@@ -560,8 +585,8 @@ async def resolve(loaded: Loaded, stderr: TextIO) -> Report:
             await resolver.slack_login(report)
             await resolver.slack_directory(report)
 
-        nfon, _, _ = await asyncio.gather(
-            resolver.nfon(report), resolver.microsoft_login(report), slack()
+        nfon, _, _, _ = await asyncio.gather(
+            resolver.nfon(report), resolver.microsoft_login(report), slack(), resolver.state(report)
         )
         report.rows = list(await asyncio.gather(*(resolver.row(p, nfon) for p in people)))
         if nfon is not None:
@@ -593,7 +618,7 @@ def _cell(found: Found | None) -> str:
 def table(report: Report, settings: Settings) -> list[str]:
     """The report as text lines: services, then one row per person."""
     lines = []
-    order = ("NFON", "Microsoft", "Slack")
+    order = ("NFON", "Microsoft", "Slack", "State")
     for service, found in sorted(report.services.items(), key=lambda i: order.index(i[0])):
         state = f"PROBLEM: {found.problem}" if found.problem else f"ok: {found.value}"
         lines.append(f"{service:<10} {_printable(state)}")
