@@ -63,3 +63,14 @@ def test_operations_guide_covers_day_two() -> None:
     ):
         assert symptom in headings, symptom
     assert "/var/lib/private/presence-sync" in text
+
+
+def test_the_postgresql_store_is_documented_where_admins_look() -> None:
+    guide = (ROOT / "docs" / "high-availability.md").read_text()
+    for linked_from in ("README.md", "docs/operations.md"):
+        assert "docs/high-availability.md" in (ROOT / linked_from).read_text(), linked_from
+    for needed in ("state.url", "password_file", "sslmode=verify-full", "session pooling"):
+        assert needed in guide, needed
+    example = (ROOT / "config.example.yaml").read_text()
+    assert "# url: postgresql://" in example
+    assert "# password_file:" in example
