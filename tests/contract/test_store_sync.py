@@ -20,7 +20,7 @@ import pytest
 from polling import eventually_async
 
 from presence_sync.clock import SystemClock
-from presence_sync.engine import UNCERTAIN, Engine
+from presence_sync.engine import Engine
 from presence_sync.model import STATUS_FIELDS, Applied, Line, LineView, Person, Presence, Status
 from presence_sync.store import AppliedWrite, PauseRow, SqliteStore, TargetMemory
 from presence_sync.targets.base import Change, TargetInfo
@@ -150,7 +150,9 @@ async def test_the_write_ahead_record_is_synced_before_the_request_leaves(
     assert probe.levels("applied") == {FULL}  # the confirmed record too
     [row] = store.load_applied()
     assert row.applied.status == BUSY
-    assert UNCERTAIN not in row.applied.data
+    # The confirmed record is certain (schema 3 keeps the flag in a column).
+    assert not row.uncertain
+    assert "presence_sync.uncertain" not in row.applied.data
     store.close()
 
 
