@@ -23,6 +23,8 @@ from presence_sync.sim.nfon import SimHandle
 from presence_sync.sim.slack import SlackSim, Status
 from presence_sync.sim.slack_serve import SlackHandle, serve_in_thread
 
+pytestmark = pytest.mark.system
+
 RULES = (
     "rules:\n"
     "  - when: {line: in-use}\n"
@@ -146,3 +148,40 @@ def test_check_says_whether_the_database_works(
     assert wrong.returncode == 1, wrong.stdout + wrong.stderr
     assert re.search(r"^State\s+PROBLEM: .*password authentication failed", wrong.stdout, re.M)
     assert "not-it" not in wrong.stdout + wrong.stderr
+
+
+def test_a_database_that_goes_away_makes_the_daemon_not_ready_until_it_is_back(
+    tmp_path: Path,
+    nfon: SimHandle,
+    hook: Hook,
+    daemons: Callable[..., Daemon],
+    postgres: Cluster,
+) -> None:
+    url = postgres.database()
+    (tmp_path / "db.password").write_text(ROLE_PASSWORD + "\n")
+    (tmp_path / "db.password").chmod(0o600)
+    state = f"  url: {url}\n  password_file: db.password\n"
+    daemon = daemons(
+        "run", "-c", str(write_config(tmp_path / "config.yaml", nfon, hook, state=state))
+    )
+    body = daemon.wait_ready()
+    assert body["components"]["store"] == {"ok": True, "reason": "writable"}
+
+    postgres.stop()
+    try:
+        call = nfon.sim.call("100")  # a change, whose record cannot be stored
+        body = daemon.wait_not_ready()
+        store = body["components"]["store"]
+        assert store["reason"].startswith("store: cannot commit: "), store
+        daemon.wait_line(r"cannot write the state database")
+        # The write-ahead record is not stored, so the request waits.
+        assert [d for d in hook.for_person("anna@example.com") if d["status"]] == []
+    finally:
+        postgres.start()
+
+    body = daemon.wait_ready(timeout=30)
+    assert body["components"]["store"] == {"ok": True, "reason": "writable"}
+    daemon.wait_line(r"state database writable again")
+    hook.wait_status("anna@example.com", "InACall")
+    nfon.sim.hangup(call)
+    hook.wait_status("anna@example.com", None, after=1)
