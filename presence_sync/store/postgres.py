@@ -67,6 +67,17 @@ STATEMENT_TIMEOUT: Final = 5000
 """Milliseconds a statement may wait (a lock held elsewhere, a stalled
 server) before it fails, as ``SqliteStore``'s busy timeout."""
 
+_CONNECT_DEFAULTS: Final[Mapping[str, Any]] = {
+    "connect_timeout": CONNECT_TIMEOUT,
+    "application_name": "presence-sync",
+    "tcp_user_timeout": 10_000,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+"""libpq parameters used unless the URL gives its own."""
+
 _MIGRATION_LOCK: Final = APPLICATION_ID
 """Key of the transaction-scoped advisory lock that serialises migrations:
 two daemons starting at once on an empty database take turns."""
@@ -197,12 +208,14 @@ class _Connection:
         db = self._db
         if db is not None and not db.closed:
             return db
-        extra: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT}
+        given = pg_conninfo.conninfo_to_dict(self._url)
+        # What the URL does not set itself. A server that stops answering
+        # (a network partition: no reset, no reply) must not hold the loop
+        # forever: the kernel gives up on unacknowledged data after
+        # tcp_user_timeout, keepalives find a silent peer while we wait.
+        extra: dict[str, Any] = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in given}
         if self._password is not None:
             extra["password"] = self._password
-        # application_name only when the URL does not set its own.
-        if "application_name" not in pg_conninfo.conninfo_to_dict(self._url):
-            extra["application_name"] = "presence-sync"
         db = psycopg.connect(self._url, autocommit=True, **extra)
         db.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT}")
         self._db = db

@@ -209,3 +209,20 @@ def test_the_role_needs_no_more_than_its_own_database(pg_url: str) -> None:
     store = open_store(pg_url)
     store.put_applied("teams", ANNA, ON_A_CALL)
     store.close()
+
+
+def test_the_daemon_names_itself_unless_the_url_does(pg_url: str, postgres: Cluster) -> None:
+    def names(url: str) -> list[str]:
+        store = open_store(url)
+        try:
+            with postgres.admin() as db:
+                rows = db.execute(
+                    "SELECT application_name FROM pg_stat_activity WHERE datname = %s",
+                    (url.rpartition("/")[2].partition("?")[0],),
+                ).fetchall()
+        finally:
+            store.close()
+        return [str(r[0]) for r in rows]
+
+    assert names(pg_url) == ["presence-sync"]
+    assert names(pg_url + "?application_name=presence-sync-a") == ["presence-sync-a"]

@@ -185,3 +185,43 @@ def test_a_database_that_goes_away_makes_the_daemon_not_ready_until_it_is_back(
     hook.wait_status("anna@example.com", "InACall")
     nfon.sim.hangup(call)
     hook.wait_status("anna@example.com", None, after=1)
+
+
+def test_status_reads_the_stored_view_from_postgresql_with_libpqs_password_file(
+    tmp_path: Path,
+    nfon: SimHandle,
+    hook: Hook,
+    daemons: Callable[..., Daemon],
+    postgres: Cluster,
+    pg_url: str,
+) -> None:
+    (tmp_path / "db.password").write_text(ROLE_PASSWORD + "\n")
+    (tmp_path / "db.password").chmod(0o600)
+    state = f"  url: {pg_url}\n  password_file: db.password\n"
+    config = write_config(tmp_path / "config.yaml", nfon, hook, state=state)
+    daemon = daemons("run", "-c", str(config))
+    daemon.wait_ready()
+    nfon.sim.call("100")
+    hook.wait_status("anna@example.com", "InACall")
+    listened = daemon.url()
+    daemon.kill()
+    # status does not read systemd credentials: the admin's own ~/.pgpass,
+    # here named by PGPASSFILE, is how libpq finds the password.
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{postgres.port}:*:presence_sync:{ROLE_PASSWORD}\n")
+    pgpass.chmod(0o600)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "presence_sync", "status", "-c", str(config), "--url", listened],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environ, "PGPASSFILE": str(pgpass)},
+        check=False,
+    )
+
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert f"Stored view (the daemon is down), read from {pg_url}:" in shown.stdout
+    anna = next(line for line in shown.stdout.splitlines() if "anna@example.com" in line)
+    assert re.search(r"webhook\s+Busy/InACall", anna), anna
