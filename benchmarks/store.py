@@ -10,10 +10,10 @@ in one run:
    PostgreSQL / SQLite (no goal: it is what a database over a socket costs
    against a local file, on this machine);
 2. store round trips per call (a line going in use, then idle again, one
-   person at a time, each change confirmed before the next): every request
-   psycopg sends and waits for (a statement, an ``executemany`` batch, a
-   ``BEGIN``, a ``COMMIT``), counted at psycopg's calls, and the
-   transactions among them.
+   person at a time, each change confirmed before the next): every time
+   psycopg sends and waits for the server (a statement, an ``executemany``
+   batch, a ``BEGIN``, a ``COMMIT``; a pipeline's statements together as
+   one), counted at psycopg's calls, and the transactions among them.
 
 PostgreSQL is a throwaway cluster started for the run (``tests/pgcluster.py``,
 as the tests do; fsync off, on loopback) unless ``--url`` names a database
@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,26 +116,55 @@ class Trips:
 
 @contextlib.contextmanager
 def counted() -> Iterator[Trips]:
-    """Count what psycopg sends and waits for, in every thread."""
+    """Count the round trips psycopg makes, in every thread: a statement, an
+    ``executemany`` batch, a ``BEGIN`` and a ``COMMIT`` each wait for the
+    server, except inside a pipeline, whose statements all go out and come
+    back together (one round trip, at its end)."""
     trips = Trips()
+    local = threading.local()
     patched: list[tuple[Any, str, Any]] = []
 
-    def wrap(owner: Any, name: str, extra: int = 0, transaction: bool = False) -> None:
+    def patch(owner: Any, name: str, replacement: Any) -> Any:
         original = getattr(owner, name)
+        patched.append((owner, name, original))
+        setattr(owner, name, replacement(original))
+        return original
 
+    def statement(original: Any) -> Any:
         def counting(*args: Any, **kwargs: Any) -> Any:
-            trips.requests += 1 + extra
-            trips.transactions += transaction
+            trips.requests += not getattr(local, "piped", False)
             return original(*args, **kwargs)
 
-        patched.append((owner, name, original))
-        setattr(owner, name, counting)
+        return counting
 
-    wrap(psycopg.Cursor, "execute")
-    wrap(psycopg.Cursor, "executemany")
-    wrap(psycopg.Connection, "execute")
-    # BEGIN on entering a transaction block, COMMIT on leaving it.
-    wrap(psycopg.Connection, "transaction", extra=1, transaction=True)
+    def transaction(original: Any) -> Any:
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            trips.transactions += 1
+            trips.requests += 0 if getattr(local, "piped", False) else 2
+            return original(*args, **kwargs)
+
+        return counting
+
+    def pipeline(original: Any) -> Any:
+        @contextlib.contextmanager
+        def counting(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            # executemany opens a pipeline of its own, inside ours.
+            outer = getattr(local, "piped", False)
+            trips.requests += not outer
+            local.piped = True
+            try:
+                with original(*args, **kwargs) as pipe:
+                    yield pipe
+            finally:
+                local.piped = outer
+
+        return counting
+
+    patch(psycopg.Cursor, "execute", statement)
+    patch(psycopg.Cursor, "executemany", statement)
+    patch(psycopg.Connection, "execute", statement)
+    patch(psycopg.Connection, "transaction", transaction)
+    patch(psycopg.Connection, "pipeline", pipeline)
     try:
         yield trips
     finally:

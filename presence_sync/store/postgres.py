@@ -26,6 +26,7 @@ not supported).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -225,14 +226,23 @@ class _Connection:
         return StoreError(f"state database {self._where}: {str(exc).strip()}")
 
     @contextmanager
-    def transaction(self) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
+    def transaction(self, *, pipelined: bool = True) -> Iterator[psycopg.Cursor[tuple[Any, ...]]]:
         """A cursor in one transaction: committed when the block ends,
         rolled back when it raises. Every write of the store runs here.
-        ``StoreError`` for the database's failures."""
+        ``StoreError`` for the database's failures.
+
+        ``pipelined``: the block's statements, with ``BEGIN`` and ``COMMIT``,
+        are sent together and answered together (libpq's pipeline mode):
+        one round trip to the server per transaction, not one per statement.
+        Their results (``rowcount``) are there once the block has ended; a
+        block that needs a result in between says ``pipelined=False``."""
         try:
             db = self._open()
-            with db.transaction(), db.cursor() as cursor:
-                yield cursor
+            with contextlib.ExitStack() as stack:
+                if pipelined:
+                    stack.enter_context(db.pipeline())
+                stack.enter_context(db.transaction())
+                yield stack.enter_context(db.cursor())
         except psycopg.Error as exc:
             raise self._failure(exc) from exc
 
@@ -305,7 +315,7 @@ class PostgresStore:
 
     def _migrate(self) -> None:
         known = len(POSTGRES_MIGRATIONS)
-        with self._db.transaction() as cur:
+        with self._db.transaction(pipelined=False) as cur:
             # Held to the end of the transaction: the second daemon reads the
             # version only after the first committed its migration.
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
@@ -351,7 +361,6 @@ class PostgresStore:
         and its outcome is ``write_failure``. ``no_wait``: fail with
         ``LockNotAvailable`` at once rather than wait for a row lock."""
         self._check()
-        changed = 0
         try:
             with (db or self._db).transaction() as cur:
                 if no_wait:
@@ -361,7 +370,8 @@ class PostgresStore:
                         cur.execute(sql, rows[0])
                     else:
                         cur.executemany(sql, rows)
-                    changed = cur.rowcount
+            # Pipelined: the results came with the commit.
+            changed = cur.rowcount
         except StoreError as exc:
             cause = exc.__cause__
             self._write_failure = str(cause).strip() if cause is not None else str(exc)
