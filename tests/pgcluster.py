@@ -62,13 +62,20 @@ def _unprivileged_user() -> str | None:
     """The user to run the cluster as: ``None`` (ourselves) unless we are root."""
     if os.geteuid() != 0:
         return None
-    probe = subprocess.run(["id", "-u", USER], capture_output=True, check=False)
-    if probe.returncode != 0:
-        subprocess.run(
+
+    def exists() -> bool:
+        return subprocess.run(["id", "-u", USER], capture_output=True, check=False).returncode == 0
+
+    if not exists():
+        made = subprocess.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER],
-            check=True,
             capture_output=True,
+            text=True,
+            check=False,
         )
+        # Another xdist worker may have made it meanwhile.
+        if made.returncode != 0 and not exists():
+            raise RuntimeError(f"cannot create the system user {USER}: {made.stderr}")
     return USER
 
 
