@@ -12,10 +12,11 @@ stalls the loop on the engine's hot path. A connection that breaks is
 opened again at the next call; the call that met the break raises
 ``StoreError``, and ``write_failure`` says why until a write succeeds.
 
-Every write runs in ``_Connection.transaction``, one transaction per call
-(``write_applied``: one for the group). That one place is where a check that
-this daemon may still write (a lease, an epoch) joins each write's
-transaction.
+Every write goes through ``PostgresStore._write``: one transaction per call
+(``write_applied``: one for the group), pipelined, so one round trip. That
+one place is where a check that this daemon may still write (a lease, an
+epoch) joins each write's transaction; the rows are keyed by customer
+already, as such a lease would be.
 
 Session state: the connections keep psycopg's prepared statements and
 ``statement_timeout``, so a pooler must hand each connection one server

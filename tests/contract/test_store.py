@@ -1,9 +1,11 @@
 """The store contract, run against every backend, and what only SQLite promises.
 
 ``StoreContract`` holds the behaviour every ``Store`` owes the engine and the
-targets; ``TestSqliteStore`` and ``TestMemoryStore`` run it. The SQLite-only
-part covers file modes, schema versioning, refusing files it must not touch,
-and surviving a SIGKILL at random moments (``store_writer.py`` is the child).
+targets; ``TestSqliteStore``, ``TestPostgresStore`` (on a throwaway cluster,
+``pgcluster.py``) and ``TestMemoryStore`` run it. What only PostgreSQL
+promises is ``test_store_postgres.py``'s. The SQLite-only part covers file
+modes, schema versioning, refusing files it must not touch, and surviving a
+SIGKILL at random moments (``store_writer.py`` is the child).
 """
 
 from __future__ import annotations
