@@ -333,6 +333,13 @@ class ReloadRefused(PresenceSyncError):
     """A reload that cannot be applied; the message says why."""
 
 
+def _store_moved(old: Settings, new: Settings) -> bool:
+    """Whether ``new`` names another store than the running one."""
+    if old.state != new.state:
+        return True
+    return new.state.url is not None and old.nfon.customer != new.nfon.customer
+
+
 async def rewire(
     old: Runtime, loaded: Loaded, *, clock: Clock, dry_run: bool = False
 ) -> tuple[Runtime, bool]:
@@ -348,6 +355,11 @@ async def rewire(
         Directory(settings.people)  # the same checks replace_people makes
     except ConfigError as exc:
         raise ReloadRefused(f"people: {exc}") from exc
+    if not dry_run and _store_moved(old.settings, settings):
+        raise ReloadRefused(
+            "state: the store is opened once, at the start; a change of state: (or, with "
+            "state.url, of nfon.customer, which keys its rows) takes a restart"
+        )
     try:
         targets = await build_targets(loaded, old.targets, old.specs, clock=clock, dry_run=dry_run)
     except TargetBuildError as exc:
