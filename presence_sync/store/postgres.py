@@ -320,9 +320,11 @@ class PostgresStore:
             # Held to the end of the transaction: the second daemon reads the
             # version only after the first committed its migration.
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            cur.execute(
-                "CREATE TABLE IF NOT EXISTS presence_sync_schema (version INTEGER NOT NULL)"
-            )
+            # Created only when missing: a database already at this version
+            # needs no CREATE privilege to be opened.
+            made = cur.execute("SELECT to_regclass('presence_sync_schema')").fetchone()
+            if made is None or made[0] is None:
+                cur.execute("CREATE TABLE presence_sync_schema (version INTEGER NOT NULL)")
             row = cur.execute("SELECT version FROM presence_sync_schema").fetchone()
             version = 0 if row is None else int(row[0])
             if version > known:

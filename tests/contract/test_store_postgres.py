@@ -226,3 +226,31 @@ def test_the_daemon_names_itself_unless_the_url_does(pg_url: str, postgres: Clus
 
     assert names(pg_url) == ["presence-sync"]
     assert names(pg_url + "?application_name=presence-sync-a") == ["presence-sync-a"]
+
+
+def test_a_database_at_this_version_opens_for_a_role_that_may_only_read_and_write(
+    pg_url: str, postgres: Cluster
+) -> None:
+    """The tables' owner migrates; a daemon role with no CREATE privilege
+    still opens a database that is up to date."""
+    open_store(pg_url).close()
+    dbname = pg_url.rpartition("/")[2]
+    with postgres.admin(dbname) as db:
+        db.execute("CREATE ROLE presence_sync_dml LOGIN PASSWORD 'dml'")
+        try:
+            db.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+            db.execute("GRANT USAGE ON SCHEMA public TO presence_sync_dml")
+            db.execute(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public"
+                " TO presence_sync_dml"
+            )
+            url = pg_url.replace("presence_sync@", "presence_sync_dml@")
+
+            store = PostgresStore(url, customer="K1234", password="dml")
+            store.put_applied("teams", ANNA, ON_A_CALL)
+            assert [r.applied for r in store.load_applied()] == [ON_A_CALL]
+            store.close()
+        finally:
+            db.execute("REASSIGN OWNED BY presence_sync_dml TO postgres")
+            db.execute("DROP OWNED BY presence_sync_dml")
+            db.execute("DROP ROLE presence_sync_dml")
