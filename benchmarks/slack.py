@@ -37,7 +37,7 @@ from presence_sync.engine import Engine
 from presence_sync.model import Line, LineView, Person, Presence, Status
 from presence_sync.sim.slack import SlackSim
 from presence_sync.sim.slack_serve import serve_in_thread
-from presence_sync.store import MemoryStore, StoreMemory
+from presence_sync.store import MemoryStore, TargetMemory
 from presence_sync.targets.base import Change, TargetEnv
 from presence_sync.targets.slack import BURST, RATE, SlackStatusOptions, SlackStatusTarget
 
@@ -69,7 +69,7 @@ async def requests_per_call() -> Counter[str]:
         settings = SlackSettings(base_url=handle.base_url, user_tokens=[own])
         target = target_for(settings, clock)
         person = Person(key="anna@example.com", email="anna@example.com", extension="100")
-        memory = StoreMemory(MemoryStore(clock=clock), "slack_status", person.key)
+        memory = TargetMemory(MemoryStore(clock=clock), "slack_status", person.key)
         applied = await target.apply(Change(person, ON_A_CALL, None, None, memory))
         await clock.advance(180)
         await target.apply(Change(person, None, applied, None, memory))

@@ -158,6 +158,20 @@ class Runtime:
         return self.loaded.settings
 
 
+def open_store(settings: Settings, *, clock: Clock) -> Store:
+    """The store ``state:`` names: the SQLite file at ``state.path``, or the
+    PostgreSQL database at ``state.url`` (psycopg is imported only then),
+    keyed by ``nfon.customer``. Raises ``StoreError`` when it cannot be opened."""
+    state = settings.state
+    if state.url is None:
+        assert state.path is not None  # the config gives one of the two
+        return SqliteStore(state.path, clock=clock)
+    from presence_sync.store.postgres import PostgresStore
+
+    password = None if state.password is None else state.password.get_secret_value()
+    return PostgresStore(state.url, customer=settings.nfon.customer, password=password, clock=clock)
+
+
 async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtime:
     """Build the runtime of ``loaded``: nothing runs yet and nothing is
     contacted. Raises ``TargetBuildError`` (naming the target) when a target
@@ -168,7 +182,7 @@ async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtim
     targets = await build_targets(loaded, {}, {}, clock=clock, dry_run=dry_run)
     store: Store | None = None
     try:
-        store = MemoryStore() if dry_run else SqliteStore(settings.state.path, clock=clock)
+        store = MemoryStore() if dry_run else open_store(settings, clock=clock)
         directory = Directory(settings.people)
         rules = loaded.rules.with_names(directory.name_for_number)
         engine = Engine(targets=targets, store=store, rules=rules, clock=clock)
@@ -318,6 +332,13 @@ class ReloadRefused(PresenceSyncError):
     """A reload that cannot be applied; the message says why."""
 
 
+def _store_moved(old: Settings, new: Settings) -> bool:
+    """Whether ``new`` names another store than the running one."""
+    if old.state != new.state:
+        return True
+    return new.state.url is not None and old.nfon.customer != new.nfon.customer
+
+
 async def rewire(
     old: Runtime, loaded: Loaded, *, clock: Clock, dry_run: bool = False
 ) -> tuple[Runtime, bool]:
@@ -333,6 +354,11 @@ async def rewire(
         Directory(settings.people)  # the same checks replace_people makes
     except ConfigError as exc:
         raise ReloadRefused(f"people: {exc}") from exc
+    if not dry_run and _store_moved(old.settings, settings):
+        raise ReloadRefused(
+            "state: the store is opened once, at the start; a change of state: (or, with "
+            "state.url, of nfon.customer, which keys its rows) takes a restart"
+        )
     try:
         targets = await build_targets(loaded, old.targets, old.specs, clock=clock, dry_run=dry_run)
     except TargetBuildError as exc:

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from pgcluster import Cluster
 
 
 @pytest.fixture(autouse=True)
@@ -23,3 +24,20 @@ def _root_logging_restored() -> Iterator[None]:
         if handler not in root.handlers:
             root.addHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster (``pgcluster``), started the first time
+    a test of this process asks for one: one per xdist worker, a few seconds
+    each. Fails, with what to install, when PostgreSQL is missing."""
+    cluster = Cluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def pg_url(postgres: Cluster) -> str:
+    """The URL of a new, empty database of its own for this test (role
+    ``pgcluster.ROLE``; its password is ``pgcluster.ROLE_PASSWORD``)."""
+    return postgres.database()

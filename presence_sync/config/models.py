@@ -302,17 +302,57 @@ class ResyncSettings(_Section):
     directory_interval: _PositiveDuration = 3600.0
 
 
-class StateSettings(_Section):
-    """``state:``, where the applied state is kept. The default path is
-    ``$STATE_DIRECTORY/state.db`` under systemd's ``StateDirectory=``, else
-    ``/var/lib/presence-sync/state.db``."""
+def _postgres_url(value: str) -> str:
+    value = value.strip()
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 (raises for a port that is no number)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql:// URL (postgresql://user@host:port/database)")
+    if parts.password is not None:
+        raise ValueError(
+            "must not carry the password: put it in state.password_file (or libpq's PGPASSFILE)"
+        )
+    if not parts.path.strip("/"):
+        raise ValueError("must name the database: postgresql://user@host:port/database")
+    return value
 
-    path: _ConfigPath = DEFAULT_STATE_PATH
+
+_PostgresURL: TypeAlias = Annotated[str, AfterValidator(_postgres_url)]
+
+
+class StateSettings(_Section):
+    """``state:``, where the applied state is kept: ``path``, a SQLite file
+    (the default: ``$STATE_DIRECTORY/state.db`` under systemd's
+    ``StateDirectory=``, else ``/var/lib/presence-sync/state.db``), or
+    ``url``, a PostgreSQL database, with ``password`` (or ``password_file``)
+    when libpq is not to find one itself (``PGPASSFILE``). One of the two;
+    the other is ``None``."""
+
+    # Validation errors would otherwise quote the password.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    path: _ConfigPath | None = None
+    url: _PostgresURL | None = None
+    password: _Secret | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _default_path(cls, data: Any, info: ValidationInfo) -> Any:
-        if isinstance(data, dict) and data.get("path") is None:
+        if not isinstance(data, dict):
+            return data
+        if data.get("url") is not None:
+            if data.get("path") is not None:
+                raise ValueError(
+                    "give either state.path (a SQLite file) or state.url "
+                    "(a PostgreSQL database), not both"
+                )
+            return data
+        if data.get("password") is not None:
+            raise ValueError("state.password (or password_file) is for state.url only")
+        if data.get("path") is None:
             directory = _context(info).environ.get("STATE_DIRECTORY")
             path = Path(directory.split(":")[0]) / "state.db" if directory else DEFAULT_STATE_PATH
             return {**data, "path": path}

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from presence_sync.clock import Clock
 from presence_sync.model import LineView, Person
-from presence_sync.store import Store, StoreMemory
+from presence_sync.store import Store, TargetMemory
 from presence_sync.targets.base import Memory, Target
 
 from .book import Book, Decider
@@ -46,7 +46,7 @@ class Engine:
     ``rng`` draws the backoff jitter (a delay in ``[0, min(backoff_cap,
     backoff_base × 2^(n-1))]`` after the n-th failure in a row);
     ``memory(target, person_key)`` builds the ``Memory`` handed to targets
-    (default: ``store.StoreMemory`` over ``store``); ``auth_pause`` and
+    (default: ``store.TargetMemory`` over ``store``); ``auth_pause`` and
     ``auth_pause_cap`` bound the pause after rejected credentials. Raises
     ``ValueError`` for a target whose limits cannot be honoured (see
     ``check_target``).
@@ -78,7 +78,7 @@ class Engine:
             worker=Worker(
                 book=self._book,
                 clock=clock,
-                memory=memory or (lambda target, key: StoreMemory(store, target, key)),
+                memory=memory or (lambda target, key: TargetMemory(store, target, key)),
             ),
             outcomes=Outcomes(
                 book=self._book,

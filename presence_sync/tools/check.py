@@ -44,12 +44,18 @@ from presence_sync.app import Loaded, load
 from presence_sync.clock import Clock, SystemClock
 from presence_sync.config import Settings
 from presence_sync.engine import MIN_RETRY_AFTER, Backoff
-from presence_sync.errors import AuthError, PermanentError, TransientError, UpstreamError
+from presence_sync.errors import (
+    AuthError,
+    PermanentError,
+    StoreError,
+    TransientError,
+    UpstreamError,
+)
 from presence_sync.model import Person
 from presence_sync.net import user_agent
 from presence_sync.nfon import NfonClient
 from presence_sync.ops.logging import printable
-from presence_sync.store import MemoryStore, StoreMemory
+from presence_sync.store import MemoryStore, TargetMemory
 from presence_sync.targets.base import target_env
 from presence_sync.targets.graph import MICROSOFT_KINDS, GraphClient
 from presence_sync.targets.slack import rule_text_warnings
@@ -386,6 +392,25 @@ class _Resolver:
         )
         return {info.extension: info.name for info in infos}
 
+    async def state(self, report: Report) -> None:
+        """Whether the PostgreSQL store of ``state.url`` answers (a SQLite
+        file needs no login: the daemon creates it)."""
+        settings = self.settings
+        url = settings.state.url
+        if url is None:
+            return
+        from presence_sync.store.postgres import probe
+
+        secret = settings.state.password
+        password = None if secret is None else secret.get_secret_value()
+        customer = settings.nfon.customer
+        try:
+            found = await asyncio.to_thread(probe, url, customer=customer, password=password)
+        except StoreError as exc:
+            report.services["State"] = Found(problem=_reason(exc))
+            return
+        report.services["State"] = Found(found)
+
     async def microsoft_login(self, report: Report) -> None:
         graph = self.graph
         if graph is None:
@@ -492,7 +517,7 @@ class _Resolver:
                 if response.status_code == 404:
                     return Found(problem=f"no Entra user with the configured id {given}")
                 return Found(given)
-            memory = StoreMemory(self.store, graph.target, person.key)
+            memory = TargetMemory(self.store, graph.target, person.key)
             return Found(await self.graph_gate.run(lambda: graph.user_id(person, memory)))
         except AuthError:
             return Found(problem="not checked: Microsoft refused our credentials")
@@ -580,10 +605,11 @@ async def resolve(loaded: Loaded, stderr: TextIO) -> Report:
             await resolver.slack_login(report)
             await resolver.slack_directory(report)
 
-        nfon, _, _, *_ = await asyncio.gather(
+        nfon, *_ = await asyncio.gather(
             resolver.nfon(report),
             resolver.microsoft_login(report),
             slack(),
+            resolver.state(report),
             *(resolver.webhook(report, hook) for hook in resolver.webhooks),
         )
         report.rows = list(await asyncio.gather(*(resolver.row(p, nfon) for p in people)))
@@ -616,7 +642,7 @@ def _cell(found: Found | None) -> str:
 def table(report: Report, settings: Settings) -> list[str]:
     """The report as text lines: services, then one row per person."""
     lines = []
-    order = ("NFON", "Microsoft", "Slack")
+    order = ("NFON", "Microsoft", "Slack", "State")
     ranked = sorted(
         report.services.items(),
         key=lambda i: (order.index(i[0]) if i[0] in order else len(order), i[0]),

@@ -21,9 +21,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, TextIO
 
+from presence_sync.config.secrets import UNREAD_SECRET
 from presence_sync.model import Person, describe
 from presence_sync.ops.logging import printable
-from presence_sync.store import AppliedRow, read_stored
+from presence_sync.store import AppliedRow, PauseRow, read_stored
 from presence_sync.tools.client import ApiError, Client, DaemonDown, Located, locate
 
 __all__ = ["resync", "status"]
@@ -218,11 +219,31 @@ def _person(p: Mapping[str, Any], today: str, out: TextIO) -> None:
 # --- the stored view ---------------------------------------------------------------------
 
 
+def _read_stored(located: Located) -> tuple[str, list[AppliedRow], list[PauseRow]]:
+    """Where the stored view was read, and what it holds. A PostgreSQL
+    store is read with libpq's own password lookup (``PGPASSFILE``): its
+    ``state.password_file`` is a systemd credential, not read here."""
+    settings = located.settings
+    state = settings.state
+    if state.url is None:
+        assert state.path is not None  # the config gives one of the two
+        rows, pauses = read_stored(state.path)
+        return str(state.path), rows, pauses
+    from presence_sync.store.postgres import PostgresStore, describe
+
+    secret = None if state.password is None else state.password.get_secret_value()
+    password = None if secret == UNREAD_SECRET else secret
+    store = PostgresStore(state.url, customer=settings.nfon.customer, password=password)
+    try:
+        return describe(state.url), store.load_applied(), store.load_pauses()
+    finally:
+        store.close()
+
+
 def _stored(located: Located, who: str | None, out: TextIO) -> int:
-    path = located.settings.state.path
-    rows, pauses = read_stored(path)
+    where, rows, pauses = _read_stored(located)
     today = datetime.now().astimezone().date().isoformat()
-    print(f"Stored view (the daemon is down), read from {path}:", file=out)
+    print(f"Stored view (the daemon is down), read from {where}:", file=out)
     print("what each target last confirmed; nothing newer is known here.", file=out)
     print(file=out)
     if who:

@@ -42,7 +42,7 @@ from presence_sync.model import (
 from presence_sync.rules import compile_rules
 from presence_sync.sim.certs import client_certificate
 from presence_sync.sim.graph import GraphHandle, GraphSim, SimClock, serve
-from presence_sync.store import MemoryStore, StoreMemory
+from presence_sync.store import MemoryStore, TargetMemory
 from presence_sync.targets.base import Change, Target, target_class, target_env
 from presence_sync.targets.teams import TeamsPresenceOptions, TeamsPresenceTarget
 
@@ -93,7 +93,7 @@ class World:
         view: LineView | None = None,
     ) -> Change:
         person = person or PERSON
-        memory = StoreMemory(self.store, target.name, person.key)
+        memory = TargetMemory(self.store, target.name, person.key)
         return Change(person=person, desired=desired, applied=applied, view=view, memory=memory)
 
     async def apply(

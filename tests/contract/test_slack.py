@@ -31,7 +31,7 @@ from presence_sync.sim.slack import SlackSim
 from presence_sync.sim.slack import Status as SlackShown
 from presence_sync.sim.slack_http import build_app as build_slack_app
 from presence_sync.sim.slack_serve import SlackHandle, serve_in_thread
-from presence_sync.store import MemoryStore, StoreMemory
+from presence_sync.store import MemoryStore, TargetMemory
 from presence_sync.targets.base import Change, TargetEnv, target_class
 from presence_sync.targets.slack import SlackStatusOptions, SlackStatusTarget
 from presence_sync.targets.slack_dnd import SlackDndOptions, SlackDndTarget
@@ -86,7 +86,7 @@ class Slack:
     def change(self, target: str, name: str, desired: Status | None,
                applied: Applied | None = None) -> Change:  # fmt: skip
         person = self.person(name)
-        memory = StoreMemory(self.store, target, person.key)
+        memory = TargetMemory(self.store, target, person.key)
         return Change(person=person, desired=desired, applied=applied, view=None, memory=memory)
 
     def shown(self, name: str) -> SlackShown:
@@ -248,7 +248,7 @@ async def test_user_id_looked_up_once_and_ids_override(slack: Slack) -> None:
     person = slack.person("clara")
     override = Person(key=person.key, email=person.email, extension="101",
                       ids={"slack_status": slack.ids["clara"]})  # fmt: skip
-    memory = StoreMemory(slack.store, "slack_status", person.key)
+    memory = TargetMemory(slack.store, "slack_status", person.key)
     await target.apply(Change(override, ON_A_CALL, None, None, memory))
     assert slack.calls("users.lookupByEmail") == 1
     assert slack.shown("clara").text == "On a call"
@@ -574,7 +574,7 @@ async def test_tls_ca_bundle_is_trusted(tmp_path: Path) -> None:
         for verify in (True, str(tls.ca_file)):
             env = TargetEnv(clock=clock, user_agent="t", sections=sections, verify=verify)
             target = SlackStatusTarget("slack_status", SlackStatusOptions(), env)
-            memory = StoreMemory(MemoryStore(clock=clock), "slack_status", person.key)
+            memory = TargetMemory(MemoryStore(clock=clock), "slack_status", person.key)
             change = Change(person, ON_A_CALL, None, None, memory)
             if verify is True:
                 with pytest.raises(TransientError):
@@ -588,7 +588,7 @@ async def test_tls_ca_bundle_is_trusted(tmp_path: Path) -> None:
 
 async def test_stale_cached_user_id_is_looked_up_again(slack: Slack) -> None:
     target = slack.status_target()
-    memory = StoreMemory(slack.store, "slack_status", "clara@example.com")
+    memory = TargetMemory(slack.store, "slack_status", "clara@example.com")
     memory.cache_id("user", "clara@example.com", "UGONE0001")
     await target.apply(slack.change("slack_status", "clara", ON_A_CALL))
     assert slack.shown("clara").text == "On a call"

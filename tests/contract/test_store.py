@@ -1,9 +1,11 @@
 """The store contract, run against every backend, and what only SQLite promises.
 
 ``StoreContract`` holds the behaviour every ``Store`` owes the engine and the
-targets; ``TestSqliteStore`` and ``TestMemoryStore`` run it. The SQLite-only
-part covers file modes, schema versioning, refusing files it must not touch,
-and surviving a SIGKILL at random moments (``store_writer.py`` is the child).
+targets; ``TestSqliteStore``, ``TestPostgresStore`` (on a throwaway cluster,
+``pgcluster.py``) and ``TestMemoryStore`` run it. What only PostgreSQL
+promises is ``test_store_postgres.py``'s. The SQLite-only part covers file
+modes, schema versioning, refusing files it must not touch, and surviving a
+SIGKILL at random moments (``store_writer.py`` is the child).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgcluster import ROLE_PASSWORD, Cluster
 
-from presence_sync import store as store_module
 from presence_sync.clock import ManualClock
 from presence_sync.model import Applied, Person, Status, frozen_map
 from presence_sync.store import (
@@ -40,9 +42,11 @@ from presence_sync.store import (
     SqliteStore,
     Store,
     StoreError,
-    StoreMemory,
+    TargetMemory,
     read_stored,
 )
+from presence_sync.store import sqlite as sqlite_module
+from presence_sync.store.postgres import PostgresStore
 from presence_sync.targets.base import Memory
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -455,8 +459,8 @@ class StoreContract:
     async def test_store_memory_is_one_target_and_person(
         self, store: Store, reopen: Callable[[], Store], clock: ManualClock
     ) -> None:
-        slack: Memory = StoreMemory(store, "slack_status", ANNA.key)
-        outlook: Memory = StoreMemory(store, "outlook_calendar", ANNA.key)
+        slack: Memory = TargetMemory(store, "slack_status", ANNA.key)
+        outlook: Memory = TargetMemory(store, "outlook_calendar", ANNA.key)
         slack.save({"status_text": "Lunch"})
         slack.put_object("reminder", "Rm1")
         outlook.put_object("event", "AAMk-1")
@@ -464,8 +468,8 @@ class StoreContract:
         outlook.cache_id("user", ANNA.email, "8f2e")
 
         again = reopen()
-        slack = StoreMemory(again, "slack_status", ANNA.key)
-        outlook = StoreMemory(again, "outlook_calendar", ANNA.key)
+        slack = TargetMemory(again, "slack_status", ANNA.key)
+        outlook = TargetMemory(again, "outlook_calendar", ANNA.key)
         assert slack.saved() == {"status_text": "Lunch"}
         assert outlook.saved() is None
         assert slack.objects() == {"reminder": "Rm1"}
@@ -526,6 +530,37 @@ class TestMemoryStore(StoreContract):
     @pytest.fixture
     def reopen(self, store: Store, request: pytest.FixtureRequest) -> Callable[[], Store]:
         return lambda: store
+
+
+class TestPostgresStore(StoreContract):
+    """On one database for the whole class, each test with a customer of
+    its own: that the rows of one customer are not another's is part of
+    what this shows (see also ``test_customers_share_a_database_apart``)."""
+
+    @pytest.fixture
+    def customer(self, postgres: Cluster) -> str:
+        return postgres.customer()
+
+    @pytest.fixture
+    def store(self, clock: ManualClock, postgres: Cluster, customer: str) -> Iterator[Store]:
+        url = postgres.shared()
+        store = PostgresStore(url, customer=customer, password=ROLE_PASSWORD, clock=clock)
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def reopen(self, store: Store, request: pytest.FixtureRequest) -> Callable[[], Store]:
+        clock: ManualClock = request.getfixturevalue("clock")
+        url = request.getfixturevalue("postgres").shared()
+        customer: str = request.getfixturevalue("customer")
+
+        def again() -> Store:
+            store.close()
+            fresh = PostgresStore(url, customer=customer, password=ROLE_PASSWORD, clock=clock)
+            request.addfinalizer(fresh.close)
+            return fresh
+
+        return again
 
 
 class TestSqliteStore(StoreContract):
@@ -841,7 +876,7 @@ def test_a_failing_migration_changes_nothing(
     path = tmp_path / "state.db"
     SqliteStore(path).close()
     broken = (*MIGRATIONS, ("CREATE TABLE half_done (x TEXT)", "CREATE TABLE applied (x TEXT)"))
-    monkeypatch.setattr(store_module, "MIGRATIONS", broken)
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", broken)
 
     with pytest.raises(StoreError, match=f"migration to schema version {len(broken)} failed"):
         SqliteStore(path)

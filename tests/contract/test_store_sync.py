@@ -22,7 +22,7 @@ from polling import eventually_async
 from presence_sync.clock import SystemClock
 from presence_sync.engine import Engine
 from presence_sync.model import STATUS_FIELDS, Applied, Line, LineView, Person, Presence, Status
-from presence_sync.store import AppliedWrite, PauseRow, SqliteStore, StoreMemory
+from presence_sync.store import AppliedWrite, PauseRow, SqliteStore, TargetMemory
 from presence_sync.targets.base import Change, TargetInfo
 
 FULL, NORMAL = 2, 1
@@ -150,7 +150,9 @@ async def test_the_write_ahead_record_is_synced_before_the_request_leaves(
     assert probe.levels("applied") == {FULL}  # the confirmed record too
     [row] = store.load_applied()
     assert row.applied.status == BUSY
+    # The confirmed record is certain (schema 3 keeps the flag in a column).
     assert not row.uncertain
+    assert "presence_sync.uncertain" not in row.applied.data
     store.close()
 
 
@@ -158,7 +160,7 @@ def test_saved_statuses_objects_and_pauses_are_synced_the_id_cache_is_not(
     probe: Probe, tmp_path: Path
 ) -> None:
     store = SqliteStore(tmp_path / "state.db")
-    memory = StoreMemory(store, "slack_status", ANNA.key)
+    memory = TargetMemory(store, "slack_status", ANNA.key)
     memory.save({"text": "Working from Lisbon", "emoji": ":palm_tree:"})
     memory.put_object("event", "AAMk-1")
     store.put_pause(PauseRow(ANNA.key, None, None, datetime.now().astimezone()))
@@ -174,7 +176,7 @@ def test_saved_statuses_objects_and_pauses_are_synced_the_id_cache_is_not(
 def test_without_sync_every_commit_is_normal(probe: Probe, tmp_path: Path) -> None:
     """The probe tells the two apart (the benchmark's unsynced store)."""
     store = SqliteStore(tmp_path / "state.db", sync=False)
-    StoreMemory(store, "slack_status", ANNA.key).save({"text": "x"})
+    TargetMemory(store, "slack_status", ANNA.key).save({"text": "x"})
     row = Applied(status=BUSY, at=datetime.now().astimezone())
     assert store.try_write_applied([AppliedWrite("teams", ANNA, row)])
     store.close()

@@ -82,11 +82,14 @@ def write_config(
     log_format: str = "text",
     people: Sequence[tuple[str, str | None, str]] = PEOPLE,
     http: str = '  listen: "127.0.0.1:0"\n',
+    state: str | None = None,
 ) -> Path:
     """A configuration for the simulator and the webhook receiver. ``targets``
     adds lines under ``targets:``, ``nfon_extra`` under ``nfon:``, ``http``
     replaces the lines under ``http:``, ``extra`` goes at the top level.
     ``people`` are (extension, name, email); a name None is left to NFON.
+    ``state`` replaces the lines under ``state:`` (default: a SQLite file
+    beside the configuration).
     With ``log_format="json"`` the daemon's log lines can be read as records
     (``Daemon.records``)."""
     listed = "".join(
@@ -109,8 +112,7 @@ def write_config(
   interval: {resync}
   directory_interval: {directory}
 state:
-  path: {path.parent / "state.db"}
-http:
+{state or f"  path: {path.parent / 'state.db'}{chr(10)}"}http:
 {http}logging:
   level: {log_level}
   format: {log_format}

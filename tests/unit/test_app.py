@@ -152,3 +152,26 @@ async def test_a_reload_builds_a_new_feed_whole(tmp_path: Path) -> None:
             runtime.feed.close()
             await runtime.nfon.aclose()
         old.store.close()
+
+
+async def test_a_reload_that_moves_the_store_is_refused(tmp_path: Path) -> None:
+    """The store is opened once: a reload naming another one (a new
+    state.path, state.url instead) would otherwise go on writing to the old
+    one without a word."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    clock = ManualClock()
+    old = await app.wire(app.load(config), clock=clock)
+    try:
+        config.write_text(CONFIG.replace("path: state.db", "path: elsewhere.db"))
+        with pytest.raises(app.ReloadRefused, match="state: the store is opened once"):
+            await app.rewire(old, app.load(config), clock=clock)
+
+        config.write_text(CONFIG.replace("path: state.db", "url: postgresql://p@db/presence"))
+        with pytest.raises(app.ReloadRefused, match="takes a restart"):
+            await app.rewire(old, app.load(config), clock=clock)
+    finally:
+        old.feed.close()
+        await old.nfon.aclose()
+        await app.close_targets(old.targets.values())
+        old.store.close()

@@ -823,6 +823,57 @@ def test_http_listen(
     assert settings.http.address == address
 
 
+def test_state_url_selects_postgresql_with_the_password_from_a_file(
+    write: Callable[[str], Path], tmp_path: Path
+) -> None:
+    (tmp_path / "db-password").write_text("s3cret\n")
+    (tmp_path / "db-password").chmod(0o600)
+    path = write(
+        BASE + "state:\n  url: postgresql://presence@db.example:5433/presence?sslmode=verify-full\n"
+        "  password_file: db-password\n"
+    )
+
+    state = load(path, {"STATE_DIRECTORY": "/var/lib/ps"}).state
+
+    assert state.url == "postgresql://presence@db.example:5433/presence?sslmode=verify-full"
+    assert state.path is None
+    assert state.password is not None
+    assert state.password.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(state)
+
+
+def test_state_path_and_url_are_exclusive(write: Callable[[str], Path]) -> None:
+    path = write(BASE + "state:\n  path: /var/lib/ps/state.db\n  url: postgresql://p@db/presence\n")
+
+    found = one_problem(path)
+
+    assert (found.key, found.line) == ("state", line_of(path, "state:"))
+    assert "state.path" in found.message
+    assert "state.url" in found.message
+    assert "not both" in found.message
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ("  url: mysql://p@db/presence\n", "must be a postgresql:// URL"),
+        ("  url: postgresql://p:hunter2@db/presence\n", "must not carry the password"),
+        ("  url: postgresql://p@db\n", "must name the database"),
+        ("  url: postgresql://p@db:port/presence\n", "must be a postgresql:// URL"),
+        ("  password: s3cret\n", "for state.url only"),
+    ],
+)
+def test_bad_state_url(write: Callable[[str], Path], state: str, message: str) -> None:
+    path = write(BASE + "state:\n" + state)
+
+    found = one_problem(path)
+
+    assert found.key.startswith("state")
+    assert message in found.message
+    assert "hunter2" not in str(found)
+    assert "s3cret" not in str(found)
+
+
 @pytest.mark.parametrize("listen", ["9477", "[nope]:1", "host:70000", "a b:1", "::1:9477"])
 def test_bad_http_listen(write: Callable[[str], Path], listen: str) -> None:
     found = one_problem(write(BASE + f'http:\n  listen: "{listen}"\n'))

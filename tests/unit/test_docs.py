@@ -82,3 +82,14 @@ def test_the_guides_cite_public_sources_not_notes_outside_the_repository() -> No
     simulators = (ROOT / "docs" / "simulators.md").read_text()
     assert "https://learn.microsoft.com/graph/throttling-limits" in simulators
     assert "https://api.slack.com/methods/users.profile.set" in simulators
+
+
+def test_the_postgresql_store_is_documented_where_admins_look() -> None:
+    guide = (ROOT / "docs" / "high-availability.md").read_text()
+    for linked_from in ("README.md", "docs/operations.md"):
+        assert "docs/high-availability.md" in (ROOT / linked_from).read_text(), linked_from
+    for needed in ("state.url", "password_file", "sslmode=verify-full", "session pooling"):
+        assert needed in guide, needed
+    example = (ROOT / "config.example.yaml").read_text()
+    assert "# url: postgresql://" in example
+    assert "# password_file:" in example

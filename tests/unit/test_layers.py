@@ -66,6 +66,15 @@ ALLOWED: dict[str, set[str]] = {
     "presence_sync.sections": {"presence_sync.ops.logging"},
     # Every layer may use net, so it may use nothing of ours but the errors.
     "presence_sync.net": {"presence_sync.errors"},
+    # The store's contract and layout know only the model; the codec the
+    # contract's rows and the log's helpers.
+    "presence_sync.store.base": {"presence_sync.model"},
+    "presence_sync.store.schema": set(),
+    "presence_sync.store.codec": {
+        "presence_sync.model",
+        "presence_sync.ops.logging",
+        "presence_sync.store.base",
+    },
 }
 FORBIDDEN_BELOW_APP = (
     "presence_sync.app",
@@ -168,12 +177,38 @@ def test_nothing_below_the_composition_root_imports_it() -> None:
         for m in sorted(MODULES)
         if m.startswith(("presence_sync.nfon", "presence_sync.targets", "presence_sync.rules"))
     ]
-    + ["presence_sync.directory", "presence_sync.store"],
+    + ["presence_sync.directory"]
+    + [m for m in sorted(MODULES) if m.startswith("presence_sync.store")],
 )
 def test_adapters_do_not_know_the_engine(module: str) -> None:
     assert not in_package(MODULES[module], "presence_sync.engine")
     if not in_package({module}, "presence_sync.rules"):
         assert not in_package(MODULES[module], "presence_sync.rules")
+
+
+def test_the_store_backends_stand_on_the_floor_alone() -> None:
+    """A backend knows the contract, the codec, the schema and the floor
+    (clock, errors, model, logging), not the engine, config or targets; and
+    no backend imports another, so each can be left out of a process."""
+    floor = {
+        "presence_sync.clock",
+        "presence_sync.errors",
+        "presence_sync.model",
+        "presence_sync.ops.logging",
+        "presence_sync.store.base",
+        "presence_sync.store.codec",
+        "presence_sync.store.schema",
+    }
+    backends = ["memory", "postgres", "sqlite"]
+    for name in backends:
+        module = f"presence_sync.store.{name}"
+        assert module in MODULES
+        assert MODULES[module] - {"presence_sync"} <= floor, module
+
+
+def test_importing_the_store_does_not_load_postgresql() -> None:
+    """psycopg loads only when ``state.url`` asks for it."""
+    assert "presence_sync.store.postgres" not in MODULES["presence_sync.store"]
 
 
 def test_config_and_targets_do_not_circle() -> None:

@@ -17,7 +17,7 @@ from presence_sync.clock import ManualClock
 from presence_sync.config import Settings, SlackSettings
 from presence_sync.errors import EX_CONFIG, ConfigError
 from presence_sync.model import Line, LineView, Person, Status
-from presence_sync.store import MemoryStore, StoreMemory
+from presence_sync.store import MemoryStore, TargetMemory
 from presence_sync.targets.base import (
     BUILTIN,
     Change,
@@ -144,7 +144,7 @@ async def test_a_plugin_target_is_configured_and_applies(plugin: Path, tmp_path:
     assert desired == Status(text="On a call")
     store = MemoryStore()
     applied = await target.apply(
-        Change(person, desired, None, view, StoreMemory(store, "oncall", person.key))
+        Change(person, desired, None, view, TargetMemory(store, "oncall", person.key))
     )
     assert applied.status == desired
     assert target.sent == [("#support", "On a call")]  # type: ignore[attr-defined]
