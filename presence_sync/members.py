@@ -97,6 +97,7 @@ class GroupMembers:
         user_agent: str,
         verify: str | bool = True,
         timeout: float = 30.0,
+        page_size: int = PAGE_SIZE,
     ) -> None:
         env = TargetEnv(
             clock=clock,
@@ -106,6 +107,7 @@ class GroupMembers:
         )
         self.group = group
         self.extension_from = extension_from
+        self.page_size = page_size
         self.requests = 0
         """Graph requests made so far (for the benchmark and the log)."""
         self._graph = GraphClient("directory", env, timeout=timeout)
@@ -146,7 +148,7 @@ class GroupMembers:
         path: str = f"/groups/{self._group_id}/transitiveMembers/microsoft.graph.user"
         params: Mapping[str, str] | None = {
             "$select": _select(self.extension_from),
-            "$top": str(PAGE_SIZE),
+            "$top": str(self.page_size),
         }
         members: dict[str, Member] = {}
         while True:
