@@ -118,7 +118,12 @@ class Worker:
         end = self._clock.monotonic()
         took = end - start
         lane.m_duration.observe(took)
-        self._ledger.record(lane.name, person, result, "an applied status")
+        if result.status is None and key not in self._book.people:
+            # Someone who left and is now cleared here: nothing of theirs is
+            # kept (a target's memo included), so they are forgotten.
+            self._ledger.record(lane.name, person, None, "a departed person cleared")
+        else:
+            self._ledger.record(lane.name, person, result, "an applied status")
         lane.succeeded(key)
         self._noted_ok(lane, flight, result, end - (start if since is None else since), took)
         if result.status != desired:
