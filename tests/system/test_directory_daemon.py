@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import Daemon, Hook, write_config
+from harness import Daemon, Hook, cli, write_config
 from polling import eventually
 
 from presence_sync.sim.graph import GraphHandle, GraphSim
@@ -208,3 +208,27 @@ def test_a_graph_error_during_a_refresh_keeps_everyone_synced(
     world.nfon.sim.call("102")
     eventually(lambda: world.teams("clara@example.com") == ("Busy", "InACall"), "Clara in Teams")
     assert daemon.count(r"Entra group refresh .*failed") == 1
+
+
+def test_check_shows_where_each_mapping_came_from_and_fails_on_a_conflict(
+    tmp_path: Path, world: World, hook: Hook
+) -> None:
+    config = _config(tmp_path, world, hook)
+    clean = cli("check", "-c", str(config))
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    [ben] = [line for line in clean.stdout.splitlines() if "ben@example.com" in line]
+    assert "group: businessPhones +49 (0)89 45300 101" in ben
+    assert "1 extensions without a member: 103" in clean.stdout
+
+    twin = world.add(("102", "Zoe Twin", "zoe@example.com", "+49 89 45300 102"))
+    world.graph.sim.add_member(world.group, twin)
+    lonely = world.add(("-", "Eve Fax", "eve@example.com", "+49 30 999"))
+    world.graph.sim.add_member(world.group, lonely)
+    conflicted = cli("check", "-c", str(config))
+    assert conflicted.returncode == 1
+    out = conflicted.stdout
+    assert "CONFLICT: extension 102 matches 2 members" in out
+    assert "clara@example.com" in out
+    assert "zoe@example.com" in out
+    assert "eve@example.com (+49 30 999)" in out
+    assert not [line for line in out.splitlines() if line.startswith("102 ")]
