@@ -798,7 +798,21 @@ class Daemon:
             readiness=self.readiness(),
             last_resync=runtime.feed.last_resync,
             paused=self._paused,
+            directory=self._directory_summary,
         )
+
+    def _directory_summary(self) -> Mapping[str, Any] | None:
+        runtime = self.runtime
+        doc = runtime.directory.summary()
+        if doc is not None:
+            members = runtime.members
+            doc["last_refresh"] = (
+                None
+                if members.last_success is None
+                else (members.last_success.isoformat(timespec="seconds"))
+            )
+            doc["error"] = members.error
+        return doc
 
     def _paused(self, key: str) -> PauseView | None:
         row = self.runtime.pauses.get(key)

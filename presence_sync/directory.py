@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Final, Protocol
 
 from presence_sync.entra import ENTRA_ID, Matching, Member, match
 from presence_sync.errors import ConfigError
@@ -35,6 +35,9 @@ from presence_sync.ops.metrics import DIRECTORY_CONFLICTS, DIRECTORY_PEOPLE, DIR
 __all__ = ["Directory", "DirectoryChange", "GroupLike", "Held", "PersonSettingsLike"]
 
 log = logging.getLogger(__name__)
+
+SUMMARY_LIMIT: Final = 100
+"""At most this many conflicts and unmatched of each kind in ``summary``."""
 
 
 class PersonSettingsLike(Protocol):
@@ -201,6 +204,47 @@ class Directory:
         self.held = None
         self._members = fresh
         return self._rebuild()
+
+    def summary(self, limit: int = SUMMARY_LIMIT) -> dict[str, Any] | None:
+        """The group's matching for the status API (``docs/api.md``), None
+        without ``directory.microsoft``: the conflicts (each with what to
+        change), the unmatched members and extensions (at most ``limit``
+        of each, with their counts), and a held refresh. Phone numbers are
+        left out: only e-mail addresses and extensions."""
+        group = self._group
+        if group is None:
+            return None
+        matching = self.matching
+        held = self.held
+        doc: dict[str, Any] = {
+            "group": group.group,
+            "extension_from": group.extension_from,
+            "loaded": matching is not None,
+            "people": sum(1 for k in self._active if k not in self._configured),
+            "held": None if held is None else {"removing": held.removing, "people": held.people},
+            "conflicts": [],
+            "unmatched_members": {"count": 0, "emails": []},
+            "unmatched_extensions": {"count": 0, "extensions": []},
+        }
+        if matching is not None:
+            doc["conflicts"] = [
+                {
+                    "kind": c.kind,
+                    "extensions": list(c.extensions),
+                    "members": [m.email for m in c.members],
+                    "change": c.describe(group.extension_from, values=False),
+                }
+                for c in matching.conflicts[:limit]
+            ]
+            doc["unmatched_members"] = {
+                "count": len(matching.unmatched_members),
+                "emails": [m.email for m in matching.unmatched_members[:limit]],
+            }
+            doc["unmatched_extensions"] = {
+                "count": len(matching.unmatched_extensions),
+                "extensions": list(matching.unmatched_extensions[:limit]),
+            }
+        return doc
 
     def name_for_number(self, number: str) -> str | None:
         """The display name of an internal extension: the active person's

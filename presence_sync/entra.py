@@ -121,18 +121,21 @@ class Conflict:
     members: tuple[Member, ...]
     values: tuple[str, ...]
 
-    def describe(self, source: str) -> str:
-        """What is wrong and what to change, for ``check`` and the page."""
+    def describe(self, source: str, *, values: bool = True) -> str:
+        """What is wrong and what to change, for ``check`` and the page
+        (``values=False``: without the phone numbers that matched)."""
         if self.kind == "extension":
             pairs = zip(self.members, self.values, strict=True)
-            who = ", ".join(f"{m.email} ({v})" for m, v in pairs)
+            who = ", ".join(f"{m.email} ({v})" if values else m.email for m, v in pairs)
             return (
                 f"extension {self.extensions[0]} matches {len(self.members)} members: {who}; "
                 f"change {source} in Entra so only one of them has it, or give the extension "
                 "to one person under people:"
             )
         member = self.members[0]
-        where = ", ".join(f"{e} ({v})" for e, v in zip(self.extensions, self.values, strict=True))
+        where = ", ".join(
+            f"{e} ({v})" if values else e for e, v in zip(self.extensions, self.values, strict=True)
+        )
         return (
             f"{member.email} matches {len(self.extensions)} extensions: {where}; "
             f"keep one in {source} in Entra, or give one of these extensions to "

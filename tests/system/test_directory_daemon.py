@@ -232,3 +232,29 @@ def test_check_shows_where_each_mapping_came_from_and_fails_on_a_conflict(
     assert "zoe@example.com" in out
     assert "eve@example.com (+49 30 999)" in out
     assert not [line for line in out.splitlines() if line.startswith("102 ")]
+
+
+def test_conflicts_and_unmatched_show_in_the_api_and_metrics(
+    tmp_path: Path, world: World, hook: Hook, daemons: Callable[..., Daemon]
+) -> None:
+    world.graph.sim.add_member(
+        world.group, world.add(("102", "Zoe Twin", "zoe@example.com", "+49 89 45300 102"))
+    )
+    daemon = daemons("run", "-c", str(_config(tmp_path, world, hook)))
+    daemon.wait_ready()
+    eventually(lambda: _synced(daemon) == {"anna@example.com", "ben@example.com"}, "two synced")
+    response = httpx.get(daemon.url() + "/api/status", timeout=5)
+    group = response.json()["directory"]
+    assert group["group"] == "Phone users"
+    assert group["people"] == 2
+    [conflict] = group["conflicts"]
+    assert conflict["kind"] == "extension"
+    assert conflict["extensions"] == ["102"]
+    assert conflict["members"] == ["clara@example.com", "zoe@example.com"]
+    assert "people:" in conflict["change"]
+    assert group["unmatched_extensions"] == {"count": 1, "extensions": ["103"]}
+    assert group["error"] is None
+    assert "45300" not in response.text  # no phone numbers in the API
+    metrics = httpx.get(daemon.url() + "/metrics", timeout=5).text
+    assert "presence_sync_directory_conflicts 1.0" in metrics
+    assert 'presence_sync_directory_unmatched{kind="extension"} 1.0' in metrics
