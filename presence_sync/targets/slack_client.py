@@ -83,6 +83,8 @@ ROSTER_PAGE = 200
 """Members per ``users.list`` page: Slack recommends no more than 200."""
 ROSTER_MAX_AGE = 3600.0
 """A member list older than this is read again on the next miss."""
+ROSTER_PAGE_ATTEMPTS = 10
+"""Tries per member-list page when Slack says ``ratelimited``."""
 ROSTER_RETRY = 60.0
 """After a failed read of the member list, the next try waits this long."""
 
@@ -238,7 +240,7 @@ class SlackClient:
                     args: dict[str, Any] = {"limit": ROSTER_PAGE}
                     if cursor:
                         args["cursor"] = cursor
-                    data = await self.call("users.list", token, anyone, **args)
+                    data = await self._page(token, anyone, args)
                     listed = data.get("members")
                     for member in listed if isinstance(listed, list) else ():
                         if not isinstance(member, Mapping) or member.get("is_bot"):
@@ -263,6 +265,18 @@ class SlackClient:
                 return {}
             self._roster = roster
             return roster
+
+    async def _page(self, token: str, anyone: Person, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        """One ``users.list`` page; Tier 2 allows about 20 a minute, so a
+        ``ratelimited`` answer waits the time Slack asks and tries again."""
+        for _ in range(ROSTER_PAGE_ATTEMPTS - 1):
+            try:
+                return await self.call("users.list", token, anyone, **args)
+            except TransientError as exc:
+                if exc.retry_after is None:
+                    raise
+                await self._clock.sleep(exc.retry_after)
+        return await self.call("users.list", token, anyone, **args)
 
     async def call(
         self, method: str, token: str, person: Person, *, own: bool = False, **args: Any
