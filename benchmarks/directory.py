@@ -35,6 +35,7 @@ from presence_sync.directory import Directory
 from presence_sync.members import PAGE_SIZE, GroupMembers
 from presence_sync.model import ExtensionInfo, Person
 from presence_sync.sim.graph import GraphSim, serve
+from presence_sync.sim.graph_sim import DIRECTORY_ROLES
 from presence_sync.sim.slack import SlackSim
 from presence_sync.sim.slack_serve import serve_in_thread as serve_slack
 from presence_sync.store import MemoryStore, StoreMemory
@@ -61,7 +62,7 @@ class Group:
 
 async def graph_figures(count: int) -> list[Person]:
     sim = GraphSim()
-    client_id = sim.register_app(secret=SECRET)
+    client_id = sim.register_app(secret=SECRET, roles=DIRECTORY_ROLES)
     group = sim.add_group("Phone users")
     for i in range(count):
         user = sim.add_user(f"p{i:05}@example.com", display_name=f"Person {i}")

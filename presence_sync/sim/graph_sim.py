@@ -22,6 +22,7 @@ from presence_sync.sim.graph_wire import GraphError, RecordedRequest, SimClock, 
 
 __all__ = [
     "ALL_ROLES",
+    "DIRECTORY_ROLES",
     "PRESENCE_LIMIT",
     "GraphSim",
     "Group",
@@ -30,10 +31,10 @@ __all__ = [
     "User",
 ]
 
-ALL_ROLES = frozenset(
-    {"Presence.ReadWrite.All", "User.Read.All", "Calendars.ReadWrite", "GroupMember.Read.All"}
-)
+ALL_ROLES = frozenset({"Presence.ReadWrite.All", "User.Read.All", "Calendars.ReadWrite"})
 """What presence-sync's app registration is granted when nothing else is said."""
+DIRECTORY_ROLES = ALL_ROLES | {"GroupMember.Read.All"}
+"""Also what people from a group (``directory.microsoft``) need."""
 PRESENCE_LIMIT = 1500
 PRESENCE_WINDOW = timedelta(seconds=30)
 

@@ -15,6 +15,7 @@ from presence_sync.config import MicrosoftSettings
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.members import GroupMembers
 from presence_sync.sim.graph import GraphHandle, GraphSim, serve
+from presence_sync.sim.graph_sim import DIRECTORY_ROLES
 
 SECRET = "graph-directory-secret"
 
@@ -48,7 +49,7 @@ class World:
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
     sim = GraphSim()
-    client_id = sim.register_app(secret=SECRET)
+    client_id = sim.register_app(secret=SECRET, roles=DIRECTORY_ROLES)
     group = sim.add_group("Phone users")
     sim.add_group("Other")
     async with serve(sim) as handle:

@@ -18,6 +18,7 @@ from polling import eventually
 
 from presence_sync.sim.graph import GraphHandle, GraphSim
 from presence_sync.sim.graph import serve_in_thread as serve_graph
+from presence_sync.sim.graph_sim import DIRECTORY_ROLES
 from presence_sync.sim.nfon import NfonSim, SimHandle
 from presence_sync.sim.nfon import serve_in_thread as serve_nfon
 from presence_sync.sim.slack import SlackSim
@@ -79,7 +80,7 @@ class World:
 def world() -> Iterator[World]:
     nfon = NfonSim(extensions=[(e, n) for e, n, _, _ in [*STAFF, DORA]], keepalive=5.0)
     graph = GraphSim()
-    client_id = graph.register_app(secret=SECRET)
+    client_id = graph.register_app(secret=SECRET, roles=DIRECTORY_ROLES)
     group = graph.add_group("Phone users")
     slack = SlackSim()
     slack.add_user("adam", "it-admin@example.com", role="admin")
