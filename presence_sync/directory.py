@@ -44,7 +44,7 @@ class PersonSettingsLike(Protocol):
     """One entry of ``people:`` (``config.PersonSettings`` or anything shaped like it)."""
 
     @property
-    def extension(self) -> str: ...
+    def extension(self) -> str | None: ...
     @property
     def email(self) -> str: ...
     @property
@@ -109,7 +109,7 @@ class Directory:
         self, people: Sequence[PersonSettingsLike], group: GroupLike | None = None
     ) -> None:
         """Raises ``ConfigError`` when two entries share an e-mail or an extension."""
-        self._configured = _configured(people)
+        self._configured, self._extras = _configured(people)
         self._group = group
         self._members: tuple[Member, ...] | None = None
         self._pending: frozenset[Member] | None = None
@@ -162,7 +162,7 @@ class Directory:
 
         Raises ``ConfigError`` like the constructor, keeping the old list.
         """
-        self._configured = _configured(people)
+        self._configured, self._extras = _configured(people)
         if group != self._group:
             self._members = None
             self._pending = None
@@ -283,12 +283,19 @@ class Directory:
         )
         for hit in sorted(found.matches, key=lambda h: h.extension):
             member = hit.member
+            extra = self._extras.get(member.key)
+            name = member.display_name or nfon.get(hit.extension) or None
+            ids = {ENTRA_ID: member.id}
+            if extra is not None:
+                ids.update(extra.ids)
             active[member.key] = Person(
                 key=member.key,
                 email=member.email,
                 extension=hit.extension,
-                name=member.display_name or nfon.get(hit.extension) or None,
-                ids=frozen_map({ENTRA_ID: member.id}),
+                name=extra.name if extra is not None and extra.name else name,
+                groups=extra.groups if extra is not None else frozenset(),
+                ids=frozen_map(ids),
+                opt_out=extra.opt_out if extra is not None else frozenset(),
             )
         return active, found
 
@@ -358,15 +365,31 @@ class Directory:
         self._none_mapped = none_mapped
 
 
-def _configured(people: Sequence[PersonSettingsLike]) -> dict[str, Person]:
-    """Configured people by key, with configured names only (NFON's come later)."""
+def _configured(
+    people: Sequence[PersonSettingsLike],
+) -> tuple[dict[str, Person], dict[str, Person]]:
+    """Configured people by key, with configured names only (NFON's come
+    later), and the entries without an extension (what they add to a group
+    member with their e-mail) by key."""
     out: dict[str, Person] = {}
+    extras: dict[str, Person] = {}
     extensions: dict[str, str] = {}
     problems: list[str] = []
     for entry in people:
         key = entry.email.strip().lower()
-        if key in out:
+        if key in out or key in extras:
             problems.append(f"{entry.email} is listed twice")
+            continue
+        if entry.extension is None:
+            extras[key] = Person(
+                key=key,
+                email=entry.email.strip(),
+                extension="",
+                name=entry.name or None,
+                groups=frozenset(entry.groups),
+                ids=frozen_map(entry.ids),
+                opt_out=frozenset(entry.opt_out),
+            )
             continue
         other = extensions.get(entry.extension)
         if other is not None:
@@ -384,4 +407,4 @@ def _configured(people: Sequence[PersonSettingsLike]) -> dict[str, Person]:
         )
     if problems:
         raise ConfigError.single("<people>", "people", "; ".join(problems))
-    return out
+    return out, extras

@@ -428,6 +428,11 @@ class _Checker:
         people = data.get("people")
         if not isinstance(people, list):
             return
+        if data.get("directory") is None:
+            # Only a group member can be a person without an extension.
+            for i, entry in enumerate(people):
+                if isinstance(entry, dict) and entry.get("extension") is None:
+                    self.at(("people", i, "extension"), "required key missing")
         self._unique(people, "extension", lambda v: v.strip())
         self._unique(people, "email", normalise_email)
         # The standard kinds count even when not enabled, so that ids and

@@ -224,10 +224,13 @@ class PersonSettings(_Section):
 
     ``email`` is stored lower-cased and is the person's identity;
     ``ids`` maps a target name to the person's id there (skips a lookup);
-    ``opt_out`` lists target names this person does not want.
+    ``opt_out`` lists target names this person does not want. Without
+    ``extension`` (allowed only with ``directory:``) the entry adds its
+    ``name``, ``groups``, ``ids`` and ``opt_out`` to the group member with
+    that e-mail address.
     """
 
-    extension: _Extension
+    extension: _Extension | None = None
     email: _Email
     name: _Text | None = None
     groups: list[_Text] = []
@@ -235,7 +238,10 @@ class PersonSettings(_Section):
     opt_out: list[str] = []
 
     def to_person(self) -> Person:
-        """The domain ``Person`` of this entry."""
+        """The domain ``Person`` of this entry; ``ValueError`` for an entry
+        without an extension (it is no person of its own)."""
+        if self.extension is None:
+            raise ValueError(f"{self.email} has no extension: it only adds to a group member")
         return Person(
             key=self.email,
             email=self.email,

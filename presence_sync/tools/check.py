@@ -574,7 +574,7 @@ async def _group(
 ) -> tuple[list[Person], dict[str, str]]:
     """The people ``run`` would sync (``people:`` and the group's matched
     members) and, per key, where each mapping came from."""
-    typed = [entry.to_person() for entry in settings.people]
+    typed = [entry.to_person() for entry in settings.people if entry.extension is not None]
     directory_settings = settings.directory
     if directory_settings is None or settings.microsoft is None:
         return typed, {}

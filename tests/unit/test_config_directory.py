@@ -117,3 +117,25 @@ def test_without_a_directory_such_a_rule_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         resolve(_write(tmp_path, HEAD + RULE), {})
     assert "no one under `people:`" in str(caught.value)
+
+
+EXTRA = """\
+people:
+  - email: dora@example.com
+    groups: [sales]
+"""
+
+
+def test_an_entry_without_extension_is_taken_with_a_directory(tmp_path: Path) -> None:
+    settings = load(_write(tmp_path, HEAD + MICROSOFT + DIRECTORY + EXTRA), {})
+    [entry] = settings.people
+    assert (entry.email, entry.extension, entry.groups) == ("dora@example.com", None, ["sales"])
+
+
+def test_an_entry_without_extension_needs_a_directory(tmp_path: Path) -> None:
+    path = _write(tmp_path, HEAD + EXTRA)
+    with pytest.raises(ConfigError) as caught:
+        load(path, {})
+    [problem] = caught.value.problems
+    assert (problem.key, problem.message) == ("people[0].extension", "required key missing")
+    assert problem.line == 8  # the entry

@@ -382,3 +382,32 @@ def test_a_refresh_removing_more_than_half_is_held_until_the_next_says_the_same(
     directory.update_members([DORA, EMIL])
     change = directory.update_members([DORA])
     assert keys(change.removed) == ["emil@example.com"]
+
+
+@dataclass
+class Extra:
+    """An entry under ``people:`` without an extension."""
+
+    email: str
+    extension: str | None = None
+    name: str | None = None
+    groups: list[str] = field(default_factory=list)
+    ids: Mapping[str, str] = field(default_factory=dict)
+    opt_out: list[str] = field(default_factory=list)
+
+
+def test_an_entry_without_extension_adds_ids_groups_and_opt_outs_to_a_member() -> None:
+    extra = Extra("Dora@Example.com", groups=["sales"], ids={"slack_status": "U9"},
+                  opt_out=["webhook"])  # fmt: skip
+    directory = Directory([extra], Group())
+    directory.update_extensions(NFON)
+    directory.update_members([DORA, EMIL])
+    assert keys(directory.people()) == ["dora@example.com", "emil@example.com"]
+    dora = directory.person("200")
+    assert dora is not None
+    assert dora.groups == frozenset({"sales"})
+    assert dora.opt_out == frozenset({"webhook"})
+    assert dict(dora.ids) == {ENTRA_ID: "id-dora@example.com", "slack_status": "U9"}
+    emil = directory.person("201")
+    assert emil is not None
+    assert emil.groups == frozenset()
