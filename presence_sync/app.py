@@ -629,6 +629,10 @@ class Daemon:
                 log.warning("NFON directory not available yet; continuing without it")
         elif fetch.exception() is not None:
             log.warning("NFON directory not available yet; continuing: %s", fetch.exception())
+        if fetch not in done and not self._stop.is_set():
+            # The group's members were cut off with NFON's wait: on with them
+            # now rather than at the next scheduled refresh.
+            self.refresh_members()
         return not self._stop.is_set()
 
     async def _first_directory(self) -> None:
