@@ -457,10 +457,10 @@ class Daemon:
         """Run a full resync from NFON's snapshot now (``POST /api/resync``),
         and refresh the Entra group's members, in the background; a request
         while one runs joins that one."""
+        self.refresh_members()
         if self._resync_task is not None and not self._resync_task.done():
             return
         log.info("full resync asked for through the API")
-        self.refresh_members()
         self._resync_task = asyncio.get_running_loop().create_task(
             self.runtime.schedules.run_now("resync"), name="resync-now"
         )

@@ -259,3 +259,25 @@ def test_conflicts_and_unmatched_show_in_the_api_and_metrics(
     metrics = httpx.get(daemon.url() + "/metrics", timeout=5).text
     assert "presence_sync_directory_conflicts 1.0" in metrics
     assert 'presence_sync_directory_unmatched{kind="extension"} 1.0' in metrics
+
+
+def test_a_refresh_removing_most_people_is_held_until_the_next_confirms_it(
+    tmp_path: Path, world: World, hook: Hook, daemons: Callable[..., Daemon]
+) -> None:
+    daemon = daemons("run", "-c", str(_config(tmp_path, world, hook)))
+    daemon.wait_ready()
+    everyone = {email for _, _, email, _ in STAFF}
+    eventually(lambda: _synced(daemon) == everyone, "everyone synced")
+    for email in ("anna@example.com", "ben@example.com"):
+        world.graph.sim.remove_member(world.group, world.users[email])
+
+    def held() -> dict[str, int] | None:
+        doc = httpx.get(daemon.url() + "/api/status", timeout=5).json()["directory"]
+        return doc["held"]  # type: ignore[no-any-return]
+
+    _resync(daemon)
+    assert eventually(held, "the refresh held") == {"removing": 2, "people": 3}
+    assert _synced(daemon) == everyone
+    _resync(daemon)  # says the same: taken
+    eventually(lambda: _synced(daemon) == {"clara@example.com"}, "the removal taken")
+    assert held() is None
