@@ -47,12 +47,13 @@ from presence_sync.api.daemon import DaemonApi, bind_listener
 from presence_sync.api.listener import Listener
 from presence_sync.api.readiness import STREAM_GRACE, Readiness, readiness
 from presence_sync.clock import Clock, SystemClock
-from presence_sync.config import Loaded, Settings, TargetSpec, resolve
+from presence_sync.config import EntraGroupSettings, Loaded, Settings, TargetSpec, resolve
 from presence_sync.directory import Directory
 from presence_sync.engine import Engine, check_target
 from presence_sync.errors import ConfigError, KeyPath, PresenceSyncError
 from presence_sync.feed import Feed
 from presence_sync.lines import Lines
+from presence_sync.members import GroupMembers, Refresher
 from presence_sync.net import user_agent
 from presence_sync.nfon import NfonClient
 from presence_sync.ops import logging as ops_logging
@@ -152,6 +153,8 @@ class Runtime:
     nfon: NfonClient
     feed: Feed
     schedules: Schedules
+    members: Refresher
+    """The Entra group's members (a no-op without ``directory.microsoft``)."""
 
     @property
     def settings(self) -> Settings:
@@ -183,13 +186,14 @@ async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtim
     store: Store | None = None
     try:
         store = MemoryStore() if dry_run else open_store(settings, clock=clock)
-        directory = Directory(settings.people)
+        directory = Directory(settings.people, _group(settings))
         rules = loaded.rules.with_names(directory.name_for_number)
         engine = Engine(targets=targets, store=store, rules=rules, clock=clock)
         engine.set_people(directory.people())
         pauses = Pauses(store, engine, engine.people, clock)
         lines = Lines(clock)
         nfon = NfonClient.from_settings(settings, clock=clock)
+        members = Refresher(_group_members(settings, clock), directory, engine.set_people, clock)
     except BaseException:
         if store is not None:
             store.close()
@@ -208,7 +212,28 @@ async def wire(loaded: Loaded, *, clock: Clock, dry_run: bool = False) -> Runtim
         lines=lines,
         nfon=nfon,
         feed=feed,
-        schedules=_schedules(settings, feed, engine, store),
+        schedules=_schedules(settings, feed, engine, store, members),
+        members=members,
+    )
+
+
+def _group(settings: Settings) -> EntraGroupSettings | None:
+    return None if settings.directory is None else settings.directory.microsoft
+
+
+def _group_members(settings: Settings, clock: Clock) -> GroupMembers | None:
+    """The Graph reader of ``directory.microsoft``, if configured."""
+    directory = settings.directory
+    if directory is None or settings.microsoft is None:
+        return None
+    ca_bundle = settings.tls.ca_bundle
+    return GroupMembers(
+        settings.microsoft,
+        group=directory.microsoft.group,
+        extension_from=directory.microsoft.extension_from,
+        clock=clock,
+        user_agent=user_agent(settings.nfon.customer),
+        verify=str(ca_bundle) if ca_bundle else True,
     )
 
 
@@ -301,7 +326,9 @@ def _feed(
     )
 
 
-def _schedules(settings: Settings, feed: Feed, engine: Engine, store: Store) -> Schedules:
+def _schedules(
+    settings: Settings, feed: Feed, engine: Engine, store: Store, members: Refresher
+) -> Schedules:
     async def reevaluate() -> None:
         engine.reevaluate()
 
@@ -317,10 +344,24 @@ def _schedules(settings: Settings, feed: Feed, engine: Engine, store: Store) -> 
                 guarded("directory refresh", feed.refresh_directory),
                 settings.resync.directory_interval,
             ),
+            Job(
+                "members",
+                guarded("Entra group refresh (the last good members stay)", members.refresh),
+                _members_interval(settings),
+            ),
             Job("reevaluate", reevaluate, REEVALUATE_INTERVAL),
             Job("housekeeping", housekeeping, HOUSEKEEPING_INTERVAL),
         ]
     )
+
+
+def _members_key(settings: Settings) -> tuple[object, ...]:
+    """What the group's reader is built from: a new one when it changes."""
+    return (settings.directory, settings.microsoft, settings.tls, settings.nfon.customer)
+
+
+def _members_interval(settings: Settings) -> float:
+    return settings.directory.refresh if settings.directory is not None else HOUSEKEEPING_INTERVAL
 
 
 def _reason(exc: BaseException) -> str:
@@ -351,7 +392,7 @@ async def rewire(
     it built)."""
     settings = loaded.settings
     try:
-        Directory(settings.people)  # the same checks replace_people makes
+        Directory(settings.people, _group(settings))  # the checks replace_people makes
     except ConfigError as exc:
         raise ReloadRefused(f"people: {exc}") from exc
     if not dry_run and _store_moved(old.settings, settings):
@@ -373,7 +414,7 @@ async def rewire(
             await close_targets(t for t in targets.values() if id(t) not in running)
             raise ReloadRefused(f"NFON client could not be built: {_reason(exc)}") from exc
         feed = _feed(loaded, nfon, old.lines, old.engine, old.directory, clock, replaces=old.feed)
-        schedules = _schedules(settings, feed, old.engine, old.store)
+        schedules = _schedules(settings, feed, old.engine, old.store, old.members)
     new = dataclasses.replace(
         old,
         loaded=loaded,
@@ -444,6 +485,7 @@ class Daemon:
         self._runtime: Runtime | None = None
         self._stream_tasks: list[asyncio.Task[None]] = []
         self._resync_task: asyncio.Task[None] | None = None
+        self._members_task: asyncio.Task[None] | None = None
         self.listen_address: tuple[Any, ...] | None = None
         self.api = DaemonApi(
             lambda: self._runtime,
@@ -472,12 +514,25 @@ class Daemon:
 
     def request_resync(self) -> None:
         """Run a full resync from NFON's snapshot now (``POST /api/resync``),
-        in the background; a request while one runs joins that one."""
+        and refresh the Entra group's members, in the background; a request
+        while one runs joins that one."""
+        self.refresh_members()
         if self._resync_task is not None and not self._resync_task.done():
             return
         log.info("full resync asked for through the API")
         self._resync_task = asyncio.get_running_loop().create_task(
             self.runtime.schedules.run_now("resync"), name="resync-now"
+        )
+
+    def refresh_members(self) -> None:
+        """Refresh the Entra group's members now, in the background (a
+        request while one runs joins that one); nothing without a group."""
+        if self.runtime.members.source is None:
+            return
+        if self._members_task is not None and not self._members_task.done():
+            return
+        self._members_task = asyncio.get_running_loop().create_task(
+            self.runtime.schedules.run_now("members"), name="members-now"
         )
 
     # --- running -------------------------------------------------------------------
@@ -517,6 +572,9 @@ class Daemon:
             with contextlib.suppress(Exception):
                 await runtime.nfon.aclose()
             await close_targets(runtime.targets.values())
+            if runtime.members.source is not None:
+                with contextlib.suppress(Exception):
+                    await runtime.members.source.aclose()
             runtime.store.close()
 
     async def _run(self, listener: Listener | None) -> int:
@@ -557,8 +615,9 @@ class Daemon:
                 self.runtime.schedules.shutdown()
                 for task in self._stream_tasks:
                     task.cancel()
-                if self._resync_task is not None:
-                    self._resync_task.cancel()
+                for pending in (self._resync_task, self._members_task):
+                    if pending is not None:
+                        pending.cancel()
                 drained = await self.runtime.engine.drain(STOP_TIMEOUT)
                 if not drained:
                     log.warning(
@@ -593,7 +652,7 @@ class Daemon:
         """Learn the directory before declaring readiness, but never wait
         forever on NFON: an outage makes us degraded, not failed. False when
         a stop was asked for meanwhile."""
-        fetch = asyncio.ensure_future(self.runtime.feed.refresh_directory())
+        fetch = asyncio.ensure_future(self._first_directory())
         stop = asyncio.ensure_future(self._stop.wait())
         done, _ = await asyncio.wait(
             {fetch, stop}, timeout=STARTUP_DIRECTORY_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
@@ -605,7 +664,20 @@ class Daemon:
                 log.warning("NFON directory not available yet; continuing without it")
         elif fetch.exception() is not None:
             log.warning("NFON directory not available yet; continuing: %s", fetch.exception())
+        if fetch not in done and not self._stop.is_set():
+            # The group's members were cut off with NFON's wait: on with them
+            # now rather than at the next scheduled refresh.
+            self.refresh_members()
         return not self._stop.is_set()
+
+    async def _first_directory(self) -> None:
+        """NFON's extensions and the group's members, side by side; the
+        members' failure is logged (once) and waits for the schedule."""
+        members = asyncio.ensure_future(self.runtime.schedules.run_now("members"))
+        try:
+            await self.runtime.feed.refresh_directory()
+        finally:
+            await members
 
     # --- reload ---------------------------------------------------------------------
 
@@ -637,6 +709,13 @@ class Daemon:
         self._switch(old, new, nfon_changed, group)
         retired = [t for n, t in old.targets.items() if new.targets.get(n) is not t]
         await close_targets(retired)
+        if _members_key(old.settings) != _members_key(new.settings):
+            source = new.members.source
+            new.members.use(_group_members(new.settings, self.clock))
+            if source is not None:
+                await source.aclose()
+        # A reload is also when an admin expects people who joined to appear.
+        self.refresh_members()
         if nfon_changed:
             with contextlib.suppress(Exception):
                 await old.nfon.aclose()
@@ -656,7 +735,7 @@ class Daemon:
         settings = new.settings
         if self._configure_logging:
             ops_logging.configure(settings.logging.level, settings.logging.format)
-        new.directory.replace_people(settings.people)
+        new.directory.replace_people(settings.people, _group(settings))
         new.engine.set_targets(new.targets)
         new.engine.set_rules(new.rules)
         new.engine.set_people(new.directory.people())
@@ -677,6 +756,7 @@ class Daemon:
         else:
             new.schedules.reschedule("resync", settings.resync.interval)
             new.schedules.reschedule("directory", settings.resync.directory_interval)
+            new.schedules.reschedule("members", _members_interval(settings))
         self._runtime = new
 
     def _refuse(self, why: str, problems: Sequence[str] = ()) -> bool:

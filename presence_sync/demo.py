@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from presence_sync.ops.logging import printable
+from presence_sync.sim import world
+from presence_sync.sim.graph_sim import DIRECTORY_ROLES
 from presence_sync.sim.nfon import NfonSim
 from presence_sync.sim.nfon import serve_in_thread as serve_nfon
 
@@ -95,10 +97,14 @@ def demo_config(services: Services, people: list[tuple[str, str, str]], state_di
         "  customer: K1234",
         "  username: api-user",
         "  password: api-secret",
-        "people:",
+        # Who is synced comes from the Entra group, as in a real rollout.
+        "directory:",
+        "  microsoft:",
+        f"    group: {world.GROUP}",
+        "    extension_from: businessPhones",
+        f'    number_prefix: "{world.PREFIX}"',
+        "  refresh: 1h",
     ]
-    for ext, name, email in people:
-        lines += [f'  - extension: "{ext}"', f"    email: {email}", f"    name: {name}"]
     lines += [
         "microsoft:",
         f"  tenant_id: {s.graph_tenant}",
@@ -248,16 +254,18 @@ async def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     names = {email: name for _, name, email in people}
     nfon_sim = NfonSim(extensions=[(ext, name) for ext, name, _ in people], keepalive=15.0)
     graph = GraphSim()
-    client_id = graph.register_app(secret=GRAPH_SECRET)
-    entra = {email: graph.add_user(email, display_name=name) for _, name, email in people}
+    client_id = graph.register_app(secret=GRAPH_SECRET, roles=DIRECTORY_ROLES)
+    world.seed_graph(
+        graph,
+        [world.Person(ext, name, email, f"{world.PREFIX} {ext}") for ext, name, email in people],
+    )
+    entra = {user.mail or user.user_principal_name: user.id for user in graph.users()}
     slack = SlackSim()
     admin = slack.add_user("it-admin", "it-admin@example.com", role="admin", real_name="IT Admin")
     members = {
         email: slack.add_user(email.split("@")[0], email, real_name=name)
         for _, name, email in people
     }
-    for user in entra.values():
-        graph.sign_in_client(user, "Available")
     for uid in list(members.values())[1::3]:
         # Some set a status of their own: it comes back exactly after a call.
         slack.set_own_status(uid, "Working from home", ":house_with_garden:")

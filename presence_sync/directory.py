@@ -1,12 +1,22 @@
-"""The directory: which configured person sits behind which NFON extension.
+"""The directory: which person sits behind which NFON extension.
 
-It joins the admin's ``people:`` list with NFON's ``/extensions/phone/data``
-(extension numbers and names) into ``model.Person`` values, and reports every
-change as a ``DirectoryChange`` so the engine can clear people who left at
-every target. It also names internal numbers for ``{party_name}``.
+It joins the admin's ``people:`` list and, with ``directory.microsoft``, the
+members of an Entra group (``update_members``, matched by
+``presence_sync.entra``) with NFON's ``/extensions/phone/data`` (extension
+numbers and names) into ``model.Person`` values, and reports every change
+as a ``DirectoryChange`` so the engine can clear people who left at every
+target. It also names internal numbers for ``{party_name}``.
 
-A person is *active* when their extension is listed by NFON; until NFON data
-first arrives everyone configured is active, since nothing says otherwise.
+A typed person is *active* when their extension is listed by NFON; until
+NFON data first arrives everyone typed is active, since nothing says
+otherwise. A group member is active once both NFON's extensions and the
+members are known and the member matched exactly one extension that no
+entry under ``people:`` has (an entry there wins for its extension, and for
+its e-mail address). Conflicts and the unmatched are in ``matching``.
+
+A refresh of the members that would remove more than half of the group's
+people is held (``held``) until the next refresh says the same: an Entra
+hiccup must not give 600 people their status back at once.
 """
 
 from __future__ import annotations
@@ -14,23 +24,27 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Final, Protocol
 
+from presence_sync.entra import ENTRA_ID, Matching, Member, match
 from presence_sync.errors import ConfigError
 from presence_sync.model import ExtensionInfo, Person, frozen_map
 from presence_sync.ops.logging import kv
-from presence_sync.ops.metrics import DIRECTORY_PEOPLE
+from presence_sync.ops.metrics import DIRECTORY_CONFLICTS, DIRECTORY_PEOPLE, DIRECTORY_UNMATCHED
 
-__all__ = ["Directory", "DirectoryChange", "PersonSettingsLike"]
+__all__ = ["Directory", "DirectoryChange", "GroupLike", "Held", "PersonSettingsLike"]
 
 log = logging.getLogger(__name__)
+
+SUMMARY_LIMIT: Final = 100
+"""At most this many conflicts and unmatched of each kind in ``summary``."""
 
 
 class PersonSettingsLike(Protocol):
     """One entry of ``people:`` (``config.PersonSettings`` or anything shaped like it)."""
 
     @property
-    def extension(self) -> str: ...
+    def extension(self) -> str | None: ...
     @property
     def email(self) -> str: ...
     @property
@@ -41,6 +55,26 @@ class PersonSettingsLike(Protocol):
     def ids(self) -> Mapping[str, str]: ...
     @property
     def opt_out(self) -> Iterable[str]: ...
+
+
+class GroupLike(Protocol):
+    """``directory.microsoft`` (``config.EntraGroupSettings`` or alike)."""
+
+    @property
+    def group(self) -> str: ...
+    @property
+    def extension_from(self) -> str: ...
+    @property
+    def number_prefix(self) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A members refresh not taken: it would remove ``removing`` of the
+    group's ``people``. The next refresh with the same members takes it."""
+
+    removing: int
+    people: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +105,18 @@ class Directory:
     extension raises ``ConfigError`` and leaves the directory as it was.
     """
 
-    def __init__(self, people: Sequence[PersonSettingsLike]) -> None:
+    def __init__(
+        self, people: Sequence[PersonSettingsLike], group: GroupLike | None = None
+    ) -> None:
         """Raises ``ConfigError`` when two entries share an e-mail or an extension."""
-        self._configured = _configured(people)
+        self._configured, self._extras = _configured(people)
+        self._group = group
+        self._members: tuple[Member, ...] | None = None
+        self._pending: frozenset[Member] | None = None
+        self.matching: Matching | None = None
+        """How the group's members matched NFON's extensions (None: not yet)."""
+        self.held: Held | None = None
+        """A members refresh held back (see the module docstring)."""
         self._nfon: dict[str, str | None] | None = None
         self._active: dict[str, Person] = {}
         self._by_extension: dict[str, Person] = {}
@@ -110,13 +153,98 @@ class Directory:
         self._nfon = nfon
         return self._rebuild()
 
-    def replace_people(self, people: Sequence[PersonSettingsLike]) -> DirectoryChange:
-        """Take a new ``people:`` list (configuration reload).
+    def replace_people(
+        self, people: Sequence[PersonSettingsLike], group: GroupLike | None = None
+    ) -> DirectoryChange:
+        """Take a new ``people:`` list and ``directory.microsoft``
+        (configuration reload); members of a group that changed are
+        forgotten until the next refresh loads the new group's.
 
         Raises ``ConfigError`` like the constructor, keeping the old list.
         """
-        self._configured = _configured(people)
+        self._configured, self._extras = _configured(people)
+        if group != self._group:
+            self._members = None
+            self._pending = None
+            self.held = None
+        self._group = group
         return self._rebuild()
+
+    @property
+    def group(self) -> GroupLike | None:
+        """``directory.microsoft``, if configured."""
+        return self._group
+
+    def update_members(self, members: Sequence[Member]) -> DirectoryChange:
+        """Take the group's members as Graph listed them (a refresh).
+
+        A list that would remove more than half of the group's people is
+        held (``held``, logged) and taken only when the next refresh brings
+        the same members; an unchanged list changes nothing and costs no
+        rebuild."""
+        fresh = tuple(members)
+        if self._members is not None and frozenset(fresh) == frozenset(self._members):
+            self._pending = None
+            self.held = None
+            return DirectoryChange()
+        before = sum(1 for k in self._active if k not in self._configured)
+        if before >= 2 and self._nfon is not None and self._pending != frozenset(fresh):
+            active, _ = self._compute(fresh)
+            removing = sum(1 for k in self._active if k not in self._configured and k not in active)
+            if removing * 2 > before:
+                self._pending = frozenset(fresh)
+                self.held = Held(removing, before)
+                log.warning(
+                    "directory refresh held: it would remove more than half of the group's "
+                    "people; the next refresh that says the same is taken",
+                    extra=kv(event="directory_held", removing=removing, people=before),
+                )
+                return DirectoryChange()
+        self._pending = None
+        self.held = None
+        self._members = fresh
+        return self._rebuild()
+
+    def summary(self, limit: int = SUMMARY_LIMIT) -> dict[str, Any] | None:
+        """The group's matching for the status API (``docs/api.md``), None
+        without ``directory.microsoft``: the conflicts (each with what to
+        change), the unmatched members and extensions (at most ``limit``
+        of each, with their counts), and a held refresh. Phone numbers are
+        left out: only e-mail addresses and extensions."""
+        group = self._group
+        if group is None:
+            return None
+        matching = self.matching
+        held = self.held
+        doc: dict[str, Any] = {
+            "group": group.group,
+            "extension_from": group.extension_from,
+            "loaded": matching is not None,
+            "people": sum(1 for k in self._active if k not in self._configured),
+            "held": None if held is None else {"removing": held.removing, "people": held.people},
+            "conflicts": [],
+            "unmatched_members": {"count": 0, "emails": []},
+            "unmatched_extensions": {"count": 0, "extensions": []},
+        }
+        if matching is not None:
+            doc["conflicts"] = [
+                {
+                    "kind": c.kind,
+                    "extensions": list(c.extensions),
+                    "members": [m.email for m in c.members],
+                    "change": c.describe(group.extension_from, values=False),
+                }
+                for c in matching.conflicts[:limit]
+            ]
+            doc["unmatched_members"] = {
+                "count": len(matching.unmatched_members),
+                "emails": [m.email for m in matching.unmatched_members[:limit]],
+            }
+            doc["unmatched_extensions"] = {
+                "count": len(matching.unmatched_extensions),
+                "extensions": list(matching.unmatched_extensions[:limit]),
+            }
+        return doc
 
     def name_for_number(self, number: str) -> str | None:
         """The display name of an internal extension: the active person's
@@ -129,7 +257,10 @@ class Directory:
             return None
         return self._nfon.get(number)
 
-    def _rebuild(self) -> DirectoryChange:
+    def _compute(
+        self, members: Sequence[Member] | None
+    ) -> tuple[dict[str, Person], Matching | None]:
+        """The active people (typed, then the group's) and the matching."""
         nfon = self._nfon
         active: dict[str, Person] = {}
         for key, person in self._configured.items():
@@ -140,6 +271,42 @@ class Directory:
                 if person.name is None and nfon_name:
                     person = replace(person, name=nfon_name)
             active[key] = person
+        if self._group is None or members is None or nfon is None:
+            return active, None
+        typed = {p.extension for p in self._configured.values()}
+        free = {e: n for e, n in nfon.items() if e not in typed}
+        found = match(
+            (m for m in members if m.key not in self._configured),
+            free,
+            extension_from=self._group.extension_from,
+            number_prefix=self._group.number_prefix,
+        )
+        for hit in sorted(found.matches, key=lambda h: h.extension):
+            member = hit.member
+            extra = self._extras.get(member.key)
+            name = member.display_name or nfon.get(hit.extension) or None
+            ids = {ENTRA_ID: member.id}
+            if extra is not None:
+                ids.update(extra.ids)
+            active[member.key] = Person(
+                key=member.key,
+                email=member.email,
+                extension=hit.extension,
+                name=extra.name if extra is not None and extra.name else name,
+                groups=extra.groups if extra is not None else frozenset(),
+                ids=frozen_map(ids),
+                opt_out=extra.opt_out if extra is not None else frozenset(),
+            )
+        return active, found
+
+    def _rebuild(self) -> DirectoryChange:
+        nfon = self._nfon
+        active, matching = self._compute(self._members)
+        self.matching = matching
+        if matching is not None:
+            DIRECTORY_CONFLICTS.set(len(matching.conflicts))
+            DIRECTORY_UNMATCHED.labels(kind="member").set(len(matching.unmatched_members))
+            DIRECTORY_UNMATCHED.labels(kind="extension").set(len(matching.unmatched_extensions))
         before = self._active
         change = DirectoryChange(
             added=tuple(p for k, p in active.items() if k not in before),
@@ -198,15 +365,31 @@ class Directory:
         self._none_mapped = none_mapped
 
 
-def _configured(people: Sequence[PersonSettingsLike]) -> dict[str, Person]:
-    """Configured people by key, with configured names only (NFON's come later)."""
+def _configured(
+    people: Sequence[PersonSettingsLike],
+) -> tuple[dict[str, Person], dict[str, Person]]:
+    """Configured people by key, with configured names only (NFON's come
+    later), and the entries without an extension (what they add to a group
+    member with their e-mail) by key."""
     out: dict[str, Person] = {}
+    extras: dict[str, Person] = {}
     extensions: dict[str, str] = {}
     problems: list[str] = []
     for entry in people:
         key = entry.email.strip().lower()
-        if key in out:
+        if key in out or key in extras:
             problems.append(f"{entry.email} is listed twice")
+            continue
+        if entry.extension is None:
+            extras[key] = Person(
+                key=key,
+                email=entry.email.strip(),
+                extension="",
+                name=entry.name or None,
+                groups=frozenset(entry.groups),
+                ids=frozen_map(entry.ids),
+                opt_out=frozenset(entry.opt_out),
+            )
             continue
         other = extensions.get(entry.extension)
         if other is not None:
@@ -224,4 +407,4 @@ def _configured(people: Sequence[PersonSettingsLike]) -> dict[str, Person]:
         )
     if problems:
         raise ConfigError.single("<people>", "people", "; ".join(problems))
-    return out
+    return out, extras

@@ -24,9 +24,10 @@ from presence_sync.api.readiness import Readiness
 from presence_sync.api.status import Parts, PauseView, StatusBuilder
 from presence_sync.clock import Clock
 from presence_sync.config import HttpSettings
+from presence_sync.directory import Directory
 from presence_sync.engine import Engine
 from presence_sync.feed import Feed
-from presence_sync.lines import Lines
+from presence_sync.members import Refresher
 from presence_sync.model import Person
 from presence_sync.net import bind, parse_listen
 from presence_sync.ops.logging import kv
@@ -44,13 +45,16 @@ class Running(Protocol):
     def engine(self) -> Engine: ...
 
     @property
-    def lines(self) -> Lines: ...
-
-    @property
     def pauses(self) -> Pauses: ...
 
     @property
     def feed(self) -> Feed: ...
+
+    @property
+    def directory(self) -> Directory: ...
+
+    @property
+    def members(self) -> Refresher: ...
 
 
 def bind_listener(http: HttpSettings) -> socket.socket | None:
@@ -157,7 +161,20 @@ class DaemonApi:
             readiness=self._readiness(),
             last_resync=running.feed.last_resync,
             paused=self._paused,
+            directory=self._directory,
         )
+
+    def _directory(self) -> Mapping[str, Any] | None:
+        """The Entra group's summary for the status documents (None without
+        ``directory.microsoft``), with when it was last read and why not."""
+        running = self._now()
+        doc = running.directory.summary()
+        if doc is not None:
+            members = running.members
+            last = members.last_success
+            doc["last_refresh"] = None if last is None else last.isoformat(timespec="seconds")
+            doc["error"] = members.error
+        return doc
 
     def _paused(self, key: str) -> PauseView | None:
         row = self._now().pauses.get(key)

@@ -16,7 +16,7 @@ so it stays fast with 10,000 people.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any, Final
@@ -81,6 +81,8 @@ class Parts:
     last_resync: datetime | None
     paused: Callable[[str], PauseView | None] = field(default=_no_pauses)
     """The pause of a person key, if any."""
+    directory: Callable[[], Mapping[str, Any] | None] = field(default=lambda: None)
+    """The Entra group's matching (``Directory.summary``), None without one."""
 
 
 def iso(when: datetime | None, zone: tzinfo | None = None) -> str | None:
@@ -138,6 +140,7 @@ class StatusBuilder:
             "offset": offset,
             "limit": limit,
             "people": docs,
+            "directory": parts.directory(),
         }
 
     def person(self, who: str) -> dict[str, Any] | None:

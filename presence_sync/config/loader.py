@@ -407,6 +407,9 @@ class _Checker:
             lists = {str(n): {} for n in raw_lists} if isinstance(raw_lists, dict) else {}
             timezone = _valid_zone(data.get("timezone"))
         people, groups = _people_and_groups(data.get("people"))
+        # People from a directory (an Entra group) are known only at run
+        # time, so a rule may name anyone once `directory:` is configured.
+        named: frozenset[str] | None = None if data.get("directory") is not None else people
         try:
             return compile_rules(
                 raw,
@@ -415,10 +418,7 @@ class _Checker:
                 timezone=timezone,
                 problem=self.problem,
                 locate=self.locate,
-                # Everyone is under `people:` today. Once a directory (an Entra
-                # group) adds people, pass None here or include them, or a rule
-                # naming one of those would be refused.
-                people=people,
+                people=named,
                 groups=groups,
             )
         except ConfigError as exc:
@@ -435,7 +435,7 @@ class _Checker:
     def warnings(self, settings: Settings) -> list[ConfigProblem]:
         """Valid, but most likely not what the admin meant."""
         found: list[ConfigProblem] = []
-        if not settings.people:
+        if not settings.people and settings.directory is None:
             found.append(
                 self.problem(
                     ("people",),
@@ -452,6 +452,11 @@ class _Checker:
         people = data.get("people")
         if not isinstance(people, list):
             return
+        if data.get("directory") is None:
+            # Only a group member can be a person without an extension.
+            for i, entry in enumerate(people):
+                if isinstance(entry, dict) and entry.get("extension") is None:
+                    self.at(("people", i, "extension"), "required key missing")
         self._unique(people, "extension", lambda v: v.strip())
         self._unique(people, "email", normalise_email)
         # The standard kinds count even when not enabled, so that ids and

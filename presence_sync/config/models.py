@@ -36,6 +36,7 @@ from pydantic_core import core_schema
 
 from presence_sync.config.reading import Index, Position
 from presence_sync.config.secrets import ALSO_FROM_FILE
+from presence_sync.entra import ExtensionFrom, digits
 from presence_sync.errors import ConfigProblem, key_path
 from presence_sync.model import Person
 from presence_sync.net import parse_listen, split_host
@@ -59,7 +60,9 @@ from presence_sync.targets.base import TargetOptions
 __all__ = [
     "DEFAULT_NFON_URL",
     "DEFAULT_STATE_PATH",
+    "DirectorySettings",
     "Duration",
+    "EntraGroupSettings",
     "HttpSettings",
     "HttpURL",
     "LoggingSettings",
@@ -241,10 +244,13 @@ class PersonSettings(_Section):
 
     ``email`` is stored lower-cased and is the person's identity;
     ``ids`` maps a target name to the person's id there (skips a lookup);
-    ``opt_out`` lists target names this person does not want.
+    ``opt_out`` lists target names this person does not want. Without
+    ``extension`` (allowed only with ``directory:``) the entry adds its
+    ``name``, ``groups``, ``ids`` and ``opt_out`` to the group member with
+    that e-mail address.
     """
 
-    extension: _Extension
+    extension: _Extension | None = None
     email: _Email
     name: _Text | None = None
     groups: list[_Text] = []
@@ -252,7 +258,10 @@ class PersonSettings(_Section):
     opt_out: list[str] = []
 
     def to_person(self) -> Person:
-        """The domain ``Person`` of this entry."""
+        """The domain ``Person`` of this entry; ``ValueError`` for an entry
+        without an extension (it is no person of its own)."""
+        if self.extension is None:
+            raise ValueError(f"{self.email} has no extension: it only adds to a group member")
         return Person(
             key=self.email,
             email=self.email,
@@ -293,6 +302,29 @@ _NumberList: TypeAlias = Annotated[
         )
     ),
 ]
+
+
+def _number_prefix(value: str) -> str:
+    if not digits(value):
+        raise ValueError('must be the number in front of the extensions, like "+49 89 45300"')
+    return value
+
+
+class EntraGroupSettings(_Section):
+    """``directory.microsoft``: whose lines are mirrored is an Entra group's
+    members, matched to NFON extensions (see ``presence_sync.entra``)."""
+
+    group: _Text
+    """The group's display name or object id; nested groups' members count."""
+    extension_from: ExtensionFrom = "businessPhones"
+    number_prefix: Annotated[str, AfterValidator(_number_prefix)] | None = None
+
+
+class DirectorySettings(_Section):
+    """``directory:``, people from a directory beside or instead of ``people:``."""
+
+    microsoft: EntraGroupSettings
+    refresh: _PositiveDuration = 3600.0
 
 
 class ResyncSettings(_Section):
@@ -421,6 +453,7 @@ class Settings(_Section):
     slack: SlackSettings | None = None
     tls: TlsSettings = TlsSettings()
     people: list[PersonSettings] = []
+    directory: DirectorySettings | None = None
     lists: dict[str, _NumberList] = Field(default={}, repr=False)
     targets: dict[str, TargetSpec] = {}
     rules: list[Any] | None = None
@@ -460,6 +493,19 @@ class Settings(_Section):
                         f"{name} (slack_dnd) needs people's own Slack tokens under "
                         "slack.user_tokens: Slack's dnd methods act only on the token's own user"
                     )
+        return value
+
+    @field_validator("directory")
+    @classmethod
+    def _directory_has_microsoft(
+        cls, value: DirectorySettings | None, info: ValidationInfo
+    ) -> DirectorySettings | None:
+        # ``microsoft`` is declared before ``directory``: validated already.
+        if value is not None and not isinstance(info.data.get("microsoft"), MicrosoftSettings):
+            raise ValueError(
+                "directory.microsoft reads the group with the app of the microsoft: "
+                "section: add microsoft: (tenant_id, client_id, client_secret)"
+            )
         return value
 
     @model_validator(mode="after")

@@ -382,7 +382,12 @@ class Outcomes:
         person, key, name = flight.person, flight.key, lane.name
         ledger = self._ledger
         if row.keep is Keep.CONFIRMED:
-            ledger.record(name, person, outcome.applied)
+            applied = outcome.applied
+            if applied is not None and applied.status is None and key not in self._book.people:
+                # Someone who left and is now cleared here: nothing of theirs
+                # is kept (a target's memo included), so they are forgotten.
+                applied = None
+            ledger.record(name, person, applied)
         elif row.keep is Keep.BEFORE:
             ledger.rejected(name, person, flight.before)
         else:

@@ -37,7 +37,9 @@ __all__ = [
     "CALL_TALK_DURATION",
     "CONFIG_LAST_RELOAD_SUCCESS",
     "CONFIG_RELOADS",
+    "DIRECTORY_CONFLICTS",
     "DIRECTORY_PEOPLE",
+    "DIRECTORY_UNMATCHED",
     "DIRTY_KEYS",
     "EVENT_TO_APPLY",
     "NFON_LOGINS",
@@ -139,6 +141,15 @@ DIRECTORY_PEOPLE = Gauge(
     "presence_sync_directory_extensions",
     "Extensions known from NFON, by whether a configured person sits behind them",
     ["mapping"],
+)
+DIRECTORY_CONFLICTS = Gauge(
+    "presence_sync_directory_conflicts",
+    "Ambiguous matches of group members to extensions (people in them are not synced)",
+)
+DIRECTORY_UNMATCHED = Gauge(
+    "presence_sync_directory_unmatched",
+    "Group members on no extension (kind=member), extensions with no member (kind=extension)",
+    ["kind"],
 )
 
 # --- calls (from the NFON call stream; see ops/calls.py) ----------------------------------

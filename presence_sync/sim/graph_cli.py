@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from presence_sync.sim import options
+from presence_sync.sim import options, world
 
 if TYPE_CHECKING:
     from presence_sync.sim.graph import GraphHandle
@@ -32,9 +32,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="users user1@example.com .. userN@example.com")  # fmt: skip
     parser.add_argument("--token-lifetime", type=options.positive, default=3600.0,
                         metavar="SECONDS", help="access token lifetime")  # fmt: skip
+    world.add_argument(parser)
     parser.add_argument("--tls-dir", type=Path, default=None, metavar="DIR",
                         help="where to write the CA and server certificate "
                         "(default: a temporary directory, removed at exit)")  # fmt: skip
+
+
+_DIRECTORY_BLOCK = f"""directory:
+  microsoft:
+    group: {world.GROUP}
+    extension_from: businessPhones
+    number_prefix: "{world.PREFIX}"
+  refresh: 1h
+"""
 
 
 def config_block(handle: GraphHandle, client_id: str, secret: str) -> str:
@@ -57,11 +67,17 @@ async def run(args: argparse.Namespace) -> int:
     when it cannot write its certificates; raises ``CannotListen`` when it
     cannot listen."""
     from presence_sync.sim.graph import GraphSim, serve
+    from presence_sync.sim.graph_sim import ALL_ROLES, DIRECTORY_ROLES
 
     sim = GraphSim(tenant=args.tenant, token_lifetime=args.token_lifetime)
-    client_id = sim.register_app(args.client_id, secret=args.client_secret)
-    for n in range(1, args.users + 1):
-        sim.add_user(f"user{n}@example.com", user_id=str(uuid.UUID(int=n)))
+    people = getattr(args, "world", None)
+    roles = DIRECTORY_ROLES if people is not None else ALL_ROLES
+    client_id = sim.register_app(args.client_id, secret=args.client_secret, roles=roles)
+    if people is not None:
+        world.seed_graph(sim, people)
+    else:
+        for n in range(1, args.users + 1):
+            sim.add_user(f"user{n}@example.com", user_id=str(uuid.UUID(int=n)))
     from presence_sync.sim.serve import CannotListen
 
     try:
@@ -77,7 +93,8 @@ async def run(args: argparse.Namespace) -> int:
             f"Graph simulator: authority={handle.authority()} graph_url={handle.graph_url}\n"
             f"CA certificate: {handle.ca_path}\n"
             f"control API: {handle.origin}/_sim/\n\n"
-            + config_block(handle, client_id, args.client_secret),
+            + config_block(handle, client_id, args.client_secret)
+            + (_DIRECTORY_BLOCK if people is not None else ""),
             flush=True,
         )
         await asyncio.Event().wait()

@@ -54,18 +54,48 @@ class _Control:
 
     async def users(self, request: Request) -> Response:
         if request.method == "GET":
-            return JSONResponse([u.resource() for u in self.sim.users()])
-        return await self._call(
-            request,
-            lambda b: {
-                "id": self.sim.add_user(
-                    b["userPrincipalName"],
-                    mail=b.get("mail", ""),
-                    user_id=b.get("id"),
-                    display_name=b.get("displayName"),
-                )
-            },
-        )
+            return JSONResponse([u.selectable() for u in self.sim.users()])
+
+        def act(b: dict[str, Any]) -> dict[str, str]:
+            user_id = self.sim.add_user(
+                b["userPrincipalName"],
+                mail=b.get("mail", ""),
+                user_id=b.get("id"),
+                display_name=b.get("displayName"),
+            )
+            rest = {k: v for k, v in b.items() if k not in _ADD_USER_KEYS}
+            if rest:
+                self.sim.change_user(user_id, **rest)
+            return {"id": user_id}
+
+        return await self._call(request, act)
+
+    async def user(self, request: Request) -> Response:
+        user_id = request.path_params["user"]
+        return await self._call(request, lambda b: self.sim.change_user(user_id, **b))
+
+    async def groups(self, request: Request) -> Response:
+        if request.method == "GET":
+            return JSONResponse(
+                [
+                    {"id": g.id, "displayName": g.display_name, "members": g.members}
+                    for g in self.sim.groups()
+                ]
+            )
+
+        def act(b: dict[str, Any]) -> dict[str, str]:
+            group_id = self.sim.add_group(str(b["displayName"]), group_id=b.get("id"))
+            for member in b.get("members") or []:
+                self.sim.add_member(group_id, str(member))
+            return {"id": group_id}
+
+        return await self._call(request, act)
+
+    async def members(self, request: Request) -> Response:
+        group_id = request.path_params["group"]
+        if request.method == "DELETE":
+            return await self._call(request, lambda b: self.sim.remove_member(group_id, b["id"]))
+        return await self._call(request, lambda b: self.sim.add_member(group_id, b["id"]))
 
     async def apps(self, request: Request) -> Response:
         def act(b: dict[str, Any]) -> dict[str, str]:
@@ -169,6 +199,9 @@ class _Control:
         return await self._call(request, lambda b: clock.advance(float(b["seconds"])))
 
 
+_ADD_USER_KEYS = frozenset({"userPrincipalName", "mail", "id", "displayName"})
+
+
 def control_routes(sim: GraphSim) -> list[Route]:
     """The ``/_sim/`` routes for ``sim``, the index included."""
     c = _Control(sim)
@@ -176,7 +209,21 @@ def control_routes(sim: GraphSim) -> list[Route]:
     routes: list[Route] = [
         ControlRoute("/_sim/users", c.users, {
             "GET": "every user",
-            "POST": "add a user {userPrincipalName, mail?, id?, displayName?}; answers {id}",
+            "POST": "add a user {userPrincipalName, mail?, id?, displayName?, businessPhones?, "
+                    "mobilePhone?, employeeId?, accountEnabled?, extensionAttributeN?}; "
+                    "answers {id}",
+        }),
+        ControlRoute(user, c.user, {
+            "PATCH": "change a user {businessPhones?, mobilePhone?, employeeId?, "
+                     "accountEnabled?, displayName?, mail?, extensionAttributeN?}",
+        }),
+        ControlRoute("/_sim/groups", c.groups, {
+            "GET": "every group with its direct members",
+            "POST": "add a group {displayName, id?, members?: [object ids]}; answers {id}",
+        }),
+        ControlRoute("/_sim/groups/{group}/members", c.members, {
+            "POST": "add a user or group as a direct member {id}",
+            "DELETE": "remove a direct member {id}",
         }),
         ControlRoute("/_sim/apps", c.apps, {
             "POST": "register an app {client_id?, tenant?, secret?, certificate_pem?, roles?}",

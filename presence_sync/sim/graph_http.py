@@ -18,7 +18,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,7 +28,7 @@ from starlette.routing import Route
 from presence_sync.sim.graph_control import control_routes
 from presence_sync.sim.graph_identity import Principal, TokenRejected, aadsts
 from presence_sync.sim.graph_presence import StatusMessage
-from presence_sync.sim.graph_sim import GraphSim
+from presence_sync.sim.graph_sim import GraphSim, User
 from presence_sync.sim.graph_wire import (
     GraphError,
     RecordedRequest,
@@ -44,7 +44,14 @@ _FILTER = re.compile(r"^\s*(mail|userPrincipalName)\s+eq\s+'((?:[^']|'')*)'\s*$"
 _USER_PROPERTIES = (
     "id", "userPrincipalName", "mail", "displayName", "givenName", "surname",
     "businessPhones", "jobTitle", "mobilePhone", "officeLocation", "preferredLanguage",
+    "accountEnabled", "employeeId", "onPremisesExtensionAttributes",
 )  # fmt: skip
+_GROUP_FILTER = re.compile(r"^\s*displayName\s+eq\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE)
+_READ_MEMBERS = frozenset(
+    {"GroupMember.Read.All", "Group.Read.All", "Directory.Read.All", "Group.ReadWrite.All"}
+)
+_MEMBERS_DEFAULT_PAGE = 100
+_MEMBERS_MAX_PAGE = 999
 _READ_USERS = frozenset({"User.Read.All"})
 _READ_PRESENCE = frozenset({"Presence.Read.All", "Presence.ReadWrite.All"})
 _WRITE_PRESENCE = frozenset({"Presence.ReadWrite.All"})
@@ -268,16 +275,17 @@ class _Graph:
         return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
 
     # -- users -----------------------------------------------------------------------
-    def _select(self, request: Request, resource: dict[str, Any]) -> dict[str, Any]:
+    def _select(self, request: Request, user: User) -> dict[str, Any]:
         select = request.query_params.get("$select")
         if not select:
-            return resource
+            return user.resource()
         wanted = [p.strip() for p in select.split(",") if p.strip()]
         for name in wanted:
             if name not in _USER_PROPERTIES:
                 raise bad_request(
                     f"Could not find a property named '{name}' on type 'microsoft.graph.user'."
                 )
+        resource = user.selectable()
         return {name: resource[name] for name in wanted}
 
     async def get_user(self, request: Request, who: Principal, _body: Any) -> Response:
@@ -286,7 +294,7 @@ class _Graph:
         user = self.sim.find_user(self.user(request.path_params["user"]))
         assert user is not None
         body = {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users/$entity"}
-        return _json(200, body | self._select(request, user.resource()))
+        return _json(200, body | self._select(request, user))
 
     async def list_users(self, request: Request, who: Principal, _body: Any) -> Response:
         self.require(who, _READ_USERS, "Authorization_RequestDenied",
@@ -310,9 +318,85 @@ class _Graph:
             200,
             {
                 "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users",
-                "value": [self._select(request, u.resource()) for u in users],
+                "value": [self._select(request, u) for u in users],
             },
         )
+
+    # -- groups --------------------------------------------------------------------
+    def _members_call(self, who: Principal) -> None:
+        self.require(who, _READ_MEMBERS, "Authorization_RequestDenied",
+                     "Insufficient privileges to complete the operation.")  # fmt: skip
+
+    async def list_groups(self, request: Request, who: Principal, _body: Any) -> Response:
+        self._members_call(who)
+        groups = self.sim.groups()
+        query = request.query_params.get("$filter")
+        if query is not None:
+            match = _GROUP_FILTER.match(query)
+            if match is None:
+                raise bad_request(
+                    f"Unsupported or invalid query filter clause specified: {query}",
+                    "Request_UnsupportedQuery",
+                )
+            # displayName eq is case-insensitive in Entra.
+            wanted = match.group(1).replace("''", "'").lower()
+            groups = [g for g in groups if g.display_name.lower() == wanted]
+        select = request.query_params.get("$select")
+        names = [p.strip() for p in select.split(",")] if select else ["id", "displayName"]
+        value = [{"id": g.id, "displayName": g.display_name} for g in groups]
+        return _json(
+            200,
+            {
+                "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#groups",
+                "value": [{k: v for k, v in g.items() if k in names} for g in value],
+            },
+        )
+
+    async def transitive_users(self, request: Request, who: Principal, _body: Any) -> Response:
+        self._members_call(who)
+        group_id = request.path_params["group"]
+        _guid(group_id)
+        if self.sim.find_group(group_id) is None:
+            raise GraphError(
+                404,
+                "Request_ResourceNotFound",
+                f"Resource '{group_id}' does not exist or one of its queried reference-property "
+                "objects are not present.",
+            )
+        raw_top = request.query_params.get("$top")
+        try:
+            top = _MEMBERS_DEFAULT_PAGE if raw_top is None else int(raw_top)
+        except ValueError:
+            raise bad_request(f"Invalid page size specified: '{raw_top}'.") from None
+        if not 1 <= top <= _MEMBERS_MAX_PAGE:
+            raise bad_request(
+                f"Invalid page size specified: '{raw_top}'. Must be between 1 and 999 inclusive.",
+                "Request_UnsupportedQuery",
+            )
+        token = request.query_params.get("$skiptoken")
+        start = 0
+        if token is not None:
+            try:
+                start = int(token, 16)
+            except ValueError:
+                raise bad_request("Invalid $skiptoken.", "Request_UnsupportedQuery") from None
+        users = self.sim.transitive_users(group_id)
+        page = users[start : start + top]
+        body: dict[str, Any] = {
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#users",
+            "value": [
+                {"@odata.type": "#microsoft.graph.user"} | self._select(request, u) for u in page
+            ],
+        }
+        if start + top < len(users):
+            query = [
+                (k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True)
+                if k != "$skiptoken"
+            ]  # fmt: skip
+            query.append(("$skiptoken", format(start + top, "x")))
+            origin = f"{request.url.scheme}://{request.url.netloc}"
+            body["@odata.nextLink"] = f"{origin}{request.url.path}?{urlencode(query)}"
+        return _json(200, body)
 
     # -- presence ------------------------------------------------------------------
     def _presence_call(self, who: Principal, allowed: frozenset[str]) -> None:
@@ -418,6 +502,12 @@ def build_app(sim: GraphSim) -> Starlette:
     user = GRAPH + "/users/{user}"
     routes = [
         Route(GRAPH + "/users", g.graph(g.list_users), methods=["GET"]),
+        Route(GRAPH + "/groups", g.graph(g.list_groups), methods=["GET"]),
+        Route(
+            GRAPH + "/groups/{group}/transitiveMembers/microsoft.graph.user",
+            g.graph(g.transitive_users),
+            methods=["GET"],
+        ),
         Route(user, g.graph(g.get_user), methods=["GET"]),
         Route(user + "/presence", g.graph(g.get_presence), methods=["GET"]),
         Route(user + "/presence/setPresence", g.graph(g.set_presence), methods=["POST"]),

@@ -56,6 +56,9 @@ KNOWN_ROLES = frozenset(
         "Calendars.Read",
         "Calendars.ReadBasic",
         "Calendars.ReadWrite",
+        "GroupMember.Read.All",
+        "Group.Read.All",
+        "Directory.Read.All",
     }
 )
 # Entra allows this much clock skew on client assertions.

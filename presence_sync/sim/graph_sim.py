@@ -11,7 +11,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -20,10 +20,21 @@ from presence_sync.sim.graph_identity import App, Identity, Principal
 from presence_sync.sim.graph_presence import Presence, StatusMessage
 from presence_sync.sim.graph_wire import GraphError, RecordedRequest, SimClock, format_datetime_tz
 
-__all__ = ["ALL_ROLES", "PRESENCE_LIMIT", "GraphSim", "RecordedRequest", "SimClock", "User"]
+__all__ = [
+    "ALL_ROLES",
+    "DIRECTORY_ROLES",
+    "PRESENCE_LIMIT",
+    "GraphSim",
+    "Group",
+    "RecordedRequest",
+    "SimClock",
+    "User",
+]
 
 ALL_ROLES = frozenset({"Presence.ReadWrite.All", "User.Read.All", "Calendars.ReadWrite"})
 """What presence-sync's app registration is granted when nothing else is said."""
+DIRECTORY_ROLES = ALL_ROLES | {"GroupMember.Read.All"}
+"""Also what people from a group (``directory.microsoft``) need."""
 PRESENCE_LIMIT = 1500
 PRESENCE_WINDOW = timedelta(seconds=30)
 
@@ -43,6 +54,12 @@ class User:
     user_principal_name: str
     mail: str | None
     display_name: str
+    business_phones: tuple[str, ...] = ()
+    mobile_phone: str | None = None
+    employee_id: str | None = None
+    account_enabled: bool = True
+    extension_attributes: tuple[tuple[str, str], ...] = ()
+    """``onPremisesExtensionAttributes`` set (name, value); the rest are null."""
 
     def resource(self) -> dict[str, Any]:
         """The ``user`` resource's default properties."""
@@ -54,12 +71,45 @@ class User:
             "displayName": self.display_name,
             "givenName": given or None,
             "surname": surname or None,
-            "businessPhones": [],
+            "businessPhones": list(self.business_phones),
             "jobTitle": None,
-            "mobilePhone": None,
+            "mobilePhone": self.mobile_phone,
             "officeLocation": None,
             "preferredLanguage": None,
         }
+
+    def selectable(self) -> dict[str, Any]:
+        """Every property ``$select`` may name: the defaults and the ones
+        Graph returns only when selected."""
+        attributes = dict(self.extension_attributes)
+        return self.resource() | {
+            "accountEnabled": self.account_enabled,
+            "employeeId": self.employee_id,
+            "onPremisesExtensionAttributes": {
+                f"extensionAttribute{i}": attributes.get(f"extensionAttribute{i}")
+                for i in range(1, 16)
+            },
+        }
+
+
+_USER_FIELDS = {
+    "businessPhones": "business_phones",
+    "mobilePhone": "mobile_phone",
+    "employeeId": "employee_id",
+    "accountEnabled": "account_enabled",
+    "displayName": "display_name",
+    "mail": "mail",
+}
+
+
+@dataclass
+class Group:
+    """A security or Microsoft 365 group; ``members`` are object ids of
+    users and of nested groups, in the order they were added."""
+
+    id: str
+    display_name: str
+    members: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -96,6 +146,7 @@ class GraphSim:
         self.identity = Identity(self.now, token_lifetime=timedelta(seconds=token_lifetime))
         self.identity.add_tenant(self.tenant)
         self._users: dict[str, User] = {}
+        self._groups: dict[str, Group] = {}
         self._presence: dict[str, Presence] = {}
         self._calendars: dict[str, Calendar] = {}
         self._log: list[RecordedRequest] = []
@@ -253,6 +304,83 @@ class GraphSim:
     def tokens_issued(self) -> int:
         with self._lock:
             return self.identity.issued
+
+    def change_user(self, user_id: str, **changes: Any) -> None:
+        """Change a user's properties by their Graph names (``businessPhones``,
+        ``mobilePhone``, ``employeeId``, ``accountEnabled``, ``displayName``,
+        ``mail``, ``extensionAttribute1``..``15``); raises ``KeyError`` for
+        an unknown user or property."""
+        with self._lock:
+            user = self._users[user_id.lower()]
+            attributes = dict(user.extension_attributes)
+            fields: dict[str, Any] = {}
+            for name, value in changes.items():
+                if name.startswith("extensionAttribute") and name[18:].isdigit():
+                    if not 1 <= int(name[18:]) <= 15:
+                        raise KeyError(name)
+                    if value is None:
+                        attributes.pop(name, None)
+                    else:
+                        attributes[name] = str(value)
+                elif name == "businessPhones":
+                    fields["business_phones"] = tuple(str(v) for v in value)
+                elif name == "accountEnabled":
+                    fields["account_enabled"] = bool(value)
+                else:
+                    fields[_USER_FIELDS[name]] = value
+            fields["extension_attributes"] = tuple(sorted(attributes.items()))
+            self._users[user.id] = replace(user, **fields)
+
+    def add_group(self, display_name: str, *, group_id: str | None = None) -> str:
+        """Add an (empty) group; returns its object id."""
+        with self._lock:
+            group_id = (group_id or str(uuid.uuid4())).lower()
+            uuid.UUID(group_id)
+            self._groups[group_id] = Group(group_id, display_name)
+            return group_id
+
+    def add_member(self, group_id: str, member_id: str) -> None:
+        """Make a user or another group a direct member (once)."""
+        with self._lock:
+            group = self._groups[group_id.lower()]
+            member = member_id.lower()
+            if member not in self._users and member not in self._groups:
+                raise KeyError(f"no user or group {member_id}")
+            if member not in group.members:
+                group.members.append(member)
+
+    def remove_member(self, group_id: str, member_id: str) -> None:
+        """Remove a direct member; raises ``KeyError`` when it is not one."""
+        with self._lock:
+            self._groups[group_id.lower()].members.remove(member_id.lower())
+
+    def groups(self) -> list[Group]:
+        with self._lock:
+            return [Group(g.id, g.display_name, list(g.members)) for g in self._groups.values()]
+
+    def find_group(self, group_id: str) -> Group | None:
+        with self._lock:
+            return self._groups.get(group_id.lower())
+
+    def transitive_users(self, group_id: str) -> list[User]:
+        """Every user in the group or a group nested in it, each once, in
+        the order reached (a group nested in itself is walked once)."""
+        with self._lock:
+            seen_groups: set[str] = set()
+            seen_users: dict[str, User] = {}
+
+            def walk(gid: str) -> None:
+                if gid in seen_groups:
+                    return
+                seen_groups.add(gid)
+                for member in self._groups[gid].members:
+                    if member in self._users:
+                        seen_users.setdefault(member, self._users[member])
+                    elif member in self._groups:
+                        walk(member)
+
+            walk(group_id.lower())
+            return list(seen_users.values())
 
     # -- used by graph_http ----------------------------------------------------
     def lock(self) -> threading.RLock:

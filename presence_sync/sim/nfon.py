@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from presence_sync.sim import options
+from presence_sync.sim import options, world
 from presence_sync.sim.nfon_serve import Server, SimHandle, SimProxy, serve, serve_in_thread
 from presence_sync.sim.nfon_sim import NfonSim, NfonStats
 from presence_sync.sim.nfon_streams import StreamKind
@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="close a stream when the token that opened it expires")  # fmt: skip
     parser.add_argument("--event-ids", action="store_true", help="add 'id:' lines to events")
     parser.add_argument("--seed", type=int, default=None, help="seed for names, uuids, traffic")
+    world.add_argument(parser)
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -67,7 +68,11 @@ async def run(args: argparse.Namespace) -> int:
         customer=args.customer,
         username=args.username,
         password=args.password,
-        extensions=args.extensions,
+        extensions=(
+            args.extensions
+            if getattr(args, "world", None) is None
+            else [(p.extension, p.name) for p in args.world]
+        ),
         token_lifetime=args.token_lifetime,
         refresh_lifetime=getattr(args, "refresh_lifetime", 3600.0),
         keepalive=args.keepalive or None,

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from presence_sync.sim import options
+from presence_sync.sim import options, world
 from presence_sync.sim import serve as _serving
 from presence_sync.sim.slack import IssuedToken, SlackSim
 from presence_sync.sim.slack_http import build_app
@@ -82,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="N", help="colleagues to create, each with a token")  # fmt: skip
     parser.add_argument("--free-plan", action="store_true",
                         help="a free workspace: no setting other people's profiles")  # fmt: skip
+    world.add_argument(parser)
 
 
 def describe(
@@ -102,7 +103,14 @@ def describe(
 async def run(args: argparse.Namespace) -> int:
     """Serve a simulator built from ``args`` until cancelled. Returns 0."""
     sim = SlackSim(paid=not args.free_plan)
-    admin, tokens = populate(sim, args.people)
+    people = getattr(args, "world", None)
+    if people is None:
+        admin, tokens = populate(sim, args.people)
+    else:
+        admin, tokens = populate(sim, 0)
+        for person in people:
+            uid = sim.add_user(person.handle, person.email, real_name=person.name)
+            tokens.append(sim.add_token(uid, token_id=person.handle))
     async with serve(sim, args.host, args.port) as handle:
         describe(handle, admin, tokens, sys.stdout)
         await asyncio.Event().wait()

@@ -41,6 +41,7 @@ import requests
 from pydantic import Field
 
 from presence_sync.clock import Clock
+from presence_sync.entra import ENTRA_ID
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.model import Person
 from presence_sync.net import describe_error, proxy_for, retry_after, tls_context
@@ -408,7 +409,7 @@ class GraphClient:
         Raises ``PermanentError`` naming the person when the tenant has no
         such user.
         """
-        for name in (self.target, *MICROSOFT_KINDS):
+        for name in (self.target, *MICROSOFT_KINDS, ENTRA_ID):
             given = person.ids.get(name)
             if given:
                 return given

@@ -75,6 +75,20 @@ ID_MAX_AGE = 7 * 24 * 3600.0
 """How long an e-mail → Slack user id lookup is trusted (a week): ids never
 change, but a person who left and came back gets a new one."""
 
+ROSTER_AFTER = 20
+"""After this many ``users.lookupByEmail`` calls, ids come from one read of
+``users.list`` instead (Tier 2, 200 members a page: 50 requests for 10,000
+people, where one lookup each, Tier 3 at about 50 a minute, would take over
+three hours). Small teams keep their few lookups."""
+ROSTER_PAGE = 200
+"""Members per ``users.list`` page: Slack recommends no more than 200."""
+ROSTER_MAX_AGE = 3600.0
+"""A member list older than this is read again on the next miss."""
+ROSTER_PAGE_ATTEMPTS = 10
+"""Tries per member-list page when Slack says ``ratelimited``."""
+ROSTER_RETRY = 60.0
+"""After a failed read of the member list, the next try waits this long."""
+
 _AUTH = {
     "invalid_auth": "the token is not valid: check slack.token / user_tokens",
     "not_authed": "no token was sent: check slack.token / user_tokens",
@@ -151,6 +165,11 @@ class SlackClient:
         # would ignore NO_PROXY; None lets urllib decide, honouring NO_PROXY.
         self._web.proxy = proxy
         self.timeout = settings.request_timeout
+        self.lookups = 0
+        """``users.lookupByEmail`` calls so far."""
+        self._roster: dict[str, str] | None = None
+        self._roster_at = -ROSTER_MAX_AGE
+        self._roster_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         people = len(self._settings.user_tokens)
@@ -190,6 +209,12 @@ class SlackClient:
         cached = None if fresh else memory.cached_id("user", person.email.lower(), ID_MAX_AGE)
         if cached is not None:
             return Who(token=token, user=cached, own=False, cached=True)
+        if not fresh and self.lookups >= ROSTER_AFTER:
+            listed = (await self._read_roster(token)).get(person.email.lower())
+            if listed is not None:
+                memory.cache_id("user", person.email.lower(), listed)
+                return Who(token=token, user=listed, own=False)
+        self.lookups += 1
         answer = await self.call("users.lookupByEmail", token, person, email=person.email)
         user = answer.get("user")
         user_id = user.get("id") if isinstance(user, Mapping) else None
@@ -197,6 +222,62 @@ class SlackClient:
             raise TransientError(f"slack {self._target}: users.lookupByEmail gave no user id")
         memory.cache_id("user", person.email.lower(), user_id)
         return Who(token=token, user=user_id, own=False)
+
+    async def _read_roster(self, token: str) -> Mapping[str, str]:
+        """Slack's members (e-mail → id) from ``users.list``, read at most
+        once per ``ROSTER_MAX_AGE`` however many people ask at once. Empty
+        when Slack does not list e-mail addresses to this token (no
+        ``users:read.email``) or the read fails: lookups go on one by one."""
+        async with self._roster_lock:
+            now = self._clock.monotonic()
+            if self._roster is not None and now - self._roster_at < ROSTER_MAX_AGE:
+                return self._roster
+            self._roster_at = now
+            anyone = Person(key="", email="the member list", extension="")
+            roster: dict[str, str] = {}
+            cursor = ""
+            try:
+                while True:
+                    args: dict[str, Any] = {"limit": ROSTER_PAGE}
+                    if cursor:
+                        args["cursor"] = cursor
+                    data = await self._page(token, anyone, args)
+                    listed = data.get("members")
+                    for member in listed if isinstance(listed, list) else ():
+                        if not isinstance(member, Mapping) or member.get("is_bot"):
+                            continue
+                        profile = member.get("profile")
+                        email = profile.get("email") if isinstance(profile, Mapping) else None
+                        uid = member.get("id")
+                        if isinstance(email, str) and email and isinstance(uid, str):
+                            roster[email.lower()] = uid
+                    meta = data.get("response_metadata")
+                    cursor = str(meta.get("next_cursor") or "") if isinstance(meta, Mapping) else ""
+                    if not cursor:
+                        break
+            except (AuthError, PermanentError, TransientError) as exc:
+                log.warning(
+                    "slack: reading the member list failed; looking people up one by one",
+                    extra={"target": self._target, "error": str(exc)},
+                )
+                # Asked again in a minute; until then, one by one.
+                self._roster_at = now - ROSTER_MAX_AGE + ROSTER_RETRY
+                self._roster = None
+                return {}
+            self._roster = roster
+            return roster
+
+    async def _page(self, token: str, anyone: Person, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        """One ``users.list`` page; Tier 2 allows about 20 a minute, so a
+        ``ratelimited`` answer waits the time Slack asks and tries again."""
+        for _ in range(ROSTER_PAGE_ATTEMPTS - 1):
+            try:
+                return await self.call("users.list", token, anyone, **args)
+            except TransientError as exc:
+                if exc.retry_after is None:
+                    raise
+                await self._clock.sleep(exc.retry_after)
+        return await self.call("users.list", token, anyone, **args)
 
     async def call(
         self, method: str, token: str, person: Person, *, own: bool = False, **args: Any

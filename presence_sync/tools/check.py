@@ -10,8 +10,15 @@
    NFON's directory (and the name NFON has for it), their Entra user, their
    Slack user. The table goes to stdout, progress to stderr.
 
-The result is 0 only when every service accepted us and every person
-resolved; 1 otherwise.
+With ``directory.microsoft`` the group's members are loaded and matched
+to NFON's extensions as ``run`` does (``directory.Directory``): the table
+says where each mapping came from (``people:``, or the group, the
+attribute and the value that matched), then every conflict with what to
+change, then the unmatched members and extensions.
+
+The result is 0 only when every service accepted us, every person
+resolved and nothing in the group conflicts (the unmatched are no error);
+1 otherwise.
 
 Thousands of people: lookups run concurrently but a few at a time per
 service (``GRAPH_CONCURRENCY``, ``SLACK_CONCURRENCY``). A rate-limit answer
@@ -43,15 +50,19 @@ from urllib.parse import quote
 from presence_sync.app import Loaded, load
 from presence_sync.clock import Clock, SystemClock
 from presence_sync.config import Settings
+from presence_sync.directory import Directory
 from presence_sync.engine import MIN_RETRY_AFTER, Backoff
+from presence_sync.entra import Matching
 from presence_sync.errors import (
     AuthError,
     PermanentError,
+    PresenceSyncError,
     StoreError,
     TransientError,
     UpstreamError,
 )
-from presence_sync.model import Person
+from presence_sync.members import GroupMembers
+from presence_sync.model import ExtensionInfo, Person
 from presence_sync.net import user_agent
 from presence_sync.nfon import NfonClient
 from presence_sync.ops.logging import printable
@@ -165,6 +176,8 @@ class Row:
 
     person: Person
     name: str | None = None
+    source: str = "people:"
+    """Where the mapping came from: ``people:`` or the group's match."""
     nfon: Found = field(default_factory=Found)
     entra: Found | None = None
     slack: Found | None = None
@@ -183,11 +196,14 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     unmapped: int = 0
     """Extensions NFON lists that no person is mapped to."""
+    matching: Matching | None = None
+    """How the group's members matched (with ``directory.microsoft``)."""
 
     @property
     def ok(self) -> bool:
         services_ok = all(s.problem is None for s in self.services.values())
-        return services_ok and not any(row.problems for row in self.rows)
+        conflicts = self.matching is not None and bool(self.matching.conflicts)
+        return services_ok and not conflicts and not any(row.problems for row in self.rows)
 
 
 class _Gate:
@@ -593,10 +609,53 @@ class _Resolver:
         return row
 
 
+async def _group(
+    settings: Settings, nfon: Mapping[str, str | None] | None, report: Report
+) -> tuple[list[Person], dict[str, str]]:
+    """The people ``run`` would sync (``people:`` and the group's matched
+    members) and, per key, where each mapping came from."""
+    typed = [entry.to_person() for entry in settings.people if entry.extension is not None]
+    directory_settings = settings.directory
+    if directory_settings is None or settings.microsoft is None:
+        return typed, {}
+    group = directory_settings.microsoft
+    ca_bundle = settings.tls.ca_bundle
+    reader = GroupMembers(
+        settings.microsoft,
+        group=group.group,
+        extension_from=group.extension_from,
+        clock=SystemClock(),
+        user_agent=user_agent(settings.nfon.customer),
+        verify=str(ca_bundle) if ca_bundle else True,
+    )
+    try:
+        members = await reader.load()
+    except PresenceSyncError as exc:
+        report.services["Directory"] = Found(problem=f"group not read: {_reason(exc)}")
+        return typed, {}
+    finally:
+        await reader.aclose()
+    report.services["Directory"] = Found(
+        f"group {group.group!r}: {len(members)} enabled members, by {group.extension_from}"
+    )
+    if nfon is None:
+        return typed, {}
+    directory = Directory(settings.people, group)
+    directory.update_extensions([ExtensionInfo(e, n) for e, n in nfon.items()])
+    directory.update_members(members)
+    report.matching = directory.matching
+    sources: dict[str, str] = {}
+    for hit in directory.matching.matches if directory.matching else ():
+        sources[hit.member.key] = f"group: {group.extension_from} {hit.value}"
+    people = directory.people()
+    known = {p.key for p in people}
+    # Typed people whose extension NFON does not list stay in the table.
+    return [*people, *(p for p in typed if p.key not in known)], sources
+
+
 async def resolve(loaded: Loaded, stderr: TextIO) -> Report:
     """Log in to every service ``loaded`` uses and resolve every person."""
-    people = [entry.to_person() for entry in loaded.settings.people]
-    progress = _Progress(len(people), stderr)
+    progress = _Progress(len(loaded.settings.people), stderr)
     resolver = _Resolver(loaded, progress)
     report = Report()
     try:
@@ -612,7 +671,11 @@ async def resolve(loaded: Loaded, stderr: TextIO) -> Report:
             resolver.state(report),
             *(resolver.webhook(report, hook) for hook in resolver.webhooks),
         )
+        people, sources = await _group(loaded.settings, nfon, report)
+        progress.total = len(people)
         report.rows = list(await asyncio.gather(*(resolver.row(p, nfon) for p in people)))
+        for row in report.rows:
+            row.source = sources.get(row.person.key, "people:")
         if nfon is not None:
             mapped = {p.extension for p in people}
             report.unmapped = len(set(nfon) - mapped)
@@ -642,7 +705,7 @@ def _cell(found: Found | None) -> str:
 def table(report: Report, settings: Settings) -> list[str]:
     """The report as text lines: services, then one row per person."""
     lines = []
-    order = ("NFON", "Microsoft", "Slack", "State")
+    order = ("NFON", "Microsoft", "Directory", "Slack", "State")
     ranked = sorted(
         report.services.items(),
         key=lambda i: (order.index(i[0]) if i[0] in order else len(order), i[0]),
@@ -651,13 +714,15 @@ def table(report: Report, settings: Settings) -> list[str]:
         state = f"PROBLEM: {found.problem}" if found.problem else f"ok: {found.value}"
         lines.append(f"{service:<10} {_printable(state)}")
     lines.append("")
-    headers = ["EXTENSION", "NAME", "E-MAIL"]
+    grouped = report.matching is not None
+    headers = ["EXTENSION", "NAME", "E-MAIL"] + ["FROM"] * grouped
     has_entra = any(row.entra is not None for row in report.rows)
     has_slack = any(row.slack is not None for row in report.rows)
     headers += ["ENTRA USER"] * has_entra + ["SLACK USER"] * has_slack + ["PROBLEM"]
     cells = []
     for row in report.rows:
-        line = [row.person.extension, _printable(row.name)[:40], row.person.email]
+        line = [row.person.extension, _printable(row.name)[:40], _printable(row.person.email)]
+        line += [_printable(row.source)] * grouped
         line += [_cell(row.entra)] * has_entra + [_cell(row.slack)] * has_slack
         line.append(_printable("; ".join(row.problems)) if row.problems else "")
         cells.append(line)
@@ -671,9 +736,35 @@ def table(report: Report, settings: Settings) -> list[str]:
     if report.unmapped:
         summary += f"; NFON lists {report.unmapped} extensions no person is mapped to"
     lines.append(summary)
+    if report.matching is not None:
+        lines.extend(_matching(report.matching, settings))
     nfon_ok = report.services.get("NFON", Found()).problem is None
     if people and nfon_ok and all(row.nfon.problem for row in report.rows):
         lines.append("no person sits behind an extension NFON lists: nothing would be shown")
+    return lines
+
+
+def _matching(matching: Matching, settings: Settings) -> list[str]:
+    """The group's conflicts (each with what to change), then the unmatched."""
+    source = settings.directory.microsoft.extension_from if settings.directory else "?"
+    lines: list[str] = []
+    if matching.conflicts:
+        lines += ["", f"{len(matching.conflicts)} conflicts (these people are not synced):"]
+        lines += [f"  CONFLICT: {_printable(c.describe(source))}" for c in matching.conflicts]
+    if matching.unmatched_members:
+        lines += ["", f"{len(matching.unmatched_members)} members on no extension (not synced):"]
+        lines += [
+            f"  {_printable(m.email)} ({_printable(', '.join(m.values)) or f'no {source}'})"
+            for m in matching.unmatched_members
+        ]
+    if matching.unmatched_extensions:
+        shown = ", ".join(matching.unmatched_extensions[:50])
+        more = len(matching.unmatched_extensions) - 50
+        lines += [
+            "",
+            f"{len(matching.unmatched_extensions)} extensions without a member: {shown}"
+            + (f" and {more} more" if more > 0 else ""),
+        ]
     return lines
 
 
@@ -703,7 +794,15 @@ async def run(
         targets = ", ".join(
             n if n == spec.kind else f"{n} ({spec.kind})" for n, spec in settings.targets.items()
         )
-        print(f"{config}: valid. {len(settings.people)} people; targets: {targets}", file=stdout)
+        group = (
+            f" and the members of Entra group {settings.directory.microsoft.group!r}"
+            if settings.directory is not None
+            else ""
+        )
+        print(
+            f"{config}: valid. {len(settings.people)} people{group}; targets: {targets}",
+            file=stdout,
+        )
         if offline:
             return 0
         try:

@@ -259,7 +259,7 @@ def run(
     settings = loaded.settings
     for warning in settings.warnings:
         print(f"warning: {warning}", file=err)
-    people = [entry.to_person() for entry in settings.people]
+    people = [entry.to_person() for entry in settings.people if entry.extension is not None]
     wanted = args.who.strip()
     person = find_person(people, wanted)
     if person is None:

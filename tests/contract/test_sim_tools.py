@@ -279,3 +279,50 @@ def test_the_examples_use_each_command_s_default_port(simulator: str) -> None:
     args = build_parser().parse_args(["sim", simulator])
     assert DEFAULT_ORIGIN[simulator].endswith(f":{args.port}")
     assert f"`presence-sync sim {simulator} --port {args.port}" in DOCS.read_text()
+
+
+WORLD = """\
+- {extension: "100", name: Anna Schmidt, email: anna@example.com}
+- {extension: "101", name: Ben Müller, email: ben@example.com, phone: "+49 (0)89 45300-101"}
+- {extension: "102", name: Reception, email: desk@example.com, phone: "+49 30 1"}
+"""
+
+
+def test_three_sims_started_by_hand_share_one_world(tmp_path: Path) -> None:
+    world = tmp_path / "world.yaml"
+    world.write_text(WORLD)
+    nfon = Command("nfon", "--port", "0", "--world", str(world))
+    graph = Command("microsoft", "--port", "0", "--tls-dir", str(tmp_path), "--world", str(world))
+    slack = Command("slack", "--port", "0", "--world", str(world))
+    try:
+        base_url = nfon.find(r"NFON simulator: base_url=(\S+)")
+        slack_url = slack.find(r"base_url=(\S+)")
+        admin = slack.find(r"admin token \([^)]*\): (\S+)")
+        graph.find(r"(refresh: 1h)")  # the whole block is printed
+        start = next(i for i, line in enumerate(graph.lines) if line == "microsoft:")
+        block = "\n".join(graph.lines[start:]) + "\n"
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"nfon:\n  base_url: {base_url}\n  customer: K1234\n"
+            "  username: api-user\n  password: api-secret\n"
+            f"slack:\n  base_url: {slack_url}\n  token: {admin}\n"
+            + block
+            + "targets:\n  teams_presence: {}\n  slack_status: {}\n"
+            f"state:\n  path: {tmp_path / 'state.db'}\n"
+        )
+        check = subprocess.run(
+            [sys.executable, "-m", "presence_sync", "check", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        for command in (nfon, graph, slack):
+            command.close()
+    out = check.stdout
+    assert check.returncode == 0, out + check.stderr
+    assert "2 people: 2 resolved, 0 with problems" in out
+    assert "group: businessPhones +49 89 45300 100" in out
+    assert "desk@example.com (+49 30 1)" in out  # on no extension: listed, no error
+    assert "extensions without a member: 102" in out

@@ -34,6 +34,7 @@ from presence_sync.sim.slack_serve import SlackHandle, serve_in_thread
 from presence_sync.store import MemoryStore, TargetMemory
 from presence_sync.targets.base import Change, TargetEnv, target_class
 from presence_sync.targets.slack import SlackStatusOptions, SlackStatusTarget
+from presence_sync.targets.slack_client import ROSTER_AFTER
 from presence_sync.targets.slack_dnd import SlackDndOptions, SlackDndTarget
 
 ON_A_CALL = Status(text="On a call", emoji=":telephone_receiver:")
@@ -594,3 +595,19 @@ async def test_stale_cached_user_id_is_looked_up_again(slack: Slack) -> None:
     assert slack.shown("clara").text == "On a call"
     assert slack.calls("users.lookupByEmail") == 1
     assert memory.cached_id("user", "clara@example.com") == slack.ids["clara"]
+
+
+async def test_many_people_get_their_ids_from_the_member_list(slack: Slack) -> None:
+    # Past ROSTER_AFTER lookups, ids come from users.list (200 a page), not
+    # one users.lookupByEmail each: 450 colleagues, 20 lookups, 3 pages.
+    names = [f"p{i:03}" for i in range(450)]
+    for name in names:
+        slack.ids[name] = slack.sim.add_user(name, f"{name}@example.com")
+    target = slack.status_target()
+    for name in names:
+        slack.sim.reset_budgets()  # Slack's per-minute limits are not under test here
+        await target.apply(slack.change("slack_status", name, ON_A_CALL))
+    assert all(slack.shown(name).text == "On a call" for name in names)
+    assert slack.calls("users.lookupByEmail") == ROSTER_AFTER
+    assert slack.calls("users.list") == 3
+    await target.aclose()

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import pytest
 from prometheus_client import REGISTRY
 
-from presence_sync.directory import Directory
+from presence_sync.directory import Directory, DirectoryChange
+from presence_sync.entra import ENTRA_ID, Member
 from presence_sync.errors import ConfigError
 from presence_sync.model import ExtensionInfo, Person
 
@@ -266,3 +267,147 @@ def test_nobody_configured_leaves_the_warning_to_the_configuration(
     with caplog.at_level(logging.INFO, logger="presence_sync.directory"):
         directory.update_extensions(NFON)
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+# --- people from an Entra group ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Group:
+    """Shaped like ``config.EntraGroupSettings``."""
+
+    group: str = "Phone users"
+    extension_from: str = "businessPhones"
+    number_prefix: str | None = "+49 89 45300"
+
+
+def member(email: str, number: str, name: str = "") -> Member:
+    return Member(id=f"id-{email}", email=email, display_name=name, values=(number,))
+
+
+DORA = member("dora@example.com", "+49 89 45300 200", "Dora Frank")
+EMIL = member("emil@example.com", "+49 89 45300-201", "Emil Graf")
+
+
+def test_group_members_on_extensions_are_people_with_their_entra_id() -> None:
+    directory = Directory([ANNA], Group())
+    directory.update_extensions(NFON)
+    change = directory.update_members([DORA, EMIL])
+    assert keys(change.added) == ["dora@example.com", "emil@example.com"]
+    assert keys(directory.people()) == ["anna@example.com", "dora@example.com", "emil@example.com"]
+    dora = directory.person("200")
+    assert dora is not None
+    assert (dora.email, dora.name, dict(dora.ids)) == (
+        "dora@example.com",
+        "Dora Frank",
+        {ENTRA_ID: "id-dora@example.com"},
+    )
+    assert directory.matching is not None
+    assert directory.matching.unmatched_extensions == ("101", "102")
+
+
+def test_members_wait_for_nfon_extensions() -> None:
+    directory = Directory([], Group())
+    assert directory.update_members([DORA]) == DirectoryChange()
+    assert directory.people() == []
+    change = directory.update_extensions(NFON)
+    assert keys(change.added) == ["dora@example.com"]
+
+
+def test_an_entry_under_people_wins_for_its_extension_and_its_email() -> None:
+    # Dora is typed on 201, Emil's number says 201 too: the typed entry wins,
+    # Emil is not synced (his extension is taken) and nothing conflicts.
+    dora_typed = Entry("201", "dora@example.com", groups=["sales"])
+    directory = Directory([dora_typed], Group())
+    directory.update_extensions(NFON)
+    directory.update_members([DORA, EMIL])
+    assert keys(directory.people()) == ["dora@example.com"]
+    dora = directory.person("201")
+    assert dora is not None
+    assert dora.groups == frozenset({"sales"})
+    assert directory.person("200") is None
+    assert directory.matching is not None
+    assert directory.matching.conflicts == ()
+    assert [m.email for m in directory.matching.unmatched_members] == ["emil@example.com"]
+
+
+def test_a_conflict_keeps_both_out_and_is_counted() -> None:
+    twin = member("zoe@example.com", "+49 89 45300 200")
+    directory = Directory([], Group())
+    directory.update_extensions(NFON)
+    directory.update_members([DORA, twin, EMIL])
+    assert keys(directory.people()) == ["emil@example.com"]
+    assert REGISTRY.get_sample_value("presence_sync_directory_conflicts") == 1.0
+
+
+def test_an_unchanged_refresh_changes_nothing() -> None:
+    directory = Directory([], Group())
+    directory.update_extensions(NFON)
+    directory.update_members([DORA, EMIL])
+    assert not directory.update_members([EMIL, DORA])
+
+
+def test_a_member_who_left_is_removed() -> None:
+    directory = Directory([], Group())
+    directory.update_extensions(NFON)
+    carl = member("carl@example.com", "+49 89 45300 102")
+    directory.update_members([DORA, EMIL, carl])
+    change = directory.update_members([DORA, EMIL])
+    assert keys(change.removed) == ["carl@example.com"]
+    assert directory.held is None
+
+
+def test_a_refresh_removing_more_than_half_is_held_until_the_next_says_the_same(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    directory = Directory([ANNA], Group())
+    directory.update_extensions(NFON)
+    directory.update_members([DORA, EMIL])
+    with caplog.at_level(logging.WARNING):
+        held = directory.update_members([])
+    assert not held
+    assert directory.held is not None
+    assert (directory.held.removing, directory.held.people) == (2, 2)
+    assert "held" in caplog.text
+    assert keys(directory.people()) == ["anna@example.com", "dora@example.com", "emil@example.com"]
+    # A refresh that brings everyone back lifts the hold...
+    assert not directory.update_members([DORA, EMIL])
+    assert directory.held is None
+    # ...and two in a row that say the same are taken.
+    assert not directory.update_members([])
+    change = directory.update_members([])
+    assert keys(change.removed) == ["dora@example.com", "emil@example.com"]
+    assert directory.held is None
+    # Half is not more than half: taken at once.
+    directory.update_members([DORA, EMIL])
+    change = directory.update_members([DORA])
+    assert keys(change.removed) == ["emil@example.com"]
+
+
+@dataclass
+class Extra:
+    """An entry under ``people:`` without an extension."""
+
+    email: str
+    extension: str | None = None
+    name: str | None = None
+    groups: list[str] = field(default_factory=list)
+    ids: Mapping[str, str] = field(default_factory=dict)
+    opt_out: list[str] = field(default_factory=list)
+
+
+def test_an_entry_without_extension_adds_ids_groups_and_opt_outs_to_a_member() -> None:
+    extra = Extra("Dora@Example.com", groups=["sales"], ids={"slack_status": "U9"},
+                  opt_out=["webhook"])  # fmt: skip
+    directory = Directory([extra], Group())
+    directory.update_extensions(NFON)
+    directory.update_members([DORA, EMIL])
+    assert keys(directory.people()) == ["dora@example.com", "emil@example.com"]
+    dora = directory.person("200")
+    assert dora is not None
+    assert dora.groups == frozenset({"sales"})
+    assert dora.opt_out == frozenset({"webhook"})
+    assert dict(dora.ids) == {ENTRA_ID: "id-dora@example.com", "slack_status": "U9"}
+    emil = directory.person("201")
+    assert emil is not None
+    assert emil.groups == frozenset()

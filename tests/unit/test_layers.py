@@ -254,11 +254,11 @@ for _package, _deps in PACKAGES.items():
 # below; the leaves and the floor (``ops``: logging, metrics, systemd) are for
 # everyone, the API (``api``) is the roof that only the commands stand on.
 FLOORS: list[tuple[str, set[str]]] = [
-    ("leaves", {"model", "errors", "clock", "net"}),
+    ("leaves", {"model", "errors", "clock", "net", "entra"}),
     ("floor", {"ops"}),
     # The section models the targets and the configuration share.
     ("sections", {"sections"}),
-    ("adapters", {"lines", "store", "nfon", "targets", "directory", "schedule"}),
+    ("adapters", {"lines", "store", "nfon", "targets", "directory", "members", "schedule"}),
     ("rules", {"rules"}),
     ("configuration", {"config"}),
     ("core", {"engine", "pauses", "feed"}),
