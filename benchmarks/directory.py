@@ -38,7 +38,7 @@ from presence_sync.sim.graph import GraphSim, serve
 from presence_sync.sim.graph_sim import DIRECTORY_ROLES
 from presence_sync.sim.slack import SlackSim
 from presence_sync.sim.slack_serve import serve_in_thread as serve_slack
-from presence_sync.store import MemoryStore, StoreMemory
+from presence_sync.store import MemoryStore, TargetMemory
 from presence_sync.targets.base import TargetEnv
 from presence_sync.targets.slack_client import SlackClient
 
@@ -143,7 +143,7 @@ def slack_figures(people: list[Person]) -> None:
 
         async def resolve() -> None:
             for person in people:
-                memory = StoreMemory(store, "slack_status", person.key)
+                memory = TargetMemory(store, "slack_status", person.key)
                 await client.who(person, memory, ids=("slack_status",))
 
         start = time.perf_counter()

@@ -27,7 +27,7 @@ from presence_sync.sim.serve import serve_in_thread as serve_app
 from presence_sync.sim.slack import SlackSim
 from presence_sync.sim.slack_serve import serve_in_thread as serve_slack
 from presence_sync.sim.webhook import WebhookReceiver
-from presence_sync.store import MemoryStore, StoreMemory
+from presence_sync.store import MemoryStore, TargetMemory
 from presence_sync.targets.base import Change, Target, TargetEnv, target_class, target_env
 from presence_sync.targets.log import LogTarget
 from presence_sync.targets.slack_client import DEFAULT_RATELIMIT_WAIT
@@ -58,7 +58,7 @@ class _Built(Remote):
         person: Person | None = None,
     ) -> Applied:
         person = person or self.person
-        memory = StoreMemory(self.store, target.name, person.key)
+        memory = TargetMemory(self.store, target.name, person.key)
         return await target.apply(Change(person, desired, applied, None, memory))
 
     async def aclose(self) -> None:
