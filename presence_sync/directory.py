@@ -326,7 +326,9 @@ class Directory:
                     extensions=len(nfon),
                     mapped=mapped,
                     unmapped=len(self.unmapped),
-                    configured_not_listed=len(self._configured) - len(active),
+                    configured_not_listed=sum(
+                        1 for p in self._configured.values() if p.extension not in nfon
+                    ),
                     added=len(change.added),
                     removed=len(change.removed),
                     changed=len(change.changed),

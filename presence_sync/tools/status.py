@@ -149,8 +149,10 @@ def _daemon(doc: Mapping[str, Any], located: Located, out: TextIO) -> None:
             state += f" until {when(t['until'], today)}"
         if t["reason"]:
             state += f" ({clean(t['reason'])})"
+        # The kind only where the name does not say it already.
+        kind = "" if t["kind"] == name else f" ({clean(t['kind'])})"
         print(
-            f"  Target {clean(name)} ({clean(t['kind'])}): {state}; {t['queued']} queued, "
+            f"  Target {clean(name)}{kind}: {state}; {t['queued']} queued, "
             f"{t['in_flight']} in flight, {t['backoff']} backing off, {t['parked']} parked",
             file=out,
         )

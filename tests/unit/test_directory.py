@@ -306,6 +306,21 @@ def test_group_members_on_extensions_are_people_with_their_entra_id() -> None:
     assert directory.matching.unmatched_extensions == ("101", "102")
 
 
+def test_the_log_counts_typed_people_nfon_does_not_list_not_group_members(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Anna is typed and listed, Zoe is typed on an extension NFON does not
+    # list; Dora and Emil come from the group and are nobody's count.
+    zoe = Entry("999", "zoe@example.com")
+    directory = Directory([ANNA, zoe], Group())
+    directory.update_extensions(NFON)
+    with caplog.at_level(logging.INFO, logger="presence_sync.directory"):
+        directory.update_members([DORA, EMIL])
+    (record,) = [r for r in caplog.records if r.getMessage() == "directory updated"]
+    assert record.ctx["configured_not_listed"] == 1  # type: ignore[attr-defined]
+    assert record.ctx["mapped"] == 3  # type: ignore[attr-defined]
+
+
 def test_members_wait_for_nfon_extensions() -> None:
     directory = Directory([], Group())
     assert directory.update_members([DORA]) == DirectoryChange()
