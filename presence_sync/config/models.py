@@ -441,8 +441,8 @@ _DEFAULTED_SECTIONS: Final = ("tls", "resync", "state", "http", "logging", "peop
 class Settings(_Section):
     """The whole validated configuration.
 
-    ``rules`` is kept as written (``rules.py`` compiles it); ``locate()`` and
-    ``problem()`` give positions in the file for any key path, so that later
+    ``rules`` is kept as written (``config.resolve`` compiles it once);
+    ``locate()`` and ``problem()`` give positions in the file for any key path, so that later
     stages report errors the same way ``load()`` does. Secrets are
     ``SecretStr`` and never show in ``repr()``/``str()``; the number lists
     (personal data) are left out of the repr too.
