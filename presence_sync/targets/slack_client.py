@@ -47,7 +47,7 @@ from slack_sdk.errors import SlackApiError
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.model import Person
 from presence_sync.net import describe_error, proxy_for, retry_after, tls_context
-from presence_sync.ops.logging import printable
+from presence_sync.ops.logging import kv, printable
 from presence_sync.sections import SlackSettings
 from presence_sync.targets.base import Memory, TargetEnv
 
@@ -257,8 +257,9 @@ class SlackClient:
                         break
             except (AuthError, PermanentError, TransientError) as exc:
                 log.warning(
-                    "slack: reading the member list failed; looking people up one by one",
-                    extra={"target": self._target, "error": str(exc)},
+                    "%s; reading the member list failed, so people are looked up one by one",
+                    exc,
+                    extra=kv(target=self._target, error=str(exc)),
                 )
                 # Asked again in a minute; until then, one by one.
                 self._roster_at = now - ROSTER_MAX_AGE + ROSTER_RETRY

@@ -611,3 +611,24 @@ async def test_many_people_get_their_ids_from_the_member_list(slack: Slack) -> N
     assert slack.calls("users.lookupByEmail") == ROSTER_AFTER
     assert slack.calls("users.list") == 3
     await target.aclose()
+
+
+async def test_failed_member_list_read_logs_why(
+    slack: Slack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Past ROSTER_AFTER lookups the member list is read; when Slack refuses
+    # it, the warning says why, in its text and in its fields.
+    names = [f"p{i:03}" for i in range(ROSTER_AFTER + 1)]
+    for name in names:
+        slack.ids[name] = slack.sim.add_user(name, f"{name}@example.com")
+    target = slack.status_target()
+    for name in names[:ROSTER_AFTER]:
+        await target.apply(slack.change("slack_status", name, ON_A_CALL))
+    slack.sim.fail_next("users.list", "internal_error")
+    with caplog.at_level(logging.WARNING, logger="presence_sync.targets.slack_client"):
+        await target.apply(slack.change("slack_status", names[-1], ON_A_CALL))
+    assert slack.shown(names[-1]).text == "On a call"
+    [record] = [r for r in caplog.records if "member list" in r.getMessage()]
+    assert "users.list: internal_error" in record.getMessage()
+    assert "internal_error" in record.__dict__["ctx"]["error"]
+    await target.aclose()
