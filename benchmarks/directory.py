@@ -145,6 +145,7 @@ def slack_figures(people: list[Person]) -> None:
             for person in people:
                 memory = TargetMemory(store, "slack_status", person.key)
                 await client.who(person, memory, ids=("slack_status",))
+            await client.aclose()
 
         start = time.perf_counter()
         simulated = clock.monotonic()
@@ -161,7 +162,6 @@ def slack_figures(people: list[Person]) -> None:
             f"each: {len(people)} requests, Tier 3 (~50/min) = {naive_minutes / 60:.1f} h "
             f"(ratio {len(people) / max(1, lookups + pages):.0f}x)"
         )
-        client.close()
 
 
 def main(argv: list[str]) -> int:

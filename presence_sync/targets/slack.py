@@ -320,4 +320,4 @@ class SlackStatusTarget:
 
     async def aclose(self) -> None:
         """Nothing to release (urllib keeps no pool)."""
-        self._client.close()
+        await self._client.aclose()

@@ -34,7 +34,9 @@ Tokens never reach a log line, an error message or a ``repr``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ from slack_sdk.errors import SlackApiError
 from presence_sync.errors import AuthError, PermanentError, TransientError
 from presence_sync.model import Person
 from presence_sync.net import describe_error, proxy_for, retry_after, tls_context
-from presence_sync.ops.logging import printable
+from presence_sync.ops.logging import kv, printable
 from presence_sync.sections import SlackSettings
 from presence_sync.targets.base import Memory, TargetEnv
 
@@ -168,8 +170,17 @@ class SlackClient:
         self.lookups = 0
         """``users.lookupByEmail`` calls so far."""
         self._roster: dict[str, str] | None = None
-        self._roster_at = -ROSTER_MAX_AGE
-        self._roster_lock = asyncio.Lock()
+        """The last complete member list (e-mail → id) and when it was read."""
+        self._roster_at = -math.inf
+        self._reading: dict[str, str] = {}
+        """The members read so far by the read in progress, and its cursor."""
+        self._cursor = ""
+        self._reader: asyncio.Task[None] | None = None
+        self._retry_at = -math.inf
+        self._paused = False
+        """The read waits out a rate limit: applies look their people up."""
+        self._progress = asyncio.Event()
+        """Set when the read has one more page or pauses (then replaced)."""
 
     def __repr__(self) -> str:
         people = len(self._settings.user_tokens)
@@ -210,7 +221,7 @@ class SlackClient:
         if cached is not None:
             return Who(token=token, user=cached, own=False, cached=True)
         if not fresh and self.lookups >= ROSTER_AFTER:
-            listed = (await self._read_roster(token)).get(person.email.lower())
+            listed = await self._listed(token, person.email.lower())
             if listed is not None:
                 memory.cache_id("user", person.email.lower(), listed)
                 return Who(token=token, user=listed, own=False)
@@ -223,49 +234,98 @@ class SlackClient:
         memory.cache_id("user", person.email.lower(), user_id)
         return Who(token=token, user=user_id, own=False)
 
-    async def _read_roster(self, token: str) -> Mapping[str, str]:
-        """Slack's members (e-mail → id) from ``users.list``, read at most
-        once per ``ROSTER_MAX_AGE`` however many people ask at once. Empty
-        when Slack does not list e-mail addresses to this token (no
-        ``users:read.email``) or the read fails: lookups go on one by one."""
-        async with self._roster_lock:
-            now = self._clock.monotonic()
-            if self._roster is not None and now - self._roster_at < ROSTER_MAX_AGE:
-                return self._roster
-            self._roster_at = now
-            anyone = Person(key="", email="the member list", extension="")
-            roster: dict[str, str] = {}
-            cursor = ""
-            try:
-                while True:
-                    args: dict[str, Any] = {"limit": ROSTER_PAGE}
-                    if cursor:
-                        args["cursor"] = cursor
-                    data = await self._page(token, anyone, args)
-                    listed = data.get("members")
-                    for member in listed if isinstance(listed, list) else ():
-                        if not isinstance(member, Mapping) or member.get("is_bot"):
-                            continue
-                        profile = member.get("profile")
-                        email = profile.get("email") if isinstance(profile, Mapping) else None
-                        uid = member.get("id")
-                        if isinstance(email, str) and email and isinstance(uid, str):
-                            roster[email.lower()] = uid
-                    meta = data.get("response_metadata")
-                    cursor = str(meta.get("next_cursor") or "") if isinstance(meta, Mapping) else ""
-                    if not cursor:
-                        break
-            except (AuthError, PermanentError, TransientError) as exc:
-                log.warning(
-                    "slack: reading the member list failed; looking people up one by one",
-                    extra={"target": self._target, "error": str(exc)},
-                )
-                # Asked again in a minute; until then, one by one.
-                self._roster_at = now - ROSTER_MAX_AGE + ROSTER_RETRY
-                self._roster = None
-                return {}
-            self._roster = roster
-            return roster
+    async def _listed(self, token: str, email: str) -> str | None:
+        """``email``'s Slack id from the member list, or None (look it up).
+
+        The list is read by a task of this client's own, never by an apply:
+        an apply's timeout cancels the apply, not the read, and the pages
+        read so far stay for the next one. An apply whose person is not
+        listed yet waits for the page being read, if any (one request, so
+        at most ``slack.request_timeout``), then goes on to
+        ``users.lookupByEmail``; while the read waits out Slack's rate limit
+        (Tier 2, about 20 pages a minute: 10,000 people take minutes), it
+        does not wait at all."""
+        now = self._clock.monotonic()
+        roster = self._roster
+        if roster is not None and (email in roster or now - self._roster_at < ROSTER_MAX_AGE):
+            return roster.get(email)
+        reader = self._start_reading(token, now)
+        if reader is not None and not self._paused and email not in self._reading:
+            await self._next_page(reader)
+        found = self._reading.get(email)
+        if found is None and self._roster is not None:
+            found = self._roster.get(email)
+        return found
+
+    def _start_reading(self, token: str, now: float) -> asyncio.Task[None] | None:
+        """The task reading the member list, started if none runs; None
+        while a failed read waits ``ROSTER_RETRY`` before the next try."""
+        if self._reader is not None and not self._reader.done():
+            return self._reader
+        if now < self._retry_at:
+            return None
+        self._reader = asyncio.get_running_loop().create_task(
+            self._read_roster(token), name=f"slack {self._target}: member list"
+        )
+        return self._reader
+
+    async def _next_page(self, reader: asyncio.Task[None]) -> None:
+        """Until ``reader`` has read one more page, pauses for a rate limit
+        or ends; cancelling the caller leaves ``reader`` running."""
+        waiter = asyncio.get_running_loop().create_task(self._progress.wait())
+        try:
+            await asyncio.wait((reader, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    def _progressed(self) -> None:
+        """Wake the applies waiting for the next page."""
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    async def _read_roster(self, token: str) -> None:
+        """Read Slack's members (e-mail → id) from ``users.list``, going on
+        from the last page read if an earlier read stopped. The list is
+        empty when Slack does not show e-mail addresses to this token (no
+        ``users:read.email``): lookups go on one by one."""
+        anyone = Person(key="", email="the member list", extension="")
+        try:
+            while True:
+                args: dict[str, Any] = {"limit": ROSTER_PAGE}
+                if self._cursor:
+                    args["cursor"] = self._cursor
+                data = await self._page(token, anyone, args)
+                listed = data.get("members")
+                for member in listed if isinstance(listed, list) else ():
+                    if not isinstance(member, Mapping) or member.get("is_bot"):
+                        continue
+                    profile = member.get("profile")
+                    email = profile.get("email") if isinstance(profile, Mapping) else None
+                    uid = member.get("id")
+                    if isinstance(email, str) and email and isinstance(uid, str):
+                        self._reading[email.lower()] = uid
+                meta = data.get("response_metadata")
+                cursor = str(meta.get("next_cursor") or "") if isinstance(meta, Mapping) else ""
+                self._cursor = cursor
+                self._progressed()
+                if not cursor:
+                    break
+        except Exception as exc:
+            # Slack's refusals (AuthError, PermanentError, TransientError),
+            # and anything else: no apply awaits this task, so it is logged here.
+            log.warning(
+                "%s; reading the member list failed, so people are looked up one by one",
+                exc,
+                extra=kv(target=self._target, error=str(exc)),
+            )
+            if not isinstance(exc, TransientError):
+                # A refused page (an expired cursor, say): start over next time.
+                self._reading, self._cursor = {}, ""
+            # Tried again in a minute; until then, one by one.
+            self._retry_at = self._clock.monotonic() + ROSTER_RETRY
+            return
+        self._roster, self._roster_at = self._reading, self._clock.monotonic()
+        self._reading, self._cursor = {}, ""
 
     async def _page(self, token: str, anyone: Person, args: Mapping[str, Any]) -> Mapping[str, Any]:
         """One ``users.list`` page; Tier 2 allows about 20 a minute, so a
@@ -276,7 +336,12 @@ class SlackClient:
             except TransientError as exc:
                 if exc.retry_after is None:
                     raise
-                await self._clock.sleep(exc.retry_after)
+                self._paused = True
+                self._progressed()
+                try:
+                    await self._clock.sleep(exc.retry_after)
+                finally:
+                    self._paused = False
         return await self.call("users.list", token, anyone, **args)
 
     async def call(
@@ -344,7 +409,18 @@ class SlackClient:
         return self._clock.now()
 
     def close(self) -> None:
-        """Nothing is pooled by urllib; kept for symmetry."""
+        """Stop reading the member list (``aclose`` also waits for it)."""
+        if self._reader is not None:
+            self._reader.cancel()
+
+    async def aclose(self) -> None:
+        """Stop reading the member list. Nothing else to release: urllib
+        keeps no pool."""
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
 
 def _header(headers: Any, name: str) -> str | None:

@@ -133,7 +133,7 @@ class SlackDndTarget:
 
     async def aclose(self) -> None:
         """Nothing to release."""
-        self._client.close()
+        await self._client.aclose()
 
 
 def _int(value: object) -> int | None:

@@ -611,3 +611,98 @@ async def test_many_people_get_their_ids_from_the_member_list(slack: Slack) -> N
     assert slack.calls("users.lookupByEmail") == ROSTER_AFTER
     assert slack.calls("users.list") == 3
     await target.aclose()
+
+
+async def test_failed_member_list_read_logs_why(
+    slack: Slack, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Past ROSTER_AFTER lookups the member list is read; when Slack refuses
+    # it, the warning says why, in its text and in its fields.
+    names = [f"p{i:03}" for i in range(ROSTER_AFTER + 1)]
+    for name in names:
+        slack.ids[name] = slack.sim.add_user(name, f"{name}@example.com")
+    target = slack.status_target()
+    for name in names[:ROSTER_AFTER]:
+        await target.apply(slack.change("slack_status", name, ON_A_CALL))
+    slack.sim.fail_next("users.list", "internal_error")
+    with caplog.at_level(logging.WARNING, logger="presence_sync.targets.slack_client"):
+        await target.apply(slack.change("slack_status", names[-1], ON_A_CALL))
+    assert slack.shown(names[-1]).text == "On a call"
+    [record] = [r for r in caplog.records if "member list" in r.getMessage()]
+    assert "users.list: internal_error" in record.getMessage()
+    assert "internal_error" in record.__dict__["ctx"]["error"]
+    await target.aclose()
+
+
+async def test_member_list_read_across_apply_timeouts_once() -> None:
+    """450 people through the real engine, whose applies time out after 60 s,
+    while Slack serves one users.list page a minute (3 pages): each page
+    after the first waits out a rate limit about as long as an apply may
+    take. The list is read once all the same, people it does not list yet
+    are looked up by e-mail meanwhile, no apply times out, and everyone ends
+    up "On a call"."""
+    clock = ManualClock(START)
+    sim = SlackSim(clock=clock, tier_limits={2: 1}, profiles_per_token=1000)
+    admin = sim.add_user("adam", "it-admin@example.com", role="admin")
+    secret = sim.add_token(admin).secret
+    people = [Person(key=f"p{i}@example.com", email=f"p{i}@example.com", extension=str(1000 + i))
+              for i in range(450)]  # fmt: skip
+    # Slack lists them last to first: the engine's first people are on the last page.
+    uid = {p.key: sim.add_user(p.key, p.email) for p in reversed(people)}
+    with serve_in_thread(sim) as handle:
+        settings = SlackSettings(token=SecretStr(secret), base_url=handle.base_url)
+        sections = MappingProxyType({"slack": settings, "tls": TlsSettings()})
+        env = TargetEnv(clock=clock, user_agent="presence-sync/test", sections=sections)
+        target = SlackStatusTarget("slack_status", SlackStatusOptions(), env)
+        assert target.info.timeout == 60
+        engine = Engine(targets={"slack_status": target}, store=MemoryStore(clock=clock),
+                        rules=CallRules(), clock=clock)  # fmt: skip
+        engine.set_people(people)
+        engine.resync([LineView(p.extension, Line.IN_USE, Presence.AVAILABLE) for p in people])
+        task = asyncio.get_running_loop().create_task(engine.run())
+        try:
+            while engine.pending():
+                await asyncio.sleep(0.002)
+                deadline = clock.next_deadline
+                step = 0.5 if deadline is None else max(0.001, deadline - clock.monotonic())
+                await clock.advance(min(step, 0.5))
+                assert clock.monotonic() < 2 * 3600, "no convergence within two hours"
+            stats = engine.picture().targets["slack_status"].stats
+        finally:
+            engine.stop()
+            await task
+            await target.aclose()
+    shown = {p.key: sim.status_of(uid[p.key]).text for p in people}
+    assert shown == {p.key: "On a call" for p in people}
+    pages = [r for r in sim.requests("users.list") if r.ok]
+    assert len(pages) == 3  # 451 members, 200 a page: none read twice
+    assert stats.timeouts == 0
+    assert stats.throttled == 0
+    lookups = len(sim.requests("users.lookupByEmail"))
+    assert ROSTER_AFTER < lookups < len(people)
+
+
+async def test_closing_the_target_stops_reading_the_member_list(slack: Slack) -> None:
+    names = [f"p{i:03}" for i in range(ROSTER_AFTER + 1)]
+    for name in names:
+        slack.ids[name] = slack.sim.add_user(name, f"{name}@example.com")
+    target = slack.status_target()
+    for name in names[:ROSTER_AFTER]:
+        await target.apply(slack.change("slack_status", name, ON_A_CALL))
+    slack.sim.fail_next("users.list", "ratelimited", retry_after=60, count=5)
+    apply = asyncio.get_running_loop().create_task(
+        target.apply(slack.change("slack_status", names[-1], ON_A_CALL))
+    )
+    while not apply.done():
+        await asyncio.sleep(0.01)  # the requests answer on real time
+        await slack.move(1)
+    await apply
+    # Looked up by e-mail while the list waits out Slack's rate limit.
+    assert slack.shown(names[-1]).text == "On a call"
+    assert slack.calls("users.lookupByEmail") == ROSTER_AFTER + 1
+    assert slack.clock.sleepers == 1  # the reader, waiting for its next page
+    await target.aclose()
+    assert slack.clock.sleepers == 0
+    asked = slack.calls("users.list")
+    await slack.move(300)
+    assert slack.calls("users.list") == asked
