@@ -59,7 +59,14 @@ from presence_sync.store.codec import (
 )
 from presence_sync.store.schema import APPLICATION_ID, POSTGRES_MIGRATIONS
 
-__all__ = ["CONNECT_TIMEOUT", "STATEMENT_TIMEOUT", "PostgresStore", "describe", "probe"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "STATEMENT_TIMEOUT",
+    "PostgresStore",
+    "describe",
+    "probe",
+    "read_stored",
+]
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +175,7 @@ def probe(url: str, *, customer: str, password: str | None = None) -> str:
     ``StoreError`` (naming the database, never a password) when it cannot
     connect, or when the schema is newer than this presence-sync knows."""
     where = describe(url)
-    db = _Connection(url, password, where)
+    db = _Connection(url, password, where, read_only=True)
     try:
         server = db.rows("SHOW server_version", ())[0][0]
         exists = db.rows("SELECT to_regclass('presence_sync_schema') IS NOT NULL", ())[0][0]
@@ -197,13 +204,59 @@ def probe(url: str, *, customer: str, password: str | None = None) -> str:
         db.close()
 
 
-class _Connection:
-    """One connection, opened again after it broke. Used by one thread at a time."""
+def read_stored(
+    url: str, *, customer: str, password: str | None = None
+) -> tuple[list[AppliedRow], list[PauseRow]] | None:
+    """Every applied row and every pause of ``customer`` in the database at
+    ``url``, read the way ``presence-sync status`` does while the daemon is
+    down: on a read-only connection (``default_transaction_read_only``), in
+    one read-only transaction of SELECTs only, so nothing is created,
+    migrated or changed, whatever the role may do. ``None`` when the
+    database has no presence-sync tables yet (nothing was stored). Raises
+    ``StoreError`` (naming the database, never a password) when it cannot
+    connect, or when the schema is newer than this presence-sync knows."""
+    where = describe(url)
+    known = len(POSTGRES_MIGRATIONS)
+    db = _Connection(url, password, where, read_only=True)
+    try:
+        with db.transaction(pipelined=False) as cur:
+            made = cur.execute("SELECT to_regclass('presence_sync_schema') IS NOT NULL").fetchone()
+            if made is None or not made[0]:
+                return None
+            row = cur.execute("SELECT version FROM presence_sync_schema").fetchone()
+            version = 0 if row is None else int(row[0])
+            if version > known:
+                raise StoreError(
+                    f"state database {where} has schema version {version}, written by a newer "
+                    f"presence-sync; this one understands up to version {known}. "
+                    "Upgrade presence-sync to read it (the database was left unchanged)."
+                )
+            if version < 1:
+                # A first migration that did not commit: no tables to read.
+                return None
+            # Every version up to ``known`` has these columns (one so far;
+            # a migration that changes them adds a query for the old layout).
+            applied = cur.execute(_LOAD_APPLIED, (customer,)).fetchall()
+            paused = cur.execute(_LOAD_PAUSES, (customer,)).fetchall()
+    finally:
+        db.close()
+    rows = [r for r in (decode_applied(row) for row in applied) if r is not None]
+    pauses = [p for p in (decode_pause(row) for row in paused) if p is not None]
+    return rows, pauses
 
-    def __init__(self, url: str, password: str | None, where: str) -> None:
+
+class _Connection:
+    """One connection, opened again after it broke. Used by one thread at a time.
+    ``read_only``: every transaction of the connection is read-only, so the
+    server refuses any write, whatever the role may do."""
+
+    def __init__(
+        self, url: str, password: str | None, where: str, *, read_only: bool = False
+    ) -> None:
         self._url = url
         self._password = password
         self._where = where
+        self._read_only = read_only
         self._db: psycopg.Connection[tuple[Any, ...]] | None = None
 
     def _open(self) -> psycopg.Connection[tuple[Any, ...]]:
@@ -220,6 +273,8 @@ class _Connection:
             extra["password"] = self._password
         db = psycopg.connect(self._url, autocommit=True, **extra)
         db.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT}")
+        if self._read_only:
+            db.execute("SET default_transaction_read_only = on")
         self._db = db
         return db
 

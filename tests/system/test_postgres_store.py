@@ -12,16 +12,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from harness import Daemon, Hook, write_config
-from pgcluster import ROLE_PASSWORD, Cluster
+from pgcluster import ROLE_PASSWORD, Cluster, free_port
 from polling import eventually
 
+from presence_sync import model
 from presence_sync.sim.nfon import SimHandle
 from presence_sync.sim.slack import SlackSim, Status
 from presence_sync.sim.slack_serve import SlackHandle, serve_in_thread
+from presence_sync.store.postgres import PostgresStore
+from presence_sync.store.schema import POSTGRES_SCHEMA_VERSION
 
 pytestmark = pytest.mark.system
 
@@ -29,6 +33,11 @@ RULES = (
     "rules:\n"
     "  - when: {line: in-use}\n"
     '    set: {slack_status: {text: "On a call", emoji: ":telephone_receiver:"}}\n'
+)
+ANNA = model.Person(key="anna@example.com", email="anna@example.com", extension="100")
+ON_A_CALL = model.Applied(
+    status=model.Status(availability="Busy", activity="InACall", text="On a call"),
+    at=datetime(2026, 1, 5, 9, 0, tzinfo=UTC),
 )
 
 
@@ -225,3 +234,65 @@ def test_status_reads_the_stored_view_from_postgresql_with_libpqs_password_file(
     assert f"Stored view (the daemon is down), read from {pg_url}:" in shown.stdout
     anna = next(line for line in shown.stdout.splitlines() if "anna@example.com" in line)
     assert re.search(r"webhook\s+Busy/InACall", anna), anna
+
+
+def pg_status(config: Path, pgpass: Path) -> subprocess.CompletedProcess[str]:
+    """``presence-sync status`` while no daemon answers, with the admin's
+    own password file as libpq's only way to the password."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    nobody = f"http://127.0.0.1:{free_port()}"
+    return subprocess.run(
+        [sys.executable, "-m", "presence_sync", "status", "-c", str(config), "--url", nobody],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environ, "PGPASSFILE": str(pgpass)},
+        check=False,
+    )
+
+
+def test_status_reads_postgresql_read_only_and_changes_nothing(
+    tmp_path: Path, nfon: SimHandle, hook: Hook, postgres: Cluster, pg_url: str
+) -> None:
+    # The service's credential, not the admin's: status does not use it.
+    (tmp_path / "db.password").write_text("not-the-password\n")
+    (tmp_path / "db.password").chmod(0o600)
+    state = f"  url: {pg_url}\n  password_file: db.password\n"
+    config = write_config(tmp_path / "config.yaml", nfon, hook, state=state)
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{postgres.port}:*:presence_sync:{ROLE_PASSWORD}\n")
+    pgpass.chmod(0o600)
+
+    # An empty database: nothing stored yet, and no table made by status.
+    empty = pg_status(config, pgpass)
+
+    assert empty.returncode == 1, empty.stdout + empty.stderr
+    assert "Nothing stored yet" in empty.stdout, empty.stdout + empty.stderr
+    assert stored(postgres, pg_url, "SELECT to_regclass('presence_sync_schema')") == [(None,)]
+    tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+    assert stored(postgres, pg_url, tables) == [(0,)]
+
+    # A database at this version, made by the daemon's store: its rows are read.
+    store = PostgresStore(pg_url, customer="K1234", password=ROLE_PASSWORD)
+    try:
+        store.put_applied("webhook", ANNA, ON_A_CALL)
+    finally:
+        store.close()
+
+    shown = pg_status(config, pgpass)
+
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    anna = next(line for line in shown.stdout.splitlines() if "anna@example.com" in line)
+    assert re.search(r"webhook\s+Busy/InACall", anna), anna
+
+    # A schema from a newer presence-sync: refused, and left as it was.
+    newer = POSTGRES_SCHEMA_VERSION + 1
+    stored(postgres, pg_url, f"UPDATE presence_sync_schema SET version = {newer} RETURNING version")
+
+    refused = pg_status(config, pgpass)
+
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert f"schema version {newer}" in refused.stderr, refused.stderr
+    assert "newer presence-sync" in refused.stderr
+    assert stored(postgres, pg_url, "SELECT version FROM presence_sync_schema") == [(newer,)]
+    assert len(stored(postgres, pg_url, "SELECT * FROM presence_sync_applied")) == 1
