@@ -254,7 +254,8 @@ class _Connection:
         self, url: str, password: str | None, where: str, *, read_only: bool = False
     ) -> None:
         self._url = url
-        self._password = password
+        self.password = password
+        """Used by the next connection opened (``PostgresStore.use_password``)."""
         self._where = where
         self._read_only = read_only
         self._db: psycopg.Connection[tuple[Any, ...]] | None = None
@@ -269,8 +270,8 @@ class _Connection:
         # forever: the kernel gives up on unacknowledged data after
         # tcp_user_timeout, keepalives find a silent peer while we wait.
         extra: dict[str, Any] = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in given}
-        if self._password is not None:
-            extra["password"] = self._password
+        if self.password is not None:
+            extra["password"] = self.password
         db = psycopg.connect(self._url, autocommit=True, **extra)
         db.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT}")
         if self._read_only:
@@ -355,6 +356,7 @@ class PostgresStore:
         self._pool: ThreadPoolExecutor | None = None
         self._writer_local = threading.local()
         self._writers: list[_Connection] = []
+        self._writers_lock = threading.Lock()  # writers made, and use_password
         self._backlog = 0
         self._closed = False
         self._write_failure: str | None = None
@@ -366,6 +368,17 @@ class PostgresStore:
 
     def __repr__(self) -> str:
         return f"PostgresStore({self._where!r}, customer={self.customer!r})"
+
+    def use_password(self, password: str | None) -> None:
+        """Connect with ``password`` from now on (``None``: libpq finds one
+        itself), for a rotated ``state.password_file`` on reload: every
+        connection opened after this call uses it, the writer thread's too;
+        the open ones carry on as they are (PostgreSQL keeps a session
+        whose role's password changed)."""
+        with self._writers_lock:
+            self._password = password
+            for db in (self._db, *self._writers):
+                db.password = password
 
     # --- schema ----------------------------------------------------------------------
 
@@ -530,8 +543,9 @@ class PostgresStore:
     def _write_in_thread(self, runs: _Runs) -> None:
         db: _Connection | None = getattr(self._writer_local, "db", None)
         if db is None:
-            db = self._writer_local.db = _Connection(self.url, self._password, self._where)
-            self._writers.append(db)
+            with self._writers_lock:
+                db = self._writer_local.db = _Connection(self.url, self._password, self._where)
+                self._writers.append(db)
         self._write(runs, db)
 
     # --- the targets' memory -----------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from harness import Daemon, Hook, write_config
+from harness import Daemon, Hook, cli, write_config
 from pgcluster import ROLE_PASSWORD, Cluster, free_port
 from polling import eventually
 
@@ -296,3 +297,56 @@ def test_status_reads_postgresql_read_only_and_changes_nothing(
     assert "newer presence-sync" in refused.stderr
     assert stored(postgres, pg_url, "SELECT version FROM presence_sync_schema") == [(newer,)]
     assert len(stored(postgres, pg_url, "SELECT * FROM presence_sync_applied")) == 1
+
+
+def test_a_rotated_password_file_is_taken_on_reload_for_the_next_connection(
+    tmp_path: Path,
+    nfon: SimHandle,
+    hook: Hook,
+    daemons: Callable[..., Daemon],
+    postgres: Cluster,
+) -> None:
+    # A role of its own: the others' password stays as it is.
+    role = f"rotating_{os.getpid()}"
+    with postgres.admin() as db:
+        db.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'first-Pw-1'")
+        db.execute(f"CREATE DATABASE {role} OWNER {role}")
+    secret = tmp_path / "db.password"
+    secret.write_text("first-Pw-1\n")
+    secret.chmod(0o600)
+    state = f"  url: {postgres.url(role, role)}\n  password_file: db.password\n"
+    config = write_config(tmp_path / "config.yaml", nfon, hook, state=state)
+    daemon = daemons("run", "-c", str(config))
+    daemon.wait_ready()
+    # A call and its end: the daemon's connections are open, with the first password.
+    call = nfon.sim.call("100")
+    hook.wait_status("anna@example.com", "InACall")
+    nfon.sim.hangup(call)
+    hook.wait_status("anna@example.com", None, after=1)
+    seen = len(hook.for_person("anna@example.com"))
+
+    # The admin rotates the password: in the database, then in the file.
+    with postgres.admin() as db:
+        db.execute(f"ALTER ROLE {role} PASSWORD 'second-Pw-2'")
+    secret.write_text("second-Pw-2\n")
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_line(r"configuration reloaded")
+    daemon.wait_line(r"state database password changed")
+    # The daemon's sessions end (a restarted server, a failover): it must
+    # connect again, with the new password.
+    with postgres.admin() as db:
+        db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,)
+        )
+    nfon.sim.call("100")
+
+    hook.wait_status("anna@example.com", "InACall", after=seen)
+    # A pause is stored on the loop's own connection: it connects again too.
+    paused = cli("pause", "ben@example.com", "-c", str(config), "--url", daemon.url())
+    assert paused.returncode == 0, paused.stdout + paused.stderr
+    assert stored(postgres, postgres.url(role), "SELECT person_key FROM presence_sync_pauses") == [
+        ("ben@example.com",)
+    ]
+    body = daemon.wait_ready(timeout=30)
+    assert body["components"]["store"] == {"ok": True, "reason": "writable"}
+    assert "Pw-" not in daemon.output()
