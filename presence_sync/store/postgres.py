@@ -204,6 +204,27 @@ def probe(url: str, *, customer: str, password: str | None = None) -> str:
         db.close()
 
 
+def _schema_version(cur: psycopg.Cursor[tuple[Any, ...]], where: str) -> int | None:
+    """The schema version stored in the database, ``None`` when there is
+    none (no ``presence_sync_schema`` table, or no row in it yet); reads
+    only. Raises ``StoreError`` for a version newer than this presence-sync
+    knows."""
+    made = cur.execute("SELECT to_regclass('presence_sync_schema') IS NOT NULL").fetchone()
+    if made is None or not made[0]:
+        return None
+    row = cur.execute("SELECT version FROM presence_sync_schema").fetchone()
+    if row is None:
+        return None
+    version, known = int(row[0]), len(POSTGRES_MIGRATIONS)
+    if version > known:
+        raise StoreError(
+            f"state database {where} has schema version {version}, written by a newer "
+            f"presence-sync; this one understands up to version {known}. "
+            "Upgrade presence-sync (the database was left unchanged)."
+        )
+    return version
+
+
 def read_stored(
     url: str, *, customer: str, password: str | None = None
 ) -> tuple[list[AppliedRow], list[PauseRow]] | None:
@@ -216,23 +237,11 @@ def read_stored(
     ``StoreError`` (naming the database, never a password) when it cannot
     connect, or when the schema is newer than this presence-sync knows."""
     where = describe(url)
-    known = len(POSTGRES_MIGRATIONS)
     db = _Connection(url, password, where, read_only=True)
     try:
         with db.transaction(pipelined=False) as cur:
-            made = cur.execute("SELECT to_regclass('presence_sync_schema') IS NOT NULL").fetchone()
-            if made is None or not made[0]:
-                return None
-            row = cur.execute("SELECT version FROM presence_sync_schema").fetchone()
-            version = 0 if row is None else int(row[0])
-            if version > known:
-                raise StoreError(
-                    f"state database {where} has schema version {version}, written by a newer "
-                    f"presence-sync; this one understands up to version {known}. "
-                    "Upgrade presence-sync to read it (the database was left unchanged)."
-                )
-            if version < 1:
-                # A first migration that did not commit: no tables to read.
+            version = _schema_version(cur, where)
+            if version is None or version < 1:
                 return None
             # Every version up to ``known`` has these columns (one so far;
             # a migration that changes them adds a query for the old layout).
@@ -388,21 +397,15 @@ class PostgresStore:
             # Held to the end of the transaction: the second daemon reads the
             # version only after the first committed its migration.
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            # Created only when missing: a database already at this version
-            # needs no CREATE privilege to be opened.
-            made = cur.execute("SELECT to_regclass('presence_sync_schema')").fetchone()
-            if made is None or made[0] is None:
-                cur.execute("CREATE TABLE presence_sync_schema (version INTEGER NOT NULL)")
-            row = cur.execute("SELECT version FROM presence_sync_schema").fetchone()
-            version = 0 if row is None else int(row[0])
-            if version > known:
-                raise StoreError(
-                    f"state database {self._where} has schema version {version}, written by "
-                    f"a newer presence-sync; this one understands up to version {known}. "
-                    "Upgrade presence-sync (the database was left unchanged)."
-                )
-            if row is None:
+            stored = _schema_version(cur, self._where)
+            if stored is None:
+                # Created only when missing: a database already at this
+                # version needs no CREATE privilege to be opened.
+                made = cur.execute("SELECT to_regclass('presence_sync_schema')").fetchone()
+                if made is None or made[0] is None:
+                    cur.execute("CREATE TABLE presence_sync_schema (version INTEGER NOT NULL)")
                 cur.execute("INSERT INTO presence_sync_schema (version) VALUES (0)")
+            version = stored or 0
             for step in range(version, known):
                 try:
                     for statement in POSTGRES_MIGRATIONS[step]:

@@ -217,19 +217,7 @@ def test_status_reads_the_stored_view_from_postgresql_with_libpqs_password_file(
     daemon.kill()
     # status does not read systemd credentials: the admin's own ~/.pgpass,
     # here named by PGPASSFILE, is how libpq finds the password.
-    pgpass = tmp_path / "pgpass"
-    pgpass.write_text(f"127.0.0.1:{postgres.port}:*:presence_sync:{ROLE_PASSWORD}\n")
-    pgpass.chmod(0o600)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-
-    shown = subprocess.run(
-        [sys.executable, "-m", "presence_sync", "status", "-c", str(config), "--url", listened],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**environ, "PGPASSFILE": str(pgpass)},
-        check=False,
-    )
+    shown = pg_status(config, pgpass(tmp_path, postgres), listened)
 
     assert shown.returncode == 1, shown.stdout + shown.stderr
     assert f"Stored view (the daemon is down), read from {pg_url}:" in shown.stdout
@@ -237,13 +225,24 @@ def test_status_reads_the_stored_view_from_postgresql_with_libpqs_password_file(
     assert re.search(r"webhook\s+Busy/InACall", anna), anna
 
 
-def pg_status(config: Path, pgpass: Path) -> subprocess.CompletedProcess[str]:
-    """``presence-sync status`` while no daemon answers, with the admin's
-    own password file as libpq's only way to the password."""
+def pgpass(tmp_path: Path, postgres: Cluster) -> Path:
+    """An admin's libpq password file with the daemon's role in it."""
+    path = tmp_path / "pgpass"
+    path.write_text(f"127.0.0.1:{postgres.port}:*:presence_sync:{ROLE_PASSWORD}\n")
+    path.chmod(0o600)
+    return path
+
+
+def pg_status(
+    config: Path, pgpass: Path, url: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``presence-sync status`` asking the daemon at ``url`` (default: a
+    port nobody listens on), with the admin's own password file as libpq's
+    only way to the password."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    nobody = f"http://127.0.0.1:{free_port()}"
+    url = url or f"http://127.0.0.1:{free_port()}"
     return subprocess.run(
-        [sys.executable, "-m", "presence_sync", "status", "-c", str(config), "--url", nobody],
+        [sys.executable, "-m", "presence_sync", "status", "-c", str(config), "--url", url],
         capture_output=True,
         text=True,
         timeout=60,
@@ -260,12 +259,10 @@ def test_status_reads_postgresql_read_only_and_changes_nothing(
     (tmp_path / "db.password").chmod(0o600)
     state = f"  url: {pg_url}\n  password_file: db.password\n"
     config = write_config(tmp_path / "config.yaml", nfon, hook, state=state)
-    pgpass = tmp_path / "pgpass"
-    pgpass.write_text(f"127.0.0.1:{postgres.port}:*:presence_sync:{ROLE_PASSWORD}\n")
-    pgpass.chmod(0o600)
+    admins = pgpass(tmp_path, postgres)
 
     # An empty database: nothing stored yet, and no table made by status.
-    empty = pg_status(config, pgpass)
+    empty = pg_status(config, admins)
 
     assert empty.returncode == 1, empty.stdout + empty.stderr
     assert "Nothing stored yet" in empty.stdout, empty.stdout + empty.stderr
@@ -280,7 +277,7 @@ def test_status_reads_postgresql_read_only_and_changes_nothing(
     finally:
         store.close()
 
-    shown = pg_status(config, pgpass)
+    shown = pg_status(config, admins)
 
     assert shown.returncode == 1, shown.stdout + shown.stderr
     anna = next(line for line in shown.stdout.splitlines() if "anna@example.com" in line)
@@ -290,7 +287,7 @@ def test_status_reads_postgresql_read_only_and_changes_nothing(
     newer = POSTGRES_SCHEMA_VERSION + 1
     stored(postgres, pg_url, f"UPDATE presence_sync_schema SET version = {newer} RETURNING version")
 
-    refused = pg_status(config, pgpass)
+    refused = pg_status(config, admins)
 
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert f"schema version {newer}" in refused.stderr, refused.stderr
