@@ -374,10 +374,29 @@ class ReloadRefused(PresenceSyncError):
 
 
 def _store_moved(old: Settings, new: Settings) -> bool:
-    """Whether ``new`` names another store than the running one."""
-    if old.state != new.state:
+    """Whether ``new`` names another store than the running one. Its
+    password is not part of that: a rotated one is handed to the running
+    store (``_use_password``)."""
+    if (old.state.path, old.state.url) != (new.state.path, new.state.url):
         return True
     return new.state.url is not None and old.nfon.customer != new.nfon.customer
+
+
+def _use_password(old: Settings, new: Settings, store: Store) -> None:
+    """Hand a changed ``state.password`` (a rotated password file) to the
+    running PostgreSQL store, for the connections it opens from now on."""
+    if new.state.url is None or old.state.password == new.state.password:
+        return
+    from presence_sync.store.postgres import PostgresStore
+
+    if not isinstance(store, PostgresStore):  # --dry-run: the memory store
+        return
+    password = None if new.state.password is None else new.state.password.get_secret_value()
+    store.use_password(password)
+    log.info(
+        "state database password changed: used from the next connection",
+        extra=kv(event="store_password_changed"),
+    )
 
 
 async def rewire(
@@ -739,6 +758,7 @@ class Daemon:
         new.engine.set_targets(new.targets)
         new.engine.set_rules(new.rules)
         new.engine.set_people(new.directory.people())
+        _use_password(old.settings, settings, new.store)
         if not nfon_changed:
             # The running feed stays (its streams with it); the new rules may
             # wait for call events differently. A new feed was built so.

@@ -343,7 +343,9 @@ def _postgres_url(value: str) -> str:
         parts = None
     if parts is None or parts.scheme not in ("postgresql", "postgres"):
         raise ValueError("must be a postgresql:// URL (postgresql://user@host:port/database)")
-    if parts.password is not None:
+    # libpq takes a password from the user-info part and from ``?password=``.
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if parts.password is not None or any(key.strip() == "password" for key, _ in query):
         raise ValueError(
             "must not carry the password: put it in state.password_file (or libpq's PGPASSFILE)"
         )

@@ -59,7 +59,14 @@ from presence_sync.store.codec import (
 )
 from presence_sync.store.schema import APPLICATION_ID, POSTGRES_MIGRATIONS
 
-__all__ = ["CONNECT_TIMEOUT", "STATEMENT_TIMEOUT", "PostgresStore", "describe", "probe"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "STATEMENT_TIMEOUT",
+    "PostgresStore",
+    "describe",
+    "probe",
+    "read_stored",
+]
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +175,7 @@ def probe(url: str, *, customer: str, password: str | None = None) -> str:
     ``StoreError`` (naming the database, never a password) when it cannot
     connect, or when the schema is newer than this presence-sync knows."""
     where = describe(url)
-    db = _Connection(url, password, where)
+    db = _Connection(url, password, where, read_only=True)
     try:
         server = db.rows("SHOW server_version", ())[0][0]
         exists = db.rows("SELECT to_regclass('presence_sync_schema') IS NOT NULL", ())[0][0]
@@ -197,13 +204,69 @@ def probe(url: str, *, customer: str, password: str | None = None) -> str:
         db.close()
 
 
-class _Connection:
-    """One connection, opened again after it broke. Used by one thread at a time."""
+def _schema_version(cur: psycopg.Cursor[tuple[Any, ...]], where: str) -> int | None:
+    """The schema version stored in the database, ``None`` when there is
+    none (no ``presence_sync_schema`` table, or no row in it yet); reads
+    only. Raises ``StoreError`` for a version newer than this presence-sync
+    knows."""
+    made = cur.execute("SELECT to_regclass('presence_sync_schema') IS NOT NULL").fetchone()
+    if made is None or not made[0]:
+        return None
+    row = cur.execute("SELECT version FROM presence_sync_schema").fetchone()
+    if row is None:
+        return None
+    version, known = int(row[0]), len(POSTGRES_MIGRATIONS)
+    if version > known:
+        raise StoreError(
+            f"state database {where} has schema version {version}, written by a newer "
+            f"presence-sync; this one understands up to version {known}. "
+            "Upgrade presence-sync (the database was left unchanged)."
+        )
+    return version
 
-    def __init__(self, url: str, password: str | None, where: str) -> None:
+
+def read_stored(
+    url: str, *, customer: str, password: str | None = None
+) -> tuple[list[AppliedRow], list[PauseRow]] | None:
+    """Every applied row and every pause of ``customer`` in the database at
+    ``url``, read the way ``presence-sync status`` does while the daemon is
+    down: on a read-only connection (``default_transaction_read_only``), in
+    one read-only transaction of SELECTs only, so nothing is created,
+    migrated or changed, whatever the role may do. ``None`` when the
+    database has no presence-sync tables yet (nothing was stored). Raises
+    ``StoreError`` (naming the database, never a password) when it cannot
+    connect, or when the schema is newer than this presence-sync knows."""
+    where = describe(url)
+    db = _Connection(url, password, where, read_only=True)
+    try:
+        with db.transaction(pipelined=False) as cur:
+            version = _schema_version(cur, where)
+            if version is None or version < 1:
+                return None
+            # Every version up to ``known`` has these columns (one so far;
+            # a migration that changes them adds a query for the old layout).
+            applied = cur.execute(_LOAD_APPLIED, (customer,)).fetchall()
+            paused = cur.execute(_LOAD_PAUSES, (customer,)).fetchall()
+    finally:
+        db.close()
+    rows = [r for r in (decode_applied(row) for row in applied) if r is not None]
+    pauses = [p for p in (decode_pause(row) for row in paused) if p is not None]
+    return rows, pauses
+
+
+class _Connection:
+    """One connection, opened again after it broke. Used by one thread at a time.
+    ``read_only``: every transaction of the connection is read-only, so the
+    server refuses any write, whatever the role may do."""
+
+    def __init__(
+        self, url: str, password: str | None, where: str, *, read_only: bool = False
+    ) -> None:
         self._url = url
-        self._password = password
+        self.password = password
+        """Used by the next connection opened (``PostgresStore.use_password``)."""
         self._where = where
+        self._read_only = read_only
         self._db: psycopg.Connection[tuple[Any, ...]] | None = None
 
     def _open(self) -> psycopg.Connection[tuple[Any, ...]]:
@@ -216,10 +279,12 @@ class _Connection:
         # forever: the kernel gives up on unacknowledged data after
         # tcp_user_timeout, keepalives find a silent peer while we wait.
         extra: dict[str, Any] = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in given}
-        if self._password is not None:
-            extra["password"] = self._password
+        if self.password is not None:
+            extra["password"] = self.password
         db = psycopg.connect(self._url, autocommit=True, **extra)
         db.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT}")
+        if self._read_only:
+            db.execute("SET default_transaction_read_only = on")
         self._db = db
         return db
 
@@ -300,6 +365,7 @@ class PostgresStore:
         self._pool: ThreadPoolExecutor | None = None
         self._writer_local = threading.local()
         self._writers: list[_Connection] = []
+        self._writers_lock = threading.Lock()  # writers made, and use_password
         self._backlog = 0
         self._closed = False
         self._write_failure: str | None = None
@@ -312,6 +378,17 @@ class PostgresStore:
     def __repr__(self) -> str:
         return f"PostgresStore({self._where!r}, customer={self.customer!r})"
 
+    def use_password(self, password: str | None) -> None:
+        """Connect with ``password`` from now on (``None``: libpq finds one
+        itself), for a rotated ``state.password_file`` on reload: every
+        connection opened after this call uses it, the writer thread's too;
+        the open ones carry on as they are (PostgreSQL keeps a session
+        whose role's password changed)."""
+        with self._writers_lock:
+            self._password = password
+            for db in (self._db, *self._writers):
+                db.password = password
+
     # --- schema ----------------------------------------------------------------------
 
     def _migrate(self) -> None:
@@ -320,21 +397,15 @@ class PostgresStore:
             # Held to the end of the transaction: the second daemon reads the
             # version only after the first committed its migration.
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-            # Created only when missing: a database already at this version
-            # needs no CREATE privilege to be opened.
-            made = cur.execute("SELECT to_regclass('presence_sync_schema')").fetchone()
-            if made is None or made[0] is None:
-                cur.execute("CREATE TABLE presence_sync_schema (version INTEGER NOT NULL)")
-            row = cur.execute("SELECT version FROM presence_sync_schema").fetchone()
-            version = 0 if row is None else int(row[0])
-            if version > known:
-                raise StoreError(
-                    f"state database {self._where} has schema version {version}, written by "
-                    f"a newer presence-sync; this one understands up to version {known}. "
-                    "Upgrade presence-sync (the database was left unchanged)."
-                )
-            if row is None:
+            stored = _schema_version(cur, self._where)
+            if stored is None:
+                # Created only when missing: a database already at this
+                # version needs no CREATE privilege to be opened.
+                made = cur.execute("SELECT to_regclass('presence_sync_schema')").fetchone()
+                if made is None or made[0] is None:
+                    cur.execute("CREATE TABLE presence_sync_schema (version INTEGER NOT NULL)")
                 cur.execute("INSERT INTO presence_sync_schema (version) VALUES (0)")
+            version = stored or 0
             for step in range(version, known):
                 try:
                     for statement in POSTGRES_MIGRATIONS[step]:
@@ -475,8 +546,9 @@ class PostgresStore:
     def _write_in_thread(self, runs: _Runs) -> None:
         db: _Connection | None = getattr(self._writer_local, "db", None)
         if db is None:
-            db = self._writer_local.db = _Connection(self.url, self._password, self._where)
-            self._writers.append(db)
+            with self._writers_lock:
+                db = self._writer_local.db = _Connection(self.url, self._password, self._where)
+                self._writers.append(db)
         self._write(runs, db)
 
     # --- the targets' memory -----------------------------------------------------------

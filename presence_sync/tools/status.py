@@ -221,31 +221,39 @@ def _person(p: Mapping[str, Any], today: str, out: TextIO) -> None:
 # --- the stored view ---------------------------------------------------------------------
 
 
-def _read_stored(located: Located) -> tuple[str, list[AppliedRow], list[PauseRow]]:
-    """Where the stored view was read, and what it holds. A PostgreSQL
-    store is read with libpq's own password lookup (``PGPASSFILE``): its
+def _read_stored(
+    located: Located,
+) -> tuple[str, tuple[list[AppliedRow], list[PauseRow]] | None]:
+    """Where the stored view was read, and what it holds (applied rows and
+    pauses); ``None`` for a PostgreSQL database without presence-sync
+    tables yet. A PostgreSQL store is read read-only (nothing is created or
+    migrated) with libpq's own password lookup (``PGPASSFILE``): its
     ``state.password_file`` is a systemd credential, not read here."""
     settings = located.settings
     state = settings.state
     if state.url is None:
         assert state.path is not None  # the config gives one of the two
-        rows, pauses = read_stored(state.path)
-        return str(state.path), rows, pauses
-    from presence_sync.store.postgres import PostgresStore, describe
+        return str(state.path), read_stored(state.path)
+    from presence_sync.store import postgres
 
     secret = None if state.password is None else state.password.get_secret_value()
     password = None if secret == UNREAD_SECRET else secret
-    store = PostgresStore(state.url, customer=settings.nfon.customer, password=password)
-    try:
-        return describe(state.url), store.load_applied(), store.load_pauses()
-    finally:
-        store.close()
+    found = postgres.read_stored(state.url, customer=settings.nfon.customer, password=password)
+    return postgres.describe(state.url), found
 
 
 def _stored(located: Located, who: str | None, out: TextIO) -> int:
-    where, rows, pauses = _read_stored(located)
-    today = datetime.now().astimezone().date().isoformat()
+    where, found = _read_stored(located)
     print(f"Stored view (the daemon is down), read from {where}:", file=out)
+    if found is None:
+        print(
+            "Nothing stored yet: the database has no presence-sync tables "
+            "(the daemon creates them when it starts).",
+            file=out,
+        )
+        return 1
+    rows, pauses = found
+    today = datetime.now().astimezone().date().isoformat()
     print("what each target last confirmed; nothing newer is known here.", file=out)
     print(file=out)
     if who:

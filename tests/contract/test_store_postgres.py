@@ -14,9 +14,9 @@ import pytest
 from pgcluster import ROLE_PASSWORD, Cluster
 
 from presence_sync.model import Applied, Person, Status
-from presence_sync.store import AppliedWrite, StoreError, TargetMemory
+from presence_sync.store import AppliedWrite, PauseRow, StoreError, TargetMemory
 from presence_sync.store import postgres as postgres_module
-from presence_sync.store.postgres import PostgresStore, describe
+from presence_sync.store.postgres import PostgresStore, describe, read_stored
 from presence_sync.store.schema import POSTGRES_MIGRATIONS, POSTGRES_SCHEMA_VERSION
 
 ANNA = Person(key="anna@example.com", email="anna@example.com", extension="100")
@@ -254,3 +254,28 @@ def test_a_database_at_this_version_opens_for_a_role_that_may_only_read_and_writ
             db.execute("REASSIGN OWNED BY presence_sync_dml TO postgres")
             db.execute("DROP OWNED BY presence_sync_dml")
             db.execute("DROP ROLE presence_sync_dml")
+
+
+def test_read_stored_reads_one_customers_rows_and_creates_nothing(
+    pg_url: str, postgres: Cluster
+) -> None:
+    """What ``presence-sync status`` reads while the daemon is down."""
+    assert read_stored(pg_url, customer="K1111", password=ROLE_PASSWORD) is None
+    assert tables(postgres, pg_url) == []
+
+    pause = PauseRow(ANNA.key, frozenset({"teams"}), None, datetime(2026, 1, 5, 8, 0, tzinfo=UTC))
+    first, second = open_store(pg_url, "K1111"), open_store(pg_url, "K2222")
+    try:
+        first.put_applied("teams", ANNA, ON_A_CALL)
+        first.put_pause(pause)
+        second.put_applied("slack", ANNA, ON_A_CALL)
+    finally:
+        first.close()
+        second.close()
+
+    found = read_stored(pg_url, customer="K1111", password=ROLE_PASSWORD)
+
+    assert found is not None
+    rows, pauses = found
+    assert [(r.target, r.person, r.applied) for r in rows] == [("teams", ANNA, ON_A_CALL)]
+    assert pauses == [pause]

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from presence_sync import config
+from presence_sync.cli import main
 from presence_sync.config import Duration, HttpURL, Settings, load, reading
-from presence_sync.errors import ConfigError, ConfigProblem
+from presence_sync.errors import EX_CONFIG, ConfigError, ConfigProblem
 from presence_sync.model import Line, LineView, Status
 from presence_sync.rules import compile_rules
 from presence_sync.targets import base
@@ -858,6 +859,11 @@ def test_state_path_and_url_are_exclusive(write: Callable[[str], Path]) -> None:
     [
         ("  url: mysql://p@db/presence\n", "must be a postgresql:// URL"),
         ("  url: postgresql://p:hunter2@db/presence\n", "must not carry the password"),
+        ("  url: postgresql://p@db/presence?password=hunter2\n", "must not carry the password"),
+        (
+            "  url: postgresql://p@db/presence?sslmode=require&pass%77ord=hunter2\n",
+            "must not carry the password",
+        ),
         ("  url: postgresql://p@db\n", "must name the database"),
         ("  url: postgresql://p@db:port/presence\n", "must be a postgresql:// URL"),
         ("  password: s3cret\n", "for state.url only"),
@@ -872,6 +878,21 @@ def test_bad_state_url(write: Callable[[str], Path], state: str, message: str) -
     assert message in found.message
     assert "hunter2" not in str(found)
     assert "s3cret" not in str(found)
+
+
+def test_a_password_in_the_state_urls_query_exits_78_without_showing_it(
+    write: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # libpq would take ?password= as readily as user:password@.
+    path = write(BASE + "state:\n  url: postgresql://p@db:5432/presence?password=hunter2\n")
+
+    assert main(["check", "--offline", "-c", str(path)]) == EX_CONFIG
+
+    err = capsys.readouterr().err
+    assert f"{path}:{line_of(path, 'postgresql:')}:" in err
+    assert "state.url" in err
+    assert "must not carry the password" in err
+    assert "hunter2" not in err
 
 
 @pytest.mark.parametrize("listen", ["9477", "[nope]:1", "host:70000", "a b:1", "::1:9477"])

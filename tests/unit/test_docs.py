@@ -93,3 +93,8 @@ def test_the_postgresql_store_is_documented_where_admins_look() -> None:
     example = (ROOT / "config.example.yaml").read_text()
     assert "# url: postgresql://" in example
     assert "# password_file:" in example
+    # The example's PostgreSQL comment sends the admin to that guide.
+    postgres = example[
+        example.index("# Or a PostgreSQL database") : example.index("# url: postgresql://")
+    ]
+    assert "See docs/high-availability.md." in postgres, postgres
