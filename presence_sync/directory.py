@@ -143,8 +143,10 @@ class Directory:
         extension is no longer listed, and record unmapped extensions.
 
         An empty list is not taken: a tenant without a single extension is
-        an NFON hiccup, and believing it would clear everyone's status."""
-        if not infos and self._configured:
+        an NFON hiccup, and believing it would clear everyone's status:
+        typed people and the group's alike (a group-only deployment has
+        nobody typed)."""
+        if not infos and (self._configured or self._active or self._group is not None):
             log.warning("NFON listed no extensions at all; keeping the directory as it was")
             return DirectoryChange((), (), ())
         nfon: dict[str, str | None] = {}

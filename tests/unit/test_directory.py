@@ -103,6 +103,18 @@ def test_an_empty_extension_list_is_not_believed(caplog: pytest.LogCaptureFixtur
     assert "NFON listed no extensions" in caplog.text
 
 
+def test_an_empty_extension_list_keeps_group_members_without_typed_people(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    directory = Directory([], Group())
+    directory.update_extensions(NFON)
+    directory.update_members([DORA, EMIL])
+    change = directory.update_extensions([])
+    assert not change
+    assert keys(directory.people()) == ["dora@example.com", "emil@example.com"]
+    assert "NFON listed no extensions" in caplog.text
+
+
 def test_configured_extension_nfon_never_listed_is_inactive() -> None:
     directory = Directory([ANNA, Entry("999", "ghost@example.com")])
     change = directory.update_extensions(NFON)
