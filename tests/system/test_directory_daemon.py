@@ -241,11 +241,15 @@ def test_conflicts_and_unmatched_show_in_the_api_and_metrics(
     world.graph.sim.add_member(
         world.group, world.add(("102", "Zoe Twin", "zoe@example.com", "+49 89 45300 102"))
     )
-    daemon = daemons("run", "-c", str(_config(tmp_path, world, hook)))
+    # In a zone ahead of UTC, so that a time given in UTC shows.
+    daemon = daemons("run", "-c", str(_config(tmp_path, world, hook)), env={"TZ": "Asia/Kolkata"})
     daemon.wait_ready()
     eventually(lambda: _synced(daemon) == {"anna@example.com", "ben@example.com"}, "two synced")
     response = httpx.get(daemon.url() + "/api/status", timeout=5)
     group = response.json()["directory"]
+    # Local time with its offset, like every other time in the document.
+    assert response.json()["at"].endswith("+05:30")
+    assert group["last_refresh"].endswith("+05:30")
     assert group["group"] == "Phone users"
     assert group["people"] == 2
     [conflict] = group["conflicts"]
