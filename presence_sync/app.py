@@ -535,6 +535,13 @@ class Daemon:
             self.runtime.schedules.run_now("members"), name="members-now"
         )
 
+    async def _cancel_members_task(self) -> None:
+        task = self._members_task
+        self._members_task = None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+
     # --- running -------------------------------------------------------------------
 
     async def run(self) -> int:
@@ -710,8 +717,12 @@ class Daemon:
         retired = [t for n, t in old.targets.items() if new.targets.get(n) is not t]
         await close_targets(retired)
         if _members_key(old.settings) != _members_key(new.settings):
+            # A refresh still running reads with the old reader: cancel it
+            # before that reader is closed, so the refresh below (with the
+            # new one) is not skipped as "already running".
+            await self._cancel_members_task()
             source = new.members.source
-            new.members.use(_group_members(new.settings, self.clock))
+            await new.members.use(_group_members(new.settings, self.clock))
             if source is not None:
                 await source.aclose()
         # A reload is also when an admin expects people who joined to appear.

@@ -20,6 +20,7 @@ beyond: the directory compares the members it gets with the ones it has.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -214,7 +215,8 @@ class Refresher:
     A failed load raises (the schedule logs it once, and once when it works
     again) and changes nothing: the last good members stay. ``source`` is
     None without ``directory.microsoft``; a reload hands a new one to
-    ``use`` (the old one is the caller's to close)."""
+    ``use``, which cancels a load still running with the old one (the old
+    one is the caller's to close)."""
 
     def __init__(
         self,
@@ -230,8 +232,17 @@ class Refresher:
         self.last_success: datetime | None = None
         self.error: str | None = None
         """Why the last refresh failed (None when it worked)."""
+        self._loading: asyncio.Future[list[Member]] | None = None
 
-    def use(self, source: GroupMembers | None) -> None:
+    async def use(self, source: GroupMembers | None) -> None:
+        """Read with ``source`` from now on. A load still running with the
+        old reader (a scheduled refresh, say) is cancelled and awaited
+        first: its answer is for the old group, and the caller closes the
+        old reader next."""
+        loading = self._loading
+        if loading is not None and not loading.done():
+            loading.cancel()
+            await asyncio.wait({loading})
         self.source = source
         self.error = None
 
@@ -241,8 +252,18 @@ class Refresher:
             return
         start = self.clock.monotonic()
         requests = source.requests
+        loading = asyncio.ensure_future(source.load())
+        self._loading = loading
         try:
-            members = await source.load()
+            await asyncio.wait({loading})
+        except asyncio.CancelledError:
+            loading.cancel()
+            raise
+        if loading.cancelled():
+            log.info("group members refresh cancelled: the reader was replaced")
+            return
+        try:
+            members = loading.result()
         except PresenceSyncError as exc:
             self.error = str(exc)
             raise

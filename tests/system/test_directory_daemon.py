@@ -175,6 +175,33 @@ def test_a_member_added_is_synced_after_sighup(
     eventually(lambda: "dora@example.com" in _synced(daemon), "Dora synced after SIGHUP")
 
 
+def test_a_sighup_to_another_group_during_a_refresh_reads_the_new_group_at_once(
+    tmp_path: Path, world: World, hook: Hook, daemons: Callable[..., Daemon]
+) -> None:
+    config = _config(tmp_path, world, hook)
+    daemon = daemons("run", "-c", str(config))
+    daemon.wait_ready()
+    everyone = {email for _, _, email, _ in STAFF}
+    eventually(lambda: _synced(daemon) == everyone, "everyone synced")
+    sales = world.graph.sim.add_group("Sales phones")
+    for email in [*sorted(everyone)]:
+        world.graph.sim.add_member(sales, world.users[email])
+    world.graph.sim.add_member(sales, world.add(DORA))
+    # A refresh of the old group is under way (Graph is slow) when the
+    # admin switches to the new group.
+    world.graph.sim.hang_next(6.0, f"/v1.0/groups/{world.group}/transitiveMembers")
+    _resync(daemon)
+    eventually(lambda: world.graph.sim.hangs_left() == 0, "the old group's refresh held")
+    config.write_text(config.read_text().replace("group: Phone users", "group: Sales phones"))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_line("configuration reloaded")
+    eventually(lambda: "dora@example.com" in _synced(daemon), "Dora synced after SIGHUP", 5.0)
+    assert _synced(daemon) == {*everyone, "dora@example.com"}
+    # The old group's read was cancelled, not failed on a closed reader.
+    assert daemon.count(r"Entra group refresh .*failed") == 0
+    assert "Traceback" not in daemon.output()
+
+
 def test_a_member_removed_in_a_call_gets_their_own_status_back(
     tmp_path: Path, world: World, hook: Hook, daemons: Callable[..., Daemon]
 ) -> None:
