@@ -671,20 +671,24 @@ class Daemon:
                 log.warning("NFON directory not available yet; continuing without it")
         elif fetch.exception() is not None:
             log.warning("NFON directory not available yet; continuing: %s", fetch.exception())
-        if fetch not in done and not self._stop.is_set():
-            # The group's members were cut off with NFON's wait: on with them
-            # now rather than at the next scheduled refresh.
-            self.refresh_members()
         return not self._stop.is_set()
 
     async def _first_directory(self) -> None:
         """NFON's extensions and the group's members, side by side; the
-        members' failure is logged (once) and waits for the schedule."""
-        members = asyncio.ensure_future(self.runtime.schedules.run_now("members"))
+        members' failure is logged (once) and waits for the schedule.
+
+        The members' refresh is the daemon's own task (``refresh_members``):
+        cut off with NFON's wait it goes on (not a second one), and a stop
+        cancels it."""
+        self.refresh_members()
+        directory = asyncio.ensure_future(self.runtime.feed.refresh_directory())
+        members = self._members_task
         try:
-            await self.runtime.feed.refresh_directory()
-        finally:
-            await members
+            await asyncio.wait({directory} if members is None else {directory, members})
+        except asyncio.CancelledError:
+            directory.cancel()
+            raise
+        directory.result()
 
     # --- reload ---------------------------------------------------------------------
 
