@@ -554,6 +554,13 @@ class Daemon:
             self.runtime.schedules.run_now("members"), name="members-now"
         )
 
+    async def _cancel_members_task(self) -> None:
+        task = self._members_task
+        self._members_task = None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+
     # --- running -------------------------------------------------------------------
 
     async def run(self) -> int:
@@ -683,20 +690,24 @@ class Daemon:
                 log.warning("NFON directory not available yet; continuing without it")
         elif fetch.exception() is not None:
             log.warning("NFON directory not available yet; continuing: %s", fetch.exception())
-        if fetch not in done and not self._stop.is_set():
-            # The group's members were cut off with NFON's wait: on with them
-            # now rather than at the next scheduled refresh.
-            self.refresh_members()
         return not self._stop.is_set()
 
     async def _first_directory(self) -> None:
         """NFON's extensions and the group's members, side by side; the
-        members' failure is logged (once) and waits for the schedule."""
-        members = asyncio.ensure_future(self.runtime.schedules.run_now("members"))
+        members' failure is logged (once) and waits for the schedule.
+
+        The members' refresh is the daemon's own task (``refresh_members``):
+        cut off with NFON's wait it goes on (not a second one), and a stop
+        cancels it."""
+        self.refresh_members()
+        directory = asyncio.ensure_future(self.runtime.feed.refresh_directory())
+        members = self._members_task
         try:
-            await self.runtime.feed.refresh_directory()
-        finally:
-            await members
+            await asyncio.wait({directory} if members is None else {directory, members})
+        except asyncio.CancelledError:
+            directory.cancel()
+            raise
+        directory.result()
 
     # --- reload ---------------------------------------------------------------------
 
@@ -729,8 +740,12 @@ class Daemon:
         retired = [t for n, t in old.targets.items() if new.targets.get(n) is not t]
         await close_targets(retired)
         if _members_key(old.settings) != _members_key(new.settings):
+            # A refresh still running reads with the old reader: cancel it
+            # before that reader is closed, so the refresh below (with the
+            # new one) is not skipped as "already running".
+            await self._cancel_members_task()
             source = new.members.source
-            new.members.use(_group_members(new.settings, self.clock))
+            await new.members.use(_group_members(new.settings, self.clock))
             if source is not None:
                 await source.aclose()
         # A reload is also when an admin expects people who joined to appear.

@@ -112,6 +112,9 @@ class Directory:
         self._configured, self._extras = _configured(people)
         self._group = group
         self._members: tuple[Member, ...] | None = None
+        self._kept: dict[str, Person] = {}
+        """The group's people before a reload changed the group or
+        ``extension_from``, kept until the new group's first read."""
         self._pending: frozenset[Member] | None = None
         self.matching: Matching | None = None
         """How the group's members matched NFON's extensions (None: not yet)."""
@@ -143,8 +146,10 @@ class Directory:
         extension is no longer listed, and record unmapped extensions.
 
         An empty list is not taken: a tenant without a single extension is
-        an NFON hiccup, and believing it would clear everyone's status."""
-        if not infos and self._configured:
+        an NFON hiccup, and believing it would clear everyone's status:
+        typed people and the group's alike (a group-only deployment has
+        nobody typed)."""
+        if not infos and (self._configured or self._active or self._group is not None):
             log.warning("NFON listed no extensions at all; keeping the directory as it was")
             return DirectoryChange((), (), ())
         nfon: dict[str, str | None] = {}
@@ -157,16 +162,32 @@ class Directory:
         self, people: Sequence[PersonSettingsLike], group: GroupLike | None = None
     ) -> DirectoryChange:
         """Take a new ``people:`` list and ``directory.microsoft``
-        (configuration reload); members of a group that changed are
-        forgotten until the next refresh loads the new group's.
+        (configuration reload).
+
+        A new ``number_prefix`` alone re-matches the members held at once.
+        A new group or ``extension_from`` needs a new read from Graph: until
+        its first success the group's people stay as they were (a failed
+        read must not clear them everywhere), and that read is held like
+        any refresh when it would remove more than half of them. Without
+        ``directory.microsoft`` any more, the group's people leave.
 
         Raises ``ConfigError`` like the constructor, keeping the old list.
         """
-        self._configured, self._extras = _configured(people)
-        if group != self._group:
-            self._members = None
+        configured, extras = _configured(people)
+        old = self._group
+        if group != old:
             self._pending = None
             self.held = None
+            if group is None or old is None:
+                self._members = None
+                self._kept = {}
+            elif (group.group, group.extension_from) != (old.group, old.extension_from):
+                if self._members is not None:
+                    self._kept = {
+                        k: p for k, p in self._active.items() if k not in self._configured
+                    }
+                self._members = None
+        self._configured, self._extras = configured, extras
         self._group = group
         return self._rebuild()
 
@@ -203,6 +224,7 @@ class Directory:
         self._pending = None
         self.held = None
         self._members = fresh
+        self._kept = {}
         return self._rebuild()
 
     def summary(self, limit: int = SUMMARY_LIMIT) -> dict[str, Any] | None:
@@ -271,9 +293,13 @@ class Directory:
                 if person.name is None and nfon_name:
                     person = replace(person, name=nfon_name)
             active[key] = person
+        typed = {p.extension for p in self._configured.values()}
+        if self._group is not None and members is None and nfon is not None:
+            for key, kept in self._kept.items():
+                if key not in active and kept.extension not in typed and kept.extension in nfon:
+                    active[key] = kept
         if self._group is None or members is None or nfon is None:
             return active, None
-        typed = {p.extension for p in self._configured.values()}
         free = {e: n for e, n in nfon.items() if e not in typed}
         found = match(
             (m for m in members if m.key not in self._configured),

@@ -20,6 +20,7 @@ beyond: the directory compares the members it gets with the ones it has.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -28,10 +29,12 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, Final
 
+import httpx
+
 from presence_sync.clock import Clock
 from presence_sync.directory import Directory
 from presence_sync.entra import Member
-from presence_sync.errors import PermanentError, PresenceSyncError
+from presence_sync.errors import PermanentError, PresenceSyncError, TransientError
 from presence_sync.model import Person
 from presence_sync.ops.logging import kv
 from presence_sync.sections import MicrosoftSettings
@@ -83,6 +86,33 @@ def read_member(user: Mapping[str, Any], extension_from: str) -> Member | None:
     return Member(id=str(user["id"]), email=email.strip(), display_name=name, values=tuple(values))
 
 
+def _page(response: httpx.Response, what: str) -> Mapping[str, Any]:
+    """The JSON object of a 200 from Graph; anything else (a proxy's HTML
+    page, a list) is a ``TransientError`` saying so, not a traceback."""
+    status = response.status_code
+    kind = str(response.headers.get("content-type") or "no content type").split(";")[0]
+    try:
+        body = response.json()
+    except ValueError:
+        raise TransientError(
+            f"directory: Graph answered {what} with {status} but no JSON ({kind[:60]!r}): "
+            "a proxy in between?",
+            status=status,
+        ) from None
+    if not isinstance(body, Mapping):
+        raise TransientError(
+            f"directory: Graph answered {what} with JSON that is no object ({type(body).__name__})",
+            status=status,
+        )
+    return body
+
+
+def _value(page: Mapping[str, Any]) -> list[Any]:
+    """A page's ``value`` list (a missing or malformed one is empty)."""
+    value = page.get("value")
+    return value if isinstance(value, list) else []
+
+
 class GroupMembers:
     """Reads one group's members with the app's own Graph credential
     (``microsoft:``), with its own HTTP client."""
@@ -126,7 +156,7 @@ class GroupMembers:
             params={"$filter": f"displayName eq '{literal}'", "$select": "id,displayName"},
             permission=_PERMISSION,
         )
-        found = response.json().get("value") or []
+        found = [g for g in _value(_page(response, "the group lookup")) if isinstance(g, Mapping)]
         if not found:
             raise PermanentError(
                 f"directory: no group named {self.group!r} in tenant {self._graph.tenant} "
@@ -154,8 +184,8 @@ class GroupMembers:
         while True:
             self.requests += 1
             response = await self._graph.call("GET", path, params=params, permission=_PERMISSION)
-            page = response.json()
-            for user in page.get("value") or []:
+            page = _page(response, "a page of the group's members")
+            for user in _value(page):
                 if isinstance(user, Mapping):
                     member = read_member(user, self.extension_from)
                     if member is not None:
@@ -185,7 +215,8 @@ class Refresher:
     A failed load raises (the schedule logs it once, and once when it works
     again) and changes nothing: the last good members stay. ``source`` is
     None without ``directory.microsoft``; a reload hands a new one to
-    ``use`` (the old one is the caller's to close)."""
+    ``use``, which cancels a load still running with the old one (the old
+    one is the caller's to close)."""
 
     def __init__(
         self,
@@ -201,8 +232,17 @@ class Refresher:
         self.last_success: datetime | None = None
         self.error: str | None = None
         """Why the last refresh failed (None when it worked)."""
+        self._loading: asyncio.Future[list[Member]] | None = None
 
-    def use(self, source: GroupMembers | None) -> None:
+    async def use(self, source: GroupMembers | None) -> None:
+        """Read with ``source`` from now on. A load still running with the
+        old reader (a scheduled refresh, say) is cancelled and awaited
+        first: its answer is for the old group, and the caller closes the
+        old reader next."""
+        loading = self._loading
+        if loading is not None and not loading.done():
+            loading.cancel()
+            await asyncio.wait({loading})
         self.source = source
         self.error = None
 
@@ -212,8 +252,18 @@ class Refresher:
             return
         start = self.clock.monotonic()
         requests = source.requests
+        loading = asyncio.ensure_future(source.load())
+        self._loading = loading
         try:
-            members = await source.load()
+            await asyncio.wait({loading})
+        except asyncio.CancelledError:
+            loading.cancel()
+            raise
+        if loading.cancelled():
+            log.info("group members refresh cancelled: the reader was replaced")
+            return
+        try:
+            members = loading.result()
         except PresenceSyncError as exc:
             self.error = str(exc)
             raise

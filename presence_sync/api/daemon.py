@@ -21,7 +21,7 @@ from presence_sync.api.http import build_app, is_loopback
 from presence_sync.api.listener import Listener
 from presence_sync.api.pause import minimal_person, pause_routes
 from presence_sync.api.readiness import Readiness
-from presence_sync.api.status import Parts, PauseView, StatusBuilder
+from presence_sync.api.status import Parts, PauseView, StatusBuilder, iso
 from presence_sync.clock import Clock
 from presence_sync.config import HttpSettings
 from presence_sync.directory import Directory
@@ -171,8 +171,7 @@ class DaemonApi:
         doc = running.directory.summary()
         if doc is not None:
             members = running.members
-            last = members.last_success
-            doc["last_refresh"] = None if last is None else last.isoformat(timespec="seconds")
+            doc["last_refresh"] = iso(members.last_success)
             doc["error"] = members.error
         return doc
 

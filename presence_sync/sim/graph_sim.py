@@ -274,6 +274,12 @@ class GraphSim:
         with self._lock:
             self._hangs.append(_Hang(path, seconds, count))
 
+    def hangs_left(self) -> int:
+        """Requests ``hang_next`` asked for that no request has met yet (0:
+        every one is held, or was)."""
+        with self._lock:
+            return sum(h.remaining for h in self._hangs)
+
     # -- control: reading ----------------------------------------------------
     def requests(self, path: str = "") -> list[RecordedRequest]:
         """Requests so far whose path starts with ``path``, oldest first."""

@@ -721,7 +721,8 @@ def table(report: Report, settings: Settings) -> list[str]:
     headers += ["ENTRA USER"] * has_entra + ["SLACK USER"] * has_slack + ["PROBLEM"]
     cells = []
     for row in report.rows:
-        line = [row.person.extension, _printable(row.name)[:40], _printable(row.person.email)]
+        line = [_printable(row.person.extension), _printable(row.name)[:40]]
+        line.append(_printable(row.person.email))
         line += [_printable(row.source)] * grouped
         line += [_cell(row.entra)] * has_entra + [_cell(row.slack)] * has_slack
         line.append(_printable("; ".join(row.problems)) if row.problems else "")
@@ -758,7 +759,7 @@ def _matching(matching: Matching, settings: Settings) -> list[str]:
             for m in matching.unmatched_members
         ]
     if matching.unmatched_extensions:
-        shown = ", ".join(matching.unmatched_extensions[:50])
+        shown = ", ".join(_printable(e) for e in matching.unmatched_extensions[:50])
         more = len(matching.unmatched_extensions) - 50
         lines += [
             "",

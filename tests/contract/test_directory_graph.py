@@ -4,8 +4,11 @@ accounts, and what Graph's refusals become."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -27,13 +30,15 @@ class World:
     client_id: str
     group: str
 
-    def members(self, group: str | None = None, **kw: Any) -> GroupMembers:
+    def members(
+        self, group: str | None = None, graph_url: str | None = None, **kw: Any
+    ) -> GroupMembers:
         microsoft = MicrosoftSettings(
             tenant_id=self.sim.tenant,
             client_id=self.client_id,
             client_secret=SECRET,
             authority=self.handle.origin,
-            graph_url=self.handle.origin,
+            graph_url=graph_url or self.handle.origin,
         )
         return GroupMembers(
             microsoft,
@@ -171,3 +176,53 @@ async def test_the_simulator_refuses_a_page_larger_than_graphs(world: World) -> 
     finally:
         await reader.aclose()
     assert "page size" in str(caught.value)
+
+
+@contextlib.contextmanager
+def _answering(content_type: str, body: bytes) -> Iterator[str]:
+    """A loopback server answering every GET 200 with ``body``: what a
+    proxy's login page looks like where Graph was meant."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "reason"),
+    [
+        ("text/html", b"<html><body>Please sign in to the proxy</body></html>", "no JSON"),
+        ("application/json", b'["not", "an", "object"]', "no object"),
+    ],
+)
+@pytest.mark.parametrize("by", ["name", "id"])
+async def test_a_200_that_is_no_json_object_is_a_transient_error_saying_so(
+    world: World, content_type: str, body: bytes, reason: str, by: str
+) -> None:
+    with _answering(content_type, body) as origin:
+        world.sim.accept_resource(origin)
+        reader = world.members(group=world.group if by == "id" else "Phone users", graph_url=origin)
+        try:
+            with pytest.raises(TransientError) as caught:
+                await reader.load()
+        finally:
+            await reader.aclose()
+    assert reason in str(caught.value)
+    assert caught.value.status == 200

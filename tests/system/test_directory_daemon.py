@@ -175,6 +175,33 @@ def test_a_member_added_is_synced_after_sighup(
     eventually(lambda: "dora@example.com" in _synced(daemon), "Dora synced after SIGHUP")
 
 
+def test_a_sighup_to_another_group_during_a_refresh_reads_the_new_group_at_once(
+    tmp_path: Path, world: World, hook: Hook, daemons: Callable[..., Daemon]
+) -> None:
+    config = _config(tmp_path, world, hook)
+    daemon = daemons("run", "-c", str(config))
+    daemon.wait_ready()
+    everyone = {email for _, _, email, _ in STAFF}
+    eventually(lambda: _synced(daemon) == everyone, "everyone synced")
+    sales = world.graph.sim.add_group("Sales phones")
+    for email in [*sorted(everyone)]:
+        world.graph.sim.add_member(sales, world.users[email])
+    world.graph.sim.add_member(sales, world.add(DORA))
+    # A refresh of the old group is under way (Graph is slow) when the
+    # admin switches to the new group.
+    world.graph.sim.hang_next(6.0, f"/v1.0/groups/{world.group}/transitiveMembers")
+    _resync(daemon)
+    eventually(lambda: world.graph.sim.hangs_left() == 0, "the old group's refresh held")
+    config.write_text(config.read_text().replace("group: Phone users", "group: Sales phones"))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_line("configuration reloaded")
+    eventually(lambda: "dora@example.com" in _synced(daemon), "Dora synced after SIGHUP", 5.0)
+    assert _synced(daemon) == {*everyone, "dora@example.com"}
+    # The old group's read was cancelled, not failed on a closed reader.
+    assert daemon.count(r"Entra group refresh .*failed") == 0
+    assert "Traceback" not in daemon.output()
+
+
 def test_a_member_removed_in_a_call_gets_their_own_status_back(
     tmp_path: Path, world: World, hook: Hook, daemons: Callable[..., Daemon]
 ) -> None:
@@ -241,11 +268,15 @@ def test_conflicts_and_unmatched_show_in_the_api_and_metrics(
     world.graph.sim.add_member(
         world.group, world.add(("102", "Zoe Twin", "zoe@example.com", "+49 89 45300 102"))
     )
-    daemon = daemons("run", "-c", str(_config(tmp_path, world, hook)))
+    # In a zone ahead of UTC, so that a time given in UTC shows.
+    daemon = daemons("run", "-c", str(_config(tmp_path, world, hook)), env={"TZ": "Asia/Kolkata"})
     daemon.wait_ready()
     eventually(lambda: _synced(daemon) == {"anna@example.com", "ben@example.com"}, "two synced")
     response = httpx.get(daemon.url() + "/api/status", timeout=5)
     group = response.json()["directory"]
+    # Local time with its offset, like every other time in the document.
+    assert response.json()["at"].endswith("+05:30")
+    assert group["last_refresh"].endswith("+05:30")
     assert group["group"] == "Phone users"
     assert group["people"] == 2
     [conflict] = group["conflicts"]

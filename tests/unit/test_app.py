@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -175,3 +177,46 @@ async def test_a_reload_that_moves_the_store_is_refused(tmp_path: Path) -> None:
         await old.nfon.aclose()
         await app.close_targets(old.targets.values())
         old.store.close()
+
+
+class _SlowStart:
+    """Just what ``Daemon._startup`` reads of a runtime: NFON's extensions
+    never come, the group's members come when ``members_go`` is set."""
+
+    def __init__(self) -> None:
+        self.members_runs = 0
+        self.members_cancelled = 0
+        self.members_go = asyncio.Event()
+        never = asyncio.Event()
+
+        async def run_now(job: str) -> None:
+            assert job == "members"
+            self.members_runs += 1
+            try:
+                await self.members_go.wait()
+            except asyncio.CancelledError:
+                self.members_cancelled += 1
+                raise
+
+        self.feed = SimpleNamespace(refresh_directory=never.wait)
+        self.schedules = SimpleNamespace(run_now=run_now)
+        self.members = SimpleNamespace(source=object())
+
+
+async def test_startup_cut_off_by_nfon_runs_one_members_refresh_that_a_stop_cancels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app, "STARTUP_DIRECTORY_TIMEOUT", 0.05)
+    daemon = Daemon(tmp_path / "config.yaml")
+    runtime = _SlowStart()
+    daemon._runtime = runtime  # type: ignore[assignment]
+    assert await daemon._startup()
+    task = daemon._members_task
+    assert task is not None
+    assert not task.done()
+    # The stop path cancels the daemon's own members task: that is the one
+    # refresh, cut off with NFON's wait yet going on (not a second one).
+    task.cancel()
+    await asyncio.wait({task})
+    assert runtime.members_runs == 1
+    assert runtime.members_cancelled == 1

@@ -103,6 +103,18 @@ def test_an_empty_extension_list_is_not_believed(caplog: pytest.LogCaptureFixtur
     assert "NFON listed no extensions" in caplog.text
 
 
+def test_an_empty_extension_list_keeps_group_members_without_typed_people(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    directory = Directory([], Group())
+    directory.update_extensions(NFON)
+    directory.update_members([DORA, EMIL])
+    change = directory.update_extensions([])
+    assert not change
+    assert keys(directory.people()) == ["dora@example.com", "emil@example.com"]
+    assert "NFON listed no extensions" in caplog.text
+
+
 def test_configured_extension_nfon_never_listed_is_inactive() -> None:
     directory = Directory([ANNA, Entry("999", "ghost@example.com")])
     change = directory.update_extensions(NFON)
@@ -426,3 +438,46 @@ def test_an_entry_without_extension_adds_ids_groups_and_opt_outs_to_a_member() -
     emil = directory.person("201")
     assert emil is not None
     assert emil.groups == frozenset()
+
+
+def test_a_reload_to_another_group_keeps_the_people_until_its_first_read() -> None:
+    directory = Directory([], Group())
+    directory.update_extensions(NFON)
+    directory.update_members([DORA, EMIL])
+    change = directory.replace_people([], Group(group="Sales phones"))
+    assert not change
+    assert keys(directory.people()) == ["dora@example.com", "emil@example.com"]
+    # A failed read of the new group calls nothing: they stay. Its first
+    # read is taken...
+    change = directory.update_members([EMIL])
+    assert keys(change.removed) == ["dora@example.com"]
+    assert keys(directory.people()) == ["emil@example.com"]
+
+
+def test_the_first_read_of_a_new_group_removing_more_than_half_is_held() -> None:
+    directory = Directory([], Group())
+    directory.update_extensions(NFON)
+    directory.update_members([DORA, EMIL])
+    directory.replace_people([], Group(extension_from="mobilePhone"))
+    assert not directory.update_members([])
+    assert directory.held is not None
+    assert (directory.held.removing, directory.held.people) == (2, 2)
+    assert keys(directory.people()) == ["dora@example.com", "emil@example.com"]
+
+
+def test_a_new_number_prefix_re_matches_the_members_held_at_once() -> None:
+    directory = Directory([], Group(number_prefix="+49 89 4530"))
+    directory.update_extensions(NFON)
+    directory.update_members([DORA, EMIL])
+    assert directory.people() == []  # "0 200" is no extension
+    change = directory.replace_people([], Group())
+    assert keys(change.added) == ["dora@example.com", "emil@example.com"]
+
+
+def test_a_reload_without_the_group_removes_its_people() -> None:
+    directory = Directory([ANNA], Group())
+    directory.update_extensions(NFON)
+    directory.update_members([DORA, EMIL])
+    change = directory.replace_people([ANNA], None)
+    assert keys(change.removed) == ["dora@example.com", "emil@example.com"]
+    assert keys(directory.people()) == ["anna@example.com"]
