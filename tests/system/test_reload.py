@@ -54,6 +54,8 @@ def test_a_reload_with_targets_that_cannot_run_is_refused_and_syncing_goes_on(
     configure("broken")
     daemon.signal(signal.SIGHUP)
     notify.wait(r"STATUS=Reload refused: target 'misfit' \(broken\) could not be built")
+    # systemd may hear of it before the log line is read from the daemon's output.
+    daemon.wait_line(r"reload refused")
     assert daemon.count(r"reload refused") == 1
     assert re.search(
         r"event=reload_refused reason=\"target 'misfit' \(broken\) "
@@ -66,8 +68,10 @@ def test_a_reload_with_targets_that_cannot_run_is_refused_and_syncing_goes_on(
     configure("stalled")
     daemon.signal(signal.SIGHUP)
     notify.wait(r"STATUS=Reload refused: target 'misfit' \(stalled\) declares rate 0")
+    daemon.wait_line(r"reload refused", nth=2)
     assert daemon.count(r"reload refused") == 2
     # What was built for the refused reload is closed again.
+    daemon.wait_line(r"stalled target misfit closed")
     assert daemon.count(r"stalled target misfit closed") == 1
     a_call_still_reaches_the_webhook(nfon, hook)
 
