@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +21,8 @@ from polling import eventually
 
 from presence_sync.sim.nfon import SimHandle
 from presence_sync.sim.serve import Running
+from presence_sync.sim.slack import Status
+from presence_sync.sim.slack_serve import SlackHandle
 from presence_sync.sim.webhook import Delivery, WebhookReceiver
 
 T = TypeVar("T")
@@ -31,6 +33,21 @@ PEOPLE = [
     ("102", "Clara Weber", "clara@example.com"),
 ]
 HOOK_SECRET = "system-test-secret"
+
+
+def user_id(slack: SlackHandle, name: str) -> str:
+    """The simulated Slack member called ``name``."""
+    return next(p.id for p in slack.sim.people() if p.name == name)
+
+
+def shows(slack: SlackHandle, uid: str, text: str) -> Callable[[], Status | None]:
+    """A check for ``eventually``: ``uid``'s Slack status once its text is ``text``."""
+
+    def check() -> Status | None:
+        status = slack.sim.status_of(uid)
+        return status if status.text == text else None
+
+    return check
 
 
 class Hook:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from harness import Daemon, Hook, cli, write_config
+from harness import Daemon, Hook, cli, shows, user_id, write_config
 from pgcluster import ROLE_PASSWORD, Cluster, free_port
 from polling import eventually
 
@@ -69,18 +69,6 @@ def pg_config(
     state = f"  url: {url}\n  password_file: db.password\n"
     return write_config(tmp_path / "config.yaml", nfon, hook, rules=RULES, extra=extra,
                         targets="  slack_status: {}\n", state=state)  # fmt: skip
-
-
-def user_id(slack: SlackHandle, name: str) -> str:
-    return next(p.id for p in slack.sim.people() if p.name == name)
-
-
-def shows(slack: SlackHandle, uid: str, text: str) -> Callable[[], Status | None]:
-    def check() -> Status | None:
-        status = slack.sim.status_of(uid)
-        return status if status.text == text else None
-
-    return check
 
 
 def stored(postgres: Cluster, url: str, sql: str) -> list[tuple[object, ...]]:

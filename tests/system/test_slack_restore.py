@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import Daemon, Hook, write_config
+from harness import Daemon, Hook, shows, user_id, write_config
 from polling import eventually
 
 from presence_sync.sim.nfon import SimHandle
@@ -55,18 +55,6 @@ def slack_config(tmp_path: Path, nfon: SimHandle, hook: Hook, slack: SlackHandle
     extra = f"slack:\n  base_url: {slack.base_url}\n  token_file: slack.token\n"
     return write_config(tmp_path / "config.yaml", nfon, hook, rules=RULES, extra=extra,
                         targets="  slack_status: {}\n")  # fmt: skip
-
-
-def user_id(slack: SlackHandle, name: str) -> str:
-    return next(p.id for p in slack.sim.people() if p.name == name)
-
-
-def shows(slack: SlackHandle, uid: str, text: str) -> Callable[[], Status | None]:
-    def check() -> Status | None:
-        status = slack.sim.status_of(uid)
-        return status if status.text == text else None
-
-    return check
 
 
 @pytest.mark.parametrize("when", ["after-the-write", "during-the-write"])
